@@ -1,0 +1,446 @@
+//! The command-line surface. Each subcommand is a thin layer over a
+//! library stage; `--json` prints exactly one summary object on stdout,
+//! errors go to stderr with a non-zero exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::grid::weights::WeightMatrix;
+use crate::grid::{Grid, generate};
+use crate::ingest::{IngestOptions, Ingestor};
+use crate::policy::Policy;
+use crate::simulate::{self, Format};
+use crate::store::CountStore;
+
+/// Differentially private footfall and flow heatmaps on H3 hexagons.
+#[derive(Debug, Parser)]
+#[command(name = "hexflow", version, about)]
+pub struct Args {
+    /// Runtime state: count store, weights cache, quarantine.
+    #[arg(long, global = true, env = "HEXFLOW_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where `--dataset NAME` looks for `NAME.toml`.
+    #[arg(long, global = true, env = "HEXFLOW_POLICIES_DIR", default_value = "privacy-budgets")]
+    pub policies_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--dataset NAME | --policy FILE`.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct DatasetArg {
+    /// Dataset name: the policy `<policies-dir>/NAME.toml`.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Any policy file; its grid path is relative to the file.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+impl DatasetArg {
+    fn load(&self, policies_dir: &Path) -> Result<Policy> {
+        Ok(Policy::resolve(
+            self.dataset.as_deref(),
+            self.policy.as_deref(),
+            policies_dir,
+        )?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write deterministic synthetic operator deliveries for a grid.
+    Simulate {
+        /// Grid folder (holds grid.toml, cells.csv, ...).
+        #[arg(long)]
+        grid: PathBuf,
+        /// First local day (YYYY-MM-DD).
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last local day, included.
+        #[arg(long)]
+        to: NaiveDate,
+        /// Output folder: one file per metric and month, plus events.json.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: Format,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grid tools: weights and catalogue generation.
+    Grid {
+        #[command(subcommand)]
+        command: GridCommand,
+    },
+    /// Validate delivered files and add them to the count store.
+    Ingest {
+        #[command(flatten)]
+        dataset: DatasetArg,
+        /// The files are corrections: they replace stored rows for the same
+        /// cells and bins (recorded in the catalog).
+        #[arg(long)]
+        correction: bool,
+        /// CSV or Parquet files (footfall or flows, told by the header).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the count store holds for a dataset.
+    Store {
+        #[command(flatten)]
+        dataset: DatasetArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Marseille demo: simulate a year, ingest it, build the weights and
+    /// report what was stored.
+    Demo {
+        #[arg(long, default_value = "2025-01-01")]
+        from: NaiveDate,
+        #[arg(long, default_value = "2025-12-31")]
+        to: NaiveDate,
+        /// Resolution whose weights are built.
+        #[arg(long, default_value_t = 8)]
+        res: u8,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure ingest, a plain polars scan and weight builds.
+    Bench {
+        #[arg(long, default_value = "grids/marseille")]
+        grid: PathBuf,
+        /// Month simulated for the ingest figures (first day).
+        #[arg(long, default_value = "2025-03-01")]
+        month: NaiveDate,
+        /// Resolutions whose weights are timed.
+        #[arg(long, value_delimiter = ',', default_value = "8,9")]
+        res: Vec<u8>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GridCommand {
+    /// Build (or load from cache) the cell→hex weight matrix.
+    Build {
+        #[arg(long)]
+        grid: PathBuf,
+        #[arg(long)]
+        res: u8,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Regenerate a synthetic grid's cells.csv from its [generator] section.
+    Generate {
+        #[arg(long)]
+        grid: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs a parsed command line.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let data_dir = args.data_dir.clone();
+    match args.command {
+        Command::Simulate {
+            grid,
+            from,
+            to,
+            out,
+            format,
+            seed,
+            json,
+        } => {
+            let grid = Grid::load(&grid)?;
+            let report = simulate::simulate(&grid, from, to, &out, format, seed)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "simulated {} {}..{} (seed {}): {} footfall rows, {} flow rows in {} files, {} matches and {} cruise calls injected; truth in {} ({:.1} s)",
+                    report.grid,
+                    report.from,
+                    report.to,
+                    report.seed,
+                    report.footfall_rows,
+                    report.flows_rows,
+                    report.files.len(),
+                    report.matches,
+                    report.cruise_calls,
+                    report.truth.display(),
+                    report.elapsed_s
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Grid {
+            command: GridCommand::Build { grid, res, json },
+        } => {
+            let grid = Grid::load(&grid)?;
+            let (_, summary) = WeightMatrix::load_or_build(&grid, res, &data_dir)?;
+            if json {
+                print_json(&summary)?;
+            } else {
+                print_weights(&summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Grid {
+            command: GridCommand::Generate { grid, json },
+        } => {
+            let g = Grid::load_without_cells(&grid)?;
+            let cells = generate::generate(&g)?;
+            let path = grid.join("cells.csv");
+            generate::write_cells(&path, &cells)?;
+            let sites: std::collections::HashSet<&str> = cells.iter().map(|c| c.site_id.as_str()).collect();
+            let omni = cells.iter().filter(|c| c.azimuth_deg.is_none()).count();
+            if json {
+                print_json(&serde_json::json!({
+                    "path": path, "cells": cells.len(), "sites": sites.len(), "omnidirectional": omni,
+                }))?;
+            } else {
+                println!(
+                    "wrote {}: {} cells on {} sites ({} omnidirectional)",
+                    path.display(),
+                    cells.len(),
+                    sites.len(),
+                    omni
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest {
+            dataset,
+            correction,
+            files,
+            json,
+        } => ingest(
+            &dataset.load(&args.policies_dir)?,
+            &data_dir,
+            &files,
+            IngestOptions { correction },
+            json,
+        ),
+        Command::Store { dataset, json } => {
+            let policy = dataset.load(&args.policies_dir)?;
+            let store = CountStore::new(&data_dir, policy.dataset());
+            let catalog = store.catalog()?;
+            let summary = store.summary(&catalog)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "dataset": policy.dataset(), "root": store.root(),
+                    "deliveries": catalog.deliveries.len(), "metrics": summary,
+                }))?;
+            } else {
+                print_store(policy.dataset(), &store, &catalog, &summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { from, to, res, json } => demo(&args.policies_dir, &data_dir, from, to, res, json),
+        Command::Bench { grid, month, res, json } => {
+            let report = crate::bench::run(&grid, month, &res)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                crate::bench::print(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct IngestSummary<'a> {
+    dataset: &'a str,
+    files: Vec<serde_json::Value>,
+    ingested: usize,
+    already_ingested: usize,
+    failed: usize,
+}
+
+fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptions, json: bool) -> Result<ExitCode> {
+    let ingestor = Ingestor::new(policy.clone(), data_dir)?;
+    let mut reports = Vec::new();
+    let (mut ok, mut again, mut failed) = (0, 0, 0);
+    for file in files {
+        match ingestor.ingest(file, opts) {
+            Ok(r) => {
+                if r.status == "already_ingested" {
+                    again += 1;
+                } else {
+                    ok += 1;
+                }
+                if !json {
+                    match r.status {
+                        "already_ingested" => {
+                            println!("{}: already ingested (same content), nothing to do", file.display())
+                        }
+                        _ => println!(
+                            "{}: ingested {} {} rows, {} local days {}..{}{}",
+                            file.display(),
+                            r.rows,
+                            r.metric.map(|m| m.as_str()).unwrap_or("?"),
+                            r.days,
+                            r.first_day.map(|d| d.to_string()).unwrap_or_default(),
+                            r.last_day.map(|d| d.to_string()).unwrap_or_default(),
+                            if r.correction {
+                                format!(", {} stored rows replaced (correction)", r.rows_replaced)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    }
+                }
+                reports.push(serde_json::to_value(&r)?);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+                let mut v = serde_json::json!({ "file": file, "status": "rejected", "error": e.to_string() });
+                if let crate::ingest::IngestError::Rejected {
+                    rows,
+                    rejected,
+                    quarantine,
+                    ..
+                } = &e
+                {
+                    v["rows"] = (*rows).into();
+                    v["rows_rejected"] = (*rejected).into();
+                    v["quarantine"] = serde_json::to_value(quarantine)?;
+                }
+                reports.push(v);
+            }
+        }
+    }
+    if json {
+        print_json(&IngestSummary {
+            dataset: policy.dataset(),
+            files: reports,
+            ingested: ok,
+            already_ingested: again,
+            failed,
+        })?;
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_weights(s: &crate::grid::weights::WeightSummary) {
+    println!(
+        "grid {} at resolution {}: {} cells ({} with weights, {} outside the study area), {} hexes in the area ({:.1} km²), {} with weight",
+        s.grid,
+        s.res,
+        s.cells,
+        s.cells_with_weights,
+        s.cells_outside.len(),
+        s.hexes_in_area,
+        s.study_area_km2,
+        s.hexes_weighted
+    );
+    println!(
+        "  hexes per cell min/median/max: {}/{}/{}",
+        s.hexes_per_cell.min, s.hexes_per_cell.median, s.hexes_per_cell.max
+    );
+    println!(
+        "  ‖W_c‖₂ per cell min/median/max: {:.4}/{:.4}/{:.4}",
+        s.l2_norm_per_cell.min, s.l2_norm_per_cell.median, s.l2_norm_per_cell.max
+    );
+    println!(
+        "  row sums within {:.1e} of 1; largest area gap {:.1e}; {} in {:.2} s; cache {}",
+        s.max_row_sum_error,
+        s.max_area_gap,
+        if s.cached { "loaded" } else { "built" },
+        s.build_s,
+        s.cache_dir.display()
+    );
+    if !s.cells_outside.is_empty() {
+        println!("  outside the study area (no weights): {}", s.cells_outside.join(", "));
+    }
+}
+
+fn print_store(
+    dataset: &str,
+    store: &CountStore,
+    catalog: &crate::store::Catalog,
+    summary: &[crate::store::MetricSummary],
+) {
+    println!(
+        "count store of {dataset} at {} ({} deliveries)",
+        store.root().display(),
+        catalog.deliveries.len()
+    );
+    for m in summary {
+        match (m.first_day, m.last_day) {
+            (Some(a), Some(b)) => println!(
+                "  {:<8} {} rows over {} local days {a}..{b}, {:.1} MiB of Parquet",
+                m.metric.as_str(),
+                m.rows,
+                m.days,
+                m.bytes as f64 / (1024.0 * 1024.0)
+            ),
+            _ => println!("  {:<8} nothing stored", m.metric.as_str()),
+        }
+    }
+}
+
+fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, res: u8, json: bool) -> Result<ExitCode> {
+    let policy = Policy::resolve(Some("marseille"), None, policies_dir)
+        .context("the demo runs from the repository root, where privacy-budgets/marseille.toml is")?;
+    let grid = Grid::load(&policy.grid_dir)?;
+    let deliveries = data_dir.join("deliveries").join(policy.dataset());
+    let marker = deliveries.join(format!("simulated-{from}-{to}.json"));
+    if !marker.exists() {
+        eprintln!(
+            "simulating {} deliveries {from}..{to} into {} ...",
+            grid.name(),
+            deliveries.display()
+        );
+        let report = simulate::simulate(&grid, from, to, &deliveries, Format::Parquet, 1)?;
+        crate::util::write_atomic(&marker, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&deliveries)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no deliveries found in {}", deliveries.display());
+    }
+    eprintln!("ingesting {} files ...", files.len());
+    let ingestor = Ingestor::new(policy.clone(), data_dir)?;
+    for file in &files {
+        // Already-ingested files are a no-op, so a restart costs a hash each.
+        ingestor.ingest(file, IngestOptions::default())?;
+    }
+    let (_, weights) = WeightMatrix::load_or_build(&grid, res, data_dir)?;
+    let store = CountStore::new(data_dir, policy.dataset());
+    let catalog = store.catalog()?;
+    let summary = store.summary(&catalog)?;
+    if json {
+        print_json(&serde_json::json!({ "store": summary, "weights": weights }))?;
+    } else {
+        print_store(policy.dataset(), &store, &catalog, &summary);
+        print_weights(&weights);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,474 @@
+//! Ingest: operator deliveries (CSV or Parquet) into the count store.
+//!
+//! A file lands whole or not at all:
+//! 1. its SHA-256 is looked up in the store catalog — the same bytes twice
+//!    are a no-op;
+//! 2. its schema is checked (the header names the metric: footfall or
+//!    flows), then every row ([`validate`]);
+//! 3. if any row is rejected, all rejections go to a quarantine file
+//!    (`<data-dir>/quarantine/<dataset>/`) and nothing is stored;
+//! 4. otherwise the rows are grouped by the grid's local day and committed
+//!    to the store atomically ([`crate::store::CountStore::commit`]), which
+//!    refuses bins already stored unless the delivery is a correction.
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{NaiveDate, Utc};
+use polars::prelude::*;
+use serde::Serialize;
+
+use crate::grid::{Grid, GridError};
+use crate::policy::{Policy, PolicyError};
+use crate::store::{CountStore, Delivery, Metric, StoreError};
+use crate::{table, util};
+use validate::{Column, Rejection, Validator};
+
+/// Errors of an ingest. Each names the file and says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot be read as {format}: {reason}")]
+    Unreadable {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    Schema { path: PathBuf, reason: String },
+    #[error(
+        "{path}: {rejected} of {rows} rows rejected, file not ingested (nothing was stored). First: line {}, column {}: {}. Every rejected row is listed in {}",
+        first.line, first.column, first.reason, quarantine.display()
+    )]
+    Rejected {
+        path: PathBuf,
+        rows: usize,
+        rejected: usize,
+        first: Rejection,
+        quarantine: PathBuf,
+    },
+    #[error("{path}: file not ingested: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// How a file is to be ingested.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IngestOptions {
+    /// Replace stored rows with the same keys instead of refusing them.
+    pub correction: bool,
+}
+
+/// What happened to one file (the `--json` summary has one per file).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub file: PathBuf,
+    pub sha256: String,
+    /// `ingested`, `already_ingested` or `rejected`.
+    pub status: &'static str,
+    pub metric: Option<Metric>,
+    pub rows: usize,
+    pub rows_rejected: usize,
+    pub quarantine: Option<PathBuf>,
+    pub first_day: Option<NaiveDate>,
+    pub last_day: Option<NaiveDate>,
+    pub days: usize,
+    pub correction: bool,
+    pub rows_replaced: usize,
+    pub generation: Option<u64>,
+    pub error: Option<String>,
+    pub elapsed_s: f64,
+}
+
+/// Ingests files for one dataset.
+pub struct Ingestor {
+    pub policy: Policy,
+    pub grid: Grid,
+    pub store: CountStore,
+    data_dir: PathBuf,
+}
+
+impl Ingestor {
+    pub fn new(policy: Policy, data_dir: &Path) -> Result<Self, IngestError> {
+        let grid = Grid::load(&policy.grid_dir)?;
+        let store = CountStore::new(data_dir, policy.dataset());
+        Ok(Self {
+            policy,
+            grid,
+            store,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// Ingests one file; `Ok` for ingested and already-ingested files.
+    pub fn ingest(&self, path: &Path, opts: IngestOptions) -> Result<FileReport, IngestError> {
+        let started = Instant::now();
+        let io = |source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let sha256 = util::sha256_file(path).map_err(io)?;
+        let mut report = FileReport {
+            file: path.to_path_buf(),
+            sha256: sha256.clone(),
+            status: "ingested",
+            metric: None,
+            rows: 0,
+            rows_rejected: 0,
+            quarantine: None,
+            first_day: None,
+            last_day: None,
+            days: 0,
+            correction: opts.correction,
+            rows_replaced: 0,
+            generation: None,
+            error: None,
+            elapsed_s: 0.0,
+        };
+        let store_err = |source| IngestError::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Cheap check first, without the lock: most re-deliveries stop here.
+        if let Some(d) = self.store.catalog().map_err(store_err)?.delivery(&sha256) {
+            return Ok(already(report, d, started));
+        }
+
+        let (df, line_offset) = read_delivery(path)?;
+        let metric = detect_metric(path, &df)?;
+        report.metric = Some(metric);
+        report.rows = df.height();
+        let columns = normalise_columns(path, &df, metric)?;
+
+        let progress = crate::cli_progress(df.height() as u64, "validating");
+        let mut validator = Validator::new(&self.grid, &self.policy.spec.ingest, line_offset);
+        let (valid, rejections) = validator.run(metric, &columns, df.height(), &progress);
+        progress.finish_and_clear();
+        drop(columns);
+        drop(df);
+
+        if !rejections.is_empty() {
+            let quarantine = self.quarantine(path, &sha256, &rejections)?;
+            return Err(IngestError::Rejected {
+                path: path.to_path_buf(),
+                rows: report.rows,
+                rejected: rejections.len(),
+                first: rejections[0].clone(),
+                quarantine,
+            });
+        }
+
+        let frames = self.day_frames(metric, valid).map_err(|source| IngestError::Store {
+            path: path.to_path_buf(),
+            source: StoreError::Polars {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let (Some(first_day), Some(last_day)) = (frames.keys().next().copied(), frames.keys().next_back().copied())
+        else {
+            return Err(IngestError::Schema {
+                path: path.to_path_buf(),
+                reason: "the file has a header but no rows".into(),
+            });
+        };
+
+        let _lock = self.store.lock().map_err(store_err)?;
+        let catalog = self.store.catalog().map_err(store_err)?;
+        self.store.recover(&catalog).map_err(store_err)?;
+        // Re-check under the lock: another process may have ingested the
+        // same file while this one was validating.
+        if let Some(d) = catalog.delivery(&sha256) {
+            return Ok(already(report, d, started));
+        }
+        let delivery = Delivery {
+            sha256,
+            file_name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            metric,
+            rows: report.rows,
+            first_day,
+            last_day,
+            days: frames.len(),
+            correction: opts.correction,
+            replaced_rows: 0,
+            ingested_at: Utc::now(),
+            generation: 0,
+        };
+        report.days = frames.len();
+        report.first_day = Some(first_day);
+        report.last_day = Some(last_day);
+        let commit = self
+            .store
+            .commit(&catalog, metric, frames, delivery)
+            .map_err(store_err)?;
+        report.rows_replaced = commit.rows_replaced;
+        report.generation = Some(commit.generation);
+        report.elapsed_s = started.elapsed().as_secs_f64();
+        tracing::info!(file = %path.display(), rows = report.rows, days = report.days, "ingested");
+        Ok(report)
+    }
+
+    /// Groups valid rows by local day into frames of the store schema,
+    /// sorted by bin then cell.
+    fn day_frames(&self, metric: Metric, v: validate::Validated) -> PolarsResult<BTreeMap<NaiveDate, DataFrame>> {
+        let mut by_day: BTreeMap<NaiveDate, Vec<usize>> = BTreeMap::new();
+        for (i, d) in v.day.iter().enumerate() {
+            by_day.entry(*d).or_default().push(i);
+        }
+        let ids = &self.grid.cells;
+        let mut out = BTreeMap::new();
+        for (day, mut idx) in by_day {
+            idx.sort_by_key(|&i| (v.bin_start_s[i], v.cell[i], v.dest.get(i).copied()));
+            let micros: Vec<i64> = idx.iter().map(|&i| v.bin_start_s[i] * 1_000_000).collect();
+            let bin_start = Int64Chunked::from_vec("bin_start".into(), micros)
+                .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
+                .into_series();
+            let values =
+                UInt32Chunked::from_vec(metric.value_column().into(), idx.iter().map(|&i| v.value[i]).collect())
+                    .into_series();
+            let cell_series = |name: &str, src: &[u32]| {
+                Series::new(
+                    name.into(),
+                    idx.iter()
+                        .map(|&i| ids[src[i] as usize].cell_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let df = match metric {
+                Metric::Footfall => DataFrame::new_infer_height(vec![
+                    cell_series("cell_id", &v.cell).into(),
+                    bin_start.into(),
+                    values.into(),
+                ])?,
+                Metric::Flows => DataFrame::new_infer_height(vec![
+                    cell_series("origin_cell_id", &v.cell).into(),
+                    cell_series("dest_cell_id", &v.dest).into(),
+                    bin_start.into(),
+                    values.into(),
+                ])?,
+            };
+            out.insert(day, df);
+        }
+        Ok(out)
+    }
+
+    /// Writes every rejection to `<data-dir>/quarantine/<dataset>/`.
+    fn quarantine(&self, path: &Path, sha256: &str, rejections: &[Rejection]) -> Result<PathBuf, IngestError> {
+        let stem = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "delivery".into());
+        let target = self
+            .data_dir
+            .join("quarantine")
+            .join(self.policy.dataset())
+            .join(format!("{}-{}.rejected.csv", &sha256[..12], stem));
+        let mut df = df!(
+            "line" => rejections.iter().map(|r| r.line as u64).collect::<Vec<_>>(),
+            "column" => rejections.iter().map(|r| r.column.as_str()).collect::<Vec<_>>(),
+            "reason" => rejections.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
+            "value" => rejections.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(),
+        )
+        .map_err(|e| IngestError::Io {
+            path: target.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        util::write_atomic_with(&target, |f| {
+            CsvWriter::new(f).finish(&mut df).map_err(std::io::Error::other)
+        })
+        .map_err(|source| IngestError::Io {
+            path: target.clone(),
+            source,
+        })?;
+        Ok(target)
+    }
+}
+
+fn already(mut report: FileReport, d: &Delivery, started: Instant) -> FileReport {
+    report.status = "already_ingested";
+    report.metric = Some(d.metric);
+    report.rows = d.rows;
+    report.first_day = Some(d.first_day);
+    report.last_day = Some(d.last_day);
+    report.days = d.days;
+    report.generation = Some(d.generation);
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Reads a delivery; Parquet is recognised by its magic bytes, anything
+/// else is read as CSV. Returns the frame and the line of row 0.
+fn read_delivery(path: &Path) -> Result<(DataFrame, usize), IngestError> {
+    let mut magic = [0u8; 4];
+    let is_parquet = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        f.read_exact(&mut magic).is_ok() && &magic == b"PAR1"
+    };
+    if is_parquet {
+        let df = table::read_parquet(path).map_err(|e| IngestError::Unreadable {
+            path: path.to_path_buf(),
+            format: "Parquet",
+            reason: e.to_string(),
+        })?;
+        Ok((df, 1))
+    } else {
+        let df = table::read_csv_as_strings(path).map_err(|e| IngestError::Unreadable {
+            path: path.to_path_buf(),
+            format: "CSV",
+            reason: e.to_string(),
+        })?;
+        Ok((df, 2))
+    }
+}
+
+/// The metric is named by the header; anything else is refused.
+fn detect_metric(path: &Path, df: &DataFrame) -> Result<Metric, IngestError> {
+    let names = table::column_names(df);
+    let has = |cols: &[&str]| cols.iter().all(|c| names.iter().any(|n| n == c));
+    let metric = if has(&Metric::Flows.columns()) {
+        Metric::Flows
+    } else if has(&Metric::Footfall.columns()) {
+        Metric::Footfall
+    } else {
+        let missing = |m: Metric| {
+            m.columns()
+                .into_iter()
+                .filter(|c| !names.iter().any(|n| n == c))
+                .collect::<Vec<_>>()
+        };
+        return Err(IngestError::Schema {
+            path: path.to_path_buf(),
+            reason: format!(
+                "header {names:?} is neither footfall ({:?}, missing {:?}) nor flows ({:?}, missing {:?})",
+                Metric::Footfall.columns(),
+                missing(Metric::Footfall),
+                Metric::Flows.columns(),
+                missing(Metric::Flows)
+            ),
+        });
+    };
+    let expected = metric.columns();
+    if let Some(extra) = names.iter().find(|n| !expected.contains(&n.as_str())) {
+        return Err(IngestError::Schema {
+            path: path.to_path_buf(),
+            reason: format!("unexpected column {extra:?} in a {metric} file (expected exactly {expected:?})"),
+        });
+    }
+    if df.height() == 0 {
+        return Err(IngestError::Schema {
+            path: path.to_path_buf(),
+            reason: "the file has a header but no rows".into(),
+        });
+    }
+    Ok(metric)
+}
+
+/// Turns delivered columns into validation columns; a column whose type can
+/// never be valid (a float count, a timestamp without time zone) is a
+/// schema error for the whole file.
+fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<Column>, IngestError> {
+    let schema_err = |reason: String| IngestError::Schema {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let n_keys = metric.key_columns().len() - 1;
+    let mut out = Vec::new();
+    for (k, name) in metric.columns().into_iter().enumerate() {
+        let col = df
+            .column(name)
+            .map_err(|e| schema_err(e.to_string()))?
+            .as_materialized_series()
+            .rechunk();
+        let dtype = col.dtype().clone();
+        let bad_type = || {
+            schema_err(format!(
+                "column {name} has type {dtype}, which hexflow cannot read as {}",
+                kind(k, n_keys)
+            ))
+        };
+        let normalised = if k < n_keys {
+            // Cell ids: text, or integers written as text.
+            match dtype {
+                DataType::String => Column::Text(col.str().map_err(|e| schema_err(e.to_string()))?.clone()),
+                d if d.is_integer() => Column::Text(
+                    col.cast(&DataType::String)
+                        .map_err(|e| schema_err(e.to_string()))?
+                        .str()
+                        .map_err(|e| schema_err(e.to_string()))?
+                        .clone(),
+                ),
+                _ => return Err(bad_type()),
+            }
+        } else if k == n_keys {
+            match dtype {
+                DataType::String => Column::Text(col.str().map_err(|e| schema_err(e.to_string()))?.clone()),
+                DataType::Datetime(unit, Some(_)) => {
+                    let per_s: i64 = match unit {
+                        TimeUnit::Milliseconds => 1_000,
+                        TimeUnit::Microseconds => 1_000_000,
+                        TimeUnit::Nanoseconds => 1_000_000_000,
+                    };
+                    let phys = col.to_physical_repr();
+                    let ints = phys.i64().map_err(|e| schema_err(e.to_string()))?;
+                    Column::Instant(
+                        ints.iter()
+                            .map(|v| v.map(|v| if v % per_s == 0 { Ok(v / per_s) } else { Err(()) }))
+                            .collect(),
+                    )
+                }
+                DataType::Datetime(_, None) => {
+                    return Err(schema_err(format!(
+                        "column {name} is a timestamp without time zone; hexflow needs the offset (an RFC 3339 string or a timestamp with time zone)"
+                    )));
+                }
+                _ => return Err(bad_type()),
+            }
+        } else {
+            match dtype {
+                DataType::String => Column::Text(col.str().map_err(|e| schema_err(e.to_string()))?.clone()),
+                d if d.is_integer() => Column::Int(
+                    col.cast(&DataType::Int64)
+                        .map_err(|e| schema_err(e.to_string()))?
+                        .i64()
+                        .map_err(|e| schema_err(e.to_string()))?
+                        .clone(),
+                ),
+                _ => return Err(bad_type()),
+            }
+        };
+        out.push(normalised);
+    }
+    Ok(out)
+}
+
+fn kind(k: usize, n_keys: usize) -> &'static str {
+    if k < n_keys {
+        "a cell id"
+    } else if k == n_keys {
+        "an RFC 3339 timestamp"
+    } else {
+        "a whole-number count"
+    }
+}

@@ -1,0 +1,314 @@
+//! Row-level validation of operator deliveries.
+//!
+//! Every row is checked against the grid and the policy; every problem
+//! becomes a [`Rejection`] naming the line, the column and the reason, so
+//! the operator can fix the file. Reasons never quote a count: a rejected
+//! count's raw text only goes to the quarantine file, which stays inside
+//! the data dir with the count store.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use polars::prelude::*;
+
+use crate::grid::Grid;
+use crate::policy::IngestLimits;
+use crate::store::Metric;
+
+/// One rejected value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rejection {
+    /// CSV line (the header is line 1) or 1-based Parquet row.
+    pub line: usize,
+    pub column: String,
+    pub reason: String,
+    /// The raw text of the value (quarantine file only).
+    #[serde(skip)]
+    pub value: String,
+}
+
+/// A column as delivered, normalised to what validation needs.
+pub enum Column {
+    Text(StringChunked),
+    Int(Int64Chunked),
+    /// Instants in seconds since the epoch (tz-aware Parquet timestamps);
+    /// `None` for nulls, `Err` for sub-second values.
+    Instant(Vec<Option<Result<i64, ()>>>),
+}
+
+impl Column {
+    fn text(&self, i: usize) -> Option<String> {
+        match self {
+            Column::Text(c) => c.get(i).map(str::to_string),
+            Column::Int(c) => c.get(i).map(|v| v.to_string()),
+            Column::Instant(v) => v[i].map(|r| r.map_or_else(|_| "sub-second timestamp".into(), |s| s.to_string())),
+        }
+    }
+}
+
+/// Valid rows, in file order, ready to be grouped by day.
+#[derive(Debug, Default)]
+pub struct Validated {
+    pub cell: Vec<u32>,
+    /// Destination cells (flows only).
+    pub dest: Vec<u32>,
+    pub bin_start_s: Vec<i64>,
+    pub day: Vec<NaiveDate>,
+    pub value: Vec<u32>,
+}
+
+/// Per-file validation context.
+pub struct Validator<'a> {
+    pub grid: &'a Grid,
+    pub cell_pos: HashMap<&'a str, u32>,
+    pub limits: &'a IngestLimits,
+    pub now: DateTime<Utc>,
+    /// Added to the 0-based row index to get the reported line.
+    pub line_offset: usize,
+    /// Alignment and local day of each distinct instant (a month has ~720).
+    instants: HashMap<i64, Result<NaiveDate, String>>,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(grid: &'a Grid, limits: &'a IngestLimits, line_offset: usize) -> Self {
+        Self {
+            grid,
+            cell_pos: grid
+                .cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.cell_id.as_str(), i as u32))
+                .collect(),
+            limits,
+            now: Utc::now(),
+            line_offset,
+            instants: HashMap::new(),
+        }
+    }
+
+    /// Validates every row; returns the valid rows and the rejections.
+    pub fn run(
+        &mut self,
+        metric: Metric,
+        columns: &[Column],
+        height: usize,
+        progress: &indicatif::ProgressBar,
+    ) -> (Validated, Vec<Rejection>) {
+        let names = metric.columns();
+        let mut out = Validated::default();
+        let mut rejections = Vec::new();
+        let mut first_line: HashMap<(u32, u32, i64), usize> = HashMap::with_capacity(height);
+        let value_limit = match metric {
+            Metric::Footfall => (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin"),
+            Metric::Flows => (self.limits.max_trips_per_pair_bin, "ingest.max_trips_per_pair_bin"),
+        };
+        let n_keys = names.len() - 2;
+        for i in 0..height {
+            if i % 65_536 == 0 {
+                progress.set_position(i as u64);
+            }
+            let line = i + self.line_offset;
+            let mut row_ok = true;
+            let mut reject = |column: &str, reason: String, col: &Column| {
+                rejections.push(Rejection {
+                    line,
+                    column: column.to_string(),
+                    reason,
+                    value: col.text(i).unwrap_or_default(),
+                });
+            };
+            let mut cells = [0u32; 2];
+            for k in 0..n_keys {
+                match self.cell(&columns[k], i) {
+                    Ok(c) => cells[k] = c,
+                    Err(reason) => {
+                        reject(names[k], reason, &columns[k]);
+                        row_ok = false;
+                    }
+                }
+            }
+            let time_col = &columns[n_keys];
+            let bin = match self.instant(time_col, i) {
+                Ok(pair) => Some(pair),
+                Err(reason) => {
+                    reject(names[n_keys], reason, time_col);
+                    row_ok = false;
+                    None
+                }
+            };
+            let value_col = &columns[n_keys + 1];
+            let value = match count(value_col, i, value_limit) {
+                Ok(v) => Some(v),
+                Err(reason) => {
+                    reject(names[n_keys + 1], reason, value_col);
+                    row_ok = false;
+                    None
+                }
+            };
+            let (Some((bin_s, day)), Some(value)) = (bin, value) else {
+                continue;
+            };
+            if !row_ok {
+                continue;
+            }
+            let key = (cells[0], cells[1], bin_s);
+            if let Some(first) = first_line.insert(key, line) {
+                first_line.insert(key, first);
+                rejections.push(Rejection {
+                    line,
+                    column: names[..=n_keys].join("+"),
+                    reason: format!("duplicate of line {first} (same {})", names[..=n_keys].join(", ")),
+                    value: String::new(),
+                });
+                continue;
+            }
+            out.cell.push(cells[0]);
+            if n_keys == 2 {
+                out.dest.push(cells[1]);
+            }
+            out.bin_start_s.push(bin_s);
+            out.day.push(day);
+            out.value.push(value);
+        }
+        // A duplicate's first occurrence was accepted before the duplicate
+        // was seen; the whole file is refused anyway when any row is.
+        (out, rejections)
+    }
+
+    fn cell(&self, col: &Column, i: usize) -> Result<u32, String> {
+        let id = match col {
+            Column::Text(c) => c.get(i).map(|s| s.trim().to_string()),
+            Column::Int(c) => c.get(i).map(|v| v.to_string()),
+            Column::Instant(_) => None,
+        };
+        let id = id.filter(|s| !s.is_empty()).ok_or("empty cell id")?;
+        self.cell_pos.get(id.as_str()).copied().ok_or_else(|| {
+            format!(
+                "unknown cell id {id:?} (not in the catalogue of grid {})",
+                self.grid.name()
+            )
+        })
+    }
+
+    fn instant(&mut self, col: &Column, i: usize) -> Result<(i64, NaiveDate), String> {
+        let secs = match col {
+            Column::Text(c) => {
+                let raw = c
+                    .get(i)
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .ok_or("empty timestamp")?;
+                parse_rfc3339(raw)?
+            }
+            Column::Instant(v) => match v[i] {
+                None => return Err("empty timestamp".into()),
+                Some(Err(())) => return Err("timestamp has a fraction of a second".into()),
+                Some(Ok(s)) => s,
+            },
+            Column::Int(_) => return Err("expected an RFC 3339 timestamp with offset".into()),
+        };
+        let (grid, limits, now) = (self.grid, self.limits, self.now);
+        let day = self
+            .instants
+            .entry(secs)
+            .or_insert_with(|| check_instant(grid, limits, now, secs))
+            .clone()?;
+        Ok((secs, day))
+    }
+}
+
+/// Parses an RFC 3339 timestamp that carries an offset.
+fn parse_rfc3339(raw: &str) -> Result<i64, String> {
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(t) if t.nanosecond() != 0 => Err("timestamp has a fraction of a second".into()),
+        Ok(t) => Ok(t.timestamp()),
+        Err(_) => {
+            // Say *why*: the most common operator mistake is a local time
+            // without offset, which is ambiguous across DST changes.
+            let naive = chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S"));
+            if naive.is_ok() {
+                Err("timestamp has no UTC offset (RFC 3339 needs one, e.g. 2025-03-30T03:00:00+02:00)".into())
+            } else {
+                Err("not an RFC 3339 timestamp (expected e.g. 2025-03-30T03:00:00+02:00)".into())
+            }
+        }
+    }
+}
+
+/// Checks bin alignment (in local time) and plausibility; returns the local day.
+fn check_instant(grid: &Grid, limits: &IngestLimits, now: DateTime<Utc>, secs: i64) -> Result<NaiveDate, String> {
+    let utc = DateTime::<Utc>::from_timestamp(secs, 0).ok_or("timestamp out of range")?;
+    let local = utc.with_timezone(&grid.tz);
+    let day = local.date_naive();
+    if day < limits.earliest_day {
+        return Err(format!(
+            "bin is on {day}, before the earliest plausible day {} (policy ingest.earliest_day)",
+            limits.earliest_day
+        ));
+    }
+    if utc > now {
+        return Err("bin starts in the future".into());
+    }
+    let since_midnight = local.num_seconds_from_midnight();
+    if since_midnight % grid.spec.bin_len_s != 0 {
+        return Err(format!(
+            "bin start {} is not aligned to the grid's {} s bins in {}",
+            local.format("%H:%M:%S"),
+            grid.spec.bin_len_s,
+            grid.spec.timezone
+        ));
+    }
+    Ok(day)
+}
+
+/// Reads a non-negative integer count within the plausible maximum.
+fn count(col: &Column, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, String> {
+    let v: i128 = match col {
+        Column::Int(c) => c.get(i).ok_or("empty count")?.into(),
+        Column::Text(c) => {
+            let raw = c.get(i).map(str::trim).filter(|s| !s.is_empty()).ok_or("empty count")?;
+            match raw.parse::<i128>() {
+                Ok(v) => v,
+                Err(_) if raw.parse::<f64>().is_ok() => return Err("count is not a whole number".into()),
+                Err(_) => return Err("count is not a number".into()),
+            }
+        }
+        Column::Instant(_) => return Err("count is not a number".into()),
+    };
+    if v < 0 {
+        return Err("negative count".into());
+    }
+    if v > i128::from(max) {
+        return Err(format!(
+            "count above the plausible maximum {max} ({limit_name} in the policy)"
+        ));
+    }
+    Ok(v as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_needs_an_offset() {
+        assert_eq!(parse_rfc3339("2025-03-30T03:00:00+02:00"), Ok(1_743_296_400));
+        assert_eq!(parse_rfc3339("2025-03-30T01:00:00Z"), Ok(1_743_296_400));
+        assert!(
+            parse_rfc3339("2025-03-30T03:00:00")
+                .unwrap_err()
+                .contains("no UTC offset")
+        );
+        assert!(
+            parse_rfc3339("30/03/2025 03:00")
+                .unwrap_err()
+                .contains("not an RFC 3339")
+        );
+        assert!(
+            parse_rfc3339("2025-03-30T03:00:00.5+02:00")
+                .unwrap_err()
+                .contains("fraction")
+        );
+    }
+}

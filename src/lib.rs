@@ -1,0 +1,31 @@
+//! hexflow: differentially private footfall and flow heatmaps on H3 hexagons
+//! from a mobile operator's per-cell device counts.
+//!
+//! Modules follow the pipeline (see `ARCHITECTURE.md`):
+//! [`grid`] (cell catalogue, coverage, cell→hex weights) →
+//! [`ingest`] (validated deliveries) → [`store`] (Parquet by local day).
+//! [`simulate`] produces realistic synthetic deliveries for any grid, and
+//! [`cli`] is the command-line surface.
+
+pub mod bench;
+pub mod cli;
+pub mod grid;
+pub mod ingest;
+pub mod policy;
+pub mod simulate;
+pub mod store;
+pub mod table;
+pub mod util;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A progress bar on stderr for long CLI work; hidden when stderr is not a
+/// terminal (CI, pipes, tests), so it never pollutes machine output.
+pub fn cli_progress(len: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}

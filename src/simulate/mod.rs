@@ -1,0 +1,499 @@
+//! `hexflow simulate`: deterministic synthetic operator deliveries.
+//!
+//! For any grid, writes hourly `devices` per cell and hourly `trips`
+//! between cells in the operator formats of DESIGN.md, one file per metric
+//! and local month, plus `events.json`: the truth of what was injected
+//! (matches, cruise calls, holidays, the tourism season), so tests can check
+//! that analyses of the DP releases find it again. The same seed and day
+//! always give the same counts, whatever window is simulated.
+
+pub mod calendar;
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone as _, Timelike, Utc};
+use polars::prelude::*;
+use rand::{SeedableRng, rngs::Xoshiro256PlusPlus};
+use rand_distr::{Distribution, Poisson};
+use serde::{Deserialize, Serialize};
+
+use crate::grid::{Grid, GridError};
+use crate::{table, util};
+use calendar::{CalendarFile, CruiseCall, Match};
+use model::{DayKind, Spatial};
+
+/// `[simulation]` in `grid.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationSpec {
+    /// Resident devices of the operator.
+    pub devices: u32,
+    /// Extra devices (visitors, roaming) at the summer tourism peak.
+    pub tourists_peak: u32,
+    /// Holidays file, relative to the grid folder.
+    #[serde(default)]
+    pub calendar: Option<PathBuf>,
+}
+
+/// Output file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Csv,
+}
+
+/// Errors of a simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    #[error("--from {from} is after --to {to}")]
+    EmptyWindow { from: NaiveDate, to: NaiveDate },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Polars {
+        path: PathBuf,
+        #[source]
+        source: PolarsError,
+    },
+}
+
+/// One written file.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimFile {
+    pub path: PathBuf,
+    pub metric: crate::store::Metric,
+    pub month: String,
+    pub rows: usize,
+}
+
+/// What `hexflow simulate` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulationReport {
+    pub grid: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub seed: u64,
+    pub devices: u32,
+    pub files: Vec<SimFile>,
+    pub footfall_rows: usize,
+    pub flows_rows: usize,
+    pub matches: usize,
+    pub cruise_calls: usize,
+    pub truth: PathBuf,
+    pub elapsed_s: f64,
+}
+
+/// `events.json`: what was injected.
+#[derive(Debug, Clone, Serialize)]
+pub struct Truth {
+    pub grid: String,
+    pub timezone: String,
+    pub seed: u64,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub resident_devices: u32,
+    pub tourists_peak: u32,
+    pub matches: Vec<Match>,
+    pub cruise_calls: Vec<CruiseCall>,
+    pub public_holidays: Vec<NaiveDate>,
+    pub school_holidays: Vec<calendar::HolidayPeriod>,
+    /// Plain-words description of the rhythms built into the model.
+    pub model: Vec<&'static str>,
+}
+
+const MODEL_NOTES: &[&str] = &[
+    "residents: home distribution from 'residential' landmarks (plus some in the centre); weekday work 06:30-09:00 to 16:30-19:30 towards business, centre, station, hospital, university and port landmarks",
+    "Saturdays and Sundays/public holidays: little work, afternoon leisure in town and on the coast (coast share grows in summer); Friday and Saturday evenings busier",
+    "school holidays: 15 % less commuting, more weekday leisure; August: up to 22 % of residents away and 35 % less commuting",
+    "tourists: a season peaking late July plus an Easter bump, out at landmarks, the old port, beaches and calanques by day, in the centre at night",
+    "matches: extra devices at the stadium from two bins before kick-off to two after (35/90/100/95/30 %), trips towards the stadium before and away after",
+    "cruise calls: passengers ashore 07:00-19:00, at the terminal early and late, sightseeing in between",
+    "a device present in the area is seen in an hour with probability 0.5 at night to 0.95 by day, in 1.3 cells on average; counts are Poisson around the expectation",
+];
+
+/// Simulates `[from, to]` (local days, inclusive) for `grid` into `out`.
+pub fn simulate(
+    grid: &Grid,
+    from: NaiveDate,
+    to: NaiveDate,
+    out: &Path,
+    format: Format,
+    seed: u64,
+) -> Result<SimulationReport, SimulateError> {
+    let started = Instant::now();
+    if from > to {
+        return Err(SimulateError::EmptyWindow { from, to });
+    }
+    let spec = grid.spec.simulation.clone().unwrap_or(SimulationSpec {
+        devices: 100 * grid.cells.len() as u32,
+        tourists_peak: 0,
+        calendar: None,
+    });
+    let cal = match &spec.calendar {
+        Some(p) => CalendarFile::load(&grid.dir.join(p))?,
+        None => CalendarFile::default(),
+    };
+    let first_of_kind = |kind: &str| grid.landmarks.iter().find(|l| l.kind == kind).map(|l| l.name.clone());
+    let mut matches = Vec::new();
+    let mut cruises = Vec::new();
+    for year in from.year()..=to.year() {
+        if let Some(s) = first_of_kind("stadium") {
+            matches.extend(calendar::matches(seed, year, &s, &cal));
+        }
+        if let Some(t) = first_of_kind("cruise_terminal") {
+            cruises.extend(calendar::cruise_calls(seed, year, &t));
+        }
+    }
+    matches.retain(|m| from <= m.date && m.date <= to);
+    cruises.retain(|c| from <= c.date && c.date <= to);
+
+    let spatial = Spatial::new(grid);
+    let commute = Spatial::destinations(grid, &spatial.work, 3, 6_000.0);
+    let leisure_mix: Vec<f64> = spatial
+        .leisure_town
+        .iter()
+        .zip(&spatial.evening)
+        .map(|(a, b)| 0.5 * a + 0.5 * b)
+        .collect();
+    let leisure = Spatial::destinations(grid, &leisure_mix, 2, 4_000.0);
+    // Match-goers' trips end in the stadium's two busiest cells (60/40).
+    let mut stadium_cells: Vec<(u32, f64)> = spatial
+        .stadium
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (i as u32, *w))
+        .collect();
+    stadium_cells.sort_by(|a, b| b.1.total_cmp(&a.1));
+    stadium_cells.truncate(2);
+    for (cell, split) in stadium_cells.iter_mut().zip([0.6, 0.4]) {
+        cell.1 = split;
+    }
+    if stadium_cells.len() == 1 {
+        stadium_cells[0].1 = 1.0;
+    }
+
+    let ctx = DayContext {
+        grid,
+        spatial: &spatial,
+        commute: &commute,
+        leisure: &leisure,
+        stadium_cells: &stadium_cells,
+        residents: spec.devices as f64,
+        tourists_peak: spec.tourists_peak as f64,
+    };
+    std::fs::create_dir_all(out).map_err(|source| SimulateError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    let mut month = MonthBuffer::default();
+    let mut current: Option<(i32, u32)> = None;
+    let progress = crate::cli_progress((to - from).num_days() as u64 + 1, "simulating");
+    for day in from.iter_days().take_while(|d| *d <= to) {
+        let ym = (day.year(), day.month());
+        if current.is_some_and(|c| c != ym) {
+            files.extend(month.write(grid, out, format)?);
+            month = MonthBuffer::default();
+        }
+        current = Some(ym);
+        let kind = DayKind::new(day, cal.is_public_holiday(day), cal.is_school_holiday(day));
+        let todays_match = matches.iter().find(|m| m.date == day);
+        let todays_cruise = cruises.iter().find(|c| c.date == day);
+        ctx.day(day, kind, todays_match, todays_cruise, seed, &mut month);
+        month.label = format!("{:04}-{:02}", ym.0, ym.1);
+        progress.inc(1);
+    }
+    files.extend(month.write(grid, out, format)?);
+    progress.finish_and_clear();
+
+    let truth_path = out.join("events.json");
+    let truth = Truth {
+        grid: grid.name().to_string(),
+        timezone: grid.spec.timezone.clone(),
+        seed,
+        from,
+        to,
+        resident_devices: spec.devices,
+        tourists_peak: spec.tourists_peak,
+        matches: matches.clone(),
+        cruise_calls: cruises.clone(),
+        public_holidays: cal
+            .public_holidays
+            .iter()
+            .copied()
+            .filter(|d| from <= *d && *d <= to)
+            .collect(),
+        school_holidays: cal
+            .school_holidays
+            .iter()
+            .filter(|p| p.to >= from && p.from <= to)
+            .cloned()
+            .collect(),
+        model: MODEL_NOTES.to_vec(),
+    };
+    let json = serde_json::to_vec_pretty(&truth).map_err(|e| SimulateError::Io {
+        path: truth_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    util::write_atomic(&truth_path, &json).map_err(|source| SimulateError::Io {
+        path: truth_path.clone(),
+        source,
+    })?;
+    let count = |m: crate::store::Metric| files.iter().filter(|f: &&SimFile| f.metric == m).map(|f| f.rows).sum();
+    Ok(SimulationReport {
+        grid: grid.name().to_string(),
+        from,
+        to,
+        seed,
+        devices: spec.devices,
+        footfall_rows: count(crate::store::Metric::Footfall),
+        flows_rows: count(crate::store::Metric::Flows),
+        files,
+        matches: matches.len(),
+        cruise_calls: cruises.len(),
+        truth: truth_path,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+struct DayContext<'a> {
+    grid: &'a Grid,
+    spatial: &'a Spatial,
+    commute: &'a [Vec<(u32, f64)>],
+    leisure: &'a [Vec<(u32, f64)>],
+    stadium_cells: &'a [(u32, f64)],
+    residents: f64,
+    tourists_peak: f64,
+}
+
+/// Rows of one local month, held until the month is written.
+#[derive(Default)]
+struct MonthBuffer {
+    label: String,
+    bins: Vec<String>,
+    foot_cell: Vec<u32>,
+    foot_bin: Vec<u32>,
+    foot_devices: Vec<u32>,
+    flow_origin: Vec<u32>,
+    flow_dest: Vec<u32>,
+    flow_bin: Vec<u32>,
+    flow_trips: Vec<u32>,
+}
+
+fn poisson(rng: &mut Xoshiro256PlusPlus, mean: f64) -> u32 {
+    if mean <= 0.0 || !mean.is_finite() {
+        return 0;
+    }
+    Poisson::new(mean).map(|p| p.sample(rng) as u32).unwrap_or(0)
+}
+
+impl DayContext<'_> {
+    fn day(
+        &self,
+        day: NaiveDate,
+        kind: DayKind,
+        game: Option<&Match>,
+        cruise: Option<&CruiseCall>,
+        seed: u64,
+        buf: &mut MonthBuffer,
+    ) {
+        let tz = self.grid.tz;
+        let day_number = day.num_days_from_ce() as u64;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ day_number);
+        let bin_s = i64::from(self.grid.spec.bin_len_s);
+        let start = local_midnight(tz, day);
+        let end = local_midnight(tz, day.succ_opt().unwrap_or(day));
+        let s = self.spatial;
+        let n = self.grid.cells.len();
+        let tourists = self.tourists_peak * model::tourist_level(kind);
+        let mut t = start.timestamp();
+        let mut prev_shares: Option<model::Shares> = None;
+        let mut lambda = vec![0.0f64; n];
+        while t < end.timestamp() {
+            let utc = DateTime::<Utc>::from_timestamp(t, 0).unwrap_or_default();
+            let local = utc.with_timezone(&tz);
+            let h = local.hour() as f64 + local.minute() as f64 / 60.0 + 0.5 * bin_s as f64 / 3600.0;
+            let sh = model::shares(h, kind);
+            let seen = model::seen(h) * model::CELLS_PER_SEEN_DEVICE;
+            let out_share = model::tourist_out(h);
+            let summer = kind.summer();
+            let coast = 0.25 + 0.6 * summer;
+            let match_devices = game
+                .map(|m| {
+                    f64::from(m.extra_devices) * model::match_presence(local.hour() as i64 - m.kickoff.hour() as i64)
+                })
+                .unwrap_or(0.0);
+            let (ashore, at_terminal) = model::cruise_presence(h);
+            let cruise_devices = cruise.map(|c| f64::from(c.extra_devices) * ashore).unwrap_or(0.0);
+            let r = self.residents;
+            for (c, l) in lambda.iter_mut().enumerate() {
+                let residents = r
+                    * (sh.home * s.home[c]
+                        + sh.work * s.work[c]
+                        + sh.evening * s.evening[c]
+                        + sh.leisure * ((1.0 - coast) * s.leisure_town[c] + coast * s.leisure_coast[c]));
+                let visitors = tourists * (out_share * s.tourist_day[c] + (1.0 - out_share) * s.tourist_night[c])
+                    + match_devices * s.stadium[c]
+                    + cruise_devices * (at_terminal * s.cruise[c] + (1.0 - at_terminal) * s.tourist_day[c]);
+                *l = seen * (residents + visitors);
+            }
+            let bin_idx = buf.bins.len() as u32;
+            buf.bins.push(local.format("%Y-%m-%dT%H:%M:%S%:z").to_string());
+            for (c, l) in lambda.iter().enumerate() {
+                buf.foot_cell.push(c as u32);
+                buf.foot_bin.push(bin_idx);
+                buf.foot_devices.push(poisson(&mut rng, *l));
+            }
+
+            // Trips: the change in each activity's share moves residents.
+            // Means are summed per pair first so that a pair appears once per
+            // bin, as in an operator's delivery.
+            let mut means: BTreeMap<(u32, u32), f64> = BTreeMap::new();
+            let mut add = |o: u32, d: u32, mean: f64| {
+                if o != d {
+                    *means.entry((o, d)).or_default() += mean;
+                }
+            };
+            if let Some(prev) = prev_shares {
+                let moves = [
+                    (sh.work - prev.work, self.commute),
+                    (sh.evening + sh.leisure - prev.evening - prev.leisure, self.leisure),
+                ];
+                for (delta, dests) in moves {
+                    for (o, targets) in dests.iter().enumerate() {
+                        let base = r * delta.abs() * s.home[o];
+                        for (d, p) in targets {
+                            if delta > 0.0 {
+                                add(o as u32, *d, base * p);
+                            } else {
+                                add(*d, o as u32, base * p);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(m) = game {
+                let offset = local.hour() as i64 - m.kickoff.hour() as i64;
+                let share = match offset {
+                    -2 => 0.4,
+                    -1 | 2 => 0.6,
+                    3 => 0.4,
+                    _ => 0.0,
+                };
+                // Half of the crowd travels from inside the city.
+                let travelling = f64::from(m.extra_devices) * 0.5 * share;
+                for (o, home) in s.home.iter().enumerate() {
+                    for (d, split) in self.stadium_cells {
+                        let mean = travelling * home * split;
+                        if offset < 0 {
+                            add(o as u32, *d, mean);
+                        } else {
+                            add(*d, o as u32, mean);
+                        }
+                    }
+                }
+            }
+            for ((o, d), mean) in means {
+                // Means this small would almost always draw 0: skipping them
+                // keeps the files the size of a real sparse delivery.
+                if mean < 0.05 {
+                    continue;
+                }
+                let trips = poisson(&mut rng, mean);
+                if trips > 0 {
+                    buf.flow_origin.push(o);
+                    buf.flow_dest.push(d);
+                    buf.flow_bin.push(bin_idx);
+                    buf.flow_trips.push(trips);
+                }
+            }
+            prev_shares = Some(sh);
+            t += bin_s;
+        }
+    }
+}
+
+/// The instant a local day starts (the first valid local time of the day,
+/// which is midnight everywhere DST changes at night).
+pub fn local_midnight(tz: chrono_tz::Tz, day: NaiveDate) -> DateTime<Utc> {
+    let mut naive = day.and_hms_opt(0, 0, 0).unwrap_or_default();
+    for _ in 0..4 {
+        if let Some(t) = tz.from_local_datetime(&naive).earliest() {
+            return t.with_timezone(&Utc);
+        }
+        naive += chrono::Duration::hours(1);
+    }
+    Utc.from_utc_datetime(&naive)
+}
+
+impl MonthBuffer {
+    fn write(&self, grid: &Grid, out: &Path, format: Format) -> Result<Vec<SimFile>, SimulateError> {
+        if self.bins.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = grid.cells.iter().map(|c| c.cell_id.as_str()).collect();
+        let bins: Vec<&str> = self.bins.iter().map(String::as_str).collect();
+        let ext = match format {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+        };
+        let mut written = Vec::new();
+        let polars_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SimulateError::Polars { path, source }
+        };
+        let foot_path = out.join(format!("footfall-{}.{ext}", self.label));
+        let mut foot = df!(
+            "cell_id" => self.foot_cell.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
+            "bin_start" => self.foot_bin.iter().map(|b| bins[*b as usize]).collect::<Vec<_>>(),
+            "devices" => &self.foot_devices,
+        )
+        .map_err(polars_err(&foot_path))?;
+        write_frame(&foot_path, &mut foot, format)?;
+        written.push(SimFile {
+            path: foot_path,
+            metric: crate::store::Metric::Footfall,
+            month: self.label.clone(),
+            rows: foot.height(),
+        });
+        let flow_path = out.join(format!("flows-{}.{ext}", self.label));
+        let mut flows = df!(
+            "origin_cell_id" => self.flow_origin.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
+            "dest_cell_id" => self.flow_dest.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
+            "bin_start" => self.flow_bin.iter().map(|b| bins[*b as usize]).collect::<Vec<_>>(),
+            "trips" => &self.flow_trips,
+        )
+        .map_err(polars_err(&flow_path))?;
+        if flows.height() > 0 {
+            write_frame(&flow_path, &mut flows, format)?;
+            written.push(SimFile {
+                path: flow_path,
+                metric: crate::store::Metric::Flows,
+                month: self.label.clone(),
+                rows: flows.height(),
+            });
+        }
+        Ok(written)
+    }
+}
+
+fn write_frame(path: &Path, df: &mut DataFrame, format: Format) -> Result<(), SimulateError> {
+    util::write_atomic_with(path, |f| match format {
+        Format::Parquet => table::write_parquet(df, f).map_err(std::io::Error::other),
+        Format::Csv => CsvWriter::new(f).finish(df).map_err(std::io::Error::other),
+    })
+    .map_err(|source| SimulateError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

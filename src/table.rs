@@ -1,0 +1,40 @@
+//! Thin helpers over polars for reading operator and grid tables.
+//!
+//! Tables are read with every column as text so that a malformed value
+//! becomes a precise, line-numbered rejection in the caller instead of a
+//! whole-file parse failure deep inside the CSV reader.
+
+use std::path::Path;
+
+use polars::prelude::*;
+
+/// Reads a CSV file with a header, every column as `String`.
+pub fn read_csv_as_strings(path: &Path) -> PolarsResult<DataFrame> {
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_raise_if_empty(false)
+        .map_parse_options(|o| o.with_truncate_ragged_lines(false))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))?
+        .finish()
+}
+
+/// Reads a Parquet file.
+pub fn read_parquet(path: &Path) -> PolarsResult<DataFrame> {
+    let file = std::fs::File::open(path)?;
+    ParquetReader::new(file).finish()
+}
+
+/// Writes a DataFrame to Parquet (zstd) into an already-open file.
+pub fn write_parquet(df: &mut DataFrame, file: &mut std::fs::File) -> PolarsResult<()> {
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_statistics(StatisticsOptions::full())
+        .finish(df)?;
+    Ok(())
+}
+
+/// Column names of a frame, for error messages.
+pub fn column_names(df: &DataFrame) -> Vec<String> {
+    df.get_column_names().iter().map(|n| n.to_string()).collect()
+}

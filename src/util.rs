@@ -1,0 +1,156 @@
+//! Small file-system helpers shared by the stages: content hashes, crash-safe
+//! writes, advisory locks and test failpoints.
+//!
+//! Every file hexflow persists goes through [`write_atomic`]: the bytes land
+//! in a temporary sibling, are fsynced, renamed over the target and the parent
+//! directory is fsynced, so a reader (or a crash) sees the old file or the new
+//! one, never half of either.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Hex-encoded SHA-256 of a file's bytes, streamed so large deliveries do not
+/// have to fit in memory twice.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Hex-encoded SHA-256 of several byte slices, each length-prefixed so that
+/// `["ab", "c"]` and `["a", "bc"]` hash differently.
+pub fn sha256_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Path of the temporary sibling used while `target` is being written.
+///
+/// Temporary names end in `.tmp` so that recovery can recognise and delete
+/// leftovers of a crashed writer.
+pub fn tmp_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{}.tmp", std::process::id()));
+    target.with_file_name(name)
+}
+
+/// Writes `bytes` to `target` so that a crash leaves either the old content
+/// or the new one.
+pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(target, |file| file.write_all(bytes))
+}
+
+/// Like [`write_atomic`], with the content produced by a closure writing to
+/// the temporary file (used for Parquet writers).
+pub fn write_atomic_with(target: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let parent = target.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let tmp = tmp_path(target);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, target)?;
+        sync_dir(parent)
+    })();
+    if result.is_err() {
+        // Best effort: the temporary is garbage either way, and the error
+        // that matters is the one being returned.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Fsyncs a directory so that renames and unlinks inside it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// An exclusive advisory lock on a file, released on drop.
+///
+/// Used to serialise writers of one dataset's store across processes.
+#[derive(Debug)]
+pub struct DirLock {
+    file: File,
+}
+
+impl DirLock {
+    /// Blocks until the lock file at `path` is held exclusively.
+    pub fn acquire(path: &Path) -> io::Result<Self> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        file.lock()?;
+        Ok(Self { file })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+/// Aborts the process when the environment variable `HEXFLOW_FAILPOINT`
+/// names this point.
+///
+/// Crash tests set it to simulate a power cut at a precise step; `abort`
+/// skips destructors and buffered writes exactly like a kill would.
+pub fn failpoint(name: &str) {
+    if std::env::var("HEXFLOW_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("hexflow: failpoint {name} hit, aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_hash_is_length_prefixed() {
+        assert_ne!(
+            sha256_parts([b"ab".as_slice(), b"c"]),
+            sha256_parts([b"a".as_slice(), b"bc"])
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("x.json");
+        write_atomic(&target, b"one").expect("write");
+        write_atomic(&target, b"two").expect("write");
+        assert_eq!(fs::read(&target).expect("read"), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x.json")]);
+    }
+}

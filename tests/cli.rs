@@ -1,0 +1,570 @@
+//! Integration tests: the real `hexflow` binary on the tiny fixture grid.
+//!
+//! Each test works in its own temporary data dir. Bad-input tests check
+//! three things: the exit code, a message that names the problem and where
+//! it is, and a count store that is byte-for-byte what it was before.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hexflow");
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, content).expect("write fixture");
+        p
+    }
+
+    fn run(&self, args: &[&str], failpoint: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir").arg(self.data()).args(args);
+        cmd.env_remove("HEXFLOW_FAILPOINT");
+        if let Some(f) = failpoint {
+            cmd.env("HEXFLOW_FAILPOINT", f);
+        }
+        cmd.output().expect("run hexflow")
+    }
+
+    fn hexflow(&self, args: &[&str]) -> Output {
+        self.run(args, None)
+    }
+
+    fn ingest(&self, files: &[&Path], extra: &[&str]) -> Output {
+        let policy = fixture("tiny.toml");
+        let mut args = vec!["ingest", "--policy", policy.to_str().expect("utf8"), "--json"];
+        args.extend_from_slice(extra);
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        args.extend(files.iter().map(String::as_str));
+        self.hexflow(&args)
+    }
+
+    /// Every file of the tiny dataset's store (the lock file excepted).
+    fn store(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            let Ok(entries) = fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.file_name().is_some_and(|n| n != ".lock") {
+                    out.insert(p.clone(), fs::read(&p).expect("read"));
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.data().join("store/tiny"), &mut out);
+        out
+    }
+
+    fn catalog(&self) -> serde_json::Value {
+        serde_json::from_slice(&fs::read(self.data().join("store/tiny/catalog.json")).expect("catalog")).expect("json")
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+const HEADER: &str = "cell_id,bin_start,devices\n";
+
+/// A valid day of footfall for two cells, hours `from..to` of 2025-03-12.
+fn good_rows(from: u32, to: u32) -> String {
+    let mut s = String::from(HEADER);
+    for h in from..to {
+        for (c, v) in [("A-1", 10 + h), ("B-0", 20 + h)] {
+            s.push_str(&format!("{c},2025-03-12T{h:02}:00:00+01:00,{v}\n"));
+        }
+    }
+    s
+}
+
+#[test]
+fn a_good_delivery_lands_and_a_repeat_is_a_no_op() {
+    let env = Env::new();
+    let f = env.write("day.csv", &good_rows(0, 24));
+    let out = env.ingest(&[&f], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j = json(&out);
+    assert_eq!(j["ingested"], 1);
+    assert_eq!(j["files"][0]["rows"], 48);
+    assert_eq!(j["files"][0]["metric"], "footfall");
+    assert_eq!(j["files"][0]["first_day"], "2025-03-12");
+    let before = env.store();
+    assert!(
+        before
+            .keys()
+            .any(|p| p.ends_with("footfall/date=2025-03-12/g000001.parquet"))
+    );
+
+    let again = env.ingest(&[&f], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(json(&again)["files"][0]["status"], "already_ingested");
+    assert_eq!(env.store(), before, "a repeated delivery must not touch the store");
+}
+
+/// One bad-input case: the file is refused with `reason` at `line`, the
+/// quarantine lists it, and the store is unchanged.
+fn assert_refused(env: &Env, name: &str, content: &str, line: usize, column: &str, reason: &str) {
+    let before = env.store();
+    let f = env.write(name, content);
+    let out = env.ingest(&[&f], &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{name} should be refused");
+    assert!(err.contains(name), "{name}: message should name the file: {err}");
+    assert!(err.contains(reason), "{name}: expected {reason:?} in {err}");
+    assert!(err.contains("nothing was stored"), "{err}");
+    assert_eq!(env.store(), before, "{name}: the store changed");
+    let j = json(&out);
+    let q = PathBuf::from(j["files"][0]["quarantine"].as_str().expect("quarantine path"));
+    let q = fs::read_to_string(q).expect("quarantine file");
+    let expected = format!("\n{line},{column},");
+    assert!(
+        q.contains(&expected),
+        "{name}: quarantine should list line {line} column {column}: {q}"
+    );
+}
+
+#[test]
+fn every_bad_row_is_refused_with_its_line_column_and_reason() {
+    let env = Env::new();
+    // A stored day first, so "unchanged" is checked against real content.
+    let base = env.write("base.csv", &good_rows(0, 24));
+    assert!(env.ingest(&[&base], &[]).status.success());
+    let row = |cell: &str, bin: &str, v: &str| format!("{HEADER}A-1,2025-03-13T00:00:00+01:00,5\n{cell},{bin},{v}\n");
+    let t = "2025-03-13T01:00:00+01:00";
+    let cases: [(&str, String, &str, &str); 10] = [
+        ("unknown.csv", row("Z-9", t, "5"), "cell_id", "unknown cell id \"Z-9\""),
+        ("negative.csv", row("A-1", t, "-3"), "devices", "negative count"),
+        ("fraction.csv", row("A-1", t, "2.5"), "devices", "not a whole number"),
+        ("text.csv", row("A-1", t, "many"), "devices", "not a number"),
+        (
+            "huge.csv",
+            row("A-1", t, "900000"),
+            "devices",
+            "above the plausible maximum 5000",
+        ),
+        (
+            "naive.csv",
+            row("A-1", "2025-03-13T01:00:00", "5"),
+            "bin_start",
+            "no UTC offset",
+        ),
+        (
+            "garbled.csv",
+            row("A-1", "13/03/2025 01h", "5"),
+            "bin_start",
+            "not an RFC 3339 timestamp",
+        ),
+        (
+            "misaligned.csv",
+            row("A-1", "2025-03-13T01:30:00+01:00", "5"),
+            "bin_start",
+            "not aligned",
+        ),
+        (
+            "future.csv",
+            row("A-1", "2099-01-01T00:00:00+01:00", "5"),
+            "bin_start",
+            "in the future",
+        ),
+        (
+            "ancient.csv",
+            row("A-1", "2019-06-01T00:00:00+02:00", "5"),
+            "bin_start",
+            "before the earliest plausible day",
+        ),
+    ];
+    for (name, content, column, reason) in &cases {
+        assert_refused(&env, name, content, 3, column, reason);
+    }
+    // A duplicate (cell, bin) inside one file.
+    let dup = format!("{HEADER}A-1,{t},5\nB-0,{t},5\nA-1,{t},6\n");
+    assert_refused(&env, "dup.csv", &dup, 4, "cell_id+bin_start", "duplicate of line 2");
+}
+
+#[test]
+fn a_file_with_one_bad_row_among_many_lands_nothing() {
+    let env = Env::new();
+    let mut content = good_rows(0, 24);
+    content.push_str("A-1,2025-03-12T25:00:00+01:00,4\n");
+    let f = env.write("mostly-good.csv", &content);
+    let out = env.ingest(&[&f], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("1 of 49 rows rejected"), "{}", stderr(&out));
+    assert!(env.store().is_empty(), "no partial day may land");
+}
+
+#[test]
+fn schema_problems_are_named() {
+    let env = Env::new();
+    let cases = [
+        ("missing.csv", "cell_id,devices\nA-1,3\n", "neither footfall"),
+        (
+            "extra.csv",
+            "cell_id,bin_start,devices,imsi\nA-1,2025-03-12T00:00:00+01:00,3,x\n",
+            "unexpected column \"imsi\"",
+        ),
+        ("empty.csv", "cell_id,bin_start,devices\n", "no rows"),
+        (
+            "ragged.csv",
+            "cell_id,bin_start,devices\nA-1,2025-03-12T00:00:00+01:00,3,7,8\n",
+            "cannot be read as CSV",
+        ),
+    ];
+    for (name, content, reason) in cases {
+        let f = env.write(name, content);
+        let out = env.ingest(&[&f], &[]);
+        assert!(!out.status.success(), "{name}");
+        let err = stderr(&out);
+        assert!(err.contains(name) && err.contains(reason), "{name}: {err}");
+    }
+    assert!(env.store().is_empty());
+}
+
+#[test]
+fn a_second_delivery_for_a_stored_bin_needs_the_correction_flag() {
+    let env = Env::new();
+    let f = env.write("day.csv", &good_rows(0, 24));
+    assert!(env.ingest(&[&f], &[]).status.success());
+    let before = env.store();
+    let fix = env.write(
+        "fix.csv",
+        &format!("{HEADER}A-1,2025-03-12T08:00:00+01:00,99\nA-1,2025-03-12T09:00:00+01:00,98\n"),
+    );
+    let refused = env.ingest(&[&fix], &[]);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("2 footfall rows are already stored") && err.contains("--correction"),
+        "{err}"
+    );
+    assert!(!err.contains("99"), "an error message must not carry a count: {err}");
+    assert_eq!(env.store(), before);
+
+    let fixed = env.ingest(&[&fix], &["--correction"]);
+    assert!(fixed.status.success(), "{}", stderr(&fixed));
+    assert_eq!(json(&fixed)["files"][0]["rows_replaced"], 2);
+    let catalog = env.catalog();
+    let last = &catalog["deliveries"][1];
+    assert_eq!(last["correction"], true);
+    assert_eq!(last["replaced_rows"], 2);
+    // The day still has 48 rows: two replaced, none added.
+    let store = env.hexflow(&[
+        "store",
+        "--policy",
+        fixture("tiny.toml").to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert_eq!(json(&store)["metrics"][0]["rows"], 48);
+}
+
+#[test]
+fn a_crash_before_the_commit_leaves_the_store_as_it_was() {
+    let env = Env::new();
+    let f = env.write("day.csv", &good_rows(0, 12));
+    assert!(env.ingest(&[&f], &[]).status.success());
+    let before = env.store();
+
+    let g = env.write("next.csv", &good_rows(12, 24));
+    let policy = fixture("tiny.toml");
+    let args = [
+        "ingest",
+        "--policy",
+        policy.to_str().expect("utf8"),
+        g.to_str().expect("utf8"),
+    ];
+    let crashed = env.run(&args, Some("ingest:after-partitions"));
+    assert!(!crashed.status.success(), "the failpoint must kill the process");
+    assert!(stderr(&crashed).contains("failpoint"));
+    assert_eq!(
+        env.catalog(),
+        serde_json::from_slice::<serde_json::Value>(&before[&env.data().join("store/tiny/catalog.json")])
+            .expect("json")
+    );
+    // The orphaned day file is there but unreferenced; the next writer
+    // removes it, whatever it ingests.
+    assert_ne!(env.store(), before);
+    let retry = env.ingest(&[&g], &[]);
+    assert!(retry.status.success(), "{}", stderr(&retry));
+    let after = env.store();
+    assert_eq!(after.len(), 2, "catalog + one day file: {:?}", after.keys());
+    let store = env.hexflow(&["store", "--policy", policy.to_str().expect("utf8"), "--json"]);
+    assert_eq!(json(&store)["metrics"][0]["rows"], 48);
+}
+
+#[test]
+fn a_crash_after_the_commit_keeps_the_delivery_and_cleans_up_later() {
+    let env = Env::new();
+    let f = env.write("day.csv", &good_rows(0, 12));
+    assert!(env.ingest(&[&f], &[]).status.success());
+    let g = env.write("next.csv", &good_rows(12, 24));
+    let policy = fixture("tiny.toml");
+    let args = [
+        "ingest",
+        "--policy",
+        policy.to_str().expect("utf8"),
+        g.to_str().expect("utf8"),
+    ];
+    assert!(!env.run(&args, Some("ingest:after-commit")).status.success());
+    // Committed: a retry is a no-op...
+    let retry = env.ingest(&[&g], &[]);
+    assert_eq!(json(&retry)["files"][0]["status"], "already_ingested");
+    // ...and the superseded generation is gone after the next writer.
+    let h = env.write("other.csv", &format!("{HEADER}A-1,2025-03-13T00:00:00+01:00,1\n"));
+    assert!(env.ingest(&[&h], &[]).status.success());
+    let files: Vec<_> = env
+        .store()
+        .into_keys()
+        .filter(|p| p.to_string_lossy().contains("date=2025-03-12"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+#[test]
+fn daylight_saving_days_have_23_and_25_bins() {
+    let env = Env::new();
+    let mut s = String::from(HEADER);
+    // Every UTC hour from 2025-03-29 23:00Z (local midnight of the 30th)
+    // for 23 hours, then the 25 UTC hours of 2025-10-26 local.
+    for h in 0..23 {
+        let t = chrono_like(2025, 3, 29, 23, h);
+        s.push_str(&format!("A-1,{t},1\n"));
+    }
+    for h in 0..25 {
+        let t = chrono_like(2025, 10, 25, 22, h);
+        s.push_str(&format!("A-1,{t},1\n"));
+    }
+    let f = env.write("dst.csv", &s);
+    let out = env.ingest(&[&f], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["files"][0]["days"], 2);
+    let days: Vec<String> = env
+        .store()
+        .into_keys()
+        .filter_map(|p| p.parent()?.file_name()?.to_str().map(str::to_string))
+        .filter(|d| d.starts_with("date="))
+        .collect();
+    assert_eq!(days, vec!["date=2025-03-30", "date=2025-10-26"]);
+}
+
+/// `hours` after the given UTC time, as RFC 3339 in UTC.
+fn chrono_like(y: i32, m: u32, d: u32, h: u32, plus_h: u32) -> String {
+    let start = chrono::NaiveDate::from_ymd_opt(y, m, d)
+        .and_then(|d| d.and_hms_opt(h, 0, 0))
+        .expect("date");
+    (start + chrono::Duration::hours(plus_h.into()))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+#[test]
+fn simulated_parquet_and_csv_deliveries_ingest_and_are_deterministic() {
+    let env = Env::new();
+    let grid = fixture("tiny");
+    let g = grid.to_str().expect("utf8");
+    let sim = |out: &str, format: &str| {
+        let o = env.hexflow(&[
+            "simulate",
+            "--grid",
+            g,
+            "--from",
+            "2025-03-29",
+            "--to",
+            "2025-04-02",
+            "--out",
+            out,
+            "--format",
+            format,
+            "--seed",
+            "5",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        json(&o)
+    };
+    let a = sim(env.path("a").to_str().expect("utf8"), "parquet");
+    let b = sim(env.path("b").to_str().expect("utf8"), "parquet");
+    let c = sim(env.path("c").to_str().expect("utf8"), "csv");
+    // 6 cells × (24×4 + 23) hours: the DST day has 23 bins.
+    assert_eq!(a["footfall_rows"], 6 * (24 * 4 + 23));
+    for name in ["footfall-2025-03.parquet", "flows-2025-04.parquet", "events.json"] {
+        assert_eq!(
+            fs::read(env.path("a").join(name)).expect("a"),
+            fs::read(env.path("b").join(name)).expect("b"),
+            "{name}"
+        );
+    }
+    assert_eq!(a["flows_rows"], b["flows_rows"]);
+    assert_eq!(a["flows_rows"], c["flows_rows"]);
+
+    let files: Vec<PathBuf> = ["footfall-2025-03", "footfall-2025-04", "flows-2025-03", "flows-2025-04"]
+        .iter()
+        .map(|n| env.path("a").join(format!("{n}.parquet")))
+        .collect();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = env.ingest(&refs, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["ingested"], 4);
+    // The same counts as CSV are a different file but the same bins.
+    let csv = env.path("c").join("footfall-2025-03.csv");
+    let dup = env.ingest(&[&csv], &[]);
+    assert!(!dup.status.success());
+    assert!(stderr(&dup).contains("already stored"), "{}", stderr(&dup));
+}
+
+#[test]
+fn parquet_type_problems_are_schema_errors() {
+    use polars::prelude::*;
+    let env = Env::new();
+    let write = |name: &str, mut df: DataFrame| {
+        let p = env.path(name);
+        let f = fs::File::create(&p).expect("create");
+        ParquetWriter::new(f).finish(&mut df).expect("parquet");
+        p
+    };
+    let naive = Int64Chunked::from_vec("bin_start".into(), vec![1_741_734_000_000_000])
+        .into_datetime(TimeUnit::Microseconds, None)
+        .into_series();
+    let df = DataFrame::new_infer_height(vec![
+        Series::new("cell_id".into(), ["A-1"]).into(),
+        naive.into(),
+        Series::new("devices".into(), [3i64]).into(),
+    ])
+    .expect("df");
+    let p = write("naive.parquet", df);
+    let out = env.ingest(&[&p], &[]);
+    assert!(stderr(&out).contains("timestamp without time zone"), "{}", stderr(&out));
+
+    let df =
+        df!("cell_id" => ["A-1"], "bin_start" => ["2025-03-12T00:00:00+01:00"], "devices" => [3.0f64]).expect("df");
+    let p = write("float.parquet", df);
+    let out = env.ingest(&[&p], &[]);
+    assert!(
+        stderr(&out).contains("cannot read as a whole-number count"),
+        "{}",
+        stderr(&out)
+    );
+
+    let aware = Int64Chunked::from_vec("bin_start".into(), vec![1_741_734_000_000_000])
+        .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
+        .into_series();
+    let df = DataFrame::new_infer_height(vec![
+        Series::new("cell_id".into(), ["A-1"]).into(),
+        aware.into(),
+        Series::new("devices".into(), [3u32]).into(),
+    ])
+    .expect("df");
+    let p = write("aware.parquet", df);
+    let out = env.ingest(&[&p], &[]);
+    assert!(out.status.success(), "a tz-aware timestamp is fine: {}", stderr(&out));
+    assert_eq!(json(&out)["files"][0]["first_day"], "2025-03-12");
+    assert!(!env.store().is_empty());
+}
+
+#[test]
+fn grid_build_reports_weights_and_reuses_its_cache_until_the_catalogue_changes() {
+    let env = Env::new();
+    let grid = env.path("grid");
+    fs::create_dir_all(&grid).expect("mkdir");
+    for f in ["grid.toml", "area.geojson", "cells.csv", "landmarks.csv"] {
+        fs::copy(fixture("tiny").join(f), grid.join(f)).expect("copy");
+    }
+    let g = grid.to_str().expect("utf8");
+    let first = env.hexflow(&["grid", "build", "--grid", g, "--res", "9", "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let s = json(&first);
+    assert_eq!(s["cells"], 6);
+    assert_eq!(s["cells_outside"], serde_json::json!(["FAR-1"]));
+    assert_eq!(s["cells_with_weights"], 5);
+    assert_eq!(s["cached"], false);
+    assert!(s["max_row_sum_error"].as_f64().expect("f64") < 1e-9);
+    assert!(s["max_area_gap"].as_f64().expect("f64") < 1e-6);
+    let l2 = &s["l2_norm_per_cell"];
+    assert!(l2["min"].as_f64().expect("f64") > 0.0 && l2["max"].as_f64().expect("f64") <= 1.0);
+    assert!(s["hexes_per_cell"]["max"].as_f64().expect("f64") > 1.0);
+
+    let second = env.hexflow(&["grid", "build", "--grid", g, "--res", "9", "--json"]);
+    assert_eq!(json(&second)["cached"], true);
+    assert_eq!(json(&second)["hexes_in_area"], s["hexes_in_area"]);
+
+    let cells = fs::read_to_string(grid.join("cells.csv"))
+        .expect("read")
+        .replace(",600\n", ",650\n");
+    fs::write(grid.join("cells.csv"), cells).expect("write");
+    let third = env.hexflow(&["grid", "build", "--grid", g, "--res", "9", "--json"]);
+    assert_eq!(json(&third)["cached"], false, "a changed catalogue must rebuild");
+
+    let bad = env.hexflow(&["grid", "build", "--grid", g, "--res", "12"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("resolution 12 is not offered by grid tiny"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn grid_and_policy_errors_say_where() {
+    let env = Env::new();
+    let grid = env.path("grid");
+    fs::create_dir_all(&grid).expect("mkdir");
+    for f in ["grid.toml", "area.geojson", "cells.csv"] {
+        fs::copy(fixture("tiny").join(f), grid.join(f)).expect("copy");
+    }
+    let g = grid.to_str().expect("utf8");
+    fs::write(
+        grid.join("cells.csv"),
+        "cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m\nA-1,A,43.29,5.38,400,,600\n",
+    )
+    .expect("write");
+    let out = env.hexflow(&["grid", "build", "--grid", g, "--res", "8"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("cells.csv, line 2, column azimuth_deg") && err.contains("outside [0, 360]"),
+        "{err}"
+    );
+
+    let p = env.write("typo.toml", "dataset = \"x\"\ngrid = \"grid\"\n[ingest]\nmax_devices_per_cell_bin = 5\nmax_trips_per_pair_bin = 5\nearliest_day = \"2020-01-01\"\nmax_devics = 3\n");
+    let f = env.write("x.csv", HEADER);
+    let out = env.hexflow(&[
+        "ingest",
+        "--policy",
+        p.to_str().expect("utf8"),
+        f.to_str().expect("utf8"),
+    ]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("typo.toml") && err.contains("max_devics"),
+        "{err}"
+    );
+}
