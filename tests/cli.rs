@@ -171,7 +171,7 @@ fn every_bad_row_is_refused_with_its_line_column_and_reason() {
             "huge.csv",
             row("A-1", t, "900000"),
             "devices",
-            "above the plausible maximum 5000",
+            "above the plausible maximum 200000",
         ),
         (
             "naive.csv",

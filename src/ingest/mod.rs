@@ -56,7 +56,7 @@ pub enum IngestError {
         path: PathBuf,
         rows: usize,
         rejected: usize,
-        first: Rejection,
+        first: Box<Rejection>,
         quarantine: PathBuf,
     },
     #[error("{path}: file not ingested: {source}")]
@@ -168,7 +168,7 @@ impl Ingestor {
                 path: path.to_path_buf(),
                 rows: report.rows,
                 rejected: rejections.len(),
-                first: rejections[0].clone(),
+                first: Box::new(rejections[0].clone()),
                 quarantine,
             });
         }

@@ -165,7 +165,7 @@ pub fn simulate(
         .zip(&spatial.evening)
         .map(|(a, b)| 0.5 * a + 0.5 * b)
         .collect();
-    let leisure = Spatial::destinations(grid, &leisure_mix, 2, 4_000.0);
+    let leisure = Spatial::destinations(grid, &leisure_mix, 1, 4_000.0);
     // Match-goers' trips end in the stadium's two busiest cells (60/40).
     let mut stadium_cells: Vec<(u32, f64)> = spatial
         .stadium
@@ -370,6 +370,10 @@ impl DayContext<'_> {
                     (sh.evening + sh.leisure - prev.evening - prev.leisure, self.leisure),
                 ];
                 for (delta, dests) in moves {
+                    // Slow drifts of a share are people staying put, not trips.
+                    if delta.abs() < 0.004 {
+                        continue;
+                    }
                     for (o, targets) in dests.iter().enumerate() {
                         let base = r * delta.abs() * s.home[o];
                         for (d, p) in targets {

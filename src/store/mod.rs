@@ -494,15 +494,26 @@ impl CountStore {
     }
 }
 
-/// "cell X at 2025-03-14T10:00:00Z" for the first row of a key frame; never
-/// includes a count.
+/// "cell_id=X, bin_start=2025-03-14T10:00:00Z" for the first row of a key
+/// frame; never includes a count.
 fn describe_key(df: &DataFrame, metric: Metric) -> String {
     let mut parts = Vec::new();
     for c in metric.key_columns() {
-        if let Ok(col) = df.column(c)
-            && let Ok(v) = col.get(0)
-        {
-            parts.push(format!("{c}={}", v.to_string().trim_matches('"')));
+        let Ok(col) = df.column(c) else { continue };
+        let text = match col.dtype() {
+            DataType::String => col.str().ok().and_then(|s| s.get(0)).map(str::to_string),
+            DataType::Datetime(_, _) => col
+                .as_materialized_series()
+                .to_physical_repr()
+                .i64()
+                .ok()
+                .and_then(|v| v.get(0))
+                .and_then(DateTime::<Utc>::from_timestamp_micros)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            _ => None,
+        };
+        if let Some(t) = text {
+            parts.push(format!("{c}={t}"));
         }
     }
     parts.join(", ")
