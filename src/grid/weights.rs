@@ -164,10 +164,12 @@ fn cell_row(
     let mut todo: Vec<CellIndex> = covering_hexes(coverage_deg, res)?.into_iter().collect();
     let mut sum_m2 = 0.0;
     // The tiler works on the sphere with geodesic edges while areas are
-    // measured with straight projected edges; a sliver can fall in a hex the
-    // tiler missed. Growing the set by one ring until the pieces add up to
-    // the clipped area closes that gap (normally zero or one extra round).
-    for _round in 0..4 {
+    // measured with straight projected edges, so a sliver of coverage can
+    // fall in a hex the tiler did not return. Each round looks at the ring
+    // around the pieces found in the previous round, until a round finds no
+    // new piece (normally the second).
+    for round in 0..8 {
+        let before = pieces.len();
         for hex in todo.drain(..) {
             if !done.insert(hex) {
                 continue;
@@ -183,11 +185,10 @@ fn cell_row(
                 pieces.push((hex, a));
             }
         }
-        let gap = (sum_m2 - clipped_m2).abs() / clipped_m2;
-        if gap < 1e-9 {
+        if pieces.len() == before && round > 0 {
             break;
         }
-        todo = pieces
+        todo = pieces[before..]
             .iter()
             .flat_map(|(h, _)| h.grid_disk::<Vec<_>>(1))
             .filter(|h| !done.contains(h))
