@@ -210,6 +210,9 @@ fn every_bad_row_is_refused_with_its_line_column_and_reason() {
     // A duplicate (cell, bin) inside one file.
     let dup = format!("{HEADER}A-1,{t},5\nB-0,{t},5\nA-1,{t},6\n");
     assert_refused(&env, "dup.csv", &dup, 4, "cell_id+bin_start", "duplicate of line 2");
+    // Flows go through the same checks, destination included.
+    let flows = format!("origin_cell_id,dest_cell_id,bin_start,trips\nA-1,B-0,{t},4\nA-1,NOPE,{t},2\n");
+    assert_refused(&env, "flows.csv", &flows, 3, "dest_cell_id", "unknown cell id \"NOPE\"");
 }
 
 #[test]
@@ -567,4 +570,31 @@ fn grid_and_policy_errors_say_where() {
         !out.status.success() && err.contains("typo.toml") && err.contains("max_devics"),
         "{err}"
     );
+}
+
+#[test]
+fn concurrent_ingests_of_one_day_both_land() {
+    // Two processes adding different cells of the same day race for the
+    // store: the lock serialises them, and the second merges with the first.
+    let env = Env::new();
+    let a = env.write("a.csv", &good_rows(0, 24).replace("B-0", "A-2"));
+    let b = env.write("b.csv", &good_rows(0, 24).replace("A-1", "A-3"));
+    let policy = fixture("tiny.toml");
+    let spawn = |f: &Path| {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(env.data())
+            .args(["ingest", "--policy", policy.to_str().expect("utf8")])
+            .arg(f)
+            .spawn()
+            .expect("spawn")
+    };
+    let (mut pa, mut pb) = (spawn(&a), spawn(&b));
+    assert!(pa.wait().expect("wait").success());
+    assert!(pb.wait().expect("wait").success());
+    let store = env.hexflow(&["store", "--policy", policy.to_str().expect("utf8"), "--json"]);
+    let j = json(&store);
+    assert_eq!(j["deliveries"], 2);
+    assert_eq!(j["metrics"][0]["rows"], 96);
+    assert_eq!(j["metrics"][0]["days"], 1);
 }

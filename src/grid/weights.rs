@@ -213,6 +213,7 @@ fn rects_overlap(a: &Rect<f64>, b: &Rect<f64>) -> bool {
 
 impl WeightMatrix {
     /// Builds W for `grid` at `res` (no cache).
+    #[tracing::instrument(skip_all, fields(grid = %grid.name(), res = u8::from(res)))]
     pub fn build(grid: &Grid, res: Resolution) -> Result<(Self, WeightSummary), GridError> {
         let started = Instant::now();
         let laea = grid.projection();

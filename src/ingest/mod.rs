@@ -116,6 +116,7 @@ impl Ingestor {
     }
 
     /// Ingests one file; `Ok` for ingested and already-ingested files.
+    #[tracing::instrument(skip_all, fields(file = %path.display(), dataset = %self.policy.dataset()))]
     pub fn ingest(&self, path: &Path, opts: IngestOptions) -> Result<FileReport, IngestError> {
         let started = Instant::now();
         let io = |source| IngestError::Io {
