@@ -6,8 +6,6 @@
 //! count's raw text only goes to the quarantine file, which stays inside
 //! the data dir with the count store.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use polars::prelude::*;
 
@@ -36,12 +34,40 @@ pub enum Column {
     Instant(Vec<Option<Result<i64, ()>>>),
 }
 
-impl Column {
-    fn text(&self, i: usize) -> Option<String> {
+/// A column materialised for row-by-row access: random `get` on a
+/// ChunkedArray costs a chunk lookup per call, a plain slice does not.
+enum View<'c> {
+    Text(Vec<Option<&'c str>>),
+    Int(Vec<Option<i64>>),
+    Instant(&'c [Option<Result<i64, ()>>]),
+}
+
+impl<'c> View<'c> {
+    fn of(col: &'c Column) -> Self {
+        match col {
+            Column::Text(c) => View::Text(c.iter().collect()),
+            Column::Int(c) => View::Int(c.iter().collect()),
+            Column::Instant(v) => View::Instant(v),
+        }
+    }
+
+    fn text(&self, i: usize) -> Option<&'c str> {
         match self {
-            Column::Text(c) => c.get(i).map(str::to_string),
-            Column::Int(c) => c.get(i).map(|v| v.to_string()),
-            Column::Instant(v) => v[i].map(|r| r.map_or_else(|_| "sub-second timestamp".into(), |s| s.to_string())),
+            View::Text(v) => v[i].map(str::trim).filter(|s| !s.is_empty()),
+            _ => None,
+        }
+    }
+
+    /// The raw value as text, for the quarantine file.
+    fn raw(&self, i: usize) -> String {
+        match self {
+            View::Text(v) => v[i].unwrap_or_default().to_string(),
+            View::Int(v) => v[i].map(|x| x.to_string()).unwrap_or_default(),
+            View::Instant(v) => match v[i] {
+                Some(Ok(s)) => s.to_string(),
+                Some(Err(())) => "sub-second timestamp".into(),
+                None => String::new(),
+            },
         }
     }
 }
@@ -60,13 +86,14 @@ pub struct Validated {
 /// Per-file validation context.
 pub struct Validator<'a> {
     pub grid: &'a Grid,
-    pub cell_pos: HashMap<&'a str, u32>,
+    pub cell_pos: PlHashMap<&'a str, u32>,
     pub limits: &'a IngestLimits,
     pub now: DateTime<Utc>,
     /// Added to the 0-based row index to get the reported line.
     pub line_offset: usize,
     /// Alignment and local day of each distinct instant (a month has ~720).
-    instants: HashMap<i64, Result<NaiveDate, String>>,
+    /// PlHashMap: polars' fast hasher; SipHash cost a third of ingest time.
+    instants: PlHashMap<i64, Result<NaiveDate, String>>,
 }
 
 impl<'a> Validator<'a> {
@@ -82,7 +109,7 @@ impl<'a> Validator<'a> {
             limits,
             now: Utc::now(),
             line_offset,
-            instants: HashMap::new(),
+            instants: PlHashMap::default(),
         }
     }
 
@@ -97,71 +124,47 @@ impl<'a> Validator<'a> {
         let names = metric.columns();
         let mut out = Validated::default();
         let mut rejections = Vec::new();
-        let mut first_line: HashMap<(u32, u32, i64), usize> = HashMap::with_capacity(height);
+        let views: Vec<View> = columns.iter().map(View::of).collect();
         let value_limit = match metric {
             Metric::Footfall => (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin"),
             Metric::Flows => (self.limits.max_trips_per_pair_bin, "ingest.max_trips_per_pair_bin"),
         };
         let n_keys = names.len() - 2;
+        // (cell, dest, bin, line) of every valid row, for the duplicate check.
+        let mut keys: Vec<(u32, u32, i64, u32)> = Vec::with_capacity(height);
         for i in 0..height {
             if i % 65_536 == 0 {
                 progress.set_position(i as u64);
             }
             let line = i + self.line_offset;
             let mut row_ok = true;
-            let mut reject = |column: &str, reason: String, col: &Column| {
+            let mut reject = |k: usize, reason: String| {
                 rejections.push(Rejection {
                     line,
-                    column: column.to_string(),
+                    column: names[k].to_string(),
                     reason,
-                    value: col.text(i).unwrap_or_default(),
+                    value: views[k].raw(i),
                 });
+                row_ok = false;
             };
             let mut cells = [0u32; 2];
-            for k in 0..n_keys {
-                match self.cell(&columns[k], i) {
-                    Ok(c) => cells[k] = c,
-                    Err(reason) => {
-                        reject(names[k], reason, &columns[k]);
-                        row_ok = false;
-                    }
+            for (k, cell) in cells.iter_mut().enumerate().take(n_keys) {
+                match self.cell(views[k].text(i)) {
+                    Ok(c) => *cell = c,
+                    Err(reason) => reject(k, reason),
                 }
             }
-            let time_col = &columns[n_keys];
-            let bin = match self.instant(time_col, i) {
-                Ok(pair) => Some(pair),
-                Err(reason) => {
-                    reject(names[n_keys], reason, time_col);
-                    row_ok = false;
-                    None
-                }
-            };
-            let value_col = &columns[n_keys + 1];
-            let value = match count(value_col, i, value_limit) {
-                Ok(v) => Some(v),
-                Err(reason) => {
-                    reject(names[n_keys + 1], reason, value_col);
-                    row_ok = false;
-                    None
-                }
-            };
-            let (Some((bin_s, day)), Some(value)) = (bin, value) else {
+            let bin = self
+                .instant(&views[n_keys], i)
+                .map_err(|reason| reject(n_keys, reason))
+                .ok();
+            let value = count(&views[n_keys + 1], i, value_limit)
+                .map_err(|reason| reject(n_keys + 1, reason))
+                .ok();
+            let (Some((bin_s, day)), Some(value), true) = (bin, value, row_ok) else {
                 continue;
             };
-            if !row_ok {
-                continue;
-            }
-            let key = (cells[0], cells[1], bin_s);
-            if let Some(first) = first_line.insert(key, line) {
-                first_line.insert(key, first);
-                rejections.push(Rejection {
-                    line,
-                    column: names[..=n_keys].join("+"),
-                    reason: format!("duplicate of line {first} (same {})", names[..=n_keys].join(", ")),
-                    value: String::new(),
-                });
-                continue;
-            }
+            keys.push((cells[0], cells[1], bin_s, line as u32));
             out.cell.push(cells[0]);
             if n_keys == 2 {
                 out.dest.push(cells[1]);
@@ -170,19 +173,29 @@ impl<'a> Validator<'a> {
             out.day.push(day);
             out.value.push(value);
         }
-        // A duplicate's first occurrence was accepted before the duplicate
-        // was seen; the whole file is refused anyway when any row is.
+        // Duplicates: sort the keys (line last, so the first occurrence of a
+        // key comes first) and compare neighbours.
+        keys.sort_unstable();
+        let key_names = &names[..=n_keys];
+        for pair in keys.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if (a.0, a.1, a.2) == (b.0, b.1, b.2) {
+                let first = keys.partition_point(|k| (k.0, k.1, k.2) < (b.0, b.1, b.2));
+                rejections.push(Rejection {
+                    line: b.3 as usize,
+                    column: key_names.join("+"),
+                    reason: format!("duplicate of line {} (same {})", keys[first].3, key_names.join(", ")),
+                    value: String::new(),
+                });
+            }
+        }
+        rejections.sort_by_key(|r| r.line);
         (out, rejections)
     }
 
-    fn cell(&self, col: &Column, i: usize) -> Result<u32, String> {
-        let id = match col {
-            Column::Text(c) => c.get(i).map(|s| s.trim().to_string()),
-            Column::Int(c) => c.get(i).map(|v| v.to_string()),
-            Column::Instant(_) => None,
-        };
-        let id = id.filter(|s| !s.is_empty()).ok_or("empty cell id")?;
-        self.cell_pos.get(id.as_str()).copied().ok_or_else(|| {
+    fn cell(&self, id: Option<&str>) -> Result<u32, String> {
+        let id = id.ok_or("empty cell id")?;
+        self.cell_pos.get(id).copied().ok_or_else(|| {
             format!(
                 "unknown cell id {id:?} (not in the catalogue of grid {})",
                 self.grid.name()
@@ -190,22 +203,15 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn instant(&mut self, col: &Column, i: usize) -> Result<(i64, NaiveDate), String> {
+    fn instant(&mut self, col: &View, i: usize) -> Result<(i64, NaiveDate), String> {
         let secs = match col {
-            Column::Text(c) => {
-                let raw = c
-                    .get(i)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .ok_or("empty timestamp")?;
-                parse_rfc3339(raw)?
-            }
-            Column::Instant(v) => match v[i] {
+            View::Text(_) => parse_rfc3339(col.text(i).ok_or("empty timestamp")?)?,
+            View::Instant(v) => match v[i] {
                 None => return Err("empty timestamp".into()),
                 Some(Err(())) => return Err("timestamp has a fraction of a second".into()),
                 Some(Ok(s)) => s,
             },
-            Column::Int(_) => return Err("expected an RFC 3339 timestamp with offset".into()),
+            View::Int(_) => return Err("expected an RFC 3339 timestamp with offset".into()),
         };
         let (grid, limits, now) = (self.grid, self.limits, self.now);
         let day = self
@@ -263,18 +269,18 @@ fn check_instant(grid: &Grid, limits: &IngestLimits, now: DateTime<Utc>, secs: i
 }
 
 /// Reads a non-negative integer count within the plausible maximum.
-fn count(col: &Column, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, String> {
+fn count(col: &View, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, String> {
     let v: i128 = match col {
-        Column::Int(c) => c.get(i).ok_or("empty count")?.into(),
-        Column::Text(c) => {
-            let raw = c.get(i).map(str::trim).filter(|s| !s.is_empty()).ok_or("empty count")?;
+        View::Int(v) => v[i].ok_or("empty count")?.into(),
+        View::Text(_) => {
+            let raw = col.text(i).ok_or("empty count")?;
             match raw.parse::<i128>() {
                 Ok(v) => v,
                 Err(_) if raw.parse::<f64>().is_ok() => return Err("count is not a whole number".into()),
                 Err(_) => return Err("count is not a number".into()),
             }
         }
-        Column::Instant(_) => return Err("count is not a number".into()),
+        View::Instant(_) => return Err("count is not a number".into()),
     };
     if v < 0 {
         return Err("negative count".into());
