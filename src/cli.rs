@@ -95,6 +95,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make (or fetch) one differentially private release.
+    Release {
+        #[command(flatten)]
+        dataset: DatasetArg,
+        /// Whose budget pays: public, planners, tourism (see the policy).
+        #[arg(long)]
+        audience: String,
+        #[arg(long, value_enum)]
+        metric: MetricArg,
+        /// H3 resolution of the hexes (footfall) or zones (flows, ≤ 7).
+        #[arg(long)]
+        res: u8,
+        /// Output bin: 1h, 1d, 1w or 1mo.
+        #[arg(long)]
+        bin: crate::privacy::Bin,
+        #[arg(long)]
+        from: NaiveDate,
+        #[arg(long)]
+        to: NaiveDate,
+        /// ρ of a Gaussian (zCDP) release.
+        #[arg(long, conflicts_with = "epsilon", required_unless_present = "epsilon")]
+        rho: Option<f64>,
+        /// ε of a Laplace (pure DP) release, charged as ρ = ε²/2.
+        #[arg(long)]
+        epsilon: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the policy's publication plan for every day with data.
+    Publish {
+        #[command(flatten)]
+        dataset: DatasetArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what was spent per day and audience, and every release.
+    Ledger {
+        #[command(flatten)]
+        dataset: DatasetArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what the count store holds for a dataset.
     Store {
         #[command(flatten)]
@@ -128,6 +170,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--metric`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MetricArg {
+    Footfall,
+    Flows,
+}
+
+impl From<MetricArg> for crate::store::Metric {
+    fn from(m: MetricArg) -> Self {
+        match m {
+            MetricArg::Footfall => crate::store::Metric::Footfall,
+            MetricArg::Flows => crate::store::Metric::Flows,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +311,106 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Release {
+            dataset,
+            audience,
+            metric,
+            res,
+            bin,
+            from,
+            to,
+            rho,
+            epsilon,
+            json,
+        } => {
+            let policy = dataset.load(&args.policies_dir)?;
+            let budget = match (rho, epsilon) {
+                (_, Some(e)) => crate::privacy::mechanism::Budget::Epsilon(e),
+                (Some(r), None) => crate::privacy::mechanism::Budget::Rho(r),
+                (None, None) => bail!("give --rho or --epsilon"),
+            };
+            let spec = crate::release::ReleaseSpec {
+                dataset: policy.dataset().to_string(),
+                audience,
+                metric: metric.into(),
+                res,
+                bin,
+                from,
+                to,
+                budget,
+            };
+            let releaser = crate::release::Releaser::new(policy, &data_dir)?;
+            let outcome = releaser.release(&spec, releaser.today())?;
+            if json {
+                print_json(&outcome)?;
+            } else {
+                print_release(&outcome);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { dataset, json } => {
+            let policy = dataset.load(&args.policies_dir)?;
+            let releaser = crate::release::Releaser::new(policy, &data_dir)?;
+            let report = crate::release::publish::publish(&releaser, &data_dir)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "published {} new releases ({} already stored, {} days not yet old enough), {:.4} ρ spent",
+                    report.new, report.stored, report.too_recent, report.rho_spent
+                );
+                for f in &report.refused {
+                    println!("  refused: {f}");
+                }
+            }
+            Ok(if report.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Ledger { dataset, json } => {
+            let policy = dataset.load(&args.policies_dir)?;
+            let ledger = crate::release::Releaser::ledger(&data_dir)?;
+            let spend = ledger.spend(policy.dataset())?;
+            let releases = ledger.releases(policy.dataset())?;
+            let caps: std::collections::BTreeMap<&str, f64> = policy
+                .spec
+                .audiences
+                .iter()
+                .map(|(k, a)| (k.as_str(), a.rho_per_day))
+                .collect();
+            if json {
+                print_json(&serde_json::json!({
+                    "dataset": policy.dataset(),
+                    "rho_per_day_cap": policy.spec.privacy.rho_per_day_cap,
+                    "audience_caps": caps,
+                    "days": spend,
+                    "releases": releases,
+                }))?;
+            } else {
+                println!(
+                    "ledger of {} (dataset cap {} ρ per day; audience caps {:?})",
+                    policy.dataset(),
+                    policy.spec.privacy.rho_per_day_cap,
+                    caps
+                );
+                for s in &spend {
+                    let cap = caps.get(s.audience.as_str()).copied().unwrap_or(0.0);
+                    println!(
+                        "  {} {:<9} spent {:.6} ρ of {:.6} ({:.6} left) in {} release(s)",
+                        s.day,
+                        s.audience,
+                        s.rho_spent,
+                        cap,
+                        (cap - s.rho_spent).max(0.0),
+                        s.releases
+                    );
+                }
+                println!("  {} releases charged", releases.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { from, to, res, json } => demo(&args.policies_dir, &data_dir, from, to, res, json),
         Command::Bench { grid, month, res, json } => {
             let report = crate::bench::run(&grid, month, &res)?;
@@ -343,6 +501,28 @@ fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptio
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn print_release(o: &crate::release::Outcome) {
+    let m = &o.manifest;
+    println!(
+        "{} {} ({}): {} {} values ({} keys × {} bins) at res {}, {:?} noise on {:?} placement, sd {:.2}, ρ {:.6} (ε {:.3} at δ {:e}), {} day(s) charged",
+        m.release_id,
+        o.status,
+        o.dir.display(),
+        m.values,
+        m.spec.metric,
+        m.keys,
+        m.bins,
+        m.spec.res,
+        m.mechanism,
+        m.placement,
+        m.noise_sd,
+        m.rho,
+        m.epsilon,
+        m.delta,
+        m.days_charged.len()
+    );
 }
 
 fn print_weights(s: &crate::grid::weights::WeightSummary) {

@@ -12,6 +12,8 @@ pub mod cli;
 pub mod grid;
 pub mod ingest;
 pub mod policy;
+pub mod privacy;
+pub mod release;
 pub mod simulate;
 pub mod store;
 pub mod table;

@@ -36,6 +36,65 @@ pub struct IngestLimits {
     pub earliest_day: NaiveDate,
 }
 
+/// The privacy unit: what neighbouring datasets differ by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum PrivacyUnit {
+    /// One device over one local calendar day of the grid.
+    #[serde(rename = "device-day")]
+    DeviceDay,
+}
+
+/// `[privacy]`: the unit, the operator-attested bounds and the dataset cap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySpec {
+    pub unit: PrivacyUnit,
+    /// Attested by the operator; hexflow cannot check them on aggregates.
+    pub max_cells_per_bin: u32,
+    pub max_bins_per_day: u32,
+    pub max_trips_per_day: u32,
+    /// δ at which ε is stated for zCDP releases.
+    pub delta: f64,
+    /// Total ρ per local day over all audiences.
+    pub rho_per_day_cap: f64,
+    /// Noisy values under this are flagged `low` (shown greyed out).
+    pub display_threshold: f64,
+}
+
+impl PrivacySpec {
+    pub fn bounds(&self) -> crate::privacy::sensitivity::Bounds {
+        crate::privacy::sensitivity::Bounds {
+            max_cells_per_bin: self.max_cells_per_bin,
+            max_bins_per_day: self.max_bins_per_day,
+            max_trips_per_day: self.max_trips_per_day,
+        }
+    }
+}
+
+/// `[audiences.<name>]`: a cap and purpose limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceSpec {
+    /// ρ per local day this audience may spend.
+    pub rho_per_day: f64,
+    /// Finest H3 resolution it may ask for.
+    pub finest_res: u8,
+    /// Shortest output bin it may ask for.
+    pub shortest_bin: crate::privacy::Bin,
+    /// Days between a day and its first release for this audience.
+    pub min_delay_days: u32,
+}
+
+/// `[[publication]]`: a standing public release made for every day.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandingRelease {
+    pub metric: crate::store::Metric,
+    pub res: u8,
+    pub bin: crate::privacy::Bin,
+    pub rho: f64,
+}
+
 /// A dataset policy as written in TOML.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +106,11 @@ pub struct PolicySpec {
     /// Grid folder, relative to the policy file.
     pub grid: PathBuf,
     pub ingest: IngestLimits,
+    pub privacy: PrivacySpec,
+    /// At least `public`, `planners` and `tourism`.
+    pub audiences: std::collections::BTreeMap<String, AudienceSpec>,
+    #[serde(default)]
+    pub publication: Vec<StandingRelease>,
 }
 
 /// A loaded policy with its grid folder resolved.
@@ -82,6 +146,54 @@ impl Policy {
         }
         if spec.ingest.max_devices_per_cell_bin == 0 || spec.ingest.max_trips_per_pair_bin == 0 {
             return Err(invalid("ingest limits must be positive".into()));
+        }
+        let p = &spec.privacy;
+        if !(p.delta > 0.0 && p.delta < 1e-3) {
+            return Err(invalid(format!("privacy.delta = {} must be in (0, 0.001)", p.delta)));
+        }
+        if !(p.rho_per_day_cap.is_finite() && p.rho_per_day_cap > 0.0) {
+            return Err(invalid("privacy.rho_per_day_cap must be a positive number".into()));
+        }
+        if p.max_cells_per_bin == 0 || p.max_bins_per_day == 0 || p.max_trips_per_day == 0 {
+            return Err(invalid(
+                "privacy bounds (max_cells_per_bin, max_bins_per_day, max_trips_per_day) must be ≥ 1".into(),
+            ));
+        }
+        for required in ["public", "planners", "tourism"] {
+            if !spec.audiences.contains_key(required) {
+                return Err(invalid(format!("missing [audiences.{required}]")));
+            }
+        }
+        for (name, a) in &spec.audiences {
+            if !(a.rho_per_day.is_finite() && a.rho_per_day > 0.0) {
+                return Err(invalid(format!(
+                    "audiences.{name}.rho_per_day must be a positive number"
+                )));
+            }
+            if a.rho_per_day > p.rho_per_day_cap {
+                return Err(invalid(format!(
+                    "audiences.{name}.rho_per_day = {} exceeds the dataset cap privacy.rho_per_day_cap = {}",
+                    a.rho_per_day, p.rho_per_day_cap
+                )));
+            }
+            if a.finest_res > 15 {
+                return Err(invalid(format!(
+                    "audiences.{name}.finest_res = {} is not an H3 resolution",
+                    a.finest_res
+                )));
+            }
+        }
+        for (i, r) in spec.publication.iter().enumerate() {
+            if !(r.rho.is_finite() && r.rho > 0.0) {
+                return Err(invalid(format!("publication[{i}].rho must be a positive number")));
+            }
+        }
+        let planned: f64 = spec.publication.iter().map(|r| r.rho).sum();
+        if planned > spec.audiences["public"].rho_per_day {
+            return Err(invalid(format!(
+                "the publication plan spends {planned} ρ per day, more than audiences.public.rho_per_day = {}",
+                spec.audiences["public"].rho_per_day
+            )));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let grid_dir = base.join(&spec.grid);

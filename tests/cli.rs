@@ -598,3 +598,339 @@ fn concurrent_ingests_of_one_day_both_land() {
     assert_eq!(j["metrics"][0]["rows"], 96);
     assert_eq!(j["metrics"][0]["days"], 1);
 }
+
+// ---------------------------------------------------------------- releases
+
+/// A full day (2025-03-12) of footfall for the five cells in the area, with
+/// a distinctive count in one cell.
+fn ingest_day(env: &Env) {
+    let mut s = String::from(HEADER);
+    for h in 0..24 {
+        for (c, v) in [
+            ("A-1", 123_457),
+            ("A-2", 40 + h),
+            ("A-3", 50),
+            ("B-0", 60 + h),
+            ("C-1", 70),
+        ] {
+            s.push_str(&format!("{c},2025-03-12T{h:02}:00:00+01:00,{v}\n"));
+        }
+    }
+    let f = env.write("release-day.csv", &s);
+    let out = env.ingest(&[&f], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn release(env: &Env, extra: &[&str], failpoint: Option<&str>) -> Output {
+    let policy = fixture("tiny.toml");
+    let mut args = vec![
+        "release",
+        "--policy",
+        policy.to_str().expect("utf8"),
+        "--metric",
+        "footfall",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(env.data())
+        .args(&args)
+        .env("HEXFLOW_LOG", "trace")
+        .env_remove("HEXFLOW_FAILPOINT");
+    if let Some(f) = failpoint {
+        cmd.env("HEXFLOW_FAILPOINT", f);
+    }
+    cmd.output().expect("run")
+}
+
+fn ledger(env: &Env) -> serde_json::Value {
+    let policy = fixture("tiny.toml");
+    let out = env.hexflow(&["ledger", "--policy", policy.to_str().expect("utf8"), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json(&out)
+}
+
+fn spent(env: &Env, audience: &str) -> f64 {
+    ledger(env)["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .filter(|d| d["audience"] == audience)
+        .map(|d| d["rho_spent"].as_f64().expect("f64"))
+        .sum()
+}
+
+const DAY: [&str; 4] = ["--from", "2025-03-12", "--to", "2025-03-12"];
+
+#[test]
+fn a_release_costs_what_opendp_says_once_and_publishes_its_terms() {
+    let env = Env::new();
+    ingest_day(&env);
+    let args = [
+        &["--audience", "planners", "--res", "8", "--bin", "1h", "--rho", "0.1"][..],
+        &DAY[..],
+    ]
+    .concat();
+    let out = release(&env, &args, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = json(&out);
+    assert_eq!(o["status"], "new");
+    let m = &o["manifest"];
+    let rho = m["rho"].as_f64().expect("rho");
+    assert!(rho <= 0.1 && rho > 0.0999, "{rho}");
+    assert_eq!(m["days_charged"], serde_json::json!(["2025-03-12"]));
+    assert_eq!(m["bins"], 24);
+    assert_eq!(m["privacy_unit"], "device-day");
+    assert_eq!(m["bounds"]["max_bins_per_day"], 4);
+    assert!(m["epsilon"].as_f64().expect("eps") > rho);
+    let e = &m["expected_total_squared_error"];
+    let chosen = if m["placement"] == "cell" {
+        e["cell"].as_f64()
+    } else {
+        e["hex"].as_f64()
+    }
+    .expect("err");
+    assert!(chosen <= e["hex"].as_f64().expect("hex") && chosen <= e["cell"].as_f64().expect("cell"));
+    // Values: every public hex × 24 bins, ids as 15-character strings.
+    let dir = PathBuf::from(o["dir"].as_str().expect("dir"));
+    let df = polars::prelude::ParquetReader::new(fs::File::open(dir.join("values.parquet")).expect("values"))
+        .finish()
+        .expect("parquet");
+    use polars::prelude::SerReader;
+    assert_eq!(df.height() as u64, m["values"].as_u64().expect("n"));
+    let ids = df.column("hex_id").expect("hex_id").str().expect("str").clone();
+    assert!(ids.iter().all(|s| s.is_some_and(|s| s.len() == 15)));
+    // Hexes no cell covers are exactly 0 ± 0; every other one has an error bar.
+    let ci = df.column("ci95").expect("ci95").f64().expect("f64").clone();
+    assert!(ci.iter().all(|x| x.is_some_and(|x| x >= 0.0)));
+    assert!(ci.iter().filter(|x| x.is_some_and(|x| x > 0.0)).count() >= 24);
+
+    // The same question again: stored answer, no new charge.
+    let again = release(&env, &args, None);
+    assert_eq!(json(&again)["status"], "stored");
+    assert!((spent(&env, "planners") - rho).abs() < 1e-9);
+
+    // Nothing printed, logged or written names the raw count.
+    let manifest = fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    for text in [
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+        manifest,
+    ] {
+        assert!(!text.contains("123457"), "a raw count leaked: {text}");
+    }
+}
+
+#[test]
+fn purpose_limits_and_caps_refuse_and_say_what_is_left() {
+    let env = Env::new();
+    ingest_day(&env);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--audience", "public", "--res", "9", "--bin", "1h", "--rho", "0.1"],
+            "may use resolutions up to 8",
+        ),
+        (
+            &["--audience", "tourism", "--res", "8", "--bin", "1h", "--rho", "0.1"],
+            "bins of 1d or longer",
+        ),
+        (
+            &["--audience", "mayor", "--res", "8", "--bin", "1h", "--rho", "0.1"],
+            "unknown audience \"mayor\"",
+        ),
+        (
+            &["--audience", "planners", "--res", "8", "--bin", "1w", "--rho", "0.1"],
+            "--from must be a Monday",
+        ),
+        (
+            &["--audience", "planners", "--res", "8", "--bin", "1h", "--rho=-1"],
+            "positive number",
+        ),
+    ];
+    for (args, reason) in cases {
+        let out = release(&env, &[args, &DAY[..]].concat(), None);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
+    }
+    // Too recent: the tourism office waits three days.
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .date_naive()
+        .to_string();
+    let out = release(
+        &env,
+        &[
+            "--audience",
+            "tourism",
+            "--res",
+            "8",
+            "--bin",
+            "1d",
+            "--rho",
+            "0.1",
+            "--from",
+            &yesterday,
+            "--to",
+            &yesterday,
+        ],
+        None,
+    );
+    assert!(stderr(&out).contains("only 3 days after it"), "{}", stderr(&out));
+    // No data.
+    let out = release(
+        &env,
+        &[
+            "--audience",
+            "planners",
+            "--res",
+            "8",
+            "--bin",
+            "1d",
+            "--rho",
+            "0.1",
+            "--from",
+            "2025-03-13",
+            "--to",
+            "2025-03-13",
+        ],
+        None,
+    );
+    assert!(
+        stderr(&out).contains("no footfall data stored for 1 day(s)"),
+        "{}",
+        stderr(&out)
+    );
+    // Caps: planners have 0.5 per day.
+    let first = release(
+        &env,
+        &[
+            &["--audience", "planners", "--res", "8", "--bin", "1h", "--rho", "0.3"][..],
+            &DAY[..],
+        ]
+        .concat(),
+        None,
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = release(
+        &env,
+        &[
+            &["--audience", "planners", "--res", "9", "--bin", "1h", "--rho", "0.3"][..],
+            &DAY[..],
+        ]
+        .concat(),
+        None,
+    );
+    let err = stderr(&second);
+    assert!(
+        !second.status.success() && err.contains("audience planners has 0.200000 ρ left") && err.contains("2025-03-12"),
+        "{err}"
+    );
+    assert!(spent(&env, "planners") <= 0.5);
+    assert!(
+        env.data().join("releases/tiny").read_dir().expect("dir").count() == 1,
+        "a refused release stores nothing"
+    );
+}
+
+#[test]
+fn a_crash_at_any_step_never_overspends_and_a_retry_finishes_without_a_new_charge() {
+    for point in ["release:after-charge", "release:before-noise", "release:after-store"] {
+        let env = Env::new();
+        ingest_day(&env);
+        let args = [
+            &["--audience", "planners", "--res", "8", "--bin", "1d", "--rho", "0.2"][..],
+            &DAY[..],
+        ]
+        .concat();
+        let crashed = release(&env, &args, Some(point));
+        assert!(!crashed.status.success(), "{point}");
+        let charged = spent(&env, "planners");
+        assert!(
+            (charged - 0.2).abs() < 1e-6,
+            "{point}: the charge is committed before the crash: {charged}"
+        );
+        let releases = env.data().join("releases/tiny");
+        let complete = releases
+            .read_dir()
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(
+            complete,
+            usize::from(point == "release:after-store"),
+            "{point}: only whole releases are visible"
+        );
+        let retry = release(&env, &args, None);
+        assert!(retry.status.success(), "{point}: {}", stderr(&retry));
+        let status = json(&retry)["status"].as_str().expect("status").to_string();
+        assert!(status == "finished" || status == "stored", "{point}: {status}");
+        assert!(
+            (spent(&env, "planners") - charged).abs() < 1e-12,
+            "{point}: a retry must not charge again"
+        );
+        let l = ledger(&env);
+        assert_eq!(l["releases"][0]["state"], "published", "{point}");
+    }
+}
+
+#[test]
+fn racing_processes_fit_exactly_the_budget() {
+    // Planners have 0.5 ρ per day; releases of ~0.12 ρ: exactly 4 fit.
+    let env = Env::new();
+    ingest_day(&env);
+    let policy = fixture("tiny.toml");
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let rho = format!("{}", 0.12 + i as f64 * 1e-6);
+            Command::new(BIN)
+                .arg("--data-dir")
+                .arg(env.data())
+                .args([
+                    "release",
+                    "--policy",
+                    policy.to_str().expect("utf8"),
+                    "--metric",
+                    "footfall",
+                    "--audience",
+                    "planners",
+                    "--res",
+                    "8",
+                    "--bin",
+                    "1d",
+                    "--rho",
+                    &rho,
+                ])
+                .args(DAY)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let won = children
+        .into_iter()
+        .map(|mut c| c.wait().expect("wait").success())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(won, 4);
+    let total = spent(&env, "planners");
+    assert!(total <= 0.5 && total > 0.48, "{total}");
+}
+
+#[test]
+fn publish_runs_the_plan_once() {
+    let env = Env::new();
+    ingest_day(&env);
+    let policy = fixture("tiny.toml");
+    let p = policy.to_str().expect("utf8");
+    let first = env.hexflow(&["publish", "--policy", p, "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(json(&first)["new"], 1);
+    let second = env.hexflow(&["publish", "--policy", p, "--json"]);
+    assert_eq!(json(&second)["new"], 0);
+    assert_eq!(json(&second)["stored"], 1);
+    assert!((spent(&env, "public") - 0.2).abs() < 1e-6);
+}

@@ -1,0 +1,617 @@
+//! Releases: differentially private footfall and flows, immutable once
+//! written.
+//!
+//! The order of a release follows OpenDP's: build the measurement and get its
+//! cost (`privacy::mechanism`), commit the charge (`privacy::ledger`), and
+//! only then read the counts and draw the noise. A release is stored under
+//! `<data-dir>/releases/<dataset>/<release-id>/` as `values.parquet` and
+//! `manifest.json`, written in a temporary folder and renamed into place, so
+//! a release either exists whole or not at all.
+//!
+//! The key set of a release (hexes or zone pairs, and bins) comes from the
+//! grid and the spec, never from the data; every key gets a noisy value.
+
+pub mod publish;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::grid::weights::WeightMatrix;
+use crate::grid::{Grid, GridError};
+use crate::policy::Policy;
+use crate::privacy::Bin;
+use crate::privacy::ledger::{Charge, ChargeRequest, Ledger, LedgerError, ReleaseState};
+use crate::privacy::mechanism::{self, Calibrated, MechanismError};
+use crate::privacy::sensitivity::{self, Placement, Sensitivity};
+use crate::store::{CountStore, Metric, StoreError};
+use crate::{table, util};
+pub use spec::{ReleaseSpec, SpecError};
+
+/// OpenDP version the mechanisms come from (stated in every manifest).
+pub const OPENDP_VERSION: &str = "0.16.0";
+
+/// Errors of a release.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Mechanism(#[from] MechanismError),
+    #[error(
+        "no {metric} data stored for {count} day(s) of the window, first {first}; a release needs every day it charges"
+    )]
+    NoData {
+        metric: Metric,
+        count: usize,
+        first: NaiveDate,
+    },
+    #[error(
+        "the release would hold {values} values; at most {} per release (use a coarser resolution or bin, or a shorter window)",
+        spec::MAX_VALUES
+    )]
+    TooLarge { values: usize },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Polars {
+        path: PathBuf,
+        #[source]
+        source: PolarsError,
+    },
+}
+
+/// Expected total squared error of each placement (public parameters only).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ExpectedError {
+    pub cell: Option<f64>,
+    pub hex: f64,
+}
+
+/// `manifest.json`: everything needed to check and interpret a release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub release_id: String,
+    pub spec: ReleaseSpec,
+    pub grid: String,
+    pub timezone: String,
+    pub privacy_unit: String,
+    pub bounds: sensitivity::Bounds,
+    pub mechanism: mechanism::Mechanism,
+    pub placement: Placement,
+    pub sensitivity: Sensitivity,
+    pub noise_scale: f64,
+    pub noise_sd: f64,
+    pub rho: f64,
+    pub epsilon: f64,
+    pub delta: f64,
+    pub days_charged: Vec<NaiveDate>,
+    pub expected_total_squared_error: ExpectedError,
+    pub keys: usize,
+    pub bins: usize,
+    pub values: usize,
+    pub display_threshold: f64,
+    /// How `ci95` was computed.
+    pub ci95_method: String,
+    pub opendp_version: String,
+    pub hexflow_version: String,
+    pub values_sha256: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What `release` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `new`, `stored` (asked before: no cost) or `finished` (a retry after a
+    /// crash: charged before, no new charge).
+    pub status: &'static str,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Runs releases for one dataset.
+pub struct Releaser {
+    pub policy: Policy,
+    pub grid: Grid,
+    data_dir: PathBuf,
+}
+
+/// Instants at which each output bin of the window starts.
+pub fn output_bins(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Vec<DateTime<Utc>> {
+    let midnight = |d: NaiveDate| crate::simulate::local_midnight(grid.tz, d);
+    let days = from.iter_days().take_while(|d| *d <= to);
+    match bin {
+        Bin::Hour => {
+            let (start, end) = (midnight(from), midnight(to.succ_opt().unwrap_or(to)));
+            let step = i64::from(grid.spec.bin_len_s);
+            (0..)
+                .map(|k| start + chrono::Duration::seconds(k * step))
+                .take_while(|t| *t < end)
+                .collect()
+        }
+        Bin::Day => days.map(midnight).collect(),
+        Bin::Week => days
+            .filter(|d| d.weekday() == chrono::Weekday::Mon)
+            .map(midnight)
+            .collect(),
+        Bin::Month => days.filter(|d| d.day() == 1).map(midnight).collect(),
+    }
+}
+
+/// The output bin (index into `bins`) an instant falls in.
+fn bin_of(bins: &[DateTime<Utc>], t: DateTime<Utc>) -> Option<usize> {
+    match bins.partition_point(|b| *b <= t) {
+        0 => None,
+        i => Some(i - 1),
+    }
+}
+
+impl Releaser {
+    pub fn new(policy: Policy, data_dir: &Path) -> Result<Self, ReleaseError> {
+        let grid = Grid::load(&policy.grid_dir)?;
+        Ok(Self {
+            policy,
+            grid,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("releases").join(self.policy.dataset()).join(id)
+    }
+
+    /// The ledger of the data dir.
+    pub fn ledger(data_dir: &Path) -> Result<Ledger, LedgerError> {
+        Ledger::open(&data_dir.join("hexflow.sqlite"))
+    }
+
+    /// Today in the grid's timezone.
+    pub fn today(&self) -> NaiveDate {
+        Utc::now().with_timezone(&self.grid.tz).date_naive()
+    }
+
+    /// Reads a stored release's manifest.
+    pub fn stored(&self, id: &str) -> Option<Manifest> {
+        serde_json::from_slice(&std::fs::read(self.dir(id).join("manifest.json")).ok()?).ok()
+    }
+
+    /// Makes (or returns) the release described by `spec`.
+    #[tracing::instrument(skip_all, fields(dataset = %spec.dataset, metric = %spec.metric, res = spec.res))]
+    pub fn release(&self, spec: &ReleaseSpec, today: NaiveDate) -> Result<Outcome, ReleaseError> {
+        spec.check(&self.policy, today)?;
+        let id = spec.release_id();
+        let dir = self.dir(&id);
+        if let Some(manifest) = self.stored(&id) {
+            // A crash after the values were stored left the ledger at
+            // `charged`; finishing is idempotent and costs nothing.
+            Self::ledger(&self.data_dir)?.mark_published(&id)?;
+            return Ok(Outcome {
+                status: "stored",
+                dir,
+                manifest,
+            });
+        }
+        self.grid.resolution(spec.res)?;
+        let (w, _) = WeightMatrix::load_or_build(&self.grid, spec.res, &self.data_dir)?;
+        let bins = output_bins(&self.grid, spec.bin, spec.from, spec.to);
+        let n_keys = match spec.metric {
+            Metric::Footfall => w.hexes.len(),
+            Metric::Flows => w.hexes.len() * w.hexes.len(),
+        };
+        let values = n_keys * bins.len();
+        if values > spec::MAX_VALUES {
+            return Err(ReleaseError::TooLarge { values });
+        }
+        let store = CountStore::new(&self.data_dir, self.policy.dataset());
+        let catalog = store.catalog()?;
+        let stored_days = CountStore::days(&catalog, spec.metric);
+        let missing: Vec<NaiveDate> = spec.days().into_iter().filter(|d| !stored_days.contains(d)).collect();
+        if let Some(first) = missing.first() {
+            return Err(ReleaseError::NoData {
+                metric: spec.metric,
+                count: missing.len(),
+                first: *first,
+            });
+        }
+
+        // Calibrate both placements from public parameters; keep the one
+        // with the smaller expected total squared error.
+        let bounds = self.policy.spec.privacy.bounds();
+        let rows = w.rows();
+        let w2_max = rows
+            .values()
+            .map(|r| r.iter().map(|e| e.weight * e.weight).sum::<f64>().sqrt())
+            .fold(0.0, f64::max);
+        let sum_w2: f64 = w.entries.iter().map(|e| e.weight * e.weight).sum();
+        let per_bin = spec.bin.max_operator_bins(self.grid.spec.bin_len_s);
+        let (placement, calibrated, sens, expected) = match spec.metric {
+            Metric::Footfall => {
+                let s_cell = sensitivity::footfall(&bounds, per_bin, Placement::Cell, w2_max);
+                let s_hex = sensitivity::footfall(&bounds, per_bin, Placement::Hex, w2_max);
+                let cell = mechanism::calibrate(spec.budget, &s_cell)?;
+                let hex = mechanism::calibrate(spec.budget, &s_hex)?;
+                let cell_err = bins.len() as f64 * cell.noise_sd().powi(2) * sum_w2;
+                let hex_err = bins.len() as f64 * hex.noise_sd().powi(2) * w.hexes.len() as f64;
+                let e = ExpectedError {
+                    cell: Some(cell_err),
+                    hex: hex_err,
+                };
+                if cell_err <= hex_err {
+                    (Placement::Cell, cell, s_cell, e)
+                } else {
+                    (Placement::Hex, hex, s_hex, e)
+                }
+            }
+            Metric::Flows => {
+                let s = sensitivity::flows(&bounds, w2_max);
+                let c = mechanism::calibrate(spec.budget, &s)?;
+                let e = ExpectedError {
+                    cell: None,
+                    hex: values as f64 * c.noise_sd().powi(2),
+                };
+                (Placement::Hex, c, s, e)
+            }
+        };
+
+        // Commit the charge before any noisy value exists.
+        let days = spec.days();
+        let audience = &self.policy.spec.audiences[&spec.audience];
+        let mut ledger = Self::ledger(&self.data_dir)?;
+        let charge = ledger.charge(&ChargeRequest {
+            release_id: &id,
+            dataset: self.policy.dataset(),
+            audience: &spec.audience,
+            days: &days,
+            rho: calibrated.rho,
+            audience_cap_rho: audience.rho_per_day,
+            dataset_cap_rho: self.policy.spec.privacy.rho_per_day_cap,
+            spec_json: &spec.canonical(),
+        })?;
+        let status = match charge {
+            Charge::New => "new",
+            Charge::Existing(ReleaseState::Charged) | Charge::Existing(ReleaseState::Published) => "finished",
+        };
+
+        // Values computed in a crashed run never left the process, so a
+        // retry draws its noise afresh: nothing was ever observed twice.
+        util::failpoint("release:before-noise");
+        let (noisy, ci95) = match spec.metric {
+            Metric::Footfall => Self::footfall_values(&store, &catalog, spec, &w, &bins, placement, &calibrated)?,
+            Metric::Flows => self.flow_values(&store, &catalog, spec, &w, &bins, &calibrated)?,
+        };
+        let manifest = self.write(
+            spec,
+            &id,
+            &w,
+            &bins,
+            (placement, sens),
+            &calibrated,
+            expected,
+            days,
+            noisy,
+            ci95,
+        )?;
+        util::failpoint("release:after-store");
+        ledger.mark_published(&id)?;
+        Ok(Outcome { status, dir, manifest })
+    }
+
+    /// Cell counts per (cell, bin) summed over the window's operator bins.
+    fn footfall_values(
+        store: &CountStore,
+        catalog: &crate::store::Catalog,
+        spec: &ReleaseSpec,
+        w: &WeightMatrix,
+        bins: &[DateTime<Utc>],
+        placement: Placement,
+        c: &Calibrated,
+    ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
+        let n_cells = w.cell_ids.len();
+        let mut counts = vec![0i64; n_cells * bins.len()];
+        let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let path = store.root().to_path_buf();
+        let perr = |source| ReleaseError::Polars {
+            path: path.clone(),
+            source,
+        };
+        if let Some(lf) = store.scan(catalog, Metric::Footfall, spec.from, spec.to)? {
+            let df = lf.collect().map_err(perr)?;
+            let cells = df.column("cell_id").map_err(perr)?.str().map_err(perr)?.clone();
+            let times = df
+                .column("bin_start")
+                .map_err(perr)?
+                .as_materialized_series()
+                .to_physical_repr()
+                .i64()
+                .map_err(perr)?
+                .clone();
+            let devices = df.column("devices").map_err(perr)?.u32().map_err(perr)?.clone();
+            for ((cell, t), v) in cells.iter().zip(times.iter()).zip(devices.iter()) {
+                let (Some(cell), Some(t), Some(v)) = (cell, t, v) else {
+                    continue;
+                };
+                let (Some(ci), Some(t)) = (cell_pos.get(cell), DateTime::<Utc>::from_timestamp_micros(t)) else {
+                    continue;
+                };
+                if let Some(b) = bin_of(bins, t) {
+                    counts[b * n_cells + ci] += i64::from(v);
+                }
+            }
+        }
+        let rows = w.rows();
+        let n_hex = w.hexes.len();
+        let mut values = vec![0.0f64; n_hex * bins.len()];
+        let mut ci95 = vec![c.ci95(); n_hex * bins.len()];
+        match placement {
+            Placement::Cell => {
+                // Noise only on cells that reach a hex: nothing is drawn
+                // that will not be published.
+                let mut weighted: Vec<usize> = rows.keys().map(|c| *c as usize).collect();
+                weighted.sort_unstable();
+                let input: Vec<i64> = (0..bins.len())
+                    .flat_map(|b| weighted.iter().map(move |ci| (b, *ci)))
+                    .map(|(b, ci)| counts[b * n_cells + ci])
+                    .collect();
+                let noisy = par_noise(&input, |chunk| mechanism::noisy_counts(c, chunk))?;
+                for b in 0..bins.len() {
+                    for (k, ci) in weighted.iter().enumerate() {
+                        let x = noisy[b * weighted.len() + k] as f64;
+                        for e in &rows[&(*ci as u32)] {
+                            values[b * n_hex + e.hex as usize] += x * e.weight;
+                        }
+                    }
+                }
+                // The noise of a hex is Σ_c W_ch n_c: its sd is σ‖W_·h‖₂.
+                let mut col_w2 = vec![0.0f64; n_hex];
+                for e in &w.entries {
+                    col_w2[e.hex as usize] += e.weight * e.weight;
+                }
+                for b in 0..bins.len() {
+                    for h in 0..n_hex {
+                        ci95[b * n_hex + h] = 1.959_963_984_540_054 * c.noise_sd() * col_w2[h].sqrt();
+                    }
+                }
+            }
+            Placement::Hex => {
+                let mut sums = vec![0.0f64; n_hex * bins.len()];
+                for b in 0..bins.len() {
+                    for e in &w.entries {
+                        sums[b * n_hex + e.hex as usize] += counts[b * n_cells + e.cell as usize] as f64 * e.weight;
+                    }
+                }
+                values = par_noise(&sums, |chunk| mechanism::noisy_sums(c, chunk))?;
+            }
+        }
+        Ok((values, ci95))
+    }
+
+    /// Trips per (origin zone, dest zone, bin), spread by W on both ends.
+    fn flow_values(
+        &self,
+        store: &CountStore,
+        catalog: &crate::store::Catalog,
+        spec: &ReleaseSpec,
+        w: &WeightMatrix,
+        bins: &[DateTime<Utc>],
+        c: &Calibrated,
+    ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
+        let rows = w.rows();
+        let cell_pos: HashMap<&str, u32> = w
+            .cell_ids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u32))
+            .collect();
+        let n_z = w.hexes.len();
+        let mut sums = vec![0.0f64; n_z * n_z * bins.len()];
+        let path = store.root().to_path_buf();
+        let perr = |source| ReleaseError::Polars {
+            path: path.clone(),
+            source,
+        };
+        if let Some(lf) = store.scan(catalog, Metric::Flows, spec.from, spec.to)? {
+            let df = lf.collect().map_err(perr)?;
+            let o = df.column("origin_cell_id").map_err(perr)?.str().map_err(perr)?.clone();
+            let d = df.column("dest_cell_id").map_err(perr)?.str().map_err(perr)?.clone();
+            let times = df
+                .column("bin_start")
+                .map_err(perr)?
+                .as_materialized_series()
+                .to_physical_repr()
+                .i64()
+                .map_err(perr)?
+                .clone();
+            let trips = df.column("trips").map_err(perr)?.u32().map_err(perr)?.clone();
+            for (((o, d), t), v) in o.iter().zip(d.iter()).zip(times.iter()).zip(trips.iter()) {
+                let (Some(o), Some(d), Some(t), Some(v)) = (o, d, t, v) else {
+                    continue;
+                };
+                let (Some(oi), Some(di), Some(t)) = (
+                    cell_pos.get(o),
+                    cell_pos.get(d),
+                    DateTime::<Utc>::from_timestamp_micros(t),
+                ) else {
+                    continue;
+                };
+                let (Some(b), Some(ro), Some(rd)) = (bin_of(bins, t), rows.get(oi), rows.get(di)) else {
+                    continue;
+                };
+                for eo in ro {
+                    for ed in rd {
+                        sums[(b * n_z + eo.hex as usize) * n_z + ed.hex as usize] +=
+                            f64::from(v) * eo.weight * ed.weight;
+                    }
+                }
+            }
+        }
+        let values = par_noise(&sums, |chunk| mechanism::noisy_sums(c, chunk))?;
+        Ok((values, vec![c.ci95(); sums.len()]))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, every piece is part of the manifest"
+    )]
+    fn write(
+        &self,
+        spec: &ReleaseSpec,
+        id: &str,
+        w: &WeightMatrix,
+        bins: &[DateTime<Utc>],
+        (placement, sens): (Placement, Sensitivity),
+        c: &Calibrated,
+        expected: ExpectedError,
+        days: Vec<NaiveDate>,
+        noisy: Vec<f64>,
+        ci95: Vec<f64>,
+    ) -> Result<Manifest, ReleaseError> {
+        let threshold = self.policy.spec.privacy.display_threshold;
+        let dir = self.dir(id);
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let tmp = parent.join(format!(".{id}.{}.tmp", std::process::id()));
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ReleaseError::Io { path: p, source }
+        };
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let hex_ids: Vec<String> = w.hexes.iter().map(|h| h.to_string()).collect();
+        let n = noisy.len();
+        let micros: Vec<i64> = bins.iter().map(|b| b.timestamp_micros()).collect();
+        let (keys_per_bin, key_cols): (usize, Vec<Column>) = match spec.metric {
+            Metric::Footfall => {
+                let k = hex_ids.len();
+                (
+                    k,
+                    vec![Column::new(
+                        "hex_id".into(),
+                        (0..n).map(|i| hex_ids[i % k].as_str()).collect::<Vec<_>>(),
+                    )],
+                )
+            }
+            Metric::Flows => {
+                let z = hex_ids.len();
+                (
+                    z * z,
+                    vec![
+                        Column::new(
+                            "origin".into(),
+                            (0..n).map(|i| hex_ids[(i / z) % z].as_str()).collect::<Vec<_>>(),
+                        ),
+                        Column::new(
+                            "dest".into(),
+                            (0..n).map(|i| hex_ids[i % z].as_str()).collect::<Vec<_>>(),
+                        ),
+                    ],
+                )
+            }
+        };
+        let bin_col = Int64Chunked::from_vec(
+            "bin_start".into(),
+            (0..n).map(|i| micros[i / keys_per_bin.max(1)]).collect(),
+        )
+        .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
+        .into_column();
+        let mut cols = key_cols;
+        cols.push(bin_col);
+        // Post-processing of noisy values only: round, clamp at 0, flag.
+        cols.push(Column::new(
+            "value".into(),
+            noisy.iter().map(|x| x.round().max(0.0) as i64).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            "ci95".into(),
+            ci95.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            "low".into(),
+            noisy.iter().map(|x| *x < threshold).collect::<Vec<_>>(),
+        ));
+        let values_path = tmp.join("values.parquet");
+        let mut df = DataFrame::new_infer_height(cols).map_err(|source| ReleaseError::Polars {
+            path: values_path.clone(),
+            source,
+        })?;
+        util::write_atomic_with(&values_path, |f| {
+            table::write_parquet(&mut df, f).map_err(std::io::Error::other)
+        })
+        .map_err(io(&values_path))?;
+        let values_sha256 = util::sha256_file(&values_path).map_err(io(&values_path))?;
+        let privacy = &self.policy.spec.privacy;
+        let manifest = Manifest {
+            release_id: id.to_string(),
+            spec: spec.clone(),
+            grid: self.grid.name().to_string(),
+            timezone: self.grid.spec.timezone.clone(),
+            privacy_unit: "device-day".into(),
+            bounds: privacy.bounds(),
+            mechanism: c.mechanism,
+            placement,
+            sensitivity: sens,
+            noise_scale: c.scale,
+            noise_sd: c.noise_sd(),
+            rho: c.rho,
+            epsilon: c.epsilon_at(privacy.delta)?,
+            delta: privacy.delta,
+            days_charged: days,
+            expected_total_squared_error: expected,
+            keys: keys_per_bin,
+            bins: bins.len(),
+            values: n,
+            display_threshold: threshold,
+            ci95_method: match (placement, c.mechanism) {
+                (Placement::Cell, _) => {
+                    "1.96 × noise sd × ‖W_·h‖₂ (sum of independent cell noises; normal approximation)".into()
+                }
+                (Placement::Hex, mechanism::Mechanism::GaussianZcdp) => "1.96 × Gaussian σ".into(),
+                (Placement::Hex, mechanism::Mechanism::LaplacePure) => "b · ln 20 (exact for Laplace)".into(),
+            },
+            opendp_version: OPENDP_VERSION.into(),
+            hexflow_version: env!("CARGO_PKG_VERSION").into(),
+            values_sha256,
+            created_at: Utc::now(),
+        };
+        let mpath = tmp.join("manifest.json");
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ReleaseError::Io {
+            path: mpath.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        util::write_atomic(&mpath, &json).map_err(io(&mpath))?;
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another process finished the same release first: its values
+            // are the published ones.
+            return self.stored(id).ok_or_else(|| io(&dir)(e));
+        }
+        util::sync_dir(&parent).map_err(io(&parent))?;
+        Ok(manifest)
+    }
+}
+
+/// Draws noise in chunks on every core (OpenDP's exact samplers are slow).
+fn par_noise<T: Send + Sync + Clone, F>(input: &[T], draw: F) -> Result<Vec<T>, ReleaseError>
+where
+    F: Fn(&[T]) -> Result<Vec<T>, MechanismError> + Sync,
+{
+    let chunks: Vec<Result<Vec<T>, MechanismError>> = input.par_chunks(4096).map(&draw).collect();
+    let mut out = Vec::with_capacity(input.len());
+    for c in chunks {
+        out.extend(c?);
+    }
+    Ok(out)
+}

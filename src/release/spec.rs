@@ -1,0 +1,164 @@
+//! What a release asks for, and the checks made before anything is read.
+
+use chrono::{Datelike, NaiveDate, Weekday};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+use crate::privacy::Bin;
+use crate::privacy::mechanism::Budget;
+use crate::store::Metric;
+
+/// Longest window one release may cover.
+pub const MAX_WINDOW_DAYS: i64 = 366;
+/// Most noisy values one release may hold.
+pub const MAX_VALUES: usize = 20_000_000;
+
+/// A release request. Its canonical JSON names it: the same spec is the
+/// same release, served from the store at no cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSpec {
+    pub dataset: String,
+    pub audience: String,
+    pub metric: Metric,
+    /// H3 resolution of the hexes (footfall) or of the zones (flows, ≤ 7).
+    pub res: u8,
+    pub bin: Bin,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub budget: Budget,
+}
+
+/// Why a release is refused before any data is touched.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("unknown audience {0:?} (the policy defines {1:?})")]
+    UnknownAudience(String, Vec<String>),
+    #[error("--from {from} is after --to {to}")]
+    EmptyWindow { from: NaiveDate, to: NaiveDate },
+    #[error("the window has {days} days; a release covers at most {MAX_WINDOW_DAYS}")]
+    WindowTooLong { days: i64 },
+    #[error("{bin} bins need a window of whole {unit}: {reason}")]
+    Misaligned {
+        bin: &'static str,
+        unit: &'static str,
+        reason: String,
+    },
+    #[error("purpose limit: audience {audience} may use resolutions up to {finest} (asked {res})")]
+    TooFine { audience: String, finest: u8, res: u8 },
+    #[error("purpose limit: audience {audience} may use bins of {shortest} or longer (asked {bin})")]
+    TooShort {
+        audience: String,
+        shortest: &'static str,
+        bin: &'static str,
+    },
+    #[error(
+        "purpose limit: audience {audience} may see a day only {delay} days after it; {to} can be released from {earliest}"
+    )]
+    TooRecent {
+        audience: String,
+        delay: u32,
+        to: NaiveDate,
+        earliest: NaiveDate,
+    },
+    #[error("flows are released between zones of resolution 7 or coarser (asked {0})")]
+    FlowZonesTooFine(u8),
+    #[error("the budget must be a positive number (got {0})")]
+    BadBudget(f64),
+}
+
+impl ReleaseSpec {
+    /// Canonical JSON (field order fixed by the struct).
+    pub fn canonical(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// `r-` + 20 hex digits of the canonical spec's SHA-256.
+    pub fn release_id(&self) -> String {
+        let h = crate::util::sha256_parts([self.canonical().as_bytes()]);
+        format!("r-{}", &h[..20])
+    }
+
+    /// Every local day the window touches (each is charged).
+    pub fn days(&self) -> Vec<NaiveDate> {
+        self.from.iter_days().take_while(|d| *d <= self.to).collect()
+    }
+
+    /// Checks the request against the policy's purpose limits; `today` is
+    /// the grid's current local date.
+    pub fn check(&self, policy: &Policy, today: NaiveDate) -> Result<(), SpecError> {
+        let audiences = &policy.spec.audiences;
+        let a = audiences
+            .get(&self.audience)
+            .ok_or_else(|| SpecError::UnknownAudience(self.audience.clone(), audiences.keys().cloned().collect()))?;
+        let amount = match self.budget {
+            Budget::Rho(r) | Budget::Epsilon(r) => r,
+        };
+        if !(amount.is_finite() && amount > 0.0) {
+            return Err(SpecError::BadBudget(amount));
+        }
+        if self.from > self.to {
+            return Err(SpecError::EmptyWindow {
+                from: self.from,
+                to: self.to,
+            });
+        }
+        let days = (self.to - self.from).num_days() + 1;
+        if days > MAX_WINDOW_DAYS {
+            return Err(SpecError::WindowTooLong { days });
+        }
+        match self.bin {
+            Bin::Week if self.from.weekday() != Weekday::Mon || self.to.weekday() != Weekday::Sun => {
+                return Err(SpecError::Misaligned {
+                    bin: "1w",
+                    unit: "weeks",
+                    reason: format!(
+                        "--from must be a Monday and --to a Sunday ({} is a {}, {} a {})",
+                        self.from,
+                        self.from.weekday(),
+                        self.to,
+                        self.to.weekday()
+                    ),
+                });
+            }
+            Bin::Month if self.from.day() != 1 || self.to.succ_opt().is_none_or(|d| d.day() != 1) => {
+                return Err(SpecError::Misaligned {
+                    bin: "1mo",
+                    unit: "months",
+                    reason: format!(
+                        "--from must be a first and --to a last day of a month (got {} and {})",
+                        self.from, self.to
+                    ),
+                });
+            }
+            _ => {}
+        }
+        if self.metric == Metric::Flows && self.res > 7 {
+            return Err(SpecError::FlowZonesTooFine(self.res));
+        }
+        if self.res > a.finest_res {
+            return Err(SpecError::TooFine {
+                audience: self.audience.clone(),
+                finest: a.finest_res,
+                res: self.res,
+            });
+        }
+        if self.bin < a.shortest_bin {
+            return Err(SpecError::TooShort {
+                audience: self.audience.clone(),
+                shortest: a.shortest_bin.as_str(),
+                bin: self.bin.as_str(),
+            });
+        }
+        let earliest = self.to + chrono::Duration::days(i64::from(a.min_delay_days));
+        if earliest > today {
+            return Err(SpecError::TooRecent {
+                audience: self.audience.clone(),
+                delay: a.min_delay_days,
+                to: self.to,
+                earliest,
+            });
+        }
+        Ok(())
+    }
+}
