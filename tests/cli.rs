@@ -934,3 +934,80 @@ fn publish_runs_the_plan_once() {
     assert_eq!(json(&second)["stored"], 1);
     assert!((spent(&env, "public") - 0.2).abs() < 1e-6);
 }
+
+#[test]
+fn a_flows_release_has_a_noisy_value_for_every_zone_pair() {
+    let env = Env::new();
+    let g = fixture("tiny");
+    let out_dir = env.path("sim");
+    let sim = env.hexflow(&[
+        "simulate",
+        "--grid",
+        g.to_str().expect("utf8"),
+        "--from",
+        "2025-03-10",
+        "--to",
+        "2025-03-11",
+        "--out",
+        out_dir.to_str().expect("utf8"),
+    ]);
+    assert!(sim.status.success(), "{}", stderr(&sim));
+    let flows = out_dir.join("flows-2025-03.parquet");
+    assert!(env.ingest(&[&flows], &[]).status.success());
+    let policy = fixture("tiny.toml");
+    let out = env.hexflow(&[
+        "release",
+        "--policy",
+        policy.to_str().expect("utf8"),
+        "--audience",
+        "planners",
+        "--metric",
+        "flows",
+        "--res",
+        "7",
+        "--bin",
+        "1d",
+        "--from",
+        "2025-03-10",
+        "--to",
+        "2025-03-11",
+        "--epsilon",
+        "0.5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = json(&out);
+    let m = &o["manifest"];
+    assert_eq!(m["mechanism"], "laplace_pure");
+    // Pure ε is charged as its zCDP equivalent ε²/2.
+    assert!((m["rho"].as_f64().expect("rho") - 0.125).abs() < 1e-3);
+    let keys = m["keys"].as_u64().expect("keys");
+    let zones = (keys as f64).sqrt() as u64;
+    assert_eq!(
+        zones * zones,
+        keys,
+        "all origin × destination pairs of the public zone set"
+    );
+    assert_eq!(m["values"].as_u64().expect("n"), keys * 2);
+    // Zones finer than res 7 are refused for flows.
+    let fine = env.hexflow(&[
+        "release",
+        "--policy",
+        policy.to_str().expect("utf8"),
+        "--audience",
+        "planners",
+        "--metric",
+        "flows",
+        "--res",
+        "8",
+        "--bin",
+        "1d",
+        "--from",
+        "2025-03-10",
+        "--to",
+        "2025-03-11",
+        "--rho",
+        "0.1",
+    ]);
+    assert!(stderr(&fine).contains("resolution 7 or coarser"), "{}", stderr(&fine));
+}
