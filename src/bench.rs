@@ -179,24 +179,35 @@ fn tempdir() -> Result<PathBuf> {
 
 /// Prints the report as a table.
 pub fn print(r: &BenchReport) {
-    println!(
+    out!(
         "hexflow bench — grid {}, month {}, {} cells, {} threads",
-        r.grid, r.month, r.cells, r.threads
+        r.grid,
+        r.month,
+        r.cells,
+        r.threads
     );
     for t in &r.throughput {
-        println!(
+        out!(
             "  {:<28} {:>9} rows {:>8.3} s {:>12.0} rows/s",
-            t.what, t.rows, t.seconds, t.rows_per_s
+            t.what,
+            t.rows,
+            t.seconds,
+            t.rows_per_s
         );
     }
-    println!(
+    out!(
         "  ingest / plain read: {:.1}× (CSV), {:.1}× (Parquet)",
-        r.ingest_over_scan_csv, r.ingest_over_scan_parquet
+        r.ingest_over_scan_csv,
+        r.ingest_over_scan_parquet
     );
     for w in &r.weights {
-        println!(
+        out!(
             "  weights r{}: {:.2} s for {} cells, {} hexes in area, {} non-zero weights",
-            w.res, w.seconds, w.cells, w.hexes_in_area, w.entries
+            w.res,
+            w.seconds,
+            w.cells,
+            w.hexes_in_area,
+            w.entries
         );
     }
 }

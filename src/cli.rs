@@ -209,7 +209,7 @@ pub enum GridCommand {
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -231,7 +231,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                println!(
+                out!(
                     "simulated {} {}..{} (seed {}): {} footfall rows, {} flow rows in {} files, {} matches and {} cruise calls injected; truth in {} ({:.1} s)",
                     report.grid,
                     report.from,
@@ -274,7 +274,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "path": path, "cells": cells.len(), "sites": sites.len(), "omnidirectional": omni,
                 }))?;
             } else {
-                println!(
+                out!(
                     "wrote {}: {} cells on {} sites ({} omnidirectional)",
                     path.display(),
                     cells.len(),
@@ -355,12 +355,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                println!(
+                out!(
                     "published {} new releases ({} already stored, {} days not yet old enough), {:.4} ρ spent",
-                    report.new, report.stored, report.too_recent, report.rho_spent
+                    report.new,
+                    report.stored,
+                    report.too_recent,
+                    report.rho_spent
                 );
                 for f in &report.refused {
-                    println!("  refused: {f}");
+                    out!("  refused: {f}");
                 }
             }
             Ok(if report.refused.is_empty() {
@@ -389,7 +392,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "releases": releases,
                 }))?;
             } else {
-                println!(
+                out!(
                     "ledger of {} (dataset cap {} ρ per day; audience caps {:?})",
                     policy.dataset(),
                     policy.spec.privacy.rho_per_day_cap,
@@ -397,7 +400,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 );
                 for s in &spend {
                     let cap = caps.get(s.audience.as_str()).copied().unwrap_or(0.0);
-                    println!(
+                    out!(
                         "  {} {:<9} spent {:.6} ρ of {:.6} ({:.6} left) in {} release(s)",
                         s.day,
                         s.audience,
@@ -407,7 +410,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                         s.releases
                     );
                 }
-                println!("  {} releases charged", releases.len());
+                out!("  {} releases charged", releases.len());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -448,9 +451,9 @@ fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptio
                 if !json {
                     match r.status {
                         "already_ingested" => {
-                            println!("{}: already ingested (same content), nothing to do", file.display())
+                            out!("{}: already ingested (same content), nothing to do", file.display())
                         }
-                        _ => println!(
+                        _ => out!(
                             "{}: ingested {} {} rows, {} local days {}..{}{}",
                             file.display(),
                             r.rows,
@@ -505,7 +508,7 @@ fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptio
 
 fn print_release(o: &crate::release::Outcome) {
     let m = &o.manifest;
-    println!(
+    out!(
         "{} {} ({}): {} {} values ({} keys × {} bins) at res {}, {:?} noise on {:?} placement, sd {:.2}, ρ {:.6} (ε {:.3} at δ {:e}), {} day(s) charged",
         m.release_id,
         o.status,
@@ -526,7 +529,7 @@ fn print_release(o: &crate::release::Outcome) {
 }
 
 fn print_weights(s: &crate::grid::weights::WeightSummary) {
-    println!(
+    out!(
         "grid {} at resolution {}: {} cells ({} with weights, {} outside the study area), {} hexes in the area ({:.1} km²), {} with weight",
         s.grid,
         s.res,
@@ -537,15 +540,19 @@ fn print_weights(s: &crate::grid::weights::WeightSummary) {
         s.study_area_km2,
         s.hexes_weighted
     );
-    println!(
+    out!(
         "  hexes per cell min/median/max: {}/{}/{}",
-        s.hexes_per_cell.min, s.hexes_per_cell.median, s.hexes_per_cell.max
+        s.hexes_per_cell.min,
+        s.hexes_per_cell.median,
+        s.hexes_per_cell.max
     );
-    println!(
+    out!(
         "  ‖W_c‖₂ per cell min/median/max: {:.4}/{:.4}/{:.4}",
-        s.l2_norm_per_cell.min, s.l2_norm_per_cell.median, s.l2_norm_per_cell.max
+        s.l2_norm_per_cell.min,
+        s.l2_norm_per_cell.median,
+        s.l2_norm_per_cell.max
     );
-    println!(
+    out!(
         "  row sums within {:.1e} of 1; largest area gap {:.1e}; {} in {:.2} s; cache {}",
         s.max_row_sum_error,
         s.max_area_gap,
@@ -554,7 +561,7 @@ fn print_weights(s: &crate::grid::weights::WeightSummary) {
         s.cache_dir.display()
     );
     if !s.cells_outside.is_empty() {
-        println!("  outside the study area (no weights): {}", s.cells_outside.join(", "));
+        out!("  outside the study area (no weights): {}", s.cells_outside.join(", "));
     }
 }
 
@@ -564,21 +571,21 @@ fn print_store(
     catalog: &crate::store::Catalog,
     summary: &[crate::store::MetricSummary],
 ) {
-    println!(
+    out!(
         "count store of {dataset} at {} ({} deliveries)",
         store.root().display(),
         catalog.deliveries.len()
     );
     for m in summary {
         match (m.first_day, m.last_day) {
-            (Some(a), Some(b)) => println!(
+            (Some(a), Some(b)) => out!(
                 "  {:<8} {} rows over {} local days {a}..{b}, {:.1} MiB of Parquet",
                 m.metric.as_str(),
                 m.rows,
                 m.days,
                 m.bytes as f64 / (1024.0 * 1024.0)
             ),
-            _ => println!("  {:<8} nothing stored", m.metric.as_str()),
+            _ => out!("  {:<8} nothing stored", m.metric.as_str()),
         }
     }
 }

@@ -7,6 +7,20 @@
 //! [`simulate`] produces realistic synthetic deliveries for any grid, and
 //! [`cli`] is the command-line surface.
 
+/// `println!` for CLI output that ends quietly when the reader goes away
+/// (`hexflow ledger | head`), instead of panicking on a broken pipe.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 pub mod bench;
 pub mod cli;
 pub mod grid;

@@ -1011,3 +1011,64 @@ fn a_flows_release_has_a_noisy_value_for_every_zone_pair() {
     ]);
     assert!(stderr(&fine).contains("resolution 7 or coarser"), "{}", stderr(&fine));
 }
+
+#[test]
+fn coarse_hexes_over_many_cells_put_the_noise_on_the_hexes() {
+    // Marseille at res 6: ~12 hexes fed by 834 cells. Noise on each hex
+    // sum beats noise on every cell spread over the hexes.
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sim_dir = env.path("sim");
+    let grid = root.join("grids/marseille");
+    let sim = env.hexflow(&[
+        "simulate",
+        "--grid",
+        grid.to_str().expect("utf8"),
+        "--from",
+        "2025-06-02",
+        "--to",
+        "2025-06-02",
+        "--out",
+        sim_dir.to_str().expect("utf8"),
+    ]);
+    assert!(sim.status.success(), "{}", stderr(&sim));
+    let policy = root.join("privacy-budgets/marseille.toml");
+    let p = policy.to_str().expect("utf8");
+    let foot = sim_dir.join("footfall-2025-06.parquet");
+    let ing = env.hexflow(&["ingest", "--policy", p, foot.to_str().expect("utf8")]);
+    assert!(ing.status.success(), "{}", stderr(&ing));
+    let out = env.hexflow(&[
+        "release",
+        "--policy",
+        p,
+        "--audience",
+        "planners",
+        "--metric",
+        "footfall",
+        "--res",
+        "6",
+        "--bin",
+        "1d",
+        "--from",
+        "2025-06-02",
+        "--to",
+        "2025-06-02",
+        "--rho",
+        "0.05",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = &json(&out)["manifest"];
+    assert_eq!(m["placement"], "hex");
+    let e = &m["expected_total_squared_error"];
+    assert!(e["hex"].as_f64().expect("hex") < e["cell"].as_f64().expect("cell"));
+    // Hex placement: every value carries the same Gaussian error bar.
+    let sd = m["noise_sd"].as_f64().expect("sd");
+    let dir = PathBuf::from(json(&out)["dir"].as_str().expect("dir"));
+    use polars::prelude::SerReader;
+    let df = polars::prelude::ParquetReader::new(fs::File::open(dir.join("values.parquet")).expect("values"))
+        .finish()
+        .expect("parquet");
+    let ci = df.column("ci95").expect("ci95").f64().expect("f64").clone();
+    assert!(ci.iter().all(|x| x.is_some_and(|x| (x - 1.96 * sd).abs() < 0.01)));
+}
