@@ -1072,3 +1072,112 @@ fn coarse_hexes_over_many_cells_put_the_noise_on_the_hexes() {
     let ci = df.column("ci95").expect("ci95").f64().expect("f64").clone();
     assert!(ci.iter().all(|x| x.is_some_and(|x| (x - 1.96 * sd).abs() < 0.01)));
 }
+
+#[test]
+fn published_error_bars_match_the_noise_actually_added() {
+    // A week of known counts, released hourly with cell placement: the
+    // standardised errors (value − truth) / sd, with sd from the published
+    // ci95, must have mean ≈ 0 and mean square ≈ 1 over independent draws
+    // (one hex per cell per bin). Each bound is 6 standard errors wide, so
+    // a correct release fails with probability < 1e-8.
+    let env = Env::new();
+    let mut s = String::from(HEADER);
+    let count = |c: usize, d: u32, h: u32| 1_000 + 37 * c as u32 + 5 * d + h;
+    let cells = ["A-1", "A-2", "A-3", "B-0", "C-1"];
+    for d in 10..17u32 {
+        for h in 0..24u32 {
+            for (ci, c) in cells.iter().enumerate() {
+                s.push_str(&format!("{c},2025-03-{d:02}T{h:02}:00:00+01:00,{}\n", count(ci, d, h)));
+            }
+        }
+    }
+    let f = env.write("week.csv", &s);
+    assert!(env.ingest(&[&f], &[]).status.success());
+    let out = release(
+        &env,
+        &[
+            "--audience",
+            "planners",
+            "--res",
+            "9",
+            "--bin",
+            "1h",
+            "--rho",
+            "0.05",
+            "--from",
+            "2025-03-10",
+            "--to",
+            "2025-03-16",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = json(&out);
+    assert_eq!(o["manifest"]["placement"], "cell");
+    use polars::prelude::*;
+    let read = |p: PathBuf| {
+        ParquetReader::new(fs::File::open(p).expect("open"))
+            .finish()
+            .expect("parquet")
+    };
+    let values = read(PathBuf::from(o["dir"].as_str().expect("dir")).join("values.parquet"));
+    let cache = fs::read_dir(env.data().join("grids/tiny"))
+        .expect("cache")
+        .flatten()
+        .next()
+        .expect("key dir")
+        .path();
+    let w = read(cache.join("weights-r9.parquet"));
+    // Truth per (hex, bin): Σ_c W_ch x_c, with bins in file order.
+    let mut weights: std::collections::HashMap<String, Vec<(usize, f64)>> = std::collections::HashMap::new();
+    let (wc, wh, ww) = (
+        w.column("cell_id").expect("c").str().expect("s").clone(),
+        w.column("hex_id").expect("h").str().expect("s").clone(),
+        w.column("weight").expect("w").f64().expect("f").clone(),
+    );
+    for ((c, h), x) in wc.iter().zip(wh.iter()).zip(ww.iter()) {
+        let ci = cells.iter().position(|k| Some(*k) == c).expect("cell");
+        weights
+            .entry(h.expect("h").to_string())
+            .or_default()
+            .push((ci, x.expect("w")));
+    }
+    let hex = values.column("hex_id").expect("h").str().expect("s").clone();
+    let val = values.column("value").expect("v").i64().expect("i").clone();
+    let ci95 = values.column("ci95").expect("c").f64().expect("f").clone();
+    let keys = o["manifest"]["keys"].as_u64().expect("keys") as usize;
+    // One hex per cell, fed by that cell alone (its largest such piece):
+    // the errors of these hexes are independent draws.
+    let mut chosen: std::collections::HashMap<usize, (&str, f64)> = std::collections::HashMap::new();
+    for (h, ws) in &weights {
+        if let [(ci, x)] = ws.as_slice()
+            && chosen.get(ci).is_none_or(|(_, best)| x > best)
+        {
+            chosen.insert(*ci, (h.as_str(), *x));
+        }
+    }
+    let chosen: std::collections::HashSet<&str> = chosen.values().map(|(h, _)| *h).collect();
+    let mut z = Vec::new();
+    for i in 0..values.height() {
+        let (Some(h), Some(v), Some(c)) = (hex.get(i), val.get(i), ci95.get(i)) else {
+            continue;
+        };
+        if !chosen.contains(h) {
+            continue;
+        }
+        let ws = &weights[h];
+        let bin = i / keys;
+        let (d, hour) = (10 + (bin / 24) as u32, (bin % 24) as u32);
+        let truth: f64 = ws.iter().map(|(ci, x)| x * f64::from(count(*ci, d, hour))).sum();
+        // Rounding to whole devices adds a uniform error of variance 1/12.
+        let sd = ((c / 1.959_963_984_540_054).powi(2) + 1.0 / 12.0).sqrt();
+        z.push((v as f64 - truth) / sd);
+    }
+    let n = z.len() as f64;
+    assert!(n >= 7.0 * 24.0 * 3.0, "{n}");
+    let mean = z.iter().sum::<f64>() / n;
+    let ms = z.iter().map(|x| x * x).sum::<f64>() / n;
+    assert!(mean.abs() < 6.0 / n.sqrt(), "mean {mean}");
+    // ci95 is published to 0.01: allow 2 % on the variance for that.
+    assert!((ms - 1.0).abs() < 6.0 * (2.0 / n).sqrt() + 0.02, "mean square {ms}");
+}
