@@ -103,7 +103,10 @@ pub fn run(grid_dir: &Path, month: NaiveDate, resolutions: &[u8]) -> Result<Benc
         // copy under a bench dataset name keeps the bench out of real stores.
         let policy_path = tmp.join(format!("bench-{name}.toml"));
         let grid_abs = std::fs::canonicalize(grid_dir)?;
-        std::fs::write(&policy_path, bench_policy(&format!("bench-{name}"), &grid_abs))?;
+        std::fs::write(
+            &policy_path,
+            bench_policy(&format!("bench-{name}"), &grid_abs, &grid.spec.timezone),
+        )?;
         let policy = Policy::load(&policy_path)?;
         let data_dir = tmp.join(format!("data-{k}"));
         let ingestor = Ingestor::new(policy, &data_dir)?;
@@ -136,10 +139,11 @@ pub fn run(grid_dir: &Path, month: NaiveDate, resolutions: &[u8]) -> Result<Benc
     })
 }
 
-fn bench_policy(dataset: &str, grid: &Path) -> String {
+fn bench_policy(dataset: &str, grid: &Path, tz: &str) -> String {
     format!(
         r#"dataset = "{dataset}"
 grid = {grid:?}
+timezone = "{tz}"
 [ingest]
 max_devices_per_cell_bin = 1000000
 max_trips_per_pair_bin = 1000000

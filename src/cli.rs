@@ -593,7 +593,7 @@ fn print_store(
 fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, res: u8, json: bool) -> Result<ExitCode> {
     let policy = Policy::resolve(Some("marseille"), None, policies_dir)
         .context("the demo runs from the repository root, where privacy-budgets/marseille.toml is")?;
-    let grid = Grid::load(&policy.grid_dir)?;
+    let grid = policy.load_grid()?;
     let deliveries = data_dir.join("deliveries").join(policy.dataset());
     let marker = deliveries.join(format!("simulated-{from}-{to}.json"));
     if !marker.exists() {

@@ -105,6 +105,9 @@ pub struct PolicySpec {
     pub title: Option<String>,
     /// Grid folder, relative to the policy file.
     pub grid: PathBuf,
+    /// IANA timezone of the local day; must be the grid's (checked when
+    /// the grid is loaded), so a policy cannot silently shift the day.
+    pub timezone: String,
     pub ingest: IngestLimits,
     pub privacy: PrivacySpec,
     /// At least `public`, `planners` and `tourism`.
@@ -219,5 +222,22 @@ impl Policy {
 
     pub fn dataset(&self) -> &str {
         &self.spec.dataset
+    }
+
+    /// Loads the policy's grid and checks that both agree on the timezone.
+    pub fn load_grid(&self) -> Result<crate::grid::Grid, crate::grid::GridError> {
+        let grid = crate::grid::Grid::load(&self.grid_dir)?;
+        if grid.spec.timezone != self.spec.timezone {
+            return Err(crate::grid::GridError::Spec {
+                path: self.path.clone(),
+                reason: format!(
+                    "timezone = {:?} but grid {} uses {:?}: the local day (the privacy unit's day) must be the grid's",
+                    self.spec.timezone,
+                    grid.name(),
+                    grid.spec.timezone
+                ),
+            });
+        }
+        Ok(grid)
     }
 }

@@ -105,7 +105,7 @@ pub struct Ingestor {
 
 impl Ingestor {
     pub fn new(policy: Policy, data_dir: &Path) -> Result<Self, IngestError> {
-        let grid = Grid::load(&policy.grid_dir)?;
+        let grid = policy.load_grid()?;
         let store = CountStore::new(data_dir, policy.dataset());
         Ok(Self {
             policy,

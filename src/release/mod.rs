@@ -163,7 +163,7 @@ fn bin_of(bins: &[DateTime<Utc>], t: DateTime<Utc>) -> Option<usize> {
 
 impl Releaser {
     pub fn new(policy: Policy, data_dir: &Path) -> Result<Self, ReleaseError> {
-        let grid = Grid::load(&policy.grid_dir)?;
+        let grid = policy.load_grid()?;
         Ok(Self {
             policy,
             grid,
