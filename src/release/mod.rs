@@ -324,22 +324,9 @@ impl Releaser {
         let n_cells = w.cell_ids.len();
         let mut counts = vec![0i64; n_cells * bins.len()];
         let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-        let path = store.root().to_path_buf();
-        let perr = |source| ReleaseError::Polars {
-            path: path.clone(),
-            source,
-        };
-        if let Some(lf) = store.scan(catalog, Metric::Footfall, spec.from, spec.to)? {
-            let df = lf.collect().map_err(perr)?;
+        let perr = polars_err(store);
+        if let Some((df, times)) = read_window(store, catalog, Metric::Footfall, spec)? {
             let cells = df.column("cell_id").map_err(perr)?.str().map_err(perr)?.clone();
-            let times = df
-                .column("bin_start")
-                .map_err(perr)?
-                .as_materialized_series()
-                .to_physical_repr()
-                .i64()
-                .map_err(perr)?
-                .clone();
             let devices = df.column("devices").map_err(perr)?.u32().map_err(perr)?.clone();
             for ((cell, t), v) in cells.iter().zip(times.iter()).zip(devices.iter()) {
                 let (Some(cell), Some(t), Some(v)) = (cell, t, v) else {
@@ -419,23 +406,10 @@ impl Releaser {
             .collect();
         let n_z = w.hexes.len();
         let mut sums = vec![0.0f64; n_z * n_z * bins.len()];
-        let path = store.root().to_path_buf();
-        let perr = |source| ReleaseError::Polars {
-            path: path.clone(),
-            source,
-        };
-        if let Some(lf) = store.scan(catalog, Metric::Flows, spec.from, spec.to)? {
-            let df = lf.collect().map_err(perr)?;
+        let perr = polars_err(store);
+        if let Some((df, times)) = read_window(store, catalog, Metric::Flows, spec)? {
             let o = df.column("origin_cell_id").map_err(perr)?.str().map_err(perr)?.clone();
             let d = df.column("dest_cell_id").map_err(perr)?.str().map_err(perr)?.clone();
-            let times = df
-                .column("bin_start")
-                .map_err(perr)?
-                .as_materialized_series()
-                .to_physical_repr()
-                .i64()
-                .map_err(perr)?
-                .clone();
             let trips = df.column("trips").map_err(perr)?.u32().map_err(perr)?.clone();
             for (((o, d), t), v) in o.iter().zip(d.iter()).zip(times.iter()).zip(trips.iter()) {
                 let (Some(o), Some(d), Some(t), Some(v)) = (o, d, t, v) else {
@@ -601,6 +575,36 @@ impl Releaser {
         util::sync_dir(&parent).map_err(io(&parent))?;
         Ok(manifest)
     }
+}
+
+fn polars_err(store: &CountStore) -> impl Fn(PolarsError) -> ReleaseError + Copy + '_ {
+    move |source| ReleaseError::Polars {
+        path: store.root().to_path_buf(),
+        source,
+    }
+}
+
+/// The stored rows of the window and their `bin_start` in µs since the epoch.
+fn read_window(
+    store: &CountStore,
+    catalog: &crate::store::Catalog,
+    metric: Metric,
+    spec: &ReleaseSpec,
+) -> Result<Option<(DataFrame, Int64Chunked)>, ReleaseError> {
+    let perr = polars_err(store);
+    let Some(lf) = store.scan(catalog, metric, spec.from, spec.to)? else {
+        return Ok(None);
+    };
+    let df = lf.collect().map_err(perr)?;
+    let times = df
+        .column("bin_start")
+        .map_err(perr)?
+        .as_materialized_series()
+        .to_physical_repr()
+        .i64()
+        .map_err(perr)?
+        .clone();
+    Ok(Some((df, times)))
 }
 
 /// Draws noise in chunks on every core (OpenDP's exact samplers are slow).
