@@ -138,7 +138,9 @@ pub fn output_bins(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Vec
     match bin {
         Bin::Hour => {
             let (start, end) = (midnight(from), midnight(to.succ_opt().unwrap_or(to)));
-            let step = i64::from(grid.spec.bin_len_s);
+            // Hourly output bins, whatever the operator's bin length (an
+            // operator bin longer than an hour is its own output bin).
+            let step = i64::from(grid.spec.bin_len_s.max(3600));
             (0..)
                 .map(|k| start + chrono::Duration::seconds(k * step))
                 .take_while(|t| *t < end)
