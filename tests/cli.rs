@@ -834,7 +834,12 @@ fn purpose_limits_and_caps_refuse_and_say_what_is_left() {
 
 #[test]
 fn a_crash_at_any_step_never_overspends_and_a_retry_finishes_without_a_new_charge() {
-    for point in ["release:after-charge", "release:before-noise", "release:after-store"] {
+    for point in [
+        "release:after-charge",
+        "release:before-noise",
+        "release:values-written",
+        "release:after-store",
+    ] {
         let env = Env::new();
         ingest_day(&env);
         let args = [
@@ -873,7 +878,37 @@ fn a_crash_at_any_step_never_overspends_and_a_retry_finishes_without_a_new_charg
         );
         let l = ledger(&env);
         assert_eq!(l["releases"][0]["state"], "published", "{point}");
+        // No half-written copy of noisy values survives a retry.
+        let leftovers: Vec<_> = releases
+            .read_dir()
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
     }
+}
+
+#[test]
+fn a_published_release_whose_files_vanished_is_never_redrawn() {
+    let env = Env::new();
+    ingest_day(&env);
+    let args = [
+        &["--audience", "planners", "--res", "8", "--bin", "1d", "--rho", "0.1"][..],
+        &DAY[..],
+    ]
+    .concat();
+    let first = release(&env, &args, None);
+    assert!(first.status.success(), "{}", stderr(&first));
+    fs::remove_dir_all(json(&first)["dir"].as_str().expect("dir")).expect("rm");
+    let again = release(&env, &args, None);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("published but its files are missing"),
+        "{}",
+        stderr(&again)
+    );
+    assert!((spent(&env, "planners") - 0.1).abs() < 1e-6);
 }
 
 #[test]

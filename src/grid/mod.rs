@@ -242,9 +242,12 @@ impl GridSpec {
                 spec.name
             )));
         }
-        if spec.bin_len_s == 0 || 86_400 % spec.bin_len_s != 0 {
+        // Bins must tile the hour: sensitivity counts how many operator
+        // bins fit in an output bin, which is exact only then (and stays
+        // exact across DST changes, which shift clocks by whole hours).
+        if spec.bin_len_s == 0 || 3_600 % spec.bin_len_s != 0 {
             return Err(bad(format!(
-                "bin_len_s = {} must divide a day (86400 s) evenly",
+                "bin_len_s = {} must divide an hour (3600 s) evenly, e.g. 900, 1800 or 3600",
                 spec.bin_len_s
             )));
         }
@@ -255,5 +258,32 @@ impl GridSpec {
             return Err(bad(format!("resolution {r} is not an H3 resolution (0-15)")));
         }
         Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with(bin_len_s: u32) -> Result<GridSpec, GridError> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let toml = format!(
+            "name = \"g\"\ntimezone = \"Europe/Paris\"\nbin_len_s = {bin_len_s}\nstudy_area = \"a.geojson\"\nresolutions = [8]\n"
+        );
+        std::fs::write(dir.path().join("grid.toml"), toml).expect("write");
+        GridSpec::load(dir.path())
+    }
+
+    #[test]
+    fn bins_must_tile_the_hour() {
+        for ok in [900, 1800, 3600] {
+            assert!(spec_with(ok).is_ok(), "{ok}");
+        }
+        // 2400 s bins put two bin starts in some hours and one in others,
+        // and 2 h bins straddle DST changes: both would break sensitivity.
+        for bad in [0, 2400, 7200] {
+            let e = spec_with(bad).expect_err("refused").to_string();
+            assert!(e.contains("must divide an hour"), "{bad}: {e}");
+        }
     }
 }

@@ -69,8 +69,9 @@ pub enum ReleaseState {
 pub enum Charge {
     /// Newly charged: compute and publish now.
     New,
-    /// Already charged earlier (a retry): finish or return it, no new charge.
-    Existing(ReleaseState),
+    /// Already charged earlier (a retry): finish or return it, no new
+    /// charge. Carries the state and the ρ charged then (in ρ).
+    Existing(ReleaseState, f64),
 }
 
 /// A charge request.
@@ -195,16 +196,16 @@ impl Ledger {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        let existing: Option<String> = tx
+        let existing: Option<(String, i64)> = tx
             .query_row(
-                "SELECT state FROM releases WHERE release_id = ?1",
+                "SELECT state, rho_units FROM releases WHERE release_id = ?1",
                 [req.release_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(err)?;
-        if let Some(state) = existing {
-            return Ok(Charge::Existing(parse_state(&state)));
+        if let Some((state, units)) = existing {
+            return Ok(Charge::Existing(parse_state(&state), units as f64 / NANO));
         }
         let need = to_units_up(req.rho);
         let audience_cap = to_units_down(req.audience_cap_rho);
@@ -365,7 +366,7 @@ mod tests {
         // Same id again: no second charge.
         assert_eq!(
             l.charge(&req("a", "public", &d, 0.3)).expect("a"),
-            Charge::Existing(ReleaseState::Charged)
+            Charge::Existing(ReleaseState::Charged, 0.3)
         );
         let e = l.charge(&req("b", "public", &d, 0.3)).expect_err("over audience cap");
         let msg = e.to_string();

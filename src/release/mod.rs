@@ -58,6 +58,12 @@ pub enum ReleaseError {
         first: NaiveDate,
     },
     #[error(
+        "release {id} was published but its files are missing from {dir}; restore them from a backup (hexflow never draws new noise for a published release)"
+    )]
+    PublishedButMissing { id: String, dir: PathBuf },
+    #[error("release {id} was charged {charged} ρ but now needs {needed} ρ; the policy or grid changed under it")]
+    ChargeMismatch { id: String, charged: f64, needed: f64 },
+    #[error(
         "the release would hold {values} values; at most {} per release (use a coarser resolution or bin, or a shorter window)",
         spec::MAX_VALUES
     )]
@@ -131,6 +137,14 @@ pub struct Releaser {
     data_dir: PathBuf,
 }
 
+/// The output bins of a release window and the instant the window ends.
+pub struct Window {
+    /// Start of each output bin.
+    pub bins: Vec<DateTime<Utc>>,
+    /// End of the last local day.
+    pub end: DateTime<Utc>,
+}
+
 /// Instants at which each output bin of the window starts.
 pub fn output_bins(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Vec<DateTime<Utc>> {
     let midnight = |d: NaiveDate| crate::simulate::local_midnight(grid.tz, d);
@@ -155,8 +169,12 @@ pub fn output_bins(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Vec
     }
 }
 
-/// The output bin (index into `bins`) an instant falls in.
-fn bin_of(bins: &[DateTime<Utc>], t: DateTime<Utc>) -> Option<usize> {
+/// The output bin (index into `bins`) an instant falls in; `None` outside
+/// `[bins[0], end)`.
+fn bin_of(bins: &[DateTime<Utc>], end: DateTime<Utc>, t: DateTime<Utc>) -> Option<usize> {
+    if t >= end {
+        return None;
+    }
     match bins.partition_point(|b| *b <= t) {
         0 => None,
         i => Some(i - 1),
@@ -196,7 +214,12 @@ impl Releaser {
     #[tracing::instrument(skip_all, fields(dataset = %spec.dataset, metric = %spec.metric, res = spec.res))]
     pub fn release(&self, spec: &ReleaseSpec, today: NaiveDate) -> Result<Outcome, ReleaseError> {
         spec.check(&self.policy, today)?;
-        let id = spec.release_id();
+        let context = format!(
+            "{}|{}",
+            serde_json::to_string(&self.policy.spec.privacy.bounds()).unwrap_or_default(),
+            crate::grid::weights::cache_key(&self.grid)?
+        );
+        let id = spec.release_id(&context);
         let dir = self.dir(&id);
         if let Some(manifest) = self.stored(&id) {
             // A crash after the values were stored left the ledger at
@@ -210,7 +233,11 @@ impl Releaser {
         }
         self.grid.resolution(spec.res)?;
         let (w, _) = WeightMatrix::load_or_build(&self.grid, spec.res, &self.data_dir)?;
-        let bins = output_bins(&self.grid, spec.bin, spec.from, spec.to);
+        let window = Window {
+            bins: output_bins(&self.grid, spec.bin, spec.from, spec.to),
+            end: crate::simulate::local_midnight(self.grid.tz, spec.to.succ_opt().unwrap_or(spec.to)),
+        };
+        let bins = &window.bins;
         let n_keys = match spec.metric {
             Metric::Footfall => w.hexes.len(),
             Metric::Flows => w.hexes.len() * w.hexes.len(),
@@ -286,21 +313,35 @@ impl Releaser {
         })?;
         let status = match charge {
             Charge::New => "new",
-            Charge::Existing(ReleaseState::Charged) | Charge::Existing(ReleaseState::Published) => "finished",
+            Charge::Existing(ReleaseState::Published, _) => {
+                return Err(ReleaseError::PublishedButMissing { id, dir });
+            }
+            Charge::Existing(ReleaseState::Charged, charged) => {
+                if crate::privacy::ledger::to_units_up(calibrated.rho) > crate::privacy::ledger::to_units_up(charged) {
+                    return Err(ReleaseError::ChargeMismatch {
+                        id,
+                        charged,
+                        needed: calibrated.rho,
+                    });
+                }
+                "finished"
+            }
         };
 
-        // Values computed in a crashed run never left the process, so a
-        // retry draws its noise afresh: nothing was ever observed twice.
+        // A retry after a crash: values of the crashed run were never
+        // published; drop any half-written copy so that only one draw of this
+        // release can ever exist, then draw afresh.
+        self.remove_partial(&id);
         util::failpoint("release:before-noise");
         let (noisy, ci95) = match spec.metric {
-            Metric::Footfall => Self::footfall_values(&store, &catalog, spec, &w, &bins, placement, &calibrated)?,
-            Metric::Flows => self.flow_values(&store, &catalog, spec, &w, &bins, &calibrated)?,
+            Metric::Footfall => Self::footfall_values(&store, &catalog, spec, &w, &window, placement, &calibrated)?,
+            Metric::Flows => self.flow_values(&store, &catalog, spec, &w, &window, &calibrated)?,
         };
         let manifest = self.write(
             spec,
             &id,
             &w,
-            &bins,
+            bins,
             (placement, sens),
             &calibrated,
             expected,
@@ -313,16 +354,32 @@ impl Releaser {
         Ok(Outcome { status, dir, manifest })
     }
 
+    /// Deletes temporary folders of earlier, unfinished runs of `id`.
+    fn remove_partial(&self, id: &str) {
+        let dir = self.dir(id);
+        let Some(parent) = dir.parent() else { return };
+        let prefix = format!(".{id}.");
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+
     /// Cell counts per (cell, bin) summed over the window's operator bins.
     fn footfall_values(
         store: &CountStore,
         catalog: &crate::store::Catalog,
         spec: &ReleaseSpec,
         w: &WeightMatrix,
-        bins: &[DateTime<Utc>],
+        window: &Window,
         placement: Placement,
         c: &Calibrated,
     ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
+        let (bins, window_end) = (&window.bins[..], window.end);
         let n_cells = w.cell_ids.len();
         let mut counts = vec![0i64; n_cells * bins.len()];
         let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
@@ -337,7 +394,7 @@ impl Releaser {
                 let (Some(ci), Some(t)) = (cell_pos.get(cell), DateTime::<Utc>::from_timestamp_micros(t)) else {
                     continue;
                 };
-                if let Some(b) = bin_of(bins, t) {
+                if let Some(b) = bin_of(bins, window_end, t) {
                     counts[b * n_cells + ci] += i64::from(v);
                 }
             }
@@ -396,9 +453,10 @@ impl Releaser {
         catalog: &crate::store::Catalog,
         spec: &ReleaseSpec,
         w: &WeightMatrix,
-        bins: &[DateTime<Utc>],
+        window: &Window,
         c: &Calibrated,
     ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
+        let (bins, window_end) = (&window.bins[..], window.end);
         let rows = w.rows();
         let cell_pos: HashMap<&str, u32> = w
             .cell_ids
@@ -424,7 +482,7 @@ impl Releaser {
                 ) else {
                     continue;
                 };
-                let (Some(b), Some(ro), Some(rd)) = (bin_of(bins, t), rows.get(oi), rows.get(di)) else {
+                let (Some(b), Some(ro), Some(rd)) = (bin_of(bins, window_end, t), rows.get(oi), rows.get(di)) else {
                     continue;
                 };
                 for eo in ro {
@@ -464,8 +522,14 @@ impl Releaser {
             let p = p.to_path_buf();
             move |source| ReleaseError::Io { path: p, source }
         };
+        // Everything the manifest needs that can fail is computed before
+        // any value is written.
+        let epsilon = c.epsilon_at(self.policy.spec.privacy.delta)?;
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        // On any failure below, no second copy of noisy values may stay
+        // behind: the guard deletes the temporary folder unless disarmed.
+        let mut guard = TmpGuard(Some(tmp.clone()));
         let hex_ids: Vec<String> = w.hexes.iter().map(|h| h.to_string()).collect();
         let n = noisy.len();
         let micros: Vec<i64> = bins.iter().map(|b| b.timestamp_micros()).collect();
@@ -528,6 +592,7 @@ impl Releaser {
         })
         .map_err(io(&values_path))?;
         let values_sha256 = util::sha256_file(&values_path).map_err(io(&values_path))?;
+        util::failpoint("release:values-written");
         let privacy = &self.policy.spec.privacy;
         let manifest = Manifest {
             release_id: id.to_string(),
@@ -542,7 +607,7 @@ impl Releaser {
             noise_scale: c.scale,
             noise_sd: c.noise_sd(),
             rho: c.rho,
-            epsilon: c.epsilon_at(privacy.delta)?,
+            epsilon,
             delta: privacy.delta,
             days_charged: days,
             expected_total_squared_error: expected,
@@ -568,7 +633,11 @@ impl Releaser {
             source: std::io::Error::other(e),
         })?;
         util::write_atomic(&mpath, &json).map_err(io(&mpath))?;
-        if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let renamed = std::fs::rename(&tmp, &dir);
+        if renamed.is_ok() {
+            guard.0 = None;
+        }
+        if let Err(e) = renamed {
             let _ = std::fs::remove_dir_all(&tmp);
             // Another process finished the same release first: its values
             // are the published ones.
@@ -607,6 +676,17 @@ fn read_window(
         .map_err(perr)?
         .clone();
     Ok(Some((df, times)))
+}
+
+/// Deletes a temporary release folder when dropped, unless disarmed.
+struct TmpGuard(Option<PathBuf>);
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// Draws noise in chunks on every core (OpenDP's exact samplers are slow).

@@ -65,6 +65,8 @@ pub enum SpecError {
     FlowZonesTooFine(u8),
     #[error("the budget must be a positive number (got {0})")]
     BadBudget(f64),
+    #[error("the spec names dataset {spec:?} but the policy is for {policy:?}")]
+    WrongDataset { spec: String, policy: String },
 }
 
 impl ReleaseSpec {
@@ -73,9 +75,12 @@ impl ReleaseSpec {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// `r-` + 20 hex digits of the canonical spec's SHA-256.
-    pub fn release_id(&self) -> String {
-        let h = crate::util::sha256_parts([self.canonical().as_bytes()]);
+    /// `r-` + 20 hex digits of the SHA-256 of the canonical spec and of
+    /// everything else its noise and cost depend on (`context`: the attested
+    /// bounds and the weight matrix's key), so a changed policy or grid can
+    /// never reuse an old charge.
+    pub fn release_id(&self, context: &str) -> String {
+        let h = crate::util::sha256_parts([self.canonical().as_bytes(), context.as_bytes()]);
         format!("r-{}", &h[..20])
     }
 
@@ -87,6 +92,12 @@ impl ReleaseSpec {
     /// Checks the request against the policy's purpose limits; `today` is
     /// the grid's current local date.
     pub fn check(&self, policy: &Policy, today: NaiveDate) -> Result<(), SpecError> {
+        if self.dataset != policy.dataset() {
+            return Err(SpecError::WrongDataset {
+                spec: self.dataset.clone(),
+                policy: policy.dataset().to_string(),
+            });
+        }
         let audiences = &policy.spec.audiences;
         let a = audiences
             .get(&self.audience)
