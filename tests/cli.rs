@@ -243,6 +243,11 @@ fn schema_problems_are_named() {
             "cell_id,bin_start,devices\nA-1,2025-03-12T00:00:00+01:00,3,7,8\n",
             "cannot be read as CSV",
         ),
+        (
+            "unclosed.csv",
+            "cell_id,bin_start,devices\nA-1,\"2025-03-12T00:00:00+01:00,77777\n",
+            "a quoted field is not closed",
+        ),
     ];
     for (name, content, reason) in cases {
         let f = env.write(name, content);
@@ -250,6 +255,12 @@ fn schema_problems_are_named() {
         assert!(!out.status.success(), "{name}");
         let err = stderr(&out);
         assert!(err.contains(name) && err.contains(reason), "{name}: {err}");
+        // Regression: polars' parse errors quote the offending field, which
+        // can be a raw count; they must never reach the message.
+        assert!(
+            !err.contains("77777") && !err.contains("7,8"),
+            "{name}: the file's content leaked: {err}"
+        );
     }
     assert!(env.store().is_empty());
 }

@@ -331,16 +331,35 @@ fn read_delivery(path: &Path) -> Result<(DataFrame, usize), IngestError> {
         let df = table::read_parquet(path).map_err(|e| IngestError::Unreadable {
             path: path.to_path_buf(),
             format: "Parquet",
-            reason: e.to_string(),
+            reason: unreadable_reason(&e, "Parquet"),
         })?;
         Ok((df, 1))
     } else {
         let df = table::read_csv_as_strings(path).map_err(|e| IngestError::Unreadable {
             path: path.to_path_buf(),
             format: "CSV",
-            reason: e.to_string(),
+            reason: unreadable_reason(&e, "CSV"),
         })?;
         Ok((df, 2))
+    }
+}
+
+/// Why polars could not parse a delivery, in words that never quote the
+/// file: polars' own messages embed the offending field, which can be a
+/// count, so they are classified here and never printed or logged.
+fn unreadable_reason(e: &PolarsError, format: &str) -> String {
+    let text = e.to_string();
+    if format == "Parquet" {
+        return "the file is damaged or truncated (not a readable Parquet file)".into();
+    }
+    if text.contains("more fields") {
+        "a row has more fields than the header".into()
+    } else if text.contains("not properly escaped") || text.contains("quote") {
+        "a quoted field is not closed".into()
+    } else if text.contains("utf") || text.contains("UTF") {
+        "the file is not UTF-8 text".into()
+    } else {
+        "not a comma-separated file with a header row".into()
     }
 }
 
