@@ -593,7 +593,9 @@ fn print_store(
 fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, res: u8, json: bool) -> Result<ExitCode> {
     let policy = Policy::resolve(Some("marseille"), None, policies_dir)
         .context("the demo runs from the repository root, where privacy-budgets/marseille.toml is")?;
-    let grid = policy.load_grid()?;
+    // The ingestor loads (and checks) the grid once for the whole demo.
+    let ingestor = Ingestor::new(policy.clone(), data_dir)?;
+    let grid = &ingestor.grid;
     let deliveries = data_dir.join("deliveries").join(policy.dataset());
     let marker = deliveries.join(format!("simulated-{from}-{to}.json"));
     if !marker.exists() {
@@ -602,7 +604,7 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
             grid.name(),
             deliveries.display()
         );
-        let report = simulate::simulate(&grid, from, to, &deliveries, Format::Parquet, 1)?;
+        let report = simulate::simulate(grid, from, to, &deliveries, Format::Parquet, 1)?;
         crate::util::write_atomic(&marker, &serde_json::to_vec_pretty(&report)?)?;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&deliveries)?
@@ -614,12 +616,11 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
         bail!("no deliveries found in {}", deliveries.display());
     }
     eprintln!("ingesting {} files ...", files.len());
-    let ingestor = Ingestor::new(policy.clone(), data_dir)?;
     for file in &files {
         // Already-ingested files are a no-op, so a restart costs a hash each.
         ingestor.ingest(file, IngestOptions::default())?;
     }
-    let (_, weights) = WeightMatrix::load_or_build(&grid, res, data_dir)?;
+    let (_, weights) = WeightMatrix::load_or_build(grid, res, data_dir)?;
     let store = CountStore::new(data_dir, policy.dataset());
     let catalog = store.catalog()?;
     let summary = store.summary(&catalog)?;

@@ -65,25 +65,35 @@ impl Env {
 
     /// Every file of the tiny dataset's store (the lock file excepted).
     fn store(&self) -> BTreeMap<PathBuf, Vec<u8>> {
-        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-            let Ok(entries) = fs::read_dir(dir) else { return };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if p.file_name().is_some_and(|n| n != ".lock") {
-                    out.insert(p.clone(), fs::read(&p).expect("read"));
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(&self.data().join("store/tiny"), &mut out);
+        hexflow::store::CountStore::new(&self.data(), "tiny").snapshot()
+    }
+
+    /// Simulates `grid` over `from..=to` into `<tmp>/sim` and returns it.
+    fn simulate(&self, grid: &Path, from: &str, to: &str) -> PathBuf {
+        let out = self.path("sim");
+        let o = self.hexflow(&[
+            "simulate",
+            "--grid",
+            grid.to_str().expect("utf8"),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--out",
+            out.to_str().expect("utf8"),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
         out
     }
 
     fn catalog(&self) -> serde_json::Value {
         serde_json::from_slice(&fs::read(self.data().join("store/tiny/catalog.json")).expect("catalog")).expect("json")
     }
+}
+
+/// A Parquet file written by hexflow, read with hexflow's own reader.
+fn read_parquet(path: &Path) -> polars::prelude::DataFrame {
+    hexflow::table::read_parquet(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn stderr(o: &Output) -> String {
@@ -705,10 +715,7 @@ fn a_release_costs_what_opendp_says_once_and_publishes_its_terms() {
     assert!(chosen <= e["hex"].as_f64().expect("hex") && chosen <= e["cell"].as_f64().expect("cell"));
     // Values: every public hex × 24 bins, ids as 15-character strings.
     let dir = PathBuf::from(o["dir"].as_str().expect("dir"));
-    let df = polars::prelude::ParquetReader::new(fs::File::open(dir.join("values.parquet")).expect("values"))
-        .finish()
-        .expect("parquet");
-    use polars::prelude::SerReader;
+    let df = read_parquet(&dir.join("values.parquet"));
     assert_eq!(df.height() as u64, m["values"].as_u64().expect("n"));
     let ids = df.column("hex_id").expect("hex_id").str().expect("str").clone();
     assert!(ids.iter().all(|s| s.is_some_and(|s| s.len() == 15)));
@@ -984,20 +991,7 @@ fn publish_runs_the_plan_once() {
 #[test]
 fn a_flows_release_has_a_noisy_value_for_every_zone_pair() {
     let env = Env::new();
-    let g = fixture("tiny");
-    let out_dir = env.path("sim");
-    let sim = env.hexflow(&[
-        "simulate",
-        "--grid",
-        g.to_str().expect("utf8"),
-        "--from",
-        "2025-03-10",
-        "--to",
-        "2025-03-11",
-        "--out",
-        out_dir.to_str().expect("utf8"),
-    ]);
-    assert!(sim.status.success(), "{}", stderr(&sim));
+    let out_dir = env.simulate(&fixture("tiny"), "2025-03-10", "2025-03-11");
     let flows = out_dir.join("flows-2025-03.parquet");
     assert!(env.ingest(&[&flows], &[]).status.success());
     let policy = fixture("tiny.toml");
@@ -1064,20 +1058,7 @@ fn coarse_hexes_over_many_cells_put_the_noise_on_the_hexes() {
     // sum beats noise on every cell spread over the hexes.
     let env = Env::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sim_dir = env.path("sim");
-    let grid = root.join("grids/marseille");
-    let sim = env.hexflow(&[
-        "simulate",
-        "--grid",
-        grid.to_str().expect("utf8"),
-        "--from",
-        "2025-06-02",
-        "--to",
-        "2025-06-02",
-        "--out",
-        sim_dir.to_str().expect("utf8"),
-    ]);
-    assert!(sim.status.success(), "{}", stderr(&sim));
+    let sim_dir = env.simulate(&root.join("grids/marseille"), "2025-06-02", "2025-06-02");
     let policy = root.join("privacy-budgets/marseille.toml");
     let p = policy.to_str().expect("utf8");
     let foot = sim_dir.join("footfall-2025-06.parquet");
@@ -1111,10 +1092,7 @@ fn coarse_hexes_over_many_cells_put_the_noise_on_the_hexes() {
     // Hex placement: every value carries the same Gaussian error bar.
     let sd = m["noise_sd"].as_f64().expect("sd");
     let dir = PathBuf::from(json(&out)["dir"].as_str().expect("dir"));
-    use polars::prelude::SerReader;
-    let df = polars::prelude::ParquetReader::new(fs::File::open(dir.join("values.parquet")).expect("values"))
-        .finish()
-        .expect("parquet");
+    let df = read_parquet(&dir.join("values.parquet"));
     let ci = df.column("ci95").expect("ci95").f64().expect("f64").clone();
     assert!(ci.iter().all(|x| x.is_some_and(|x| (x - 1.96 * sd).abs() < 0.01)));
 }
@@ -1160,20 +1138,14 @@ fn published_error_bars_match_the_noise_actually_added() {
     assert!(out.status.success(), "{}", stderr(&out));
     let o = json(&out);
     assert_eq!(o["manifest"]["placement"], "cell");
-    use polars::prelude::*;
-    let read = |p: PathBuf| {
-        ParquetReader::new(fs::File::open(p).expect("open"))
-            .finish()
-            .expect("parquet")
-    };
-    let values = read(PathBuf::from(o["dir"].as_str().expect("dir")).join("values.parquet"));
+    let values = read_parquet(&PathBuf::from(o["dir"].as_str().expect("dir")).join("values.parquet"));
     let cache = fs::read_dir(env.data().join("grids/tiny"))
         .expect("cache")
         .flatten()
         .next()
         .expect("key dir")
         .path();
-    let w = read(cache.join("weights-r9.parquet"));
+    let w = read_parquet(&cache.join("weights-r9.parquet"));
     // Truth per (hex, bin): Σ_c W_ch x_c, with bins in file order.
     let mut weights: std::collections::HashMap<String, Vec<(usize, f64)>> = std::collections::HashMap::new();
     let (wc, wh, ww) = (

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
-use geo::{Area, BoundingRect, Centroid, MultiPolygon};
+use geo::{Area, BoundingRect, MultiPolygon};
 use h3o::Resolution;
 use serde::Deserialize;
 
@@ -207,14 +207,6 @@ impl Grid {
             .enumerate()
             .map(|(i, c)| (c.cell_id.as_str(), i))
             .collect()
-    }
-
-    /// Centroid of the study area (lat, lon).
-    pub fn area_centroid(&self) -> (f64, f64) {
-        self.area
-            .centroid()
-            .map(|p| (p.y(), p.x()))
-            .unwrap_or_else(|| self.centre())
     }
 }
 

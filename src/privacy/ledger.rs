@@ -153,23 +153,31 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
         let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(LedgerError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                known,
-            });
+        let version = |c: &Connection| -> Result<i64, LedgerError> {
+            let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+            if v > known {
+                return Err(LedgerError::TooNew {
+                    path: path.to_path_buf(),
+                    found: v,
+                    known,
+                });
+            }
+            Ok(v)
+        };
+        // Only a ledger that needs migrating takes the write lock on open,
+        // so readers (`hexflow ledger`, stored releases) never queue.
+        if version(&conn)? < known {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            // Re-read under the lock: another process may have migrated.
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(version(&tx)? as usize) {
+                tx.execute_batch(m).map_err(err)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+            }
+            tx.commit().map_err(err)?;
         }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(m).map_err(err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
@@ -260,6 +268,18 @@ impl Ledger {
         tx.commit().map_err(err)?;
         crate::util::failpoint("release:after-charge");
         Ok(Charge::New)
+    }
+
+    /// The state of a release, if it was ever charged.
+    pub fn state(&self, release_id: &str) -> Result<Option<ReleaseState>, LedgerError> {
+        let state: Option<String> = self
+            .conn
+            .query_row("SELECT state FROM releases WHERE release_id = ?1", [release_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())?;
+        Ok(state.as_deref().map(parse_state))
     }
 
     /// Marks a charged release as published (its values are stored).

@@ -49,15 +49,6 @@ pub enum Budget {
     Epsilon(f64),
 }
 
-impl Budget {
-    pub fn mechanism(self) -> Mechanism {
-        match self {
-            Budget::Rho(_) => Mechanism::GaussianZcdp,
-            Budget::Epsilon(_) => Mechanism::LaplacePure,
-        }
-    }
-}
-
 type IntGaussian = Measurement<VectorDomain<AtomDomain<i64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<i64>>;
 type FloatGaussian = Measurement<VectorDomain<AtomDomain<f64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<f64>>;
 type IntLaplace = Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<f64>, MaxDivergence, Vec<i64>>;

@@ -135,6 +135,17 @@ pub struct Releaser {
     pub policy: Policy,
     pub grid: Grid,
     data_dir: PathBuf,
+    /// Hash of the grid's inputs, computed once (part of every release id).
+    grid_key: String,
+    /// W per resolution, loaded once per process: `publish` makes a release
+    /// per day and must not re-read the cache for each.
+    weights: std::sync::Mutex<HashMap<u8, std::sync::Arc<Weights>>>,
+}
+
+/// W with its rows grouped by cell (both used by every release).
+pub struct Weights {
+    pub matrix: WeightMatrix,
+    pub rows: HashMap<u32, Vec<crate::grid::weights::WeightEntry>>,
 }
 
 /// The output bins of a release window and the instant the window ends.
@@ -145,13 +156,14 @@ pub struct Window {
     pub end: DateTime<Utc>,
 }
 
-/// Instants at which each output bin of the window starts.
-pub fn output_bins(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Vec<DateTime<Utc>> {
+/// The output bins of the local days `from..=to`.
+pub fn window(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Window {
     let midnight = |d: NaiveDate| crate::simulate::local_midnight(grid.tz, d);
+    let end = midnight(to.succ_opt().unwrap_or(to));
     let days = from.iter_days().take_while(|d| *d <= to);
-    match bin {
+    let bins = match bin {
         Bin::Hour => {
-            let (start, end) = (midnight(from), midnight(to.succ_opt().unwrap_or(to)));
+            let start = midnight(from);
             // Hourly output bins, whatever the operator's bin length (an
             // operator bin longer than an hour is its own output bin).
             let step = i64::from(grid.spec.bin_len_s.max(3600));
@@ -166,7 +178,8 @@ pub fn output_bins(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Vec
             .map(midnight)
             .collect(),
         Bin::Month => days.filter(|d| d.day() == 1).map(midnight).collect(),
-    }
+    };
+    Window { bins, end }
 }
 
 /// The output bin (index into `bins`) an instant falls in; `None` outside
@@ -184,15 +197,33 @@ fn bin_of(bins: &[DateTime<Utc>], end: DateTime<Utc>, t: DateTime<Utc>) -> Optio
 impl Releaser {
     pub fn new(policy: Policy, data_dir: &Path) -> Result<Self, ReleaseError> {
         let grid = policy.load_grid()?;
+        let grid_key = crate::grid::weights::cache_key(&grid)?;
         Ok(Self {
             policy,
             grid,
             data_dir: data_dir.to_path_buf(),
+            grid_key,
+            weights: std::sync::Mutex::default(),
         })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("releases").join(self.policy.dataset()).join(id)
+    }
+
+    /// W at `res`, from this process's memo or the cache.
+    fn weights(&self, res: u8) -> Result<std::sync::Arc<Weights>, ReleaseError> {
+        let mut memo = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(w) = memo.get(&res) {
+            return Ok(w.clone());
+        }
+        let (matrix, _) = WeightMatrix::load_or_build(&self.grid, res, &self.data_dir)?;
+        let w = std::sync::Arc::new(Weights {
+            rows: matrix.rows(),
+            matrix,
+        });
+        memo.insert(res, w.clone());
+        Ok(w)
     }
 
     /// The ledger of the data dir.
@@ -217,14 +248,17 @@ impl Releaser {
         let context = format!(
             "{}|{}",
             serde_json::to_string(&self.policy.spec.privacy.bounds()).unwrap_or_default(),
-            crate::grid::weights::cache_key(&self.grid)?
+            self.grid_key
         );
         let id = spec.release_id(&context);
         let dir = self.dir(&id);
         if let Some(manifest) = self.stored(&id) {
             // A crash after the values were stored left the ledger at
             // `charged`; finishing is idempotent and costs nothing.
-            Self::ledger(&self.data_dir)?.mark_published(&id)?;
+            let mut ledger = Self::ledger(&self.data_dir)?;
+            if ledger.state(&id)? == Some(ReleaseState::Charged) {
+                ledger.mark_published(&id)?;
+            }
             return Ok(Outcome {
                 status: "stored",
                 dir,
@@ -232,11 +266,9 @@ impl Releaser {
             });
         }
         self.grid.resolution(spec.res)?;
-        let (w, _) = WeightMatrix::load_or_build(&self.grid, spec.res, &self.data_dir)?;
-        let window = Window {
-            bins: output_bins(&self.grid, spec.bin, spec.from, spec.to),
-            end: crate::simulate::local_midnight(self.grid.tz, spec.to.succ_opt().unwrap_or(spec.to)),
-        };
+        let weights = self.weights(spec.res)?;
+        let w = &weights.matrix;
+        let window = window(&self.grid, spec.bin, spec.from, spec.to);
         let bins = &window.bins;
         let n_keys = match spec.metric {
             Metric::Footfall => w.hexes.len(),
@@ -261,7 +293,7 @@ impl Releaser {
         // Calibrate both placements from public parameters; keep the one
         // with the smaller expected total squared error.
         let bounds = self.policy.spec.privacy.bounds();
-        let rows = w.rows();
+        let rows = &weights.rows;
         let w2_max = rows
             .values()
             .map(|r| r.iter().map(|e| e.weight * e.weight).sum::<f64>().sqrt())
@@ -334,13 +366,15 @@ impl Releaser {
         self.remove_partial(&id);
         util::failpoint("release:before-noise");
         let (noisy, ci95) = match spec.metric {
-            Metric::Footfall => Self::footfall_values(&store, &catalog, spec, &w, &window, placement, &calibrated)?,
-            Metric::Flows => self.flow_values(&store, &catalog, spec, &w, &window, &calibrated)?,
+            Metric::Footfall => {
+                Self::footfall_values(&store, &catalog, spec, &weights, &window, placement, &calibrated)?
+            }
+            Metric::Flows => self.flow_values(&store, &catalog, spec, &weights, &window, &calibrated)?,
         };
         let manifest = self.write(
             spec,
             &id,
-            &w,
+            w,
             bins,
             (placement, sens),
             &calibrated,
@@ -374,12 +408,13 @@ impl Releaser {
         store: &CountStore,
         catalog: &crate::store::Catalog,
         spec: &ReleaseSpec,
-        w: &WeightMatrix,
+        weights: &Weights,
         window: &Window,
         placement: Placement,
         c: &Calibrated,
     ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
+        let (w, rows) = (&weights.matrix, &weights.rows);
         let n_cells = w.cell_ids.len();
         let mut counts = vec![0i64; n_cells * bins.len()];
         let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
@@ -399,7 +434,6 @@ impl Releaser {
                 }
             }
         }
-        let rows = w.rows();
         let n_hex = w.hexes.len();
         let mut values = vec![0.0f64; n_hex * bins.len()];
         let mut ci95 = vec![c.ci95(); n_hex * bins.len()];
@@ -452,12 +486,12 @@ impl Releaser {
         store: &CountStore,
         catalog: &crate::store::Catalog,
         spec: &ReleaseSpec,
-        w: &WeightMatrix,
+        weights: &Weights,
         window: &Window,
         c: &Calibrated,
     ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
-        let rows = w.rows();
+        let (w, rows) = (&weights.matrix, &weights.rows);
         let cell_pos: HashMap<&str, u32> = w
             .cell_ids
             .iter()

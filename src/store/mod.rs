@@ -399,9 +399,15 @@ impl CountStore {
         let cpath = self.catalog_path();
         util::write_atomic(&cpath, &bytes).map_err(io_err(&cpath))?;
         util::failpoint("ingest:after-commit");
-        // Superseded day files are garbage now; a crash here only delays
-        // their removal to the next writer.
-        self.recover(&next)?;
+        // The day files this commit superseded are garbage now; a crash
+        // here only delays their removal to the next writer's `recover`.
+        for (day, new_file) in next.partitions.get(&metric).into_iter().flatten() {
+            if let Some(old) = self.day_path(catalog, metric, *day)
+                && old.file_name().and_then(|n| n.to_str()) != Some(new_file.as_str())
+            {
+                std::fs::remove_file(&old).map_err(io_err(&old))?;
+            }
+        }
         Ok(CommitSummary {
             generation,
             days_written,
