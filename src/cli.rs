@@ -144,9 +144,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The Marseille demo: simulate a year, ingest it, build the weights and
-    /// report what was stored.
+    /// The Marseille demo: simulate a year, ingest it, build the weights,
+    /// run the public publication plan, then serve the viewer and the API.
+    /// A restart reuses everything already done.
     Demo {
+        /// Address to serve on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Prepare everything, print the summary, do not serve.
+        #[arg(long)]
+        no_serve: bool,
         #[arg(long, default_value = "2025-01-01")]
         from: NaiveDate,
         #[arg(long, default_value = "2025-12-31")]
@@ -156,6 +163,16 @@ pub enum Command {
         res: u8,
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the API and the viewer for the data dir's datasets.
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// API tokens for planners and administrators.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Measure ingest, a plain polars scan and weight builds.
     Bench {
@@ -186,6 +203,34 @@ impl From<MetricArg> for crate::store::Metric {
             MetricArg::Flows => crate::store::Metric::Flows,
         }
     }
+}
+
+/// Options of `hexflow serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Origins allowed to call the API from a browser (CORS); `*` for any.
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
+    /// Largest delivery an admin may upload (MiB).
+    #[arg(long, default_value_t = 512)]
+    pub max_upload_mib: usize,
+    /// Absolute base URL of this server as clients see it (TileJSON links).
+    #[arg(long)]
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once and only its hash is kept.
+    Create {
+        #[arg(long, value_enum)]
+        role: crate::privacy::ledger::Role,
+        /// Who holds it (unique), e.g. `transit-planning`.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -414,7 +459,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { from, to, res, json } => demo(&args.policies_dir, &data_dir, from, to, res, json),
+        Command::Demo {
+            addr,
+            no_serve,
+            from,
+            to,
+            res,
+            json,
+        } => {
+            let policy = demo(&args.policies_dir, &data_dir, from, to, res, json)?;
+            if no_serve {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let serve = ServeArgs {
+                addr,
+                cors_origins: Vec::new(),
+                max_upload_mib: 512,
+                public_url: None,
+            };
+            serve_policies(vec![policy], &data_dir, &serve)
+        }
+        Command::Serve { serve } => {
+            let policies = crate::server::load_policies(&args.policies_dir, &data_dir)?;
+            serve_policies(policies, &data_dir, &serve)
+        }
+        Command::Token {
+            command: TokenCommand::Create { role, name },
+        } => {
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            let mut ledger = crate::release::Releaser::ledger(&data_dir)?;
+            let token = ledger.create_token(name.trim(), role)?;
+            eprintln!(
+                "created {} token {:?}; it is shown once, store it now (only its hash is kept):",
+                role.as_str(),
+                name.trim()
+            );
+            out!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { grid, month, res, json } => {
             let report = crate::bench::run(&grid, month, &res)?;
             if json {
@@ -590,7 +674,23 @@ fn print_store(
     }
 }
 
-fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, res: u8, json: bool) -> Result<ExitCode> {
+fn serve_policies(policies: Vec<Policy>, data_dir: &Path, args: &ServeArgs) -> Result<ExitCode> {
+    let mut config = crate::server::ServeConfig::new(data_dir);
+    config.cors_origins = args.cors_origins.clone();
+    config.max_upload_bytes = args.max_upload_mib << 20;
+    config.public_url = args.public_url.clone();
+    let state = std::sync::Arc::new(crate::server::AppState::new(policies, config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(crate::server::serve(state, args.addr, |addr| {
+        // Tests and scripts read this line to find the port.
+        out!("serving on http://{addr}/");
+        eprintln!("API at http://{addr}/api/v1/ (OpenAPI: /api/openapi.json); Ctrl-C stops");
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prepares the demo data dir and returns the Marseille policy.
+fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, res: u8, json: bool) -> Result<Policy> {
     let policy = Policy::resolve(Some("marseille"), None, policies_dir)
         .context("the demo runs from the repository root, where privacy-budgets/marseille.toml is")?;
     // The ingestor loads (and checks) the grid once for the whole demo.
@@ -624,11 +724,24 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
     let store = CountStore::new(data_dir, policy.dataset());
     let catalog = store.catalog()?;
     let summary = store.summary(&catalog)?;
+    // The public plan: releases that exist cost nothing, so a restart only
+    // checks them.
+    let releaser = crate::release::Releaser::new(policy.clone(), data_dir)?;
+    eprintln!("publishing the public plan ...");
+    let published = crate::release::publish::publish(&releaser, data_dir)?;
     if json {
-        print_json(&serde_json::json!({ "store": summary, "weights": weights }))?;
+        print_json(&serde_json::json!({ "store": summary, "weights": weights, "publish": published }))?;
     } else {
         print_store(policy.dataset(), &store, &catalog, &summary);
         print_weights(&weights);
+        out!(
+            "published {} new releases (ρ {:.3} spent), {} already stored, {} too recent, {} refused",
+            published.new,
+            published.rho_spent,
+            published.stored,
+            published.too_recent,
+            published.refused.len()
+        );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(policy)
 }

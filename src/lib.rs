@@ -4,8 +4,10 @@
 //! Modules follow the pipeline (see `ARCHITECTURE.md`):
 //! [`grid`] (cell catalogue, coverage, cell→hex weights) →
 //! [`ingest`] (validated deliveries) → [`store`] (Parquet by local day).
-//! [`simulate`] produces realistic synthetic deliveries for any grid, and
-//! [`cli`] is the command-line surface.
+//! [`privacy`] (sensitivity, OpenDP mechanisms, the ledger) → [`release`]
+//! (immutable noisy releases) → [`server`] (HTTP API, maps and tiles drawn by
+//! [`render`], the embedded viewer). [`simulate`] produces realistic
+//! synthetic deliveries for any grid, and [`cli`] is the command-line surface.
 
 /// `println!` for CLI output that ends quietly when the reader goes away
 /// (`hexflow ledger | head`), instead of panicking on a broken pipe.
@@ -28,6 +30,8 @@ pub mod ingest;
 pub mod policy;
 pub mod privacy;
 pub mod release;
+pub mod render;
+pub mod server;
 pub mod simulate;
 pub mod store;
 pub mod table;

@@ -94,6 +94,14 @@ pub struct GridSpec {
     pub simulation: Option<crate::simulate::SimulationSpec>,
 }
 
+/// `[min lon, min lat, max lon, max lat]` of an area (degrees).
+pub fn bbox(area: &MultiPolygon<f64>) -> [f64; 4] {
+    match area.bounding_rect() {
+        Some(r) => [r.min().x, r.min().y, r.max().x, r.max().y],
+        None => [0.0; 4],
+    }
+}
+
 /// A loaded, validated grid.
 #[derive(Debug, Clone)]
 pub struct Grid {

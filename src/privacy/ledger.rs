@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// ρ per stored unit.
 pub const NANO: f64 = 1e9;
@@ -50,6 +50,10 @@ pub enum LedgerError {
         left_rho: f64,
         need_rho: f64,
     },
+    #[error("a token named {0:?} exists already; pick another name")]
+    TokenExists(String),
+    #[error("no randomness for a token: {0}")]
+    Random(String),
     #[error("ledger {path} has schema version {found}, newer than this hexflow ({known})")]
     TooNew { path: PathBuf, found: i64, known: i64 },
 }
@@ -130,6 +134,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (release_id, day)
      );
      CREATE INDEX charges_by_day ON charges (dataset, day, audience);",
+    // 2: API tokens, stored as SHA-256 digests (the token is shown once).
+    "CREATE TABLE tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('planner', 'admin')),
+        created_at TEXT NOT NULL
+     );",
 ];
 
 /// The ledger database (`<data-dir>/hexflow.sqlite`).
@@ -343,6 +354,80 @@ impl Ledger {
             })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
+/// Who a token acts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May run queries charged to the planners' budget.
+    Planner,
+    /// May also ingest files and run the publication plan.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Planner => "planner",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A token as stored (never the token itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRow {
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+}
+
+impl Ledger {
+    /// Creates a token for `name` and returns it; only its SHA-256 is kept.
+    pub fn create_token(&mut self, name: &str, role: Role) -> Result<String, LedgerError> {
+        let mut secret = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
+            .map_err(|e| LedgerError::Random(e.to_string()))?;
+        let token = format!("hxf_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let now = chrono::Utc::now().to_rfc3339();
+        self.conn
+            .execute(
+                "INSERT INTO tokens (token_sha256, name, role, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![crate::util::sha256_parts([token.as_bytes()]), name, role.as_str(), now],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    LedgerError::TokenExists(name.to_string())
+                }
+                source => LedgerError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                },
+            })?;
+        Ok(token)
+    }
+
+    /// The token row a bearer token belongs to, if any.
+    pub fn token(&self, token: &str) -> Result<Option<TokenRow>, LedgerError> {
+        let digest = crate::util::sha256_parts([token.as_bytes()]);
+        self.conn
+            .query_row(
+                "SELECT name, role, created_at FROM tokens WHERE token_sha256 = ?1",
+                [digest],
+                |r| {
+                    let role: String = r.get(1)?;
+                    Ok(TokenRow {
+                        name: r.get(0)?,
+                        role: if role == "admin" { Role::Admin } else { Role::Planner },
+                        created_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err())
     }
 }
 

@@ -212,7 +212,7 @@ impl Releaser {
     }
 
     /// W at `res`, from this process's memo or the cache.
-    fn weights(&self, res: u8) -> Result<std::sync::Arc<Weights>, ReleaseError> {
+    pub fn weights(&self, res: u8) -> Result<std::sync::Arc<Weights>, ReleaseError> {
         let mut memo = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(w) = memo.get(&res) {
             return Ok(w.clone());

@@ -1,0 +1,300 @@
+//! Images of releases, drawn with plotters: a PNG map of the study area for
+//! one bin, and XYZ raster tiles (Web Mercator, 256 px) for any web map.
+//!
+//! Only published (noisy, post-processed) values reach this module. The
+//! colour scale is viridis (readable with the common colour-vision
+//! deficiencies and in greyscale); values flagged `low` are drawn in a
+//! neutral grey, not on the scale, so that a reader never reads a colour into
+//! a number hexflow says is too uncertain to show.
+
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::grid::Grid;
+
+/// The font every label is drawn with (DejaVu Sans, embedded: plotters'
+/// system-font path needs fontconfig on the host).
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FONT_NAME: &str = "sans-serif";
+/// Tile edge (px).
+pub const TILE_PX: u32 = 256;
+/// Largest map edge served (px).
+pub const MAX_MAP_PX: u32 = 2400;
+/// Deepest tile zoom served.
+pub const MAX_ZOOM: u8 = 18;
+const LOW_GREY: RGBColor = RGBColor(200, 200, 200);
+/// Tile background, made transparent when the PNG is written.
+const KEY: RGBColor = RGBColor(255, 0, 254);
+
+/// Errors of a drawing.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("drawing failed: {0}")]
+    Draw(String),
+    #[error("PNG encoding failed: {0}")]
+    Png(#[from] png::EncodingError),
+}
+
+fn draw_err<E: std::fmt::Debug>(e: E) -> RenderError {
+    RenderError::Draw(format!("{e:?}"))
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is part of the binary; a failure here is a build defect
+        // and shows as missing labels, not as a crash.
+        if plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_err() {
+            tracing::error!("embedded font could not be registered");
+        }
+    });
+}
+
+/// One hex to draw: its boundary (lon, lat), its value and its flag.
+pub struct HexValue {
+    pub boundary: Vec<(f64, f64)>,
+    pub value: f64,
+    pub low: bool,
+}
+
+/// The colour of `value` on a scale from 0 to `max`.
+pub fn colour(value: f64, max: f64) -> RGBColor {
+    let h = if max > 0.0 { (value / max).clamp(0.0, 1.0) } else { 0.0 };
+    ViridisRGB.get_color(h as f32)
+}
+
+/// Web Mercator: (lon, lat) → global pixel coordinates at `zoom` (256 px
+/// tiles), as used by OSM, Leaflet and MapLibre.
+pub fn mercator_px(lon: f64, lat: f64, zoom: f64) -> (f64, f64) {
+    let size = f64::from(TILE_PX) * 2f64.powf(zoom);
+    let lat = lat.clamp(-85.051_128, 85.051_128).to_radians();
+    let x = (lon + 180.0) / 360.0 * size;
+    let y = (1.0 - (lat.tan() + 1.0 / lat.cos()).ln() / std::f64::consts::PI) / 2.0 * size;
+    (x, y)
+}
+
+/// The tile (x, y) ranges at `z` covering a lon/lat bounding box.
+pub fn tile_range(bbox: [f64; 4], z: u8) -> ((u32, u32), (u32, u32)) {
+    let (x0, y0) = mercator_px(bbox[0], bbox[3], f64::from(z));
+    let (x1, y1) = mercator_px(bbox[2], bbox[1], f64::from(z));
+    let t = f64::from(TILE_PX);
+    let n = (1u32 << z) - 1;
+    let clamp = |v: f64| (v / t).floor().clamp(0.0, f64::from(n)) as u32;
+    ((clamp(x0), clamp(x1)), (clamp(y0), clamp(y1)))
+}
+
+/// What a map shows besides the hexes.
+pub struct MapText<'a> {
+    pub title: &'a str,
+    /// Bin, privacy cost, error bar.
+    pub caption: &'a [String],
+    /// Unit of the values, for the legend.
+    pub unit: &'a str,
+}
+
+fn encode_png(rgb: &[u8], (w, h): (u32, u32), transparent: Option<RGBColor>) -> Result<Vec<u8>, RenderError> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_depth(png::BitDepth::Eight);
+        match transparent {
+            None => {
+                enc.set_color(png::ColorType::Rgb);
+                enc.write_header()?.write_image_data(rgb)?;
+            }
+            Some(key) => {
+                enc.set_color(png::ColorType::Rgba);
+                let rgba: Vec<u8> = rgb
+                    .chunks_exact(3)
+                    .flat_map(|p| {
+                        let a = if (p[0], p[1], p[2]) == (key.0, key.1, key.2) {
+                            0
+                        } else {
+                            210
+                        };
+                        [p[0], p[1], p[2], a]
+                    })
+                    .collect();
+                enc.write_header()?.write_image_data(&rgba)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A PNG map of the whole study area: hexes, outline, landmarks, legend
+/// and caption. `width_px` is clamped to `64..=MAX_MAP_PX`.
+pub fn map_png(
+    grid: &Grid,
+    hexes: &[HexValue],
+    max: f64,
+    text: &MapText,
+    width_px: u32,
+) -> Result<Vec<u8>, RenderError> {
+    register_font();
+    let bbox = crate::grid::bbox(&grid.area);
+    let width = width_px.clamp(320, MAX_MAP_PX);
+    // A zoom that fits the area's width into the map part of the image.
+    let map_w = f64::from(width) - 20.0;
+    let (ax0, _) = mercator_px(bbox[0], bbox[3], 0.0);
+    let (ax1, _) = mercator_px(bbox[2], bbox[1], 0.0);
+    let zoom = (map_w / (ax1 - ax0)).log2();
+    let (x0, y0) = mercator_px(bbox[0], bbox[3], zoom);
+    let (_, y1) = mercator_px(bbox[2], bbox[1], zoom);
+    let header = 34.0;
+    let footer = 40.0 + 18.0 * text.caption.len() as f64;
+    let height = (header + (y1 - y0) + footer + 10.0).ceil() as u32;
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let px = |lon: f64, lat: f64| {
+            let (x, y) = mercator_px(lon, lat, zoom);
+            ((x - x0 + 10.0).round() as i32, (y - y0 + header).round() as i32)
+        };
+        draw_hexes(&root, hexes, max, &px)?;
+        for poly in &grid.area.0 {
+            let ring: Vec<(i32, i32)> = poly.exterior().points().map(|p| px(p.x(), p.y())).collect();
+            root.draw(&PathElement::new(ring, BLACK.stroke_width(2)))
+                .map_err(draw_err)?;
+        }
+        // The most important landmarks, labelled; the rest as dots.
+        let mut marks: Vec<&crate::grid::Landmark> = grid.landmarks.iter().collect();
+        marks.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+        let label = ("sans-serif", 12).into_font().color(&BLACK);
+        for (i, m) in marks.iter().enumerate() {
+            let p = px(m.lon, m.lat);
+            root.draw(&Circle::new(p, 3, BLACK.filled())).map_err(draw_err)?;
+            root.draw(&Circle::new(p, 3, WHITE.stroke_width(1))).map_err(draw_err)?;
+            if i < 12 {
+                root.draw(&Text::new(m.name.clone(), (p.0 + 5, p.1 - 6), label.clone()))
+                    .map_err(draw_err)?;
+            }
+        }
+        root.draw(&Text::new(
+            text.title.to_string(),
+            (10, 8),
+            ("sans-serif", 18).into_font().color(&BLACK),
+        ))
+        .map_err(draw_err)?;
+        let legend_y = height as i32 - footer as i32 + 4;
+        draw_legend(&root, (10, legend_y), (width as i32 / 2).min(360), max, text.unit)?;
+        for (i, line) in text.caption.iter().enumerate() {
+            root.draw(&Text::new(
+                line.clone(),
+                (10, legend_y + 36 + 18 * i as i32),
+                ("sans-serif", 12).into_font().color(&BLACK),
+            ))
+            .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&buf, (width, height), None)
+}
+
+fn draw_hexes<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    hexes: &[HexValue],
+    max: f64,
+    px: &dyn Fn(f64, f64) -> (i32, i32),
+) -> Result<(), RenderError> {
+    for h in hexes {
+        let pts: Vec<(i32, i32)> = h.boundary.iter().map(|(lon, lat)| px(*lon, *lat)).collect();
+        let fill = if h.low { LOW_GREY } else { colour(h.value, max) };
+        root.draw(&Polygon::new(pts.clone(), fill.filled())).map_err(draw_err)?;
+        let mut ring = pts;
+        if let Some(first) = ring.first().copied() {
+            ring.push(first);
+        }
+        root.draw(&PathElement::new(ring, RGBColor(255, 255, 255).mix(0.35)))
+            .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+fn draw_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    (x, y): (i32, i32),
+    w: i32,
+    max: f64,
+    unit: &str,
+) -> Result<(), RenderError> {
+    let steps = 64;
+    for i in 0..steps {
+        let v = max * f64::from(i) / f64::from(steps - 1);
+        let x0 = x + w * i / steps;
+        let x1 = x + w * (i + 1) / steps;
+        root.draw(&Rectangle::new([(x0, y), (x1, y + 12)], colour(v, max).filled()))
+            .map_err(draw_err)?;
+    }
+    let font = ("sans-serif", 11).into_font().color(&BLACK);
+    for k in 0..=4 {
+        let v = max * f64::from(k) / 4.0;
+        let tx = x + w * k / 4;
+        root.draw(&PathElement::new(vec![(tx, y + 12), (tx, y + 16)], BLACK))
+            .map_err(draw_err)?;
+        let label = if k == 4 {
+            format!("≥{v:.0}")
+        } else {
+            format!("{v:.0}")
+        };
+        root.draw(&Text::new(label, (tx - 6, y + 18), font.clone()))
+            .map_err(draw_err)?;
+    }
+    root.draw(&Rectangle::new(
+        [(x + w + 16, y), (x + w + 28, y + 12)],
+        LOW_GREY.filled(),
+    ))
+    .map_err(draw_err)?;
+    root.draw(&Text::new(
+        format!("below threshold   ·   {unit}"),
+        (x + w + 32, y),
+        font.clone(),
+    ))
+    .map_err(draw_err)?;
+    Ok(())
+}
+
+/// An XYZ tile (`z/x/y`, 256 px, Web Mercator), transparent where no hex is.
+pub fn tile_png(hexes: &[HexValue], max: f64, (z, x, y): (u8, u32, u32)) -> Result<Vec<u8>, RenderError> {
+    let n = TILE_PX;
+    let mut buf = vec![0u8; (n * n * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (n, n)).into_drawing_area();
+        root.fill(&KEY).map_err(draw_err)?;
+        let (ox, oy) = (f64::from(x) * f64::from(n), f64::from(y) * f64::from(n));
+        let px = |lon: f64, lat: f64| {
+            let (gx, gy) = mercator_px(lon, lat, f64::from(z));
+            ((gx - ox).round() as i32, (gy - oy).round() as i32)
+        };
+        draw_hexes(&root, hexes, max, &px)?;
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&buf, (n, n), Some(KEY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mercator_matches_known_tiles() {
+        // The Vieux-Port (43.295 N, 5.374 E) lies in OSM tile 12/2109/1495.
+        let (x, y) = mercator_px(5.374, 43.295, 12.0);
+        assert_eq!(((x / 256.0) as u32, (y / 256.0) as u32), (2109, 1495));
+        // The origin and the antimeridian.
+        let (x0, y0) = mercator_px(-180.0, 85.051_128, 0.0);
+        assert!(x0.abs() < 1e-9 && y0.abs() < 1e-3);
+    }
+
+    #[test]
+    fn colour_scale_is_monotone_in_lightness() {
+        // Viridis goes from dark to light: the scale reads in greyscale.
+        let luma = |c: RGBColor| 0.299 * f64::from(c.0) + 0.587 * f64::from(c.1) + 0.114 * f64::from(c.2);
+        let l: Vec<f64> = (0..=10).map(|i| luma(colour(f64::from(i), 10.0))).collect();
+        assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?}");
+        assert_eq!(colour(50.0, 10.0), colour(10.0, 10.0));
+    }
+}

@@ -1,0 +1,294 @@
+//! The release store as the server sees it: an index of manifests and a
+//! small cache of loaded (noisy) values with their public geometry.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use h3o::CellIndex;
+use polars::prelude::*;
+use serde::Serialize;
+
+use super::Problem;
+use crate::release::Manifest;
+use crate::store::Metric;
+
+/// What the release list shows of a release.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseSummary {
+    pub release_id: String,
+    pub dataset: String,
+    pub audience: String,
+    pub metric: Metric,
+    pub res: u8,
+    pub bin: crate::privacy::Bin,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub rho: f64,
+    pub epsilon: f64,
+    pub delta: f64,
+    pub bins: usize,
+    pub keys: usize,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ReleaseSummary {
+    fn of(m: &Manifest) -> Self {
+        Self {
+            release_id: m.release_id.clone(),
+            dataset: m.spec.dataset.clone(),
+            audience: m.spec.audience.clone(),
+            metric: m.spec.metric,
+            res: m.spec.res,
+            bin: m.spec.bin,
+            from: m.spec.from,
+            to: m.spec.to,
+            rho: m.rho,
+            epsilon: m.epsilon,
+            delta: m.delta,
+            bins: m.bins,
+            keys: m.keys,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// Every stored release of the served datasets, ordered by dataset, first
+/// day, metric and resolution.
+#[derive(Debug, Default)]
+pub struct ReleaseIndex {
+    releases: Vec<ReleaseSummary>,
+    by_id: HashMap<String, usize>,
+}
+
+impl ReleaseIndex {
+    /// Reads every `manifest.json` under `<data-dir>/releases/<dataset>/`.
+    /// Temporary folders (`.<id>.<pid>.tmp`) of unfinished releases are
+    /// skipped: they are not published.
+    pub fn scan<'a>(data_dir: &Path, datasets: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut releases = Vec::new();
+        for ds in datasets {
+            let Ok(entries) = std::fs::read_dir(data_dir.join("releases").join(ds)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let manifest = std::fs::read(e.path().join("manifest.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+                match manifest {
+                    Some(m) => releases.push(ReleaseSummary::of(&m)),
+                    None => tracing::warn!("{}: no readable manifest.json, not served", e.path().display()),
+                }
+            }
+        }
+        releases.sort_by(|a, b| {
+            (&a.dataset, a.from, a.metric.as_str(), a.res, &a.release_id).cmp(&(
+                &b.dataset,
+                b.from,
+                b.metric.as_str(),
+                b.res,
+                &b.release_id,
+            ))
+        });
+        let by_id = releases
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.release_id.clone(), i))
+            .collect();
+        Self { releases, by_id }
+    }
+
+    pub fn len(&self) -> usize {
+        self.releases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.releases.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ReleaseSummary> {
+        self.by_id.get(id).map(|i| &self.releases[*i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ReleaseSummary> {
+        self.releases.iter()
+    }
+}
+
+/// The key of a value: a hex (footfall) or a zone pair (flows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Hex(CellIndex),
+    Pair(CellIndex, CellIndex),
+}
+
+/// A release's values in memory, bin-major (`value[b * keys + k]`).
+pub struct ReleaseData {
+    pub manifest: Manifest,
+    pub bins: Vec<DateTime<Utc>>,
+    pub keys: Vec<Key>,
+    pub value: Vec<i64>,
+    pub ci95: Vec<f64>,
+    pub low: Vec<bool>,
+    /// Top of the colour scale, the same for every bin so that colours
+    /// compare across the time slider: the 99th percentile of the values
+    /// shown (not flagged low). Computed from noisy values only.
+    pub scale_max: f64,
+    /// Boundary (lon, lat) of every hex or zone in the keys.
+    pub boundaries: HashMap<CellIndex, Vec<(f64, f64)>>,
+}
+
+impl ReleaseData {
+    /// Reads `values.parquet` and checks it against the manifest (count,
+    /// layout, SHA-256): a damaged release is refused, never half-served.
+    pub fn load(dir: &Path) -> Result<Self, Problem> {
+        let corrupt = |why: String| Problem::internal(&format!("reading release {}", dir.display()), why);
+        let manifest: Manifest = std::fs::read(dir.join("manifest.json"))
+            .map_err(|e| corrupt(e.to_string()))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| corrupt(e.to_string())))?;
+        let path = dir.join("values.parquet");
+        let sha = crate::util::sha256_file(&path).map_err(|e| corrupt(e.to_string()))?;
+        if sha != manifest.values_sha256 {
+            return Err(corrupt(format!(
+                "values.parquet has SHA-256 {sha}, the manifest says {}",
+                manifest.values_sha256
+            )));
+        }
+        let df = crate::table::read_parquet(&path).map_err(|e| corrupt(e.to_string()))?;
+        let p = |e: PolarsError| corrupt(e.to_string());
+        let n = df.height();
+        let k = manifest.keys.max(1);
+        if n != manifest.values || n != k * manifest.bins {
+            return Err(corrupt(format!(
+                "{n} rows, the manifest says {} keys × {} bins",
+                manifest.keys, manifest.bins
+            )));
+        }
+        let hex = |name: &str| -> Result<Vec<CellIndex>, Problem> {
+            let col = df.column(name).map_err(p)?.str().map_err(p)?;
+            col.iter()
+                .take(k)
+                .map(|s| {
+                    s.and_then(|s| s.parse::<CellIndex>().ok())
+                        .ok_or_else(|| corrupt(format!("bad {name} value")))
+                })
+                .collect()
+        };
+        let keys: Vec<Key> = match manifest.spec.metric {
+            Metric::Footfall => hex("hex_id")?.into_iter().map(Key::Hex).collect(),
+            Metric::Flows => hex("origin")?
+                .into_iter()
+                .zip(hex("dest")?)
+                .map(|(o, d)| Key::Pair(o, d))
+                .collect(),
+        };
+        let starts = df
+            .column("bin_start")
+            .map_err(p)?
+            .as_materialized_series()
+            .to_physical_repr()
+            .i64()
+            .map_err(p)?
+            .clone();
+        let bins: Vec<DateTime<Utc>> = (0..manifest.bins)
+            .map(|b| {
+                starts
+                    .get(b * k)
+                    .and_then(DateTime::<Utc>::from_timestamp_micros)
+                    .ok_or_else(|| corrupt("bad bin_start".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let value: Vec<i64> = df
+            .column("value")
+            .map_err(p)?
+            .i64()
+            .map_err(p)?
+            .iter()
+            .map(|v| v.unwrap_or(0))
+            .collect();
+        let ci95: Vec<f64> = df
+            .column("ci95")
+            .map_err(p)?
+            .f64()
+            .map_err(p)?
+            .iter()
+            .map(|v| v.unwrap_or(f64::NAN))
+            .collect();
+        let low: Vec<bool> = df
+            .column("low")
+            .map_err(p)?
+            .bool()
+            .map_err(p)?
+            .iter()
+            .map(|v| v.unwrap_or(true))
+            .collect();
+        let mut shown: Vec<i64> = value.iter().zip(&low).filter(|(_, l)| !**l).map(|(v, _)| *v).collect();
+        shown.sort_unstable();
+        let p99 = shown
+            .get(shown.len().saturating_sub(1) * 99 / 100)
+            .copied()
+            .unwrap_or(0) as f64;
+        let scale_max = p99.max(manifest.display_threshold * 2.0).max(1.0);
+        let mut boundaries = HashMap::new();
+        for key in &keys {
+            let cells: &[CellIndex] = match key {
+                Key::Hex(h) => std::slice::from_ref(h),
+                Key::Pair(o, _) => std::slice::from_ref(o),
+            };
+            for c in cells {
+                boundaries
+                    .entry(*c)
+                    .or_insert_with(|| c.boundary().iter().map(|ll| (ll.lng(), ll.lat())).collect());
+            }
+        }
+        Ok(Self {
+            manifest,
+            bins,
+            keys,
+            value,
+            ci95,
+            low,
+            scale_max,
+            boundaries,
+        })
+    }
+
+    /// Index range of bin `b`'s values.
+    pub fn bin_range(&self, b: usize) -> std::ops::Range<usize> {
+        let k = self.keys.len();
+        b * k..(b + 1) * k
+    }
+}
+
+/// Recently used releases (values are immutable, so entries never go stale).
+#[derive(Default)]
+pub struct Cache {
+    entries: Mutex<VecDeque<(String, Arc<ReleaseData>)>>,
+}
+
+const CACHE_RELEASES: usize = 48;
+
+impl Cache {
+    pub fn get_or_load(&self, id: &str, dir: &Path) -> Result<Arc<ReleaseData>, Problem> {
+        {
+            let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(pos) = e.iter().position(|(k, _)| k == id) {
+                let hit = e.remove(pos);
+                if let Some(hit) = hit {
+                    let data = hit.1.clone();
+                    e.push_front(hit);
+                    return Ok(data);
+                }
+            }
+        }
+        let data = Arc::new(ReleaseData::load(dir)?);
+        let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.push_front((id.to_string(), data.clone()));
+        e.truncate(CACHE_RELEASES);
+        Ok(data)
+    }
+}

@@ -1,0 +1,118 @@
+//! `/metrics` in the Prometheus text format: requests by route and status,
+//! a latency histogram per route, and the size of the release index.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+
+/// Upper bounds of the latency buckets (s).
+const BUCKETS_S: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+
+#[derive(Default)]
+struct Route {
+    by_status: BTreeMap<u16, u64>,
+    buckets: [u64; BUCKETS_S.len()],
+    sum_s: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<(String, String), Route>>,
+}
+
+/// Middleware: counts every request under its route template (never the
+/// concrete path, so ids do not blow up the label set).
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut routes = state
+        .metrics
+        .routes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let r = routes.entry((method, route)).or_default();
+    *r.by_status.entry(resp.status().as_u16()).or_default() += 1;
+    for (i, b) in BUCKETS_S.iter().enumerate() {
+        if secs <= *b {
+            r.buckets[i] += 1;
+        }
+    }
+    r.sum_s += secs;
+    r.count += 1;
+    resp
+}
+
+pub async fn render(State(state): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_http_requests_total HTTP requests by route and status."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_http_requests_total counter");
+    let routes = state
+        .metrics
+        .routes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for ((method, route), r) in routes.iter() {
+        for (status, n) in &r.by_status {
+            let _ = writeln!(
+                out,
+                "hexflow_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_http_request_duration_seconds Time to answer, by route."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_http_request_duration_seconds histogram");
+    for ((method, route), r) in routes.iter() {
+        let l = format!("method=\"{method}\",route=\"{route}\"");
+        for (b, n) in BUCKETS_S.iter().zip(r.buckets) {
+            let _ = writeln!(
+                out,
+                "hexflow_http_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "hexflow_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+            r.count
+        );
+        let _ = writeln!(out, "hexflow_http_request_duration_seconds_sum{{{l}}} {}", r.sum_s);
+        let _ = writeln!(out, "hexflow_http_request_duration_seconds_count{{{l}}} {}", r.count);
+    }
+    drop(routes);
+    let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
+    let _ = writeln!(out, "# HELP hexflow_releases Releases stored and served.");
+    let _ = writeln!(out, "# TYPE hexflow_releases gauge");
+    let _ = writeln!(out, "hexflow_releases {releases}");
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,423 @@
+//! The HTTP edge: the public read-only API, token-protected queries and
+//! administration, the embedded web viewer, health and metrics (axum).
+//!
+//! Everything served comes from the release store (noisy, immutable values
+//! and their manifests), the ledger (costs) and the grid (public geometry).
+//! No route reads the count store: the only way a count becomes a response
+//! is through a release, which charges the ledger first.
+//!
+//! Release content never changes once written, so its responses carry a
+//! strong `ETag` and `Cache-Control: public, max-age=31536000, immutable`;
+//! the ledger, lists and health are `no-cache`. Errors are RFC 9457
+//! problem+json documents whose `detail` says what to change.
+
+mod admin;
+mod data;
+mod metrics;
+mod releases;
+mod web;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::policy::Policy;
+use crate::release::Releaser;
+pub use data::{ReleaseIndex, ReleaseSummary};
+
+/// The OpenAPI document (hand-written; a test checks it names every route).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route as (method, path template): the router, the OpenAPI
+/// document and the route tests are checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/api/openapi.json"),
+    ("get", "/api/v1/datasets"),
+    ("get", "/api/v1/datasets/{dataset}/area"),
+    ("get", "/api/v1/releases"),
+    ("get", "/api/v1/releases/{id}"),
+    ("get", "/api/v1/releases/{id}/values"),
+    ("get", "/api/v1/releases/{id}/series"),
+    ("get", "/api/v1/releases/{id}/map.png"),
+    ("get", "/api/v1/releases/{id}/tilejson.json"),
+    ("get", "/api/v1/releases/{id}/tiles/{z}/{x}/{y}"),
+    ("get", "/api/v1/ledger"),
+    ("get", "/api/v1/ledger/releases"),
+    ("post", "/api/v1/queries"),
+    ("post", "/api/v1/admin/ingest"),
+    ("post", "/api/v1/admin/publish"),
+];
+
+/// How the server is run.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    /// Origins allowed by CORS; `*` allows any; empty sends no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Largest uploaded delivery (bytes).
+    pub max_upload_bytes: usize,
+    /// Absolute base URL used in TileJSON documents (else the Host header).
+    pub public_url: Option<String>,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            cors_origins: Vec::new(),
+            max_upload_bytes: 512 << 20,
+            public_url: None,
+        }
+    }
+}
+
+/// Largest JSON body accepted outside uploads.
+const MAX_JSON_BODY: usize = 64 << 10;
+
+/// One dataset served: its policy, grid and releaser.
+pub struct Dataset {
+    pub releaser: Releaser,
+}
+
+/// Shared state of the server.
+pub struct AppState {
+    pub config: ServeConfig,
+    pub datasets: BTreeMap<String, Arc<Dataset>>,
+    pub index: RwLock<ReleaseIndex>,
+    cache: data::Cache,
+    metrics: metrics::Metrics,
+}
+
+/// Errors of server start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Release(#[from] crate::release::ReleaseError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server stopped: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no dataset to serve: {0}")]
+    NoDataset(String),
+}
+
+impl AppState {
+    /// State for `policies` over `config.data_dir`; indexes the release store.
+    pub fn new(policies: Vec<Policy>, config: ServeConfig) -> Result<Self, ServeError> {
+        if policies.is_empty() {
+            return Err(ServeError::NoDataset("no policy was given".into()));
+        }
+        let mut datasets = BTreeMap::new();
+        for p in policies {
+            let releaser = Releaser::new(p, &config.data_dir)?;
+            datasets.insert(releaser.policy.dataset().to_string(), Arc::new(Dataset { releaser }));
+        }
+        let index = ReleaseIndex::scan(&config.data_dir, datasets.keys());
+        Ok(Self {
+            config,
+            datasets,
+            index: RwLock::new(index),
+            cache: data::Cache::default(),
+            metrics: metrics::Metrics::default(),
+        })
+    }
+
+    fn dataset(&self, name: &str) -> Result<&Arc<Dataset>, Problem> {
+        self.datasets.get(name).ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown dataset",
+                format!(
+                    "no dataset {name:?} is served here (served: {})",
+                    self.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Re-reads the release store after a publish or query.
+    fn refresh_index(&self) {
+        let index = ReleaseIndex::scan(&self.config.data_dir, self.datasets.keys());
+        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+    }
+}
+
+/// Loads every policy of `policies_dir` (`*.toml`) whose dataset has data or
+/// releases in `data_dir`; with none, every policy.
+pub fn load_policies(policies_dir: &Path, data_dir: &Path) -> Result<Vec<Policy>, ServeError> {
+    let mut all = Vec::new();
+    let entries = std::fs::read_dir(policies_dir)
+        .map_err(|e| ServeError::NoDataset(format!("cannot read {}: {e}", policies_dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        match Policy::load(&p) {
+            Ok(policy) => all.push(policy),
+            Err(e) => tracing::warn!("skipping policy {}: {e}", p.display()),
+        }
+    }
+    let with_data: Vec<Policy> = all
+        .iter()
+        .filter(|p| {
+            data_dir.join("store").join(p.dataset()).exists() || data_dir.join("releases").join(p.dataset()).exists()
+        })
+        .cloned()
+        .collect();
+    Ok(if with_data.is_empty() { all } else { with_data })
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/datasets", get(releases::datasets))
+        .route("/datasets/{dataset}/area", get(releases::area))
+        .route("/releases", get(releases::list))
+        .route("/releases/{id}", get(releases::manifest))
+        .route("/releases/{id}/values", get(releases::values))
+        .route("/releases/{id}/series", get(releases::series))
+        .route("/releases/{id}/map.png", get(releases::map_png))
+        .route("/releases/{id}/tilejson.json", get(releases::tilejson))
+        .route("/releases/{id}/tiles/{z}/{x}/{y}", get(releases::tile))
+        .route("/ledger", get(releases::ledger))
+        .route("/ledger/releases", get(releases::ledger_releases))
+        .route("/queries", post(admin::query))
+        .route("/admin/publish", post(admin::publish))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .route(
+            "/admin/ingest",
+            post(admin::ingest).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)),
+        );
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/api/openapi.json", get(openapi))
+        .nest("/api/v1", api)
+        .merge(web::routes())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
+    if let Some(cors) = cors_layer(&state.config.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::HEAD,
+                axum::http::Method::POST,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_NONE_MATCH])
+            .expose_headers([header::ETAG]),
+    )
+}
+
+/// Serves `state` on `addr` until Ctrl-C; `on_ready` gets the bound address
+/// (useful with port 0).
+pub async fn serve(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    on_ready(listener.local_addr()?);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
+    // The ledger must open: without it nothing can be charged or shown.
+    let ledger = Releaser::ledger(&state.config.data_dir).is_ok();
+    let status = if ledger {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ledger { "ok" } else { "ledger unavailable" },
+        "datasets": state.datasets.keys().collect::<Vec<_>>(),
+        "releases": releases,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (status, no_cache(), axum::Json(body)).into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint",
+        format!(
+            "{} {} is not an endpoint of hexflow; the API is described at /api/openapi.json",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+/// `Cache-Control: no-cache` for answers that change (ledger, lists, health).
+fn no_cache() -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))]
+}
+
+/// An immutable answer: strong ETag from `parts`, 304 when the client has
+/// it, and a year of caching.
+fn immutable(
+    headers: &HeaderMap,
+    parts: &[&str],
+    content_type: &'static str,
+    body: impl FnOnce() -> Result<Vec<u8>, Problem>,
+) -> Response {
+    let mut all: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    all.push(env!("CARGO_PKG_VERSION").as_bytes());
+    let etag = format!("\"{}\"", &crate::util::sha256_parts(all)[..32]);
+    let cache = [
+        (
+            header::ETAG,
+            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+        ),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        ),
+    ];
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    match body() {
+        Ok(bytes) => (
+            cache,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            bytes,
+        )
+            .into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("https://hexflow.example/problems/{}", title.replace(' ', "-")),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad request", detail)
+    }
+
+    /// An internal failure: logged in full, answered without internals.
+    fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            format!("{context} failed; the server log has the cause"),
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (status, headers, body).into_response()
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for Problem {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Problem::bad_request(format!("query string: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for Problem {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        Problem::bad_request(format!("path: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for Problem {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        Problem::new(e.status(), "bad request", format!("JSON body: {}", e.body_text()))
+    }
+}
+
+/// Runs blocking work (SQLite, Parquet, noise) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Send + 'static) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::internal("a worker", e))?
+}

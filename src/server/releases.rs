@@ -1,0 +1,853 @@
+//! Public read-only routes: datasets, releases, values, series, maps,
+//! tiles and the ledger.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
+use h3o::CellIndex;
+use polars::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::data::{Key, ReleaseData, ReleaseSummary};
+use super::{AppState, Problem, blocking, immutable, no_cache};
+use crate::privacy::sensitivity::Placement;
+use crate::render::{self, HexValue, MapText};
+use crate::store::Metric;
+
+/// Most hexes in one series request.
+const MAX_SERIES_HEXES: usize = 3000;
+/// Most features in one GeoJSON answer (ask one bin for more).
+const MAX_GEOJSON_FEATURES: usize = 200_000;
+/// Most releases in one list page.
+const MAX_LIST: usize = 5000;
+
+fn ds_geojson_area(grid: &crate::grid::Grid) -> Value {
+    let polygons: Vec<Value> = grid
+        .area
+        .0
+        .iter()
+        .map(|p| {
+            let ring = |r: &geo::LineString<f64>| r.points().map(|p| json!([p.x(), p.y()])).collect::<Vec<_>>();
+            let mut rings = vec![ring(p.exterior())];
+            rings.extend(p.interiors().iter().map(ring));
+            json!(rings)
+        })
+        .collect();
+    let mut features = vec![json!({
+        "type": "Feature",
+        "geometry": {"type": "MultiPolygon", "coordinates": polygons},
+        "properties": {"kind": "study-area", "name": grid.name(), "area_km2": grid.area_m2() / 1e6},
+    })];
+    for m in &grid.landmarks {
+        features.push(json!({
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [m.lon, m.lat]},
+            "properties": {"kind": "landmark", "name": m.name, "landmark_kind": m.kind, "weight": m.weight},
+        }));
+    }
+    json!({"type": "FeatureCollection", "features": features})
+}
+
+pub async fn datasets(State(state): State<Arc<AppState>>) -> Response {
+    let list: Vec<Value> = state
+        .datasets
+        .values()
+        .map(|d| {
+            let p = &d.releaser.policy;
+            let g = &d.releaser.grid;
+            json!({
+                "dataset": p.dataset(),
+                "title": p.spec.title,
+                "grid": g.name(),
+                "timezone": g.spec.timezone,
+                "bbox": crate::grid::bbox(&g.area),
+                "resolutions": g.spec.resolutions,
+                "privacy": {
+                    "unit": "device-day",
+                    "bounds": p.spec.privacy.bounds(),
+                    "delta": p.spec.privacy.delta,
+                    "rho_per_day_cap": p.spec.privacy.rho_per_day_cap,
+                    "display_threshold": p.spec.privacy.display_threshold,
+                },
+                "audiences": p.spec.audiences.iter().map(|(k, a)| (k.clone(), json!({
+                    "rho_per_day": a.rho_per_day,
+                    "finest_res": a.finest_res,
+                    "shortest_bin": a.shortest_bin,
+                    "min_delay_days": a.min_delay_days,
+                }))).collect::<serde_json::Map<_, _>>(),
+                "publication": p.spec.publication,
+            })
+        })
+        .collect();
+    (no_cache(), Json(json!({ "datasets": list }))).into_response()
+}
+
+pub async fn area(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, Problem> {
+    let Path(name) = path?;
+    let ds = state.dataset(&name)?;
+    // Not immutable: a deployment may correct its grid.
+    Ok((no_cache(), Json(ds_geojson_area(&ds.releaser.grid))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    dataset: Option<String>,
+    metric: Option<Metric>,
+    res: Option<u8>,
+    bin: Option<crate::privacy::Bin>,
+    /// Releases whose window contains this local day.
+    day: Option<NaiveDate>,
+    audience: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let audience = q.audience.clone().unwrap_or_else(|| "public".into());
+    super::admin::may_read(&state, &headers, &audience).await?;
+    if let Some(d) = &q.dataset {
+        state.dataset(d)?;
+    }
+    let limit = q.limit.unwrap_or(500);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(Problem::bad_request(format!("limit must be in 1..={MAX_LIST}")));
+    }
+    let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
+    let matching: Vec<&ReleaseSummary> = index
+        .iter()
+        .filter(|r| r.audience == audience)
+        .filter(|r| q.dataset.as_ref().is_none_or(|d| &r.dataset == d))
+        .filter(|r| q.metric.is_none_or(|m| r.metric == m))
+        .filter(|r| q.res.is_none_or(|x| r.res == x))
+        .filter(|r| q.bin.is_none_or(|b| r.bin == b))
+        .filter(|r| q.day.is_none_or(|d| r.from <= d && d <= r.to))
+        .collect();
+    let total = matching.len();
+    let page: Vec<&ReleaseSummary> = matching.into_iter().skip(q.offset.unwrap_or(0)).take(limit).collect();
+    Ok((no_cache(), Json(json!({ "total": total, "releases": page }))).into_response())
+}
+
+/// The summary of release `id` if the caller may read it.
+async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<ReleaseSummary, Problem> {
+    let summary = state
+        .index
+        .read()
+        .map_err(|e| Problem::internal("release index", e))?
+        .get(id)
+        .cloned()
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown release",
+                format!("no release {id:?} is stored here; GET /api/v1/releases lists them"),
+            )
+        })?;
+    super::admin::may_read(state, headers, &summary.audience).await?;
+    Ok(summary)
+}
+
+async fn load(state: &Arc<AppState>, headers: &HeaderMap, id: &str) -> Result<Arc<ReleaseData>, Problem> {
+    let s = find(state, headers, id).await?;
+    let dir = state
+        .config
+        .data_dir
+        .join("releases")
+        .join(&s.dataset)
+        .join(&s.release_id);
+    let st = state.clone();
+    let id = id.to_string();
+    blocking(move || st.cache.get_or_load(&id, &dir)).await
+}
+
+pub async fn manifest(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, Problem> {
+    let Path(id) = path?;
+    let data = load(&state, &headers, &id).await?;
+    Ok(immutable(
+        &headers,
+        &["manifest", &id, &data.manifest.values_sha256],
+        "application/json",
+        || serde_json::to_vec_pretty(&data.manifest).map_err(|e| Problem::internal("manifest", e)),
+    ))
+}
+
+/// `?bin=` checked against the release.
+fn bin_index(data: &ReleaseData, bin: Option<usize>) -> Result<Option<usize>, Problem> {
+    match bin {
+        Some(b) if b >= data.bins.len() => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown bin",
+            format!(
+                "bin {b} does not exist: this release has {} bins, numbered 0..{}",
+                data.bins.len(),
+                data.bins.len() - 1
+            ),
+        )),
+        b => Ok(b),
+    }
+}
+
+fn unit(m: &crate::release::Manifest) -> String {
+    let per = match m.spec.bin {
+        crate::privacy::Bin::Hour => "hour",
+        crate::privacy::Bin::Day => "day",
+        crate::privacy::Bin::Week => "week",
+        crate::privacy::Bin::Month => "month",
+    };
+    match m.spec.metric {
+        Metric::Footfall => format!("devices per hex per {per}"),
+        Metric::Flows => format!("trips per zone pair per {per}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+    Csv,
+    Geojson,
+    Parquet,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValuesQuery {
+    format: Option<Format>,
+    bin: Option<usize>,
+}
+
+pub async fn values(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<ValuesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (Path(id), Query(q)) = (path?, q?);
+    let data = load(&state, &headers, &id).await?;
+    let bin = bin_index(&data, q.bin)?;
+    let format = q.format.unwrap_or_default();
+    let range = match bin {
+        Some(b) => data.bin_range(b),
+        None => 0..data.value.len(),
+    };
+    if format == Format::Geojson && range.len() > MAX_GEOJSON_FEATURES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "answer too large",
+            format!(
+                "{} features; GeoJSON answers hold at most {MAX_GEOJSON_FEATURES}: ask one bin (?bin=0..{}) or use format=parquet",
+                range.len(),
+                data.bins.len() - 1
+            ),
+        ));
+    }
+    let (ctype, ext) = match format {
+        Format::Json => ("application/json", "json"),
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        Format::Geojson => ("application/geo+json", "geojson"),
+        Format::Parquet => ("application/vnd.apache.parquet", "parquet"),
+    };
+    let bin_s = bin.map(|b| b.to_string()).unwrap_or_else(|| "all".into());
+    let mut resp = immutable(
+        &headers,
+        &["values", &id, &data.manifest.values_sha256, ext, &bin_s],
+        ctype,
+        || match format {
+            Format::Json => values_json(&data, range),
+            Format::Csv => Ok(values_csv(&data, range)),
+            Format::Geojson => values_geojson(&data, range),
+            Format::Parquet => values_parquet(&data, range),
+        },
+    );
+    let name = format!("attachment; filename=\"{id}-{bin_s}.{ext}\"");
+    if format != Format::Json
+        && let Ok(v) = header::HeaderValue::from_str(&name)
+    {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+fn key_fields(key: Key) -> Vec<(&'static str, String)> {
+    match key {
+        Key::Hex(h) => vec![("hex_id", h.to_string())],
+        Key::Pair(o, d) => vec![("origin", o.to_string()), ("dest", d.to_string())],
+    }
+}
+
+fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
+    let k = data.keys.len();
+    let mut row = serde_json::Map::new();
+    row.insert("bin_start".into(), json!(data.bins[i / k]));
+    for (name, v) in key_fields(data.keys[i % k]) {
+        row.insert(name.into(), json!(v));
+    }
+    row.insert("value".into(), json!(data.value[i]));
+    row.insert("ci95".into(), json!(data.ci95[i]));
+    row.insert("low".into(), json!(data.low[i]));
+    row
+}
+
+fn values_json(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
+    let m = &data.manifest;
+    let k = data.keys.len();
+    let bins: Vec<_> = (range.start / k..range.end.div_ceil(k)).map(|b| data.bins[b]).collect();
+    let rows: Vec<Value> = range.map(|i| Value::Object(row_json(data, i))).collect();
+    serde_json::to_vec(&json!({
+        "release_id": m.release_id,
+        "metric": m.spec.metric,
+        "unit": unit(m),
+        "timezone": m.timezone,
+        "display_threshold": m.display_threshold,
+        "scale_max": data.scale_max,
+        "bins": bins,
+        "rows": rows,
+    }))
+    .map_err(|e| Problem::internal("values", e))
+}
+
+fn values_csv(data: &ReleaseData, range: std::ops::Range<usize>) -> Vec<u8> {
+    let k = data.keys.len();
+    let header = match data.keys.first() {
+        Some(Key::Pair(..)) => "origin,dest",
+        _ => "hex_id",
+    };
+    let mut out = format!("{header},bin_start,value,ci95,low\n");
+    for i in range {
+        let key: Vec<String> = key_fields(data.keys[i % k]).into_iter().map(|(_, v)| v).collect();
+        out.push_str(&format!(
+            "{},{},{},{},{}\n",
+            key.join(","),
+            data.bins[i / k].to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            data.value[i],
+            data.ci95[i],
+            data.low[i]
+        ));
+    }
+    out.into_bytes()
+}
+
+/// An RFC 7946 ring: counter-clockwise (H3's order), closed.
+fn ring(b: &[(f64, f64)]) -> Vec<[f64; 2]> {
+    let mut r: Vec<[f64; 2]> = b.iter().map(|(x, y)| [*x, *y]).collect();
+    if let Some(f) = r.first().copied() {
+        r.push(f);
+    }
+    r
+}
+
+fn centre(c: CellIndex) -> [f64; 2] {
+    let ll = h3o::LatLng::from(c);
+    [ll.lng(), ll.lat()]
+}
+
+fn values_geojson(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
+    let k = data.keys.len();
+    let features: Vec<Value> = range
+        .map(|i| {
+            let geometry = match data.keys[i % k] {
+                Key::Hex(h) => json!({"type": "Polygon", "coordinates": [ring(&data.boundaries[&h])]}),
+                Key::Pair(o, d) => json!({"type": "LineString", "coordinates": [centre(o), centre(d)]}),
+            };
+            json!({"type": "Feature", "geometry": geometry, "properties": row_json(data, i)})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"type": "FeatureCollection", "features": features}))
+        .map_err(|e| Problem::internal("values", e))
+}
+
+fn values_parquet(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
+    let k = data.keys.len();
+    let err = |e: PolarsError| Problem::internal("values", e);
+    let mut cols: Vec<Column> = Vec::new();
+    match data.keys.first() {
+        Some(Key::Pair(..)) => {
+            let (o, d): (Vec<String>, Vec<String>) = range
+                .clone()
+                .map(|i| match data.keys[i % k] {
+                    Key::Pair(o, d) => (o.to_string(), d.to_string()),
+                    Key::Hex(h) => (h.to_string(), h.to_string()),
+                })
+                .unzip();
+            cols.push(Column::new("origin".into(), o));
+            cols.push(Column::new("dest".into(), d));
+        }
+        _ => cols.push(Column::new(
+            "hex_id".into(),
+            range
+                .clone()
+                .map(|i| match data.keys[i % k] {
+                    Key::Hex(h) | Key::Pair(h, _) => h.to_string(),
+                })
+                .collect::<Vec<_>>(),
+        )),
+    }
+    cols.push(
+        Int64Chunked::from_vec(
+            "bin_start".into(),
+            range.clone().map(|i| data.bins[i / k].timestamp_micros()).collect(),
+        )
+        .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
+        .into_column(),
+    );
+    cols.push(Column::new("value".into(), &data.value[range.clone()]));
+    cols.push(Column::new("ci95".into(), &data.ci95[range.clone()]));
+    cols.push(Column::new("low".into(), &data.low[range]));
+    let mut df = DataFrame::new_infer_height(cols).map_err(err)?;
+    let mut out = Vec::new();
+    ParquetWriter::new(&mut out)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(&mut df)
+        .map_err(err)?;
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    /// Comma-separated H3 cell ids (15 hex digits).
+    hex: String,
+}
+
+pub async fn series(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (Path(id), Query(q)) = (path?, q?);
+    let data = load(&state, &headers, &id).await?;
+    let m = &data.manifest;
+    if m.spec.metric != Metric::Footfall {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a footfall release",
+            "series add hex values; this is a flows release (use /values for zone pairs)",
+        ));
+    }
+    let asked: Vec<&str> = q.hex.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if asked.is_empty() || asked.len() > MAX_SERIES_HEXES {
+        return Err(Problem::bad_request(format!(
+            "hex= needs 1 to {MAX_SERIES_HEXES} comma-separated hex ids (got {})",
+            asked.len()
+        )));
+    }
+    let pos: HashMap<CellIndex, usize> = data
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| match k {
+            Key::Hex(h) => Some((*h, i)),
+            Key::Pair(..) => None,
+        })
+        .collect();
+    let mut set: Vec<(CellIndex, usize)> = Vec::new();
+    let mut seen = HashSet::new();
+    for s in &asked {
+        let h: CellIndex = s
+            .parse()
+            .map_err(|_| Problem::bad_request(format!("{s:?} is not an H3 cell id (15 hex digits)")))?;
+        let i = *pos.get(&h).ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "hex not in release",
+                format!("hex {s} is not among this release's hexes (resolution {})", m.spec.res),
+            )
+        })?;
+        if seen.insert(h) {
+            set.push((h, i));
+        }
+    }
+    // The noise of a sum: independent per hex under hex placement; under
+    // cell placement one cell's noise reaches several hexes, so the sd of
+    // the sum is σ·‖Σ_{h∈H} W_·h‖₂ (W is public).
+    let ci_sum: Vec<f64> = match m.placement {
+        Placement::Hex => (0..data.bins.len())
+            .map(|b| {
+                let r = data.bin_range(b);
+                set.iter()
+                    .map(|(_, i)| data.ci95[r.start + i].powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect(),
+        Placement::Cell => {
+            let ds = state.dataset(&m.spec.dataset)?.clone();
+            let res = m.spec.res;
+            let hexes: HashSet<CellIndex> = set.iter().map(|(h, _)| *h).collect();
+            let sd = m.noise_sd;
+            let per_bin = blocking(move || {
+                let w = ds.releaser.weights(res).map_err(|e| Problem::internal("weights", e))?;
+                let mut by_cell: HashMap<u32, f64> = HashMap::new();
+                for e in &w.matrix.entries {
+                    if hexes.contains(&w.matrix.hexes[e.hex as usize]) {
+                        *by_cell.entry(e.cell).or_default() += e.weight;
+                    }
+                }
+                Ok(1.959_963_984_540_054 * sd * by_cell.values().map(|s| s * s).sum::<f64>().sqrt())
+            })
+            .await?;
+            vec![per_bin; data.bins.len()]
+        }
+    };
+    let bins: Vec<Value> = (0..data.bins.len())
+        .map(|b| {
+            let r = data.bin_range(b);
+            let v: i64 = set.iter().map(|(_, i)| data.value[r.start + i]).sum();
+            json!({"bin_start": data.bins[b], "value": v, "ci95": (ci_sum[b] * 100.0).round() / 100.0})
+        })
+        .collect();
+    let hex_list: Vec<String> = set.iter().map(|(h, _)| h.to_string()).collect();
+    let body = json!({
+        "release_id": m.release_id,
+        "unit": unit(m).replace("per hex", "summed over the hexes"),
+        "hexes": hex_list,
+        "ci95_method": "1.96 × sd of the summed noise (independent draws; rounding and clamping at 0 add a small bias near 0)",
+        "bins": bins,
+    });
+    let key = hex_list.join(",");
+    Ok(immutable(
+        &headers,
+        &["series", &id, &m.values_sha256, &key],
+        "application/json",
+        || serde_json::to_vec(&body).map_err(|e| Problem::internal("series", e)),
+    ))
+}
+
+fn hex_values(data: &ReleaseData, b: usize) -> Vec<HexValue> {
+    let r = data.bin_range(b);
+    data.keys
+        .iter()
+        .enumerate()
+        .filter_map(|(k, key)| match key {
+            Key::Hex(h) => Some(HexValue {
+                boundary: data.boundaries[h].clone(),
+                value: data.value[r.start + k] as f64,
+                low: data.low[r.start + k],
+            }),
+            Key::Pair(..) => None,
+        })
+        .collect()
+}
+
+fn footfall_only(data: &ReleaseData) -> Result<(), Problem> {
+    if data.manifest.spec.metric == Metric::Footfall {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a footfall release",
+            "maps and tiles draw hex footfall; flows releases are served as values",
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapQuery {
+    bin: Option<usize>,
+    width: Option<u32>,
+}
+
+pub async fn map_png(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<MapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (Path(id), Query(q)) = (path?, q?);
+    let data = load(&state, &headers, &id).await?;
+    footfall_only(&data)?;
+    let b = bin_index(&data, q.bin)?.unwrap_or(0);
+    let width = q.width.unwrap_or(1000);
+    if !(320..=render::MAX_MAP_PX).contains(&width) {
+        return Err(Problem::bad_request(format!(
+            "width must be in 320..={} px",
+            render::MAX_MAP_PX
+        )));
+    }
+    let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
+    let parts = [
+        "map".to_string(),
+        id.clone(),
+        data.manifest.values_sha256.clone(),
+        b.to_string(),
+        width.to_string(),
+    ];
+    let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    if let Some(r) = not_modified(&headers, &etag_parts) {
+        return Ok(r);
+    }
+    let png = blocking(move || {
+        let m = &data.manifest;
+        let grid = &ds.releaser.grid;
+        let tz = grid.tz;
+        let start = data.bins[b].with_timezone(&tz);
+        let end = data.bins.get(b + 1).map(|t| t.with_timezone(&tz));
+        let mut cis: Vec<f64> = data.ci95[data.bin_range(b)].to_vec();
+        cis.sort_by(f64::total_cmp);
+        let median_ci = cis.get(cis.len() / 2).copied().unwrap_or(0.0);
+        let unit = unit(m);
+        let caption = vec![
+            format!(
+                "{} – {} ({}) · bin {} of {} · H3 resolution {}",
+                start.format("%a %d %b %Y %H:%M"),
+                end.map(|e| e.format("%H:%M").to_string()).unwrap_or_else(|| "end".into()),
+                m.timezone,
+                b + 1,
+                data.bins.len(),
+                m.spec.res
+            ),
+            format!(
+                "Privacy: ρ = {} (zCDP) on each day charged, ε = {:.2} at δ = {:e} · {:?} noise, {:?} placement · unit: one device-day",
+                m.rho, m.epsilon, m.delta, m.mechanism, m.placement
+            ),
+            format!(
+                "95 % error bar ±{median_ci:.0} ({unit}, median hex) · grey: below {} · release {} · hexflow {}",
+                m.display_threshold, m.release_id, m.hexflow_version
+            ),
+        ];
+        let title = format!(
+            "{} — differentially private footfall",
+            ds.releaser.policy.spec.title.clone().unwrap_or_else(|| m.spec.dataset.clone())
+        );
+        let text = MapText {
+            title: &title,
+            caption: &caption,
+            unit: &unit,
+        };
+        render::map_png(grid, &hex_values(&data, b), data.scale_max, &text, width)
+            .map_err(|e| Problem::internal("map rendering", e))
+    })
+    .await?;
+    Ok(immutable(&headers, &etag_parts, "image/png", || Ok(png)))
+}
+
+/// A 304 when the client's ETag matches (saves rendering).
+fn not_modified(headers: &HeaderMap, parts: &[&str]) -> Option<Response> {
+    headers.get(header::IF_NONE_MATCH)?;
+    let r = immutable(headers, parts, "application/octet-stream", || Ok(Vec::new()));
+    (r.status() == StatusCode::NOT_MODIFIED).then_some(r)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinQuery {
+    bin: Option<usize>,
+}
+
+pub async fn tilejson(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<BinQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (Path(id), Query(q)) = (path?, q?);
+    let data = load(&state, &headers, &id).await?;
+    footfall_only(&data)?;
+    let b = bin_index(&data, q.bin)?.unwrap_or(0);
+    let ds = state.dataset(&data.manifest.spec.dataset)?;
+    let base = match &state.config.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!(
+            "http://{}",
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost")
+        ),
+    };
+    let bbox = crate::grid::bbox(&ds.releaser.grid.area);
+    let m = &data.manifest;
+    let doc = json!({
+        "tilejson": "3.0.0",
+        "name": format!("{} {} res {} bin {}", m.spec.dataset, m.spec.metric, m.spec.res, b),
+        "description": format!("{} from {}; ρ = {} per day charged (ε = {:.2} at δ = {:e})", unit(m), data.bins[b], m.rho, m.epsilon, m.delta),
+        "attribution": "hexflow differentially private release",
+        "tiles": [format!("{base}/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin={b}")],
+        "minzoom": 8,
+        "maxzoom": render::MAX_ZOOM,
+        "bounds": bbox,
+        "center": [(bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0, 11],
+    });
+    Ok(immutable(
+        &headers,
+        &["tilejson", &id, &m.values_sha256, &b.to_string(), &base],
+        "application/json",
+        || serde_json::to_vec(&doc).map_err(|e| Problem::internal("tilejson", e)),
+    ))
+}
+
+pub async fn tile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, u8, u32, String)>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<BinQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (Path((id, z, x, y)), Query(q)) = (path?, q?);
+    let y: u32 = y
+        .strip_suffix(".png")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Problem::bad_request(format!("tile {y:?}: expected {{y}}.png")))?;
+    if z > render::MAX_ZOOM || x >= (1u32 << z) || y >= (1u32 << z) {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no such tile",
+            format!(
+                "tile {z}/{x}/{y} does not exist (zoom 0..={}, x and y below 2^z)",
+                render::MAX_ZOOM
+            ),
+        ));
+    }
+    let data = load(&state, &headers, &id).await?;
+    footfall_only(&data)?;
+    let b = bin_index(&data, q.bin)?.unwrap_or(0);
+    let parts = [
+        "tile".to_string(),
+        id.clone(),
+        data.manifest.values_sha256.clone(),
+        format!("{z}/{x}/{y}/{b}"),
+    ];
+    let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    if let Some(r) = not_modified(&headers, &etag_parts) {
+        return Ok(r);
+    }
+    let png = blocking(move || {
+        let t = f64::from(render::TILE_PX);
+        let (tx0, ty0) = (f64::from(x) * t, f64::from(y) * t);
+        let hexes: Vec<HexValue> = hex_values(&data, b)
+            .into_iter()
+            .filter(|h| {
+                let pts: Vec<(f64, f64)> = h
+                    .boundary
+                    .iter()
+                    .map(|(lon, lat)| render::mercator_px(*lon, *lat, f64::from(z)))
+                    .collect();
+                let (minx, maxx) = pts
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+                let (miny, maxy) = pts
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+                maxx >= tx0 && minx <= tx0 + t && maxy >= ty0 && miny <= ty0 + t
+            })
+            .collect();
+        render::tile_png(&hexes, data.scale_max, (z, x, y)).map_err(|e| Problem::internal("tile rendering", e))
+    })
+    .await?;
+    Ok(immutable(&headers, &etag_parts, "image/png", || Ok(png)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    dataset: Option<String>,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+}
+
+fn pick_dataset<'a>(state: &'a AppState, name: Option<&String>) -> Result<&'a Arc<super::Dataset>, Problem> {
+    match name {
+        Some(n) => state.dataset(n),
+        None if state.datasets.len() == 1 => state
+            .datasets
+            .values()
+            .next()
+            .ok_or_else(|| Problem::bad_request("no dataset")),
+        None => Err(Problem::bad_request(format!(
+            "several datasets are served; add ?dataset= (one of {})",
+            state.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+pub async fn ledger(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = pick_dataset(&state, q.dataset.as_ref())?.clone();
+    let data_dir = state.config.data_dir.clone();
+    let body = blocking(move || {
+        let p = &ds.releaser.policy;
+        let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;
+        let spend = ledger.spend(p.dataset()).map_err(|e| Problem::internal("ledger", e))?;
+        let days: Vec<_> = spend
+            .into_iter()
+            .filter(|s| q.from.is_none_or(|f| s.day >= f) && q.to.is_none_or(|t| s.day <= t))
+            .collect();
+        let mut totals: HashMap<String, f64> = HashMap::new();
+        for d in &days {
+            *totals.entry(d.audience.clone()).or_default() += d.rho_spent;
+        }
+        Ok(json!({
+            "dataset": p.dataset(),
+            "unit": "device-day",
+            "delta": p.spec.privacy.delta,
+            "dataset_cap_rho_per_day": p.spec.privacy.rho_per_day_cap,
+            "audience_caps_rho_per_day": p.spec.audiences.iter().map(|(k, a)| (k.clone(), json!(a.rho_per_day))).collect::<serde_json::Map<_, _>>(),
+            "total_rho_by_audience": totals,
+            "days": days,
+        }))
+    })
+    .await?;
+    Ok((no_cache(), Json(body)).into_response())
+}
+
+pub async fn ledger_releases(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = pick_dataset(&state, q.dataset.as_ref())?.clone();
+    let data_dir = state.config.data_dir.clone();
+    let rows = blocking(move || {
+        let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;
+        ledger
+            .releases(ds.releaser.policy.dataset())
+            .map_err(|e| Problem::internal("ledger", e))
+    })
+    .await?;
+    let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .filter(|r| {
+            let day = |k: &str| {
+                r.spec
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse::<NaiveDate>().ok())
+            };
+            q.from.is_none_or(|f| day("to").is_none_or(|t| t >= f))
+                && q.to.is_none_or(|t| day("from").is_none_or(|f| f <= t))
+        })
+        .map(|r| {
+            let eps = index.get(&r.release_id).map(|s| s.epsilon);
+            let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut v {
+                o.insert("epsilon".into(), json!(eps));
+            }
+            v
+        })
+        .collect();
+    Ok((no_cache(), Json(json!({ "total": rows.len(), "releases": rows }))).into_response())
+}

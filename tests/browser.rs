@@ -1,0 +1,300 @@
+//! The viewer in a real browser: `hexflow demo` on a fresh data dir (three
+//! days of Marseille), Debian's headless Chromium driven over WebDriver
+//! (chromedriver). The test moves the time slider with the keyboard, checks
+//! that the map shows coloured hexes, hovers a hex with the pointer and
+//! reads its value with its error bar from the tooltip.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
+//! `chromium` and `chromium-driver`); `scripts/test` installs them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// Kills a child process when the test ends, passed or not.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One HTTP/1.1 exchange with chromedriver (JSON in, JSON out).
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    // chromedriver may keep the connection open: read by Content-Length
+    // (or chunks), not to end of stream.
+    let mut reader = BufReader::new(s);
+    let mut length = None;
+    let mut chunked = false;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    let payload = String::from_utf8_lossy(&body);
+    serde_json::from_str(&payload).map_err(std::io::Error::other)
+}
+
+struct Driver {
+    port: u16,
+    session: String,
+}
+
+impl Driver {
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let v = http(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            Some(&body),
+        )
+        .unwrap_or_else(|e| panic!("webdriver {path}: {e}"));
+        if v["value"].get("error").is_some() {
+            panic!("webdriver {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", json!({"script": script, "args": []}))
+    }
+
+    /// Polls `script` until it returns something truthy.
+    fn wait_for(&self, script: &str, what: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.js(script);
+            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
+                return v;
+            }
+            if t0.elapsed() > Duration::from_secs(90) {
+                let status = self.js("return (document.getElementById('status')||{}).textContent");
+                panic!("timed out waiting for {what}; #status reads {status}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
+        v[ELEMENT].as_str().expect("element id").to_string()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = http(self.port, "DELETE", &format!("/session/{}", self.session), None);
+    }
+}
+
+/// Starts `hexflow demo` on a free port and returns its base URL.
+fn start_demo(dir: &Path) -> (Kill, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hexflow"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--policies-dir")
+        .arg(repo.join("privacy-budgets"))
+        .args([
+            "demo",
+            "--from",
+            "2025-03-03",
+            "--to",
+            "2025-03-05",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start hexflow demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("serving on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(900))
+        .expect("hexflow demo did not start serving");
+    (guard, url)
+}
+
+fn start_browser(dir: &Path) -> (Kill, Driver) {
+    for bin in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(bin).exists(),
+            "the browser test needs {bin}: run ./scripts/test, which installs Debian's chromium and chromium-driver"
+        );
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let guard = Kill(child);
+    let t0 = Instant::now();
+    while http(port, "GET", "/status", None)
+        .map(|v| v["value"]["ready"] != json!(true))
+        .unwrap_or(true)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = dir.join("chromium-profile");
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,1000", format!("--user-data-dir={}", profile.display())],
+        }
+    }}});
+    let v = http(port, "POST", "/session", Some(&caps)).expect("new session");
+    let session = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {v}"))
+        .to_string();
+    (guard, Driver { port, session })
+}
+
+#[test]
+fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, url) = start_demo(dir.path());
+    let (_chromedriver, d) = start_browser(dir.path());
+    d.call("POST", "/url", json!({ "url": url }));
+    d.wait_for(
+        "return window.hexflow && window.hexflow.ready === true",
+        "the first bin to be drawn",
+    );
+    let bins = d.js("return Number(document.getElementById('slider').max)");
+    assert_eq!(bins, json!(23), "an hourly release has 24 bins");
+    let label0 = d.js("return document.getElementById('bin-label').textContent");
+
+    // Move the time slider with the keyboard, as a person would.
+    let slider = d.element("#slider");
+    d.call(
+        "POST",
+        &format!("/element/{slider}/value"),
+        json!({"text": "\u{E014}\u{E014}\u{E014}\u{E014}\u{E014}\u{E014}\u{E014}\u{E014}\u{E014}"}),
+    );
+    d.wait_for("return document.body.dataset.bin === '9'", "bin 9 to be drawn");
+    let label9 = d.js("return document.getElementById('bin-label').textContent");
+    assert_ne!(label0, label9);
+    assert!(label9.as_str().unwrap_or("").contains("09:00"), "{label9}");
+
+    // Coloured hexes on the canvas: viridis pixels (blue over red, or
+    // green over both), not background, grey or outline.
+    let coloured = d.js("const c = document.getElementById('map');
+         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+         let n = 0;
+         for (let i = 0; i < px.length; i += 4) {
+           const r = px[i], g = px[i + 1], b = px[i + 2];
+           if (b - r > 40 || (g - r > 40 && g - b > 40)) n++;
+         }
+         return n;");
+    assert!(coloured.as_u64().unwrap_or(0) > 5000, "{coloured} coloured pixels");
+
+    // Hover a shown hex: the tooltip gives its value and error bar.
+    let target = d.js("document.getElementById('map').scrollIntoView({block: 'center'});
+         const f = window.hexflow.features.find(f => !f.properties.low && f.properties.value > 0);
+         const p = window.hexflow.screenPointOfHex(f.properties.hex_id);
+         return [f.properties.hex_id, Math.round(p.x), Math.round(p.y), f.properties.value, f.properties.ci95];");
+    let hex = target[0].as_str().expect("hex id").to_string();
+    d.call(
+        "POST",
+        "/actions",
+        json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [{"type": "pointerMove", "duration": 0, "origin": "viewport",
+                          "x": target[1], "y": target[2]}]}]}),
+    );
+    let tip = d.wait_for(
+        &format!("const t = document.getElementById('tooltip').textContent; return t.includes('{hex}') ? t : ''"),
+        "the tooltip of the hovered hex",
+    );
+    let tip = tip.as_str().expect("text").to_string();
+    let value = target[3].as_i64().expect("value");
+    assert!(
+        tip.contains(&format!("{value} ±")),
+        "tooltip {tip:?} should read {value} ± …"
+    );
+    let after = tip.split('±').nth(1).unwrap_or("").trim_start();
+    assert!(after.starts_with(|c: char| c.is_ascii_digit()), "error bar in {tip:?}");
+
+    // The transparency page charts the ledger and lists the releases.
+    d.call("POST", "/url", json!({ "url": format!("{url}transparency") }));
+    let rows = d.wait_for(
+        "const t = document.querySelectorAll('#release-list tbody tr').length; return t > 0 ? t : 0",
+        "the release list",
+    );
+    assert!(
+        rows.as_u64().unwrap_or(0) >= 9,
+        "{rows} rows (3 days × 3 standing releases)"
+    );
+    let inked = d.js("const c = document.getElementById('spend-chart');
+         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+         let n = 0;
+         for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0 && (px[i] < 200 || px[i + 2] < 200)) n++;
+         return n;");
+    assert!(inked.as_u64().unwrap_or(0) > 500, "the spend chart is drawn ({inked})");
+}

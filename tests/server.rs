@@ -1,0 +1,782 @@
+//! Router tests: every endpoint through `tower::ServiceExt::oneshot`, on a
+//! data dir made by the real pipeline (simulate → ingest → publish) on the
+//! tiny fixture grid.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use chrono::NaiveDate;
+use hexflow::privacy::ledger::Role;
+use hexflow::server::{AppState, ROUTES, ServeConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+fn day(s: &str) -> NaiveDate {
+    s.parse().expect("date")
+}
+
+/// A data dir with three simulated days of the tiny grid, ingested and
+/// published by the tiny policy's plan (hourly footfall, res 8).
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    deliveries: Vec<PathBuf>,
+}
+
+fn build() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    let grid = policy.load_grid().expect("grid");
+    let sim = dir.path().join("sim");
+    hexflow::simulate::simulate(
+        &grid,
+        day("2025-03-03"),
+        day("2025-03-05"),
+        &sim,
+        hexflow::simulate::Format::Csv,
+        7,
+    )
+    .expect("simulate");
+    let mut deliveries: Vec<PathBuf> = std::fs::read_dir(&sim)
+        .expect("sim dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    deliveries.sort();
+    let ingestor = hexflow::ingest::Ingestor::new(policy.clone(), &data).expect("ingestor");
+    for f in &deliveries {
+        ingestor.ingest(f, Default::default()).expect("ingest");
+    }
+    let releaser = hexflow::release::Releaser::new(policy, &data).expect("releaser");
+    let report = hexflow::release::publish::publish(&releaser, &data).expect("publish");
+    assert_eq!(report.new, 3, "{report:?}");
+    Fixture {
+        _dir: dir,
+        data,
+        deliveries,
+    }
+}
+
+fn state(data: &Path, cors: &[&str]) -> Arc<AppState> {
+    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    let mut config = ServeConfig::new(data);
+    config.cors_origins = cors.iter().map(|s| s.to_string()).collect();
+    config.max_upload_bytes = 1 << 20;
+    Arc::new(AppState::new(vec![policy], config).expect("state"))
+}
+
+/// The read-only fixture shared by tests that do not charge or ingest.
+fn shared() -> &'static (Fixture, Arc<AppState>) {
+    static F: OnceLock<(Fixture, Arc<AppState>)> = OnceLock::new();
+    F.get_or_init(|| {
+        let f = build();
+        let s = state(&f.data, &[]);
+        (f, s)
+    })
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, h: header::HeaderName) -> String {
+        self.headers
+            .get(h)
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .unwrap_or_default()
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// A problem+json answer with `status`; returns its detail.
+    fn problem(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.header(header::CONTENT_TYPE), "application/problem+json");
+        let p = self.json();
+        assert_eq!(p["status"], status.as_u16());
+        let detail = p["detail"].as_str().expect("detail").to_string();
+        assert!(!detail.is_empty());
+        detail
+    }
+}
+
+async fn send(state: &Arc<AppState>, req: Request<Body>) -> Answer {
+    let resp = hexflow::server::router(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body")
+        .to_vec();
+    Answer { status, headers, body }
+}
+
+async fn get(state: &Arc<AppState>, uri: &str) -> Answer {
+    send(state, Request::get(uri).body(Body::empty()).expect("request")).await
+}
+
+async fn get_with(state: &Arc<AppState>, uri: &str, h: header::HeaderName, v: &str) -> Answer {
+    send(
+        state,
+        Request::get(uri).header(h, v).body(Body::empty()).expect("request"),
+    )
+    .await
+}
+
+async fn post_json(state: &Arc<AppState>, uri: &str, token: Option<&str>, body: &Value) -> Answer {
+    let mut r = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    send(state, r.body(Body::from(body.to_string())).expect("request")).await
+}
+
+async fn first_release(state: &Arc<AppState>) -> Value {
+    let list = get(state, "/api/v1/releases?dataset=tiny").await.json();
+    list["releases"][0].clone()
+}
+
+fn token(data: &Path, name: &str, role: Role) -> String {
+    let mut ledger = hexflow::release::Releaser::ledger(data).expect("ledger");
+    ledger.create_token(name, role).expect("token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_and_every_route_exists() {
+    let (_, state) = shared();
+    let doc: Value = serde_json::from_str(hexflow::server::OPENAPI).expect("openapi is JSON");
+    let mut described = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("operations").keys() {
+            if ["get", "post", "put", "delete", "patch", "head"].contains(&method.as_str()) {
+                described.insert((method.clone(), path.clone()));
+            }
+        }
+    }
+    let routes: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(described, routes);
+    let served = get(state, "/api/openapi.json").await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.json(), doc);
+    // Each listed route is matched by the router (the fallback answers
+    // "no such endpoint" for anything else).
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for (method, path) in ROUTES {
+        let uri = path
+            .replace("{dataset}", "tiny")
+            .replace("{id}", &id)
+            .replace("{z}", "0")
+            .replace("{x}", "0")
+            .replace("{y}", "0.png");
+        let m = if *method == "post" { Method::POST } else { Method::GET };
+        let a = send(
+            state,
+            Request::builder().method(m).uri(&uri).body(Body::empty()).expect("r"),
+        )
+        .await;
+        if a.header(header::CONTENT_TYPE) == "application/problem+json" {
+            assert_ne!(a.json()["title"], "no such endpoint", "{method} {uri}");
+        }
+    }
+    let missing = get(state, "/api/v1/nothing-here").await;
+    assert!(missing.problem(StatusCode::NOT_FOUND).contains("/api/openapi.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_are_listed_filtered_and_described_by_their_manifest() {
+    let (f, state) = shared();
+    let list = get(state, "/api/v1/releases").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.header(header::CACHE_CONTROL), "no-cache");
+    let j = list.json();
+    assert_eq!(j["total"], 3);
+    let days: Vec<&str> = j["releases"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["from"].as_str().expect("from"))
+        .collect();
+    assert_eq!(days, ["2025-03-03", "2025-03-04", "2025-03-05"]);
+    let one = get(state, "/api/v1/releases?day=2025-03-04&metric=footfall&res=8&bin=1h")
+        .await
+        .json();
+    assert_eq!(one["total"], 1);
+    assert_eq!(get(state, "/api/v1/releases?res=9").await.json()["total"], 0);
+    let r = &one["releases"][0];
+    assert_eq!(r["audience"], "public");
+    assert_eq!(r["bins"], 24);
+    let id = r["release_id"].as_str().expect("id");
+    let m = get(state, &format!("/api/v1/releases/{id}")).await;
+    assert_eq!(m.status, StatusCode::OK);
+    let on_disk: Value = serde_json::from_slice(
+        &std::fs::read(f.data.join("releases/tiny").join(id).join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(m.json(), on_disk);
+    assert!(m.json()["rho"].as_f64().expect("rho") > 0.0);
+    // Failures say why.
+    let d = get(state, "/api/v1/releases/r-00000000000000000000")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(d.contains("r-00000000000000000000"), "{d}");
+    get(state, "/api/v1/releases?limit=0")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    get(state, "/api/v1/releases?limit=100000")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let d = get(state, "/api/v1/releases?dataset=paris")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(d.contains("tiny"), "{d}");
+    let d = get(state, "/api/v1/releases?colour=red")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert!(d.contains("colour"), "{d}");
+    get(state, "/api/v1/releases?day=yesterday")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
+    let (f, state) = shared();
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let stored =
+        hexflow::table::read_parquet(&f.data.join("releases/tiny").join(&id).join("values.parquet")).expect("values");
+    let keys = stored.height() / 24;
+    // JSON, bin 3.
+    let j = get(state, &format!("/api/v1/releases/{id}/values?bin=3")).await;
+    assert_eq!(j.status, StatusCode::OK);
+    let j = j.json();
+    let rows = j["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), keys);
+    let stored_values: Vec<i64> = stored
+        .column("value")
+        .expect("value")
+        .i64()
+        .expect("i64")
+        .into_no_null_iter()
+        .collect();
+    let json_values: Vec<i64> = rows.iter().map(|r| r["value"].as_i64().expect("value")).collect();
+    assert_eq!(json_values, stored_values[3 * keys..4 * keys]);
+    assert!(j["unit"].as_str().expect("unit").contains("per hour"));
+    for r in rows {
+        assert_eq!(r["hex_id"].as_str().expect("hex").len(), 15);
+        assert!(r["ci95"].as_f64().expect("ci") >= 0.0);
+    }
+    // CSV: same rows.
+    let csv = get(state, &format!("/api/v1/releases/{id}/values?format=csv&bin=3")).await;
+    assert_eq!(csv.header(header::CONTENT_TYPE), "text/csv; charset=utf-8");
+    assert!(csv.header(header::CONTENT_DISPOSITION).contains(".csv"));
+    let text = csv.text();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("hex_id,bin_start,value,ci95,low"));
+    let csv_values: Vec<i64> = lines
+        .map(|l| l.split(',').nth(2).expect("value").parse().expect("int"))
+        .collect();
+    assert_eq!(csv_values, json_values);
+    // GeoJSON: closed hexagon rings, RFC 7946 (lon, lat) inside the grid.
+    let g = get(state, &format!("/api/v1/releases/{id}/values?format=geojson&bin=3")).await;
+    assert_eq!(g.header(header::CONTENT_TYPE), "application/geo+json");
+    let g = g.json();
+    let features = g["features"].as_array().expect("features");
+    assert_eq!(features.len(), keys);
+    for (feat, v) in features.iter().zip(&json_values) {
+        let ring = feat["geometry"]["coordinates"][0].as_array().expect("ring");
+        assert_eq!(ring.len(), 7);
+        assert_eq!(ring[0], ring[6]);
+        let lon = ring[0][0].as_f64().expect("lon");
+        let lat = ring[0][1].as_f64().expect("lat");
+        assert!((5.0..6.0).contains(&lon) && (43.0..44.0).contains(&lat), "{lon} {lat}");
+        assert_eq!(feat["properties"]["value"].as_i64(), Some(*v));
+    }
+    // Parquet, whole release: the stored table.
+    let p = get(state, &format!("/api/v1/releases/{id}/values?format=parquet")).await;
+    assert_eq!(p.header(header::CONTENT_TYPE), "application/vnd.apache.parquet");
+    use polars::prelude::SerReader as _;
+    let df = polars::prelude::ParquetReader::new(std::io::Cursor::new(p.body))
+        .finish()
+        .expect("parquet");
+    assert_eq!(df.height(), stored.height());
+    let served: Vec<i64> = df
+        .column("value")
+        .expect("v")
+        .i64()
+        .expect("i64")
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(served, stored_values);
+    // Refusals.
+    let d = get(state, &format!("/api/v1/releases/{id}/values?bin=24"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(d.contains("24 bins"), "{d}");
+    get(state, &format!("/api/v1/releases/{id}/values?format=xml"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    get(state, &format!("/api/v1/releases/{id}/values?bin=-1"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_content_is_immutable_and_cached_while_the_ledger_is_not() {
+    let (_, state) = shared();
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let uri = format!("/api/v1/releases/{id}/values?format=csv&bin=0");
+    let a = get(state, &uri).await;
+    let etag = a.header(header::ETAG);
+    assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
+    assert_eq!(a.header(header::CACHE_CONTROL), "public, max-age=31536000, immutable");
+    assert_eq!(get(state, &uri).await.header(header::ETAG), etag, "stable");
+    let other = get(state, &format!("/api/v1/releases/{id}/values?format=csv&bin=1")).await;
+    assert_ne!(other.header(header::ETAG), etag);
+    let again = get_with(state, &uri, header::IF_NONE_MATCH, &etag).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.body.is_empty());
+    let stale = get_with(state, &uri, header::IF_NONE_MATCH, "\"nope\"").await;
+    assert_eq!(stale.status, StatusCode::OK);
+    // PNG maps answer 304 too.
+    let map = format!("/api/v1/releases/{id}/map.png?bin=0");
+    let tag = get(state, &map).await.header(header::ETAG);
+    assert_eq!(
+        get_with(state, &map, header::IF_NONE_MATCH, &tag).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    // HEAD: same headers, no body.
+    let head = send(state, Request::head(&uri).body(Body::empty()).expect("r")).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header(header::ETAG), etag);
+    assert!(head.body.is_empty());
+    for uri in [
+        "/api/v1/ledger",
+        "/api/v1/ledger/releases",
+        "/healthz",
+        "/api/v1/releases",
+    ] {
+        let a = get(state, uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}");
+        assert_eq!(a.header(header::CACHE_CONTROL), "no-cache", "{uri}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_add_values_and_their_independent_noise() {
+    let (_, state) = shared();
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let all = get(state, &format!("/api/v1/releases/{id}/values")).await.json();
+    let manifest = get(state, &format!("/api/v1/releases/{id}")).await.json();
+    let rows = all["rows"].as_array().expect("rows");
+    let hexes: Vec<String> = rows
+        .iter()
+        .take(3)
+        .map(|r| r["hex_id"].as_str().expect("hex").to_string())
+        .collect();
+    let s = get(state, &format!("/api/v1/releases/{id}/series?hex={}", hexes.join(","))).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text());
+    let s = s.json();
+    let bins = s["bins"].as_array().expect("bins");
+    assert_eq!(bins.len(), 24);
+    let keys = rows.len() / 24;
+    for (b, bin) in bins.iter().enumerate() {
+        let part = &rows[b * keys..b * keys + 3];
+        let sum: i64 = part.iter().map(|r| r["value"].as_i64().expect("v")).sum();
+        assert_eq!(bin["value"].as_i64(), Some(sum));
+        let cis: Vec<f64> = part.iter().map(|r| r["ci95"].as_f64().expect("ci")).collect();
+        let ci = bin["ci95"].as_f64().expect("ci");
+        let max = cis.iter().copied().fold(0.0, f64::max);
+        let total: f64 = cis.iter().sum();
+        // Whatever the placement: at least the largest part, at most the
+        // sum of the parts (triangle inequality, non-negative weights).
+        assert!(ci >= max - 0.02 && ci <= total + 0.02, "{ci} vs {cis:?}");
+        if manifest["placement"] == "Hex" {
+            let rss = cis.iter().map(|c| c * c).sum::<f64>().sqrt();
+            assert!((ci - rss).abs() < 0.02, "{ci} vs {rss}");
+        }
+    }
+    get(state, &format!("/api/v1/releases/{id}/series"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let d = get(state, &format!("/api/v1/releases/{id}/series?hex=zzz"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert!(d.contains("zzz"), "{d}");
+    // A valid H3 cell outside the release.
+    let d = get(state, &format!("/api/v1/releases/{id}/series?hex=8a1f9a48a587fff"))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(d.contains("8a1f9a48a587fff"), "{d}");
+    let many = vec![hexes[0].clone(); 3001].join(",");
+    get(state, &format!("/api/v1/releases/{id}/series?hex={many}"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+}
+
+fn decode_png(bytes: &[u8]) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = dec.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_and_tiles_are_pngs_with_coloured_hexes() {
+    let (_, state) = shared();
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let map = get(state, &format!("/api/v1/releases/{id}/map.png?bin=9&width=640")).await;
+    assert_eq!(map.status, StatusCode::OK, "{}", map.text());
+    assert_eq!(map.header(header::CONTENT_TYPE), "image/png");
+    let (w, h, ct, px) = decode_png(&map.body);
+    assert_eq!((w, ct), (640, png::ColorType::Rgb));
+    assert!(h > 200);
+    // Viridis hexes: pixels with blue well above red (the low half of the
+    // scale) or green dominant (the high half) — not white, grey or black.
+    let coloured = px
+        .chunks_exact(3)
+        .filter(|p| {
+            let (r, g, b) = (i32::from(p[0]), i32::from(p[1]), i32::from(p[2]));
+            (b - r > 40) || (g - r > 40 && g - b > 40)
+        })
+        .count();
+    assert!(coloured > 2000, "{coloured} coloured pixels");
+    get(state, &format!("/api/v1/releases/{id}/map.png?width=99999"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+
+    // The tile over the tiny grid (Castellane, Marseille) at zoom 14.
+    let tj = get(state, &format!("/api/v1/releases/{id}/tilejson.json?bin=9"))
+        .await
+        .json();
+    assert_eq!(tj["tilejson"], "3.0.0");
+    let template = tj["tiles"][0].as_str().expect("template");
+    assert!(
+        template.contains(&format!("/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin=9")),
+        "{template}"
+    );
+    let (x, y) = hexflow::render::mercator_px(5.385, 43.29, 14.0);
+    let (tx, ty) = ((x / 256.0) as u32, (y / 256.0) as u32);
+    let tile = get(state, &format!("/api/v1/releases/{id}/tiles/14/{tx}/{ty}.png?bin=9")).await;
+    assert_eq!(tile.status, StatusCode::OK, "{}", tile.text());
+    let (w, h, ct, px) = decode_png(&tile.body);
+    assert_eq!((w, h, ct), (256, 256, png::ColorType::Rgba));
+    let opaque = px.chunks_exact(4).filter(|p| p[3] > 0).count();
+    assert!(opaque > 1000, "{opaque}");
+    // Far away (the Atlantic): fully transparent.
+    let far = get(state, &format!("/api/v1/releases/{id}/tiles/14/100/100.png?bin=9")).await;
+    let (_, _, _, px) = decode_png(&far.body);
+    assert!(px.chunks_exact(4).all(|p| p[3] == 0));
+    get(state, &format!("/api/v1/releases/{id}/tiles/30/0/0.png"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    get(state, &format!("/api/v1/releases/{id}/tiles/2/4/0.png"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    get(state, &format!("/api/v1/releases/{id}/tiles/2/1/1.jpg"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_shows_what_each_day_cost() {
+    let (_, state) = shared();
+    let l = get(state, "/api/v1/ledger?dataset=tiny").await.json();
+    let days = l["days"].as_array().expect("days");
+    assert_eq!(days.len(), 3);
+    for d in days {
+        assert_eq!(d["audience"], "public");
+        assert!((d["rho_spent"].as_f64().expect("rho") - 0.2).abs() < 1e-6);
+    }
+    assert_eq!(l["audience_caps_rho_per_day"]["public"], 0.3);
+    assert_eq!(l["dataset_cap_rho_per_day"], 1.0);
+    let one = get(state, "/api/v1/ledger?from=2025-03-04&to=2025-03-04").await.json();
+    assert_eq!(one["days"].as_array().expect("days").len(), 1);
+    let r = get(state, "/api/v1/ledger/releases").await.json();
+    assert_eq!(r["total"], 3);
+    assert!(r["releases"][0]["epsilon"].as_f64().expect("eps") > 0.0);
+    assert_eq!(r["releases"][0]["state"], "published");
+    get(state, "/api/v1/ledger?dataset=nope")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_queries_need_a_token_are_charged_once_and_respect_the_policy() {
+    let f = build();
+    let state = state(&f.data, &[]);
+    let planner = token(&f.data, "transit", Role::Planner);
+    let admin = token(&f.data, "ops", Role::Admin);
+    let spec = json!({"dataset": "tiny", "metric": "footfall", "res": 9, "bin": "1h",
+                      "from": "2025-03-04", "to": "2025-03-04", "rho": 0.1});
+    let d = post_json(&state, "/api/v1/queries", None, &spec).await;
+    assert_eq!(d.header(header::WWW_AUTHENTICATE), "Bearer");
+    d.problem(StatusCode::UNAUTHORIZED);
+    post_json(&state, "/api/v1/queries", Some("hxf_wrong"), &spec)
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let spent = |state: &Arc<AppState>| {
+        let state = state.clone();
+        async move {
+            let l = get(&state, "/api/v1/ledger").await.json();
+            l["days"]
+                .as_array()
+                .expect("days")
+                .iter()
+                .filter(|d| d["audience"] == "planners")
+                .map(|d| d["rho_spent"].as_f64().expect("rho"))
+                .sum::<f64>()
+        }
+    };
+    let first = post_json(&state, "/api/v1/queries", Some(&planner), &spec).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let first = first.json();
+    assert_eq!(first["status"], "new");
+    assert!((spent(&state).await - 0.1).abs() < 1e-6);
+    // The same question: the stored answer, no second charge.
+    let again = post_json(&state, "/api/v1/queries", Some(&admin), &spec).await;
+    assert_eq!(again.status, StatusCode::OK);
+    let again = again.json();
+    assert_eq!(again["status"], "stored");
+    assert_eq!(again["rho_charged"], 0.0);
+    assert_eq!(again["release_id"], first["release_id"]);
+    assert!((spent(&state).await - 0.1).abs() < 1e-6);
+    // The planners' release is not public.
+    let id = first["release_id"].as_str().expect("id");
+    assert_eq!(get(&state, "/api/v1/releases").await.json()["total"], 3);
+    get(&state, &format!("/api/v1/releases/{id}"))
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    get(&state, "/api/v1/releases?audience=planners")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let seen = get_with(
+        &state,
+        &format!("/api/v1/releases/{id}/values?bin=0"),
+        header::AUTHORIZATION,
+        &format!("Bearer {planner}"),
+    )
+    .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let listed = get_with(
+        &state,
+        "/api/v1/releases?audience=planners",
+        header::AUTHORIZATION,
+        &format!("Bearer {planner}"),
+    )
+    .await;
+    assert_eq!(listed.json()["total"], 1);
+    // Purpose limits, caps and sizes refuse before charging, and say why.
+    let mut too_fine = spec.clone();
+    too_fine["res"] = json!(10);
+    let d = post_json(&state, "/api/v1/queries", Some(&planner), &too_fine).await;
+    assert!(d.problem(StatusCode::UNPROCESSABLE_ENTITY).contains("resolution"));
+    let mut greedy = spec.clone();
+    greedy["rho"] = json!(0.45);
+    greedy["res"] = json!(8);
+    let d = post_json(&state, "/api/v1/queries", Some(&planner), &greedy).await;
+    let d = d.problem(StatusCode::CONFLICT);
+    assert!(d.contains("2025-03-04") && d.contains("left"), "{d}");
+    let mut both = spec.clone();
+    both["epsilon"] = json!(1.0);
+    post_json(&state, "/api/v1/queries", Some(&planner), &both)
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let mut unknown = spec.clone();
+    unknown["audience"] = json!("public");
+    post_json(&state, "/api/v1/queries", Some(&planner), &unknown)
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    let mut no_data = spec.clone();
+    no_data["from"] = json!("2025-04-01");
+    no_data["to"] = json!("2025-04-01");
+    let d = post_json(&state, "/api/v1/queries", Some(&planner), &no_data).await;
+    assert!(d.problem(StatusCode::UNPROCESSABLE_ENTITY).contains("no footfall data"));
+    assert!((spent(&state).await - 0.1).abs() < 1e-6, "refusals cost nothing");
+    // A body over the limit.
+    let huge = json!({"dataset": "x".repeat(100_000)});
+    post_json(&state, "/api/v1/queries", Some(&planner), &huge)
+        .await
+        .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    // Planners may not administer.
+    let d = send(
+        &state,
+        Request::post("/api/v1/admin/publish?dataset=tiny")
+            .header(header::AUTHORIZATION, format!("Bearer {planner}"))
+            .body(Body::empty())
+            .expect("r"),
+    )
+    .await;
+    assert!(d.problem(StatusCode::FORBIDDEN).contains("admin"));
+}
+
+async fn upload(state: &Arc<AppState>, token: &str, name: &str, body: Vec<u8>, extra: &str) -> Answer {
+    send(
+        state,
+        Request::post(format!("/api/v1/admin/ingest?dataset=tiny&filename={name}{extra}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(body))
+            .expect("r"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_upload_deliveries_and_run_the_plan() {
+    let f = build();
+    let state = state(&f.data, &[]);
+    let admin = token(&f.data, "ops", Role::Admin);
+    let before = hexflow::store::CountStore::new(&f.data, "tiny").snapshot();
+    // A delivery already ingested: a no-op.
+    let again = upload(
+        &state,
+        &admin,
+        "footfall.csv",
+        std::fs::read(&f.deliveries[0]).expect("read"),
+        "",
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(again.json()["status"], "already_ingested");
+    assert_eq!(again.json()["file"], "footfall.csv");
+    // A malformed delivery: refused, named by its upload name, store intact.
+    let bad = b"bin_start,cell_id,devices\n2025-03-06T10:00:00+01:00,A-1,-4\n".to_vec();
+    let d = upload(&state, &admin, "march.csv", bad, "").await;
+    let d = d.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(d.contains("march.csv") && !d.contains("uploads"), "{d}");
+    assert_eq!(hexflow::store::CountStore::new(&f.data, "tiny").snapshot(), before);
+    let d = upload(&state, &admin, "notes.txt", b"x".to_vec(), "").await;
+    assert!(d.problem(StatusCode::BAD_REQUEST).contains(".csv"));
+    // Too large for the configured limit (1 MiB here).
+    upload(&state, &admin, "big.csv", vec![b'a'; 2 << 20], "")
+        .await
+        .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    // A new day: ingested, then published by the plan.
+    let good = (0..24)
+        .map(|h| format!("2025-03-06T{h:02}:00:00+01:00,A-1,{}\n", 100 + h))
+        .collect::<String>();
+    let ok = upload(
+        &state,
+        &admin,
+        "march-6.csv",
+        format!("bin_start,cell_id,devices\n{good}").into_bytes(),
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text());
+    assert_eq!(ok.json()["rows"], 24);
+    let uploads: Vec<_> = std::fs::read_dir(f.data.join("uploads")).expect("uploads").collect();
+    assert!(uploads.is_empty(), "uploads are removed after ingest");
+    let p = send(
+        &state,
+        Request::post("/api/v1/admin/publish?dataset=tiny")
+            .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+            .body(Body::empty())
+            .expect("r"),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text());
+    assert_eq!(p.json()["new"], 1);
+    assert_eq!(get(&state, "/api/v1/releases").await.json()["total"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_cors_and_the_viewer() {
+    let (f, state) = shared();
+    let h = get(state, "/healthz").await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert_eq!(h.json()["status"], "ok");
+    get(state, "/api/v1/releases").await;
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    get(state, &format!("/api/v1/releases/{id}/values?bin=0")).await;
+    let m = get(state, "/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = m.text();
+    assert!(
+        text.contains(
+            "hexflow_http_requests_total{method=\"GET\",route=\"/api/v1/releases/{id}/values\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("hexflow_releases 3"), "{text}");
+    assert!(!text.contains(&id), "route templates, not ids, label the metrics");
+    // CORS: off by default, on for the configured origin only.
+    let plain = get_with(state, "/api/v1/releases", header::ORIGIN, "https://maps.example.org").await;
+    assert!(plain.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    let open = self::state(&f.data, &["https://maps.example.org"]);
+    let ok = get_with(&open, "/api/v1/releases", header::ORIGIN, "https://maps.example.org").await;
+    assert_eq!(
+        ok.header(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        "https://maps.example.org"
+    );
+    let other = get_with(&open, "/api/v1/releases", header::ORIGIN, "https://evil.example").await;
+    assert!(other.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    // The viewer.
+    let page = get(state, "/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.header(header::CONTENT_TYPE).starts_with("text/html"));
+    assert!(page.text().contains("id=\"map\""));
+    assert!(
+        page.header(header::CONTENT_SECURITY_POLICY)
+            .contains("default-src 'self'")
+    );
+    let t = get(state, "/transparency").await;
+    assert!(t.text().contains("/web/transparency.js"));
+    let js = get(state, "/web/map.js").await;
+    assert_eq!(js.header(header::CONTENT_TYPE), "text/javascript; charset=utf-8");
+    get(state, "/web/secret.txt").await.problem(StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn no_route_reads_the_count_store() {
+    // The server answers from releases, the ledger and the grid only; a
+    // count-store reader in the HTTP layer would be a path for raw counts.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server");
+    for e in std::fs::read_dir(&dir).expect("src/server") {
+        let path = e.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "rs") {
+            let src = std::fs::read_to_string(&path).expect("read");
+            for forbidden in ["CountStore", "read_day", "store::scan", ".scan(", "deliveries"] {
+                assert!(!src.contains(forbidden), "{} uses {forbidden}", path.display());
+            }
+        }
+    }
+}

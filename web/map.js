@@ -1,0 +1,1269 @@
+// The map page: choose a public footfall release (day, resolution,
+// release), step or play through its time bins, and draw its hexes on a
+// Web Mercator canvas with the viridis scale, the study-area outline and
+// landmarks. Optional basemap tiles only when the user sets a template.
+
+import {
+  api, apiUrl, setStatus, showError, el, setChildren,
+  viridisCss, LOW_GREY, project, pointInPolygon,
+  fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
+  BIN_NAMES, localMidnightUtc, daysBetween, addDays,
+  pickDataset, showDatasetTitle,
+} from "/web/common.js";
+
+const $ = (id) => document.getElementById(id);
+
+const ui = {
+  form: $("controls"),
+  res: $("res"),
+  date: $("date"),
+  dayPrev: $("day-prev"),
+  dayNext: $("day-next"),
+  release: $("release"),
+  slider: $("slider"),
+  play: $("play"),
+  playIcon: document.querySelector("#play .play-icon"),
+  playText: document.querySelector("#play .play-text"),
+  binLabel: $("bin-label"),
+  canvas: $("map"),
+  wrap: $("map-wrap"),
+  tooltip: $("tooltip"),
+  zoomIn: $("zoom-in"),
+  zoomOut: $("zoom-out"),
+  resetView: $("reset-view"),
+  attribution: $("attribution"),
+  legendTicks: $("legend-ticks"),
+  legendUnit: $("legend-unit"),
+  legendLowText: $("legend-low-text"),
+  legendNote: $("legend-note"),
+  privacy: $("privacy"),
+  privacyDetail: $("privacy-detail"),
+  csv: $("download-csv"),
+  geojson: $("download-geojson"),
+  png: $("download-png"),
+  tilejson: $("tilejson"),
+  allCsv: $("download-all-csv"),
+  manifestLink: $("manifest-link"),
+  topBody: $("top-body"),
+  basemapForm: $("settings-form"),
+  basemapUrl: $("basemap-url"),
+  basemapClear: $("basemap-clear"),
+};
+
+const ctx = ui.canvas.getContext("2d");
+
+/** How long each bin shows while playing (ms). */
+const PLAY_STEP_MS = 700;
+/** Landmarks always named (highest weight first). */
+const NAMED_LANDMARKS = 12;
+const MAX_ZOOM = 18;
+const BASEMAP_KEY = "hexflow.basemap-url";
+const BIN_ORDER = { "1h": 0, "1d": 1, "1w": 2, "1mo": 3 };
+const BACKGROUND = "#f2f3ef";
+
+const state = {
+  ds: null,
+  tz: "UTC",
+  /** Study area: polygons as rings of [u, v] world coordinates. */
+  area: [],
+  areaBox: null,
+  /** Landmarks with world coordinates, highest weight first. */
+  landmarks: [],
+  /** Per resolution: {total, first, last, lastHourly}. */
+  spans: new Map(),
+  releases: [],
+  release: null,
+  /** values?format=json&bin=0 of the release: unit, scale_max, threshold. */
+  meta: null,
+  manifest: null,
+  bin: 0,
+  /** Hexes of the shown bin: {id, value, ci95, low, binStart, rings, box, c, fill}. */
+  hexes: [],
+  features: [],
+  /** release_id/bin → Promise of {hexes, features}. */
+  binCache: new Map(),
+  view: { u: 0.5, v: 0.5, z: 2 },
+  fitZ: 2,
+  size: { w: 0, h: 0, dpr: 1 },
+  fitted: false,
+  playing: false,
+  playTimer: 0,
+  binSeq: 0,
+  listSeq: 0,
+  releaseSeq: 0,
+  basemap: "",
+  tiles: new Map(),
+  tileErrors: 0,
+  /** The hex under the pointer / keyboard probe, and where. */
+  hover: null,
+  hoverAt: null,
+  probe: false,
+  drawQueued: false,
+  initialHash: parseHash(),
+};
+
+// ------------------------------------------------------------ test hooks
+
+const hooks = {
+  ready: false,
+  release: null,
+  bin: null,
+  features: [],
+  /**
+   * Viewport (client) coordinates of the centre of hex `hexId` in the
+   * current bin, scrolling the map into view first when the point is off
+   * screen; null when the hex is not drawn.
+   */
+  screenPointOfHex(hexId) {
+    const h = state.hexes.find((x) => x.id === hexId);
+    if (!h) return null;
+    const [sx, sy] = toScreen(h.c[0], h.c[1]);
+    let r = ui.canvas.getBoundingClientRect();
+    const y = r.top + sy;
+    if (y < 0 || y > window.innerHeight || r.left + sx < 0 || r.left + sx > window.innerWidth) {
+      ui.canvas.scrollIntoView({ block: "center", inline: "nearest" });
+      r = ui.canvas.getBoundingClientRect();
+    }
+    return { x: r.left + sx, y: r.top + sy };
+  },
+  /** Ids of the hexes drawn in the current bin. */
+  hexes() {
+    return state.hexes.map((h) => h.id);
+  },
+};
+window.hexflow = hooks;
+
+// ------------------------------------------------------------ URL state
+
+function parseHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const out = {};
+  if (/^\d{4}-\d{2}-\d{2}$/.test(p.get("date") || "")) out.date = p.get("date");
+  if (/^\d{1,2}$/.test(p.get("res") || "")) out.res = Number(p.get("res"));
+  if (p.get("release")) out.release = p.get("release");
+  if (/^\d+$/.test(p.get("bin") || "")) out.bin = Number(p.get("bin"));
+  return out;
+}
+
+function writeHash() {
+  if (!state.release) return;
+  const p = new URLSearchParams({
+    date: ui.date.value,
+    res: ui.res.value,
+    release: state.release.release_id,
+    bin: String(state.bin),
+  });
+  history.replaceState(null, "", `${location.pathname}${location.search}#${p}`);
+}
+
+// ------------------------------------------------------------ view maths
+
+function scale() {
+  return 256 * 2 ** state.view.z;
+}
+
+function toScreen(u, v) {
+  const s = scale();
+  return [(u - state.view.u) * s + state.size.w / 2, (v - state.view.v) * s + state.size.h / 2];
+}
+
+function fromScreen(x, y) {
+  const s = scale();
+  return [state.view.u + (x - state.size.w / 2) / s, state.view.v + (y - state.size.h / 2) / s];
+}
+
+function clampZoom(z) {
+  return Math.min(MAX_ZOOM, Math.max(state.fitZ - 3, z));
+}
+
+/** Zooms by dz keeping screen point (x, y) fixed (default: the centre). */
+function zoomBy(dz, x = state.size.w / 2, y = state.size.h / 2) {
+  const [u, v] = fromScreen(x, y);
+  state.view.z = clampZoom(state.view.z + dz);
+  const s = scale();
+  state.view.u = u - (x - state.size.w / 2) / s;
+  state.view.v = v - (y - state.size.h / 2) / s;
+  afterViewChange();
+}
+
+function panBy(dx, dy) {
+  const s = scale();
+  state.view.u -= dx / s;
+  state.view.v -= dy / s;
+  // Keep the study area reachable.
+  if (state.areaBox) {
+    const [u0, v0, u1, v1] = state.areaBox;
+    state.view.u = Math.min(u1, Math.max(u0, state.view.u));
+    state.view.v = Math.min(v1, Math.max(v0, state.view.v));
+  }
+  afterViewChange();
+}
+
+function afterViewChange() {
+  if (state.probe) probeCentre();
+  else if (state.hover && state.hoverAt) updateHover(state.hoverAt[0], state.hoverAt[1]);
+  scheduleDraw();
+}
+
+/** Fits the study area (or the dataset's bbox) in the canvas. */
+function fitView() {
+  let box = state.areaBox;
+  if (!box && state.ds && Array.isArray(state.ds.bbox)) {
+    const [a, b, c, d] = state.ds.bbox;
+    const [u0, v1] = project(a, b);
+    const [u1, v0] = project(c, d);
+    box = [u0, v0, u1, v1];
+  }
+  if (!box || !state.size.w || !state.size.h) return;
+  const [u0, v0, u1, v1] = box;
+  const pad = state.size.w < 500 ? 0.96 : 0.9;
+  const zw = Math.log2((state.size.w * pad) / (Math.max(u1 - u0, 1e-9) * 256));
+  const zh = Math.log2((state.size.h * pad) / (Math.max(v1 - v0, 1e-9) * 256));
+  state.fitZ = Math.min(zw, zh);
+  state.view = { u: (u0 + u1) / 2, v: (v0 + v1) / 2, z: Math.min(MAX_ZOOM, state.fitZ) };
+  state.fitted = true;
+  afterViewChange();
+}
+
+// ------------------------------------------------------------ canvas size
+
+function resizeCanvas() {
+  const r = ui.canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(r.width));
+  const h = Math.max(1, Math.round(r.height));
+  if (w === state.size.w && h === state.size.h && dpr === state.size.dpr) return;
+  state.size = { w, h, dpr };
+  ui.canvas.width = Math.round(w * dpr);
+  ui.canvas.height = Math.round(h * dpr);
+  if (!state.fitted && (state.areaBox || state.ds)) fitView();
+  drawNow();
+}
+
+// ------------------------------------------------------------ drawing
+
+function scheduleDraw() {
+  if (state.drawQueued) return;
+  state.drawQueued = true;
+  requestAnimationFrame(() => {
+    state.drawQueued = false;
+    drawNow();
+  });
+}
+
+function tracePolygon(rings) {
+  for (const ring of rings) {
+    for (let i = 0; i < ring.length; i++) {
+      const [x, y] = toScreen(ring[i][0], ring[i][1]);
+      if (i === 0) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+    }
+    ctx.closePath();
+  }
+}
+
+function boxVisible(box) {
+  const [x0, y0] = toScreen(box[0], box[1]);
+  const [x1, y1] = toScreen(box[2], box[3]);
+  return x1 >= 0 && y1 >= 0 && x0 <= state.size.w && y0 <= state.size.h;
+}
+
+function drawNow() {
+  const { w, h, dpr } = state.size;
+  if (!w || !h) return;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = BACKGROUND;
+  ctx.fillRect(0, 0, w, h);
+  if (state.basemap) drawTiles();
+  drawHexes();
+  drawArea();
+  drawLandmarks();
+  drawHover();
+}
+
+function drawTiles() {
+  const tz = Math.max(0, Math.min(19, Math.round(state.view.z)));
+  const n = 2 ** tz;
+  const tileSize = (256 * 2 ** state.view.z) / n;
+  const [u0, v0] = fromScreen(0, 0);
+  const [u1, v1] = fromScreen(state.size.w, state.size.h);
+  const x0 = Math.max(0, Math.floor(u0 * n));
+  const x1 = Math.min(n - 1, Math.floor(u1 * n));
+  const y0 = Math.max(0, Math.floor(v0 * n));
+  const y1 = Math.min(n - 1, Math.floor(v1 * n));
+  if ((x1 - x0 + 1) * (y1 - y0 + 1) > 200) return;
+  for (let x = x0; x <= x1; x++) {
+    for (let y = y0; y <= y1; y++) {
+      const img = tile(tz, x, y);
+      if (!img || !img.complete || !img.naturalWidth) continue;
+      const [sx, sy] = toScreen(x / n, y / n);
+      ctx.drawImage(img, sx, sy, tileSize + 0.5, tileSize + 0.5);
+    }
+  }
+}
+
+function tile(z, x, y) {
+  const url = state.basemap
+    .replaceAll("{z}", z)
+    .replaceAll("{x}", x)
+    .replaceAll("{y}", y)
+    .replaceAll("{s}", "abc"[(x + y) % 3])
+    .replaceAll("{r}", state.size.dpr > 1.5 ? "@2x" : "");
+  let img = state.tiles.get(url);
+  if (img) return img;
+  if (state.tiles.size > 400) {
+    // Forget the oldest tiles (Map keeps insertion order).
+    const drop = [...state.tiles.keys()].slice(0, 200);
+    for (const k of drop) state.tiles.delete(k);
+  }
+  img = new Image();
+  img.decoding = "async";
+  img.referrerPolicy = "no-referrer";
+  img.onload = scheduleDraw;
+  img.onerror = () => {
+    state.tileErrors += 1;
+    if (state.tileErrors === 3) {
+      setStatus(`Basemap tiles fail to load from ${hostOf(state.basemap)}: check the URL template in Settings.`, "error");
+    }
+  };
+  img.src = url;
+  state.tiles.set(url, img);
+  return img;
+}
+
+function drawHexes() {
+  if (!state.hexes.length) return;
+  const outlines = scale() * (state.hexes[0].box[2] - state.hexes[0].box[0]) > 7;
+  ctx.globalAlpha = state.basemap ? 0.78 : 1;
+  for (const hx of state.hexes) {
+    if (!boxVisible(hx.box)) continue;
+    ctx.beginPath();
+    tracePolygon(hx.rings);
+    ctx.fillStyle = hx.fill;
+    ctx.fill();
+  }
+  ctx.globalAlpha = 1;
+  if (outlines) {
+    ctx.beginPath();
+    for (const hx of state.hexes) if (boxVisible(hx.box)) tracePolygon(hx.rings);
+    ctx.strokeStyle = "rgba(255,255,255,0.55)";
+    ctx.lineWidth = 0.6;
+    ctx.lineJoin = "round";
+    ctx.stroke();
+  }
+}
+
+function drawArea() {
+  if (!state.area.length) return;
+  ctx.beginPath();
+  for (const poly of state.area) tracePolygon(poly);
+  ctx.lineJoin = "round";
+  ctx.strokeStyle = "rgba(255,255,255,0.85)";
+  ctx.lineWidth = 4;
+  ctx.stroke();
+  ctx.strokeStyle = "#1d2330";
+  ctx.lineWidth = 1.8;
+  ctx.stroke();
+}
+
+function drawLandmarks() {
+  if (!state.landmarks.length) return;
+  const showAll = state.view.z >= state.fitZ + 1.5;
+  const list = showAll ? state.landmarks : state.landmarks.slice(0, NAMED_LANDMARKS);
+  const taken = [];
+  ctx.font = "600 12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  ctx.textBaseline = "middle";
+  for (const [i, lm] of list.entries()) {
+    const [x, y] = toScreen(lm.u, lm.v);
+    if (x < -50 || y < -20 || x > state.size.w + 50 || y > state.size.h + 20) continue;
+    ctx.beginPath();
+    ctx.arc(x, y, i < NAMED_LANDMARKS ? 3.5 : 2.5, 0, Math.PI * 2);
+    ctx.fillStyle = "#111";
+    ctx.fill();
+    ctx.lineWidth = 1.5;
+    ctx.strokeStyle = "#fff";
+    ctx.stroke();
+    const tw = ctx.measureText(lm.name).width;
+    let rect = [x + 6, y - 8, x + 8 + tw, y + 8];
+    let tx = x + 7;
+    if (rect[2] > state.size.w) {
+      rect = [x - 8 - tw, y - 8, x - 6, y + 8];
+      tx = x - 7 - tw;
+    }
+    if (taken.some((r) => rect[0] < r[2] && rect[2] > r[0] && rect[1] < r[3] && rect[3] > r[1])) continue;
+    taken.push(rect);
+    ctx.lineWidth = 3.5;
+    ctx.strokeStyle = "rgba(255,255,255,0.92)";
+    ctx.lineJoin = "round";
+    ctx.strokeText(lm.name, tx, y);
+    ctx.fillStyle = "#111";
+    ctx.fillText(lm.name, tx, y);
+  }
+}
+
+function drawHover() {
+  if (state.hover) {
+    ctx.beginPath();
+    tracePolygon(state.hover.rings);
+    ctx.lineWidth = 2.5;
+    ctx.strokeStyle = "#000";
+    ctx.stroke();
+  }
+  if (state.probe) {
+    const x = state.size.w / 2;
+    const y = state.size.h / 2;
+    ctx.beginPath();
+    ctx.moveTo(x - 9, y);
+    ctx.lineTo(x + 9, y);
+    ctx.moveTo(x, y - 9);
+    ctx.lineTo(x, y + 9);
+    ctx.lineWidth = 4;
+    ctx.strokeStyle = "#fff";
+    ctx.stroke();
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = "#000";
+    ctx.stroke();
+  }
+}
+
+// ------------------------------------------------------------ hit testing & tooltip
+
+function hexAt(x, y) {
+  const [u, v] = fromScreen(x, y);
+  for (const hx of state.hexes) {
+    const b = hx.box;
+    if (u < b[0] || u > b[2] || v < b[1] || v > b[3]) continue;
+    if (pointInPolygon(u, v, hx.rings)) return hx;
+  }
+  return null;
+}
+
+function unitText() {
+  return (state.meta && state.meta.unit) || "devices per hex";
+}
+
+function tooltipText(hx) {
+  const ci = fmtInt(Math.round(hx.ci95));
+  if (hx.low) {
+    return `hex ${hx.id} · below threshold (${fmtInt(hx.value)} ± ${ci} — too uncertain to show)`;
+  }
+  return `hex ${hx.id} · ${fmtInt(hx.value)} ± ${ci} ${unitText()}`;
+}
+
+function updateHover(x, y) {
+  const hx = hexAt(x, y);
+  state.hoverAt = [x, y];
+  if (!hx) {
+    hideTooltip();
+    return;
+  }
+  if (hx !== state.hover) {
+    state.hover = hx;
+    scheduleDraw();
+  }
+  ui.tooltip.textContent = tooltipText(hx);
+  ui.tooltip.hidden = false;
+  // Place beside the point, inside the map.
+  const tw = ui.tooltip.offsetWidth;
+  const th = ui.tooltip.offsetHeight;
+  let left = x + 14;
+  let top = y + 16;
+  if (left + tw > state.size.w - 4) left = Math.max(4, x - tw - 14);
+  if (top + th > state.size.h - 4) top = Math.max(4, y - th - 14);
+  ui.tooltip.style.left = `${Math.round(left)}px`;
+  ui.tooltip.style.top = `${Math.round(top)}px`;
+}
+
+function hideTooltip() {
+  const had = state.hover;
+  state.hover = null;
+  state.hoverAt = null;
+  ui.tooltip.hidden = true;
+  ui.tooltip.textContent = "";
+  if (had) scheduleDraw();
+}
+
+function probeCentre() {
+  updateHover(state.size.w / 2, state.size.h / 2);
+  if (!state.hover) {
+    ui.tooltip.textContent = "no hex at the centre of the map";
+    ui.tooltip.hidden = false;
+    ui.tooltip.style.left = `${Math.round(state.size.w / 2 + 14)}px`;
+    ui.tooltip.style.top = `${Math.round(state.size.h / 2 + 14)}px`;
+  }
+}
+
+function canvasPoint(e) {
+  const r = ui.canvas.getBoundingClientRect();
+  return [e.clientX - r.left, e.clientY - r.top];
+}
+
+// ------------------------------------------------------------ pointer, wheel, keys
+
+const pointers = new Map();
+let drag = null;
+let pinch = null;
+let lastDragMoved = false;
+
+ui.canvas.addEventListener("pointerdown", (e) => {
+  if (e.pointerType === "mouse" && e.button !== 0) return;
+  ui.canvas.setPointerCapture(e.pointerId);
+  pointers.set(e.pointerId, canvasPoint(e));
+  state.probe = false;
+  if (pointers.size === 1) {
+    const [x, y] = pointers.get(e.pointerId);
+    drag = { x, y, lastX: x, lastY: y, moved: false, type: e.pointerType };
+    pinch = null;
+  } else if (pointers.size === 2) {
+    const [a, b] = [...pointers.values()];
+    pinch = { dist: Math.hypot(a[0] - b[0], a[1] - b[1]) || 1 };
+    if (drag) drag.moved = true;
+  }
+});
+
+ui.canvas.addEventListener("pointermove", (e) => {
+  if (!pointers.has(e.pointerId)) return;
+  const p = canvasPoint(e);
+  pointers.set(e.pointerId, p);
+  if (pointers.size >= 2 && pinch) {
+    const [a, b] = [...pointers.values()];
+    const dist = Math.hypot(a[0] - b[0], a[1] - b[1]) || 1;
+    const mid = [(a[0] + b[0]) / 2, (a[1] + b[1]) / 2];
+    zoomBy(Math.log2(dist / pinch.dist), mid[0], mid[1]);
+    pinch.dist = dist;
+    return;
+  }
+  if (!drag) return;
+  const [x, y] = p;
+  if (!drag.moved && Math.hypot(x - drag.x, y - drag.y) > 5) {
+    drag.moved = true;
+    ui.canvas.classList.add("dragging");
+    hideTooltip();
+  }
+  if (drag.moved) {
+    panBy(x - drag.lastX, y - drag.lastY);
+    drag.lastX = x;
+    drag.lastY = y;
+  }
+});
+
+function endPointer(e) {
+  if (!pointers.has(e.pointerId)) return;
+  pointers.delete(e.pointerId);
+  if (pointers.size < 2) pinch = null;
+  if (pointers.size === 0 && drag) {
+    lastDragMoved = drag.moved;
+    if (!drag.moved && e.type === "pointerup") {
+      // A tap (or click) shows the value under it.
+      const [x, y] = canvasPoint(e);
+      updateHover(x, y);
+    }
+    drag = null;
+    ui.canvas.classList.remove("dragging");
+  }
+}
+ui.canvas.addEventListener("pointerup", endPointer);
+ui.canvas.addEventListener("pointercancel", endPointer);
+
+// Hover: mousemove (also what a tap sends as a compatibility event).
+ui.canvas.addEventListener("mousemove", (e) => {
+  if (drag && drag.moved) return;
+  state.probe = false;
+  const [x, y] = canvasPoint(e);
+  updateHover(x, y);
+});
+ui.canvas.addEventListener("click", (e) => {
+  if (lastDragMoved) {
+    lastDragMoved = false;
+    return;
+  }
+  const [x, y] = canvasPoint(e);
+  updateHover(x, y);
+});
+ui.canvas.addEventListener("mouseleave", () => {
+  if (!drag && !state.probe) hideTooltip();
+});
+
+ui.canvas.addEventListener(
+  "wheel",
+  (e) => {
+    e.preventDefault();
+    const [x, y] = canvasPoint(e);
+    const lines = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1;
+    const dz = Math.max(-1, Math.min(1, (-e.deltaY * lines) / 300));
+    zoomBy(dz, x, y);
+  },
+  { passive: false },
+);
+
+ui.canvas.addEventListener("keydown", (e) => {
+  if (e.altKey || e.ctrlKey || e.metaKey) return;
+  const step = (e.shiftKey ? 0.3 : 0.1) * Math.min(state.size.w, state.size.h);
+  let handled = true;
+  switch (e.key) {
+    case "ArrowLeft": state.probe = true; panBy(step, 0); break;
+    case "ArrowRight": state.probe = true; panBy(-step, 0); break;
+    case "ArrowUp": state.probe = true; panBy(0, step); break;
+    case "ArrowDown": state.probe = true; panBy(0, -step); break;
+    case "+": case "=": zoomBy(0.5); break;
+    case "-": case "_": zoomBy(-0.5); break;
+    case "0": case "Home": fitView(); break;
+    case "Enter": case " ": state.probe = true; probeCentre(); scheduleDraw(); break;
+    case "Escape": state.probe = false; hideTooltip(); break;
+    default: handled = false;
+  }
+  if (handled) e.preventDefault();
+});
+ui.canvas.addEventListener("blur", () => {
+  if (state.probe) {
+    state.probe = false;
+    hideTooltip();
+    scheduleDraw();
+  }
+});
+
+ui.zoomIn.addEventListener("click", () => zoomBy(1));
+ui.zoomOut.addEventListener("click", () => zoomBy(-1));
+ui.resetView.addEventListener("click", () => {
+  state.probe = false;
+  hideTooltip();
+  fitView();
+});
+
+new ResizeObserver(resizeCanvas).observe(ui.wrap);
+window.addEventListener("resize", resizeCanvas);
+
+// ------------------------------------------------------------ basemap
+
+function hostOf(url) {
+  try {
+    return new URL(url.replace(/\{[a-z]\}/g, "0")).host;
+  } catch {
+    return url;
+  }
+}
+
+function validBasemap(t) {
+  if (!t) return "";
+  if (!/^https:\/\//i.test(t)) return "the basemap URL must start with https://";
+  for (const k of ["{z}", "{x}", "{y}"]) if (!t.includes(k)) return `the basemap URL must contain ${k}`;
+  try {
+    new URL(t.replace(/\{[a-z]\}/g, "0"));
+  } catch {
+    return "the basemap URL is not a valid URL";
+  }
+  return "";
+}
+
+function setBasemap(t, save) {
+  state.basemap = t;
+  state.tiles.clear();
+  state.tileErrors = 0;
+  if (save) {
+    try {
+      if (t) localStorage.setItem(BASEMAP_KEY, t);
+      else localStorage.removeItem(BASEMAP_KEY);
+    } catch {
+      // storage disabled: the setting lasts for this page only
+    }
+  }
+  ui.attribution.textContent = t
+    ? `Values: hexflow release. Basemap tiles from ${hostOf(t)} (set in Settings; credit as its terms require).`
+    : "Values: hexflow release. No basemap (add one in Settings).";
+  scheduleDraw();
+}
+
+ui.basemapForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = ui.basemapUrl.value.trim();
+  const err = validBasemap(t);
+  if (err) {
+    setStatus(`Basemap not set: ${err}.`, "error");
+    ui.basemapUrl.setAttribute("aria-invalid", "true");
+    ui.basemapUrl.focus();
+    return;
+  }
+  ui.basemapUrl.removeAttribute("aria-invalid");
+  setBasemap(t, true);
+  setStatus(t ? `Basemap on: tiles are now requested from ${hostOf(t)}.` : "Basemap off.", "info");
+});
+ui.basemapClear.addEventListener("click", () => {
+  ui.basemapUrl.value = "";
+  ui.basemapUrl.removeAttribute("aria-invalid");
+  setBasemap("", true);
+  setStatus("Basemap off: the map makes no request outside this site.", "info");
+});
+
+function initBasemap() {
+  let t = "";
+  try {
+    t = localStorage.getItem(BASEMAP_KEY) || "";
+  } catch {
+    t = "";
+  }
+  if (validBasemap(t)) t = "";
+  ui.basemapUrl.value = t;
+  setBasemap(t, false);
+}
+
+// ------------------------------------------------------------ study area
+
+async function loadArea(dataset) {
+  const fc = await api(`/api/v1/datasets/${encodeURIComponent(dataset)}/area`);
+  const area = [];
+  const landmarks = [];
+  for (const f of fc.features || []) {
+    const p = f.properties || {};
+    const g = f.geometry;
+    if (!g) continue;
+    if (p.kind === "study-area") {
+      const polys = g.type === "MultiPolygon" ? g.coordinates : g.type === "Polygon" ? [g.coordinates] : [];
+      for (const poly of polys) area.push(poly.map((ring) => ring.map(([lon, lat]) => project(lon, lat))));
+    } else if (p.kind === "landmark" && g.type === "Point") {
+      const [u, v] = project(g.coordinates[0], g.coordinates[1]);
+      landmarks.push({ name: p.name || "", kind: p.landmark_kind, weight: Number(p.weight) || 0, u, v });
+    }
+  }
+  landmarks.sort((a, b) => b.weight - a.weight);
+  state.area = area;
+  state.landmarks = landmarks;
+  if (area.length) {
+    const box = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const poly of area) {
+      for (const [u, v] of poly[0]) {
+        box[0] = Math.min(box[0], u);
+        box[1] = Math.min(box[1], v);
+        box[2] = Math.max(box[2], u);
+        box[3] = Math.max(box[3], v);
+      }
+    }
+    state.areaBox = box;
+  }
+}
+
+// ------------------------------------------------------------ releases
+
+function releasesUrl(params) {
+  return apiUrl("/api/v1/releases", { dataset: state.ds.dataset, metric: "footfall", ...params });
+}
+
+/** First and last public footfall day at `res` and the last hourly day. */
+async function spanOf(res) {
+  if (state.spans.has(res)) return state.spans.get(res);
+  const first = await api(releasesUrl({ res, limit: 1 }));
+  const span = { total: first.total, first: null, last: null, lastHourly: null };
+  if (first.total > 0) {
+    span.first = first.releases[0].from;
+    const [last, hourly] = await Promise.all([
+      api(releasesUrl({ res, limit: 1, offset: first.total - 1 })),
+      api(releasesUrl({ res, bin: "1h", limit: 1 })),
+    ]);
+    span.last = last.releases[0] ? last.releases[0].to : span.first;
+    if (hourly.total > 0) {
+      const h = hourly.total === 1 ? hourly : await api(releasesUrl({ res, bin: "1h", limit: 1, offset: hourly.total - 1 }));
+      span.lastHourly = h.releases[0] ? h.releases[0].to : null;
+    }
+  }
+  state.spans.set(res, span);
+  return span;
+}
+
+function releaseLabel(r) {
+  return `${BIN_NAMES[r.bin] || r.bin} res ${r.res} · ${fmtWindow(r.from, r.to)}`;
+}
+
+function setDateRange(span) {
+  ui.date.min = span && span.first ? span.first : "";
+  ui.date.max = span && span.last ? span.last : "";
+}
+
+/** Reloads the release list for the chosen day and resolution. */
+async function loadReleases(preferId, preferBin) {
+  const seq = ++state.listSeq;
+  const res = Number(ui.res.value);
+  const day = ui.date.value;
+  stopPlay();
+  if (!day || !/^\d{4}-\d{2}-\d{2}$/.test(day)) {
+    setChildren(ui.release);
+    showEmpty("Choose a day to see its releases.");
+    return;
+  }
+  setStatus(`Loading the releases of ${day}…`, "info");
+  let list;
+  let span;
+  try {
+    [list, span] = await Promise.all([api(releasesUrl({ res, day, limit: 500 })), spanOf(res)]);
+  } catch (e) {
+    if (seq === state.listSeq) {
+      showError(e, "Cannot list the releases");
+      showEmpty(null);
+    }
+    return;
+  }
+  if (seq !== state.listSeq) return;
+  setDateRange(span);
+  const releases = (list.releases || [])
+    .filter((r) => r.metric === "footfall")
+    .sort((a, b) => (BIN_ORDER[a.bin] ?? 9) - (BIN_ORDER[b.bin] ?? 9) || a.from.localeCompare(b.from));
+  state.releases = releases;
+  const labels = new Map();
+  for (const r of releases) labels.set(releaseLabel(r), (labels.get(releaseLabel(r)) || 0) + 1);
+  setChildren(
+    ui.release,
+    releases.map((r) => {
+      const label = releaseLabel(r);
+      return el("option", { value: r.release_id }, labels.get(label) > 1 ? `${label} · ${r.release_id}` : label);
+    }),
+  );
+  ui.release.disabled = releases.length === 0;
+  if (!releases.length) {
+    const range = span && span.first
+      ? ` Public footfall releases at resolution ${res} cover ${fmtWindow(span.first, span.last)}.`
+      : ` There is no public footfall release at resolution ${res} yet.`;
+    setStatus(`No releases for this day: nothing public covers ${day} at resolution ${res}.${range}`, "empty");
+    showEmpty(null);
+    return;
+  }
+  const chosen =
+    releases.find((r) => r.release_id === preferId) ||
+    releases.find((r) => r.bin === "1h") ||
+    releases[0];
+  ui.release.value = chosen.release_id;
+  await selectRelease(chosen, chosen.release_id === preferId ? preferBin : undefined);
+}
+
+/** Clears the map to the study area only (no release shown). */
+function showEmpty(message) {
+  state.releaseSeq++;
+  state.binSeq++;
+  state.release = null;
+  state.meta = null;
+  state.manifest = null;
+  state.hexes = [];
+  state.features = [];
+  hooks.ready = false;
+  hooks.release = null;
+  hooks.bin = null;
+  hooks.features = [];
+  document.body.dataset.state = "empty";
+  delete document.body.dataset.bin;
+  hideTooltip();
+  ui.slider.disabled = true;
+  ui.slider.max = "0";
+  ui.slider.value = "0";
+  ui.play.disabled = true;
+  ui.binLabel.textContent = "–";
+  setChildren(ui.privacy, "–");
+  setChildren(ui.privacyDetail);
+  setChildren(ui.legendTicks);
+  setChildren(ui.topBody);
+  ui.legendUnit.textContent = "";
+  ui.legendNote.textContent = "";
+  setLinks(null);
+  ui.canvas.setAttribute("aria-label", "Map of the study area: no release shown");
+  if (message) setStatus(message, "empty");
+  drawNow();
+}
+
+/** The first bin of `release` on local day `day` (multi-day windows). */
+function firstBinOfDay(release, day) {
+  if (!day || day <= release.from || day > release.to) return 0;
+  if (release.bin === "1d") return Math.min(release.bins - 1, daysBetween(release.from, day));
+  if (release.bin === "1h") {
+    const k = Math.round((localMidnightUtc(day, state.tz) - localMidnightUtc(release.from, state.tz)) / 3600000);
+    return Math.min(release.bins - 1, Math.max(0, k));
+  }
+  return 0;
+}
+
+async function selectRelease(summary, wantedBin) {
+  const seq = ++state.releaseSeq;
+  stopPlay();
+  hideTooltip();
+  state.release = summary;
+  state.meta = null;
+  state.manifest = null;
+  hooks.ready = false;
+  hooks.release = summary;
+  hooks.bin = null;
+  document.body.dataset.state = "loading";
+  delete document.body.dataset.bin;
+  setStatus(`Loading ${releaseLabel(summary)}…`, "info");
+  const id = encodeURIComponent(summary.release_id);
+  const manifestUrl = `/api/v1/releases/${id}`;
+  renderPrivacy(summary, null);
+  let meta;
+  try {
+    [meta] = await Promise.all([
+      api(`${manifestUrl}/values?format=json&bin=0`),
+      api(manifestUrl)
+        .then((m) => {
+          if (seq === state.releaseSeq) {
+            state.manifest = m;
+            renderPrivacy(summary, m);
+          }
+        })
+        .catch(() => {
+          // The manifest only enriches the privacy line; the link stays.
+        }),
+    ]);
+  } catch (e) {
+    if (seq === state.releaseSeq) {
+      showEmpty(null);
+      showError(e, "Cannot load the release");
+      document.body.dataset.state = "error";
+    }
+    return;
+  }
+  if (seq !== state.releaseSeq) return;
+  state.meta = meta;
+  if (meta.timezone) state.tz = meta.timezone;
+  const bins = Math.max(1, summary.bins || (meta.bins ? meta.bins.length : 1));
+  ui.slider.max = String(bins - 1);
+  ui.slider.disabled = bins <= 1;
+  ui.play.disabled = bins <= 1;
+  renderLegend(meta);
+  let k = Number.isInteger(wantedBin) && wantedBin >= 0 && wantedBin < bins ? wantedBin : firstBinOfDay(summary, ui.date.value);
+  await showBin(k);
+}
+
+// ------------------------------------------------------------ bins
+
+function parseBin(fc) {
+  const hexes = [];
+  for (const f of fc.features || []) {
+    const p = f.properties || {};
+    const g = f.geometry;
+    if (!g || !p.hex_id) continue;
+    const polys = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
+    for (const poly of polys) {
+      const rings = poly.map((ring) => ring.map(([lon, lat]) => project(lon, lat)));
+      const outer = rings[0];
+      if (!outer || outer.length < 3) continue;
+      const box = [Infinity, Infinity, -Infinity, -Infinity];
+      let cu = 0;
+      let cv = 0;
+      // The closing vertex repeats the first: leave it out of the centre.
+      const n = outer.length > 3 && outer[0][0] === outer[outer.length - 1][0] && outer[0][1] === outer[outer.length - 1][1]
+        ? outer.length - 1
+        : outer.length;
+      for (let i = 0; i < outer.length; i++) {
+        const [u, v] = outer[i];
+        box[0] = Math.min(box[0], u);
+        box[1] = Math.min(box[1], v);
+        box[2] = Math.max(box[2], u);
+        box[3] = Math.max(box[3], v);
+        if (i < n) {
+          cu += u;
+          cv += v;
+        }
+      }
+      hexes.push({
+        id: String(p.hex_id),
+        value: Number(p.value),
+        ci95: Number(p.ci95),
+        low: Boolean(p.low),
+        binStart: p.bin_start,
+        rings,
+        box,
+        c: [cu / n, cv / n],
+        fill: LOW_GREY,
+      });
+    }
+  }
+  return { hexes, features: fc.features || [] };
+}
+
+function fetchBin(release, k) {
+  const key = `${release.release_id}/${k}`;
+  let p = state.binCache.get(key);
+  if (!p) {
+    p = api(`/api/v1/releases/${encodeURIComponent(release.release_id)}/values?format=geojson&bin=${k}`).then(parseBin);
+    state.binCache.set(key, p);
+    p.catch(() => state.binCache.delete(key));
+    if (state.binCache.size > 200) state.binCache.delete(state.binCache.keys().next().value);
+  }
+  return p;
+}
+
+async function showBin(k) {
+  const release = state.release;
+  if (!release) return;
+  const seq = ++state.binSeq;
+  state.bin = k;
+  ui.slider.value = String(k);
+  let data;
+  try {
+    data = await fetchBin(release, k);
+  } catch (e) {
+    if (seq === state.binSeq) {
+      stopPlay();
+      // Keep the slider on the bin that is drawn.
+      if (hooks.bin !== null && release === state.release) {
+        state.bin = hooks.bin;
+        ui.slider.value = String(hooks.bin);
+      }
+      showError(e, `Cannot load bin ${k}`);
+    }
+    return;
+  }
+  if (seq !== state.binSeq || release !== state.release) return;
+  const max = state.meta && state.meta.scale_max > 0 ? state.meta.scale_max : 1;
+  for (const hx of data.hexes) hx.fill = hx.low ? LOW_GREY : viridisCss(hx.value / max);
+  state.hexes = data.hexes;
+  state.features = data.features;
+  if (state.hover) {
+    // Keep the tooltip on the same place with the new bin's value.
+    const at = state.hoverAt;
+    state.hover = null;
+    if (state.probe) probeCentre();
+    else if (at) updateHover(at[0], at[1]);
+  }
+  drawNow();
+
+  const label = data.hexes.length ? fmtBinRange(data.hexes[0].binStart, release.bin, state.tz) : `bin ${k}`;
+  ui.binLabel.textContent = label;
+  ui.slider.setAttribute("aria-valuetext", label);
+  renderSummary(label);
+  renderTop();
+  setLinks(release, k);
+  if (!state.playing) {
+    const dropped = data.hexes.length === 0 ? " This bin has no hexes." : "";
+    setStatus(dropped, "empty");
+  }
+  hooks.release = release;
+  hooks.bin = k;
+  hooks.features = data.features;
+  hooks.ready = true;
+  document.body.dataset.state = "ready";
+  document.body.dataset.bin = String(k);
+  writeHash();
+  if (state.playing) {
+    const bins = Number(ui.slider.max) + 1;
+    fetchBin(release, (k + 1) % bins).catch(() => {});
+    schedulePlayStep();
+  }
+}
+
+// ------------------------------------------------------------ play
+
+function schedulePlayStep() {
+  clearTimeout(state.playTimer);
+  state.playTimer = setTimeout(() => {
+    if (!state.playing || !state.release) return;
+    const bins = Number(ui.slider.max) + 1;
+    showBin((state.bin + 1) % bins);
+  }, PLAY_STEP_MS);
+}
+
+function startPlay() {
+  if (!state.release || ui.play.disabled) return;
+  state.playing = true;
+  ui.play.setAttribute("aria-pressed", "true");
+  ui.playIcon.textContent = "❚❚";
+  ui.playText.textContent = "Pause";
+  setStatus("", "info");
+  schedulePlayStep();
+}
+
+function stopPlay() {
+  state.playing = false;
+  clearTimeout(state.playTimer);
+  ui.play.setAttribute("aria-pressed", "false");
+  ui.playIcon.textContent = "▶";
+  ui.playText.textContent = "Play";
+}
+
+ui.play.addEventListener("click", () => (state.playing ? stopPlay() : startPlay()));
+
+ui.slider.addEventListener("input", () => {
+  stopPlay();
+  showBin(Number(ui.slider.value));
+});
+
+// ------------------------------------------------------------ panels
+
+function renderLegend(meta) {
+  const max = meta.scale_max > 0 ? meta.scale_max : 0;
+  const digits = max >= 20 ? 0 : 1;
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => {
+    const v = f * max;
+    const text = digits ? fmtNum(v, 1) : fmtInt(Math.round(v));
+    return el("span", { class: "tick" }, f === 1 && max > 0 ? `${text}+` : text);
+  });
+  setChildren(ui.legendTicks, ticks);
+  ui.legendUnit.textContent = meta.unit || "";
+  const thr = meta.display_threshold;
+  ui.legendLowText.textContent = Number.isFinite(thr)
+    ? `below ${fmtNum(thr, 1)}: too uncertain to show (not on the scale)`
+    : "below the display threshold: too uncertain to show";
+  ui.legendNote.textContent = max > 0
+    ? `One scale for every bin of this release, so colours compare across the slider. Its top, ${fmtNum(max, 1)}, is the 99th percentile of the values shown; higher values share the top colour.`
+    : "No value of this release is above the display threshold.";
+}
+
+function mechanismText(m) {
+  const mech = String(m.mechanism || "").toLowerCase().replace(/_/g, "");
+  const place = String(m.placement || "").toLowerCase();
+  const parts = [];
+  if (mech === "gaussianzcdp") parts.push("Gaussian noise under zero-concentrated DP");
+  else if (mech === "laplacepure") parts.push("Laplace noise under pure ε-DP");
+  else if (m.mechanism) parts.push(String(m.mechanism));
+  if (place === "cell") parts.push("added to the cell counts, then spread over hexes by the public coverage weights");
+  else if (place === "hex") parts.push("added to each hex's area-weighted sum");
+  return parts.join(", ");
+}
+
+function renderPrivacy(s, m) {
+  const id = encodeURIComponent(s.release_id);
+  const pure = m && String(m.mechanism || "").toLowerCase().replace(/_/g, "") === "laplacepure";
+  const cost = pure
+    ? `ε = ${fmtEps(s.epsilon)} per day charged (pure DP)`
+    : `ρ = ${fmtRho(s.rho)} per day charged (ε = ${fmtEps(s.epsilon)} at δ = ${fmtDelta(s.delta)})`;
+  setChildren(
+    ui.privacy,
+    `${cost} · error bars are 95 % intervals · `,
+    el("a", { href: "/transparency" }, "what was spent"),
+    " · ",
+    el("a", { href: `/api/v1/releases/${id}`, target: "_blank", rel: "noopener" }, "manifest"),
+  );
+  if (!m) {
+    setChildren(ui.privacyDetail);
+    return;
+  }
+  const days = Array.isArray(m.days_charged) ? m.days_charged.length : null;
+  const b = m.bounds || {};
+  const bits = [
+    mechanismText(m),
+    days !== null ? `charged on ${days} day${days === 1 ? "" : "s"}` : null,
+    m.privacy_unit ? `unit: one ${m.privacy_unit === "device-day" ? "device over one local day" : m.privacy_unit}` : null,
+    Number.isFinite(b.max_cells_per_bin)
+      ? `bounds: ≤ ${b.max_cells_per_bin} cells per bin, ≤ ${b.max_bins_per_day} bins per day`
+      : null,
+    m.hexflow_version ? `hexflow ${m.hexflow_version}` : null,
+    m.opendp_version ? `OpenDP ${m.opendp_version}` : null,
+  ].filter(Boolean);
+  setChildren(ui.privacyDetail, `${bits.join(" · ")}.`);
+}
+
+function renderSummary(label) {
+  const shown = state.hexes.filter((h) => !h.low);
+  const low = state.hexes.length - shown.length;
+  let top = null;
+  for (const h of shown) if (!top || h.value > top.value) top = h;
+  const parts = [`Footfall map, ${label}: ${state.hexes.length} hexes`];
+  if (top) parts.push(`highest ${fmtInt(top.value)} ± ${fmtInt(Math.round(top.ci95))} ${unitText()} at hex ${top.id}`);
+  if (low) parts.push(`${low} below the display threshold`);
+  ui.canvas.setAttribute("aria-label", `${parts.join("; ")}. Details in the table of busiest hexes.`);
+}
+
+function renderTop() {
+  const rows = state.hexes
+    .filter((h) => !h.low)
+    .sort((a, b) => b.value - a.value)
+    .slice(0, 10)
+    .map((h) =>
+      el("tr", {},
+        el("td", { class: "mono" }, h.id),
+        el("td", { class: "num" }, fmtInt(h.value)),
+        el("td", { class: "num" }, `± ${fmtInt(Math.round(h.ci95))}`)));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "3" }, "No hex is above the display threshold in this bin.")));
+  setChildren(ui.topBody, rows);
+}
+
+function setLink(a, href, name) {
+  if (href) {
+    a.href = href;
+    a.removeAttribute("aria-disabled");
+    if (name !== undefined && a.hasAttribute("download")) a.setAttribute("download", name);
+  } else {
+    a.removeAttribute("href");
+    a.setAttribute("aria-disabled", "true");
+  }
+}
+
+function setLinks(release, k) {
+  if (!release) {
+    for (const a of [ui.csv, ui.geojson, ui.png, ui.tilejson, ui.allCsv, ui.manifestLink]) setLink(a, null);
+    return;
+  }
+  const base = `/api/v1/releases/${encodeURIComponent(release.release_id)}`;
+  setLink(ui.csv, `${base}/values?format=csv&bin=${k}`, `${release.release_id}-${k}.csv`);
+  setLink(ui.geojson, `${base}/values?format=geojson&bin=${k}`, `${release.release_id}-${k}.geojson`);
+  setLink(ui.png, `${base}/map.png?bin=${k}`);
+  setLink(ui.tilejson, `${base}/tilejson.json?bin=${k}`);
+  setLink(ui.allCsv, `${base}/values?format=csv`, `${release.release_id}-all.csv`);
+  setLink(ui.manifestLink, base);
+}
+
+// ------------------------------------------------------------ controls
+
+ui.form.addEventListener("submit", (e) => e.preventDefault());
+ui.date.addEventListener("change", () => loadReleases());
+ui.res.addEventListener("change", () => loadReleases());
+ui.release.addEventListener("change", () => {
+  const r = state.releases.find((x) => x.release_id === ui.release.value);
+  if (r) selectRelease(r);
+});
+
+// ------------------------------------------------------------ start
+
+/** Average H3 hexagon areas (km²) by resolution. */
+const H3_AREA_KM2 = { 5: 252.9, 6: 36.13, 7: 5.161, 8: 0.7373, 9: 0.1053, 10: 0.01504 };
+
+function resLabel(r) {
+  const a = H3_AREA_KM2[r];
+  return a ? `${r} (hexes of ~${fmtNum(a, a < 1 ? 2 : 1)} km²)` : String(r);
+}
+
+async function start() {
+  initBasemap();
+  setStatus("Loading…", "info");
+  const { dataset } = await pickDataset();
+  state.ds = dataset;
+  state.tz = dataset.timezone || "UTC";
+  showDatasetTitle(dataset);
+  const areaP = loadArea(dataset.dataset).catch((e) => showError(e, "Cannot load the study area"));
+
+  // Resolutions with public footfall releases.
+  const resolutions = Array.isArray(dataset.resolutions) ? dataset.resolutions : [];
+  const counts = await Promise.all(
+    resolutions.map((r) =>
+      api(releasesUrl({ res: r, limit: 1 })).then((x) => x.total, () => 0)),
+  );
+  const available = resolutions.filter((_, i) => counts[i] > 0);
+  await areaP;
+  state.fitted = false;
+  resizeCanvas();
+  fitView();
+  if (!available.length) {
+    setChildren(ui.res, el("option", { value: "" }, "none"));
+    ui.res.disabled = true;
+    ui.release.disabled = true;
+    showEmpty("No public footfall release is published yet: the map shows the study area only.");
+    return;
+  }
+  setChildren(ui.res, available.map((r) => el("option", { value: String(r) }, resLabel(r))));
+  const wantRes = available.includes(state.initialHash.res) ? state.initialHash.res
+    : available.includes(8) ? 8 : available[available.length - 1];
+  ui.res.value = String(wantRes);
+  const span = await spanOf(wantRes);
+  setDateRange(span);
+  ui.date.value = state.initialHash.date || span.lastHourly || span.last || "";
+  await loadReleases(state.initialHash.release, state.initialHash.bin);
+}
+
+start().catch((e) => {
+  showError(e, "Cannot start the map");
+  document.body.dataset.state = "error";
+});
+
+function stepDay(n) {
+  if (!ui.date.value) return;
+  const next = addDays(ui.date.value, n);
+  if ((ui.date.min && next < ui.date.min) || (ui.date.max && next > ui.date.max)) return;
+  ui.date.value = next;
+  loadReleases();
+}
+ui.dayPrev.addEventListener("click", () => stepDay(-1));
+ui.dayNext.addEventListener("click", () => stepDay(1));

@@ -1,0 +1,598 @@
+// The transparency page: ρ spent per day by audience against the caps
+// (from the ledger), totals, every release charged, and the privacy model
+// in plain words (from the dataset's published policy).
+
+import {
+  api, apiUrl, setStatus, showError, el, setChildren,
+  OKABE_ITO, fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, epsilonBound,
+  fmtLocalDay, fmtWindow, addDays, daysBetween, BIN_NAMES,
+  pickDataset, showDatasetTitle,
+} from "/web/common.js";
+
+const $ = (id) => document.getElementById(id);
+
+const ui = {
+  canvas: $("spend-chart"),
+  legend: $("chart-legend"),
+  readout: $("chart-readout"),
+  cards: $("totals-cards"),
+  totalsBody: $("totals-body"),
+  filter: $("audience-filter"),
+  count: $("release-count"),
+  body: $("release-body"),
+  more: $("show-more"),
+  all: $("show-all"),
+  model: $("model-body"),
+};
+
+const PAGE = 50;
+const MORE = 200;
+const EPS = 1e-9;
+/** Average H3 hexagon areas (km²) by resolution, for the plain-words text. */
+const H3_AREA_KM2 = { 5: 252.9, 6: 36.13, 7: 5.161, 8: 0.7373, 9: 0.1053, 10: 0.01504, 11: 0.002149 };
+const BIN_SPOKEN = { "1h": "one hour", "1d": "one day", "1w": "one week", "1mo": "one month" };
+
+const state = {
+  ds: null,
+  ledger: null,
+  rows: [],
+  shown: PAGE,
+  chart: null,
+  cursor: -1,
+};
+
+// ------------------------------------------------------------ chart data
+
+function chartData(ledger) {
+  const caps = ledger.audience_caps_rho_per_day || {};
+  const audiences = [...new Set([...Object.keys(caps), ...(ledger.days || []).map((d) => d.audience)])];
+  const days = (ledger.days || []).map((d) => d.day).sort();
+  if (!days.length) return { audiences, caps, days: [], series: {}, counts: {}, total: [] };
+  const first = days[0];
+  const n = daysBetween(first, days[days.length - 1]) + 1;
+  const list = Array.from({ length: n }, (_, i) => addDays(first, i));
+  const series = {};
+  const counts = {};
+  for (const a of audiences) {
+    series[a] = new Array(n).fill(0);
+    counts[a] = new Array(n).fill(0);
+  }
+  for (const d of ledger.days || []) {
+    const i = daysBetween(first, d.day);
+    if (i < 0 || i >= n) continue;
+    series[d.audience][i] += Number(d.rho_spent) || 0;
+    counts[d.audience][i] += Number(d.releases) || 0;
+  }
+  const total = list.map((_, i) => audiences.reduce((s, a) => s + series[a][i], 0));
+  return { audiences, caps, days: list, series, counts, total };
+}
+
+function colourOf(i) {
+  return OKABE_ITO[i % OKABE_ITO.length];
+}
+
+function niceStep(max, ticks = 5) {
+  const raw = max / ticks;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw) return m * p;
+  return 10 * p;
+}
+
+// ------------------------------------------------------------ chart drawing
+
+function layout(w) {
+  const narrow = w < 560;
+  return { left: narrow ? 46 : 58, right: narrow ? 12 : 150, top: 14, bottom: 46, narrow };
+}
+
+function drawChart() {
+  const c = state.chart;
+  const canvas = ui.canvas;
+  const r = canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(r.width));
+  const h = Math.max(1, Math.round(r.height));
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, w, h);
+  const font = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  ctx.font = font;
+  if (!c || !c.days.length) {
+    ctx.fillStyle = "#535b66";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.fillText("Nothing has been charged yet.", w / 2, h / 2);
+    return;
+  }
+  const L = layout(w);
+  const pw = Math.max(10, w - L.left - L.right);
+  const ph = Math.max(10, h - L.top - L.bottom);
+  const capValues = [c.datasetCap, ...c.audiences.map((a) => c.caps[a])].filter(Number.isFinite);
+  const ymax = Math.max(...capValues, ...c.total, 0.01) * 1.12;
+  const step = niceStep(ymax);
+  const n = c.days.length;
+  const X = (i) => L.left + (n === 1 ? pw / 2 : (i / (n - 1)) * pw);
+  const Y = (v) => L.top + ph - (v / ymax) * ph;
+  c.geom = { left: L.left, pw, n, X };
+
+  // Grid and y axis.
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "right";
+  for (let v = 0; v <= ymax + EPS; v += step) {
+    const y = Math.round(Y(v)) + 0.5;
+    ctx.strokeStyle = v === 0 ? "#8a929c" : "#e6e8eb";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(L.left, y);
+    ctx.lineTo(L.left + pw, y);
+    ctx.stroke();
+    ctx.fillStyle = "#3c434c";
+    ctx.fillText(fmtRho(Number(v.toFixed(6))), L.left - 6, y);
+  }
+  ctx.save();
+  ctx.translate(13, L.top + ph / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.textAlign = "center";
+  ctx.fillStyle = "#1b1f24";
+  ctx.fillText("ρ spent per day (zCDP)", 0, 0);
+  ctx.restore();
+
+  // X axis ticks.
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  ctx.fillStyle = "#3c434c";
+  const ticks = xTicks(c.days, pw);
+  let lastRight = -Infinity;
+  for (const { i, label } of ticks) {
+    const x = Math.round(X(i)) + 0.5;
+    ctx.strokeStyle = "#8a929c";
+    ctx.beginPath();
+    ctx.moveTo(x, L.top + ph);
+    ctx.lineTo(x, L.top + ph + 4);
+    ctx.stroke();
+    const tw = ctx.measureText(label).width;
+    if (x - tw / 2 > lastRight + 4 && x + tw / 2 <= w) {
+      ctx.fillText(label, x, L.top + ph + 7);
+      lastRight = x + tw / 2;
+    }
+  }
+  ctx.fillStyle = "#1b1f24";
+  ctx.fillText(`local day (${c.timezone})`, L.left + pw / 2, L.top + ph + 26);
+
+  // Caps: dashed.
+  ctx.setLineDash([6, 4]);
+  const capLabels = new Map();
+  const capLine = (v, colour, who) => {
+    if (!Number.isFinite(v)) return;
+    const y = Math.round(Y(v)) + 0.5;
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    ctx.moveTo(L.left, y);
+    ctx.lineTo(L.left + pw, y);
+    ctx.stroke();
+    const key = v.toFixed(9);
+    if (!capLabels.has(key)) capLabels.set(key, { v, who: [] });
+    capLabels.get(key).who.push(who);
+  };
+  c.audiences.forEach((a, k) => capLine(c.caps[a], colourOf(k), a));
+  capLine(c.datasetCap, "#1b1f24", "dataset");
+  ctx.setLineDash([]);
+  if (!L.narrow) {
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    ctx.fillStyle = "#1b1f24";
+    let prevY = Infinity;
+    const sorted = [...capLabels.values()].sort((a, b) => b.v - a.v);
+    for (const { v, who } of sorted) {
+      let y = Y(v);
+      if (y < prevY + 14 && prevY !== Infinity) y = prevY + 14;
+      prevY = y;
+      const label = `cap ${fmtRho(v)}: ${who.join(", ")}`;
+      fitText(ctx, label, L.left + pw + 6, y, L.right - 8);
+    }
+  }
+
+  // Lines: total (thin, dark), then each audience.
+  const line = (values, colour, width) => {
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = width;
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    values.forEach((v, i) => (i ? ctx.lineTo(X(i), Y(v)) : ctx.moveTo(X(i), Y(v))));
+    ctx.stroke();
+    if (n <= 45) {
+      ctx.fillStyle = colour;
+      values.forEach((v, i) => {
+        ctx.beginPath();
+        ctx.arc(X(i), Y(v), width + 0.5, 0, Math.PI * 2);
+        ctx.fill();
+      });
+    }
+  };
+  if (c.audiences.length > 1) line(c.total, "#1b1f24", 1.5);
+  c.audiences.forEach((a, k) => line(c.series[a], colourOf(k), 2.25));
+
+  // Cursor.
+  if (state.cursor >= 0 && state.cursor < n) {
+    const x = Math.round(X(state.cursor)) + 0.5;
+    ctx.strokeStyle = "rgba(27,31,36,0.55)";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(x, L.top);
+    ctx.lineTo(x, L.top + ph);
+    ctx.stroke();
+  }
+}
+
+function fitText(ctx, text, x, y, maxW) {
+  let t = text;
+  while (t.length > 4 && ctx.measureText(t).width > maxW) t = `${t.slice(0, -2)}…`;
+  ctx.fillText(t, x, y);
+}
+
+/** Tick positions and labels for the day axis. */
+function xTicks(days, pw) {
+  const n = days.length;
+  const out = [];
+  if (n <= 14 && pw / n > 44) {
+    days.forEach((d, i) => out.push({ i, label: shortDay(d) }));
+    return out;
+  }
+  if (n >= 60) {
+    const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let firstLabel = true;
+    days.forEach((d, i) => {
+      if (d.endsWith("-01") || i === 0) {
+        const m = months[Number(d.slice(5, 7)) - 1];
+        const label = firstLabel || d.slice(5, 7) === "01" ? `${m} ${d.slice(0, 4)}` : m;
+        if (i === 0 && !d.endsWith("-01")) {
+          out.push({ i, label: shortDay(d) });
+        } else {
+          out.push({ i, label });
+        }
+        firstLabel = false;
+      }
+    });
+    return out;
+  }
+  const every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(pw / 70))));
+  for (let i = 0; i < n; i += every) out.push({ i, label: shortDay(days[i]) });
+  return out;
+}
+
+function shortDay(d) {
+  const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  return `${Number(d.slice(8, 10))} ${months[Number(d.slice(5, 7)) - 1]}`;
+}
+
+// ------------------------------------------------------------ chart legend & readout
+
+function renderLegend(c) {
+  const items = c.audiences.map((a, k) =>
+    el("li", {},
+      el("span", { class: `key-line c${k % OKABE_ITO.length}`, "aria-hidden": "true" }),
+      el("span", { class: "label" }, `${a} (cap ${fmtRho(c.caps[a])} per day, dashed)`)));
+  if (c.audiences.length > 1) {
+    items.push(el("li", {},
+      el("span", { class: "key-line c-total", "aria-hidden": "true" }),
+      el("span", { class: "label" }, "all audiences")));
+  }
+  items.push(el("li", {},
+    el("span", { class: "key-line key-dash c-total", "aria-hidden": "true" }),
+    el("span", { class: "label" }, `dataset cap ${fmtRho(c.datasetCap)} per day (all audiences together)`)));
+  setChildren(ui.legend, items);
+}
+
+function readout(i) {
+  const c = state.chart;
+  if (!c || !c.days.length) return;
+  state.cursor = Math.max(0, Math.min(c.days.length - 1, i));
+  const k = state.cursor;
+  const day = c.days[k];
+  const parts = c.audiences.map((a) => {
+    const n = c.counts[a][k];
+    return `${a} ${fmtRho(c.series[a][k])}${n ? ` (${n} release${n === 1 ? "" : "s"})` : ""}`;
+  });
+  const date = new Date(`${day}T12:00:00Z`);
+  ui.readout.textContent =
+    `${fmtLocalDay(date, "UTC")}: ${parts.join(", ")} · total ${fmtRho(c.total[k])} of the ${fmtRho(c.datasetCap)} daily cap`;
+  drawChart();
+}
+
+ui.canvas.addEventListener("mousemove", (e) => {
+  const c = state.chart;
+  if (!c || !c.geom) return;
+  const r = ui.canvas.getBoundingClientRect();
+  const x = e.clientX - r.left;
+  const { left, pw, n } = c.geom;
+  const i = n === 1 ? 0 : Math.round(((x - left) / pw) * (n - 1));
+  readout(i);
+});
+ui.canvas.addEventListener("keydown", (e) => {
+  const c = state.chart;
+  if (!c || !c.days.length) return;
+  const n = c.days.length;
+  const cur = state.cursor < 0 ? n - 1 : state.cursor;
+  const moves = { ArrowLeft: -1, ArrowRight: 1, PageUp: -30, PageDown: 30 };
+  let next = null;
+  if (e.key in moves) next = cur + moves[e.key] * (e.shiftKey ? 7 : 1);
+  else if (e.key === "Home") next = 0;
+  else if (e.key === "End") next = n - 1;
+  if (next === null) return;
+  e.preventDefault();
+  readout(next);
+});
+ui.canvas.addEventListener("focus", () => {
+  if (state.cursor < 0 && state.chart && state.chart.days.length) readout(state.chart.days.length - 1);
+});
+
+new ResizeObserver(() => drawChart()).observe(ui.canvas);
+
+// ------------------------------------------------------------ totals
+
+function card(big, what) {
+  return el("div", { class: "card" }, el("div", { class: "big" }, big), el("div", { class: "what" }, what));
+}
+
+function renderTotals(c, ledger, rows) {
+  const delta = ledger.delta;
+  const daysWith = c.total.filter((v) => v > EPS).length;
+  let peak = 0;
+  let peakDay = null;
+  c.total.forEach((v, i) => {
+    if (v > peak + EPS) {
+      peak = v;
+      peakDay = c.days[i];
+    }
+  });
+  const atDatasetCap = c.total.filter((v) => v >= c.datasetCap - EPS).length;
+  setChildren(ui.cards, [
+    card(fmtInt(rows.length), "releases charged to the ledger"),
+    card(fmtInt(daysWith), c.days.length ? `days charged, ${fmtWindow(c.days[0], c.days[c.days.length - 1])}` : "days charged"),
+    card(
+      `ρ ${fmtRho(peak)}`,
+      peakDay
+        ? `highest day (${peakDay}), ${fmtNum((100 * peak) / c.datasetCap, 0)} % of the dataset's daily cap; ${fmtInt(atDatasetCap)} day${atDatasetCap === 1 ? "" : "s"} at the cap`
+        : "highest day",
+    ),
+    card(
+      `ρ ${fmtRho(c.datasetCap)}`,
+      `the dataset's cap per day, all audiences together (ε ≤ ${fmtEps(epsilonBound(c.datasetCap, delta))} at δ = ${fmtDelta(delta)})`,
+    ),
+  ]);
+
+  const releasesBy = {};
+  for (const r of rows) releasesBy[r.audience] = (releasesBy[r.audience] || 0) + 1;
+  const totals = ledger.total_rho_by_audience || {};
+  const trs = c.audiences.map((a) => {
+    const s = c.series[a] || [];
+    const cap = c.caps[a];
+    const charged = s.filter((v) => v > EPS).length;
+    const atCap = Number.isFinite(cap) ? s.filter((v) => v >= cap - EPS).length : 0;
+    const top = s.length ? Math.max(...s) : 0;
+    const total = Number.isFinite(totals[a]) ? totals[a] : s.reduce((x, y) => x + y, 0);
+    return el("tr", {},
+      el("th", { scope: "row" }, a),
+      el("td", { class: "num" }, Number.isFinite(cap) ? fmtRho(cap) : "–"),
+      el("td", { class: "num" }, fmtInt(charged)),
+      el("td", { class: "num" }, fmtInt(atCap)),
+      el("td", { class: "num" }, fmtRho(top)),
+      el("td", { class: "num" }, fmtNum(total, 3)),
+      el("td", { class: "num" }, fmtInt(releasesBy[a] || 0)));
+  });
+  if (!trs.length) trs.push(el("tr", {}, el("td", { colspan: "7" }, "No audience is defined.")));
+  trs.push(el("tr", {},
+    el("td", { colspan: "7", class: "muted" },
+      "The guarantee is per device-day, so what matters for anyone's privacy is the spend on each day (chart above); totals over days are for accounting.")));
+  setChildren(ui.totalsBody, trs);
+}
+
+// ------------------------------------------------------------ release table
+
+function fmtCharged(s) {
+  if (!s) return "–";
+  const d = new Date(s);
+  if (Number.isNaN(d.getTime())) return s;
+  return d.toISOString().slice(0, 16).replace("T", " ");
+}
+
+function releaseRow(r) {
+  const spec = r.spec || {};
+  const what = [
+    spec.metric || "?",
+    Number.isFinite(spec.res) ? `res ${spec.res}` : null,
+    spec.bin ? BIN_NAMES[spec.bin] || spec.bin : null,
+  ].filter(Boolean).join(" · ");
+  const isPublic = r.audience === "public" && r.state === "published";
+  const id = isPublic
+    ? el("a", { href: `/api/v1/releases/${encodeURIComponent(r.release_id)}`, class: "mono" }, r.release_id)
+    : el("span", { class: "mono", title: "not public: only its cost is shown" }, r.release_id);
+  const stateText = r.state === "charged" ? "charged, not yet published" : r.state || "–";
+  return el("tr", {},
+    el("td", {}, spec.from ? fmtWindow(spec.from, spec.to || spec.from) : "–"),
+    el("td", {}, r.audience),
+    el("td", {}, what),
+    el("td", { class: "num" }, fmtRho(Number(r.rho))),
+    el("td", { class: "num" }, r.epsilon === null || r.epsilon === undefined ? "–" : fmtEps(Number(r.epsilon))),
+    el("td", { class: "num" }, fmtInt(Number(r.days))),
+    el("td", { class: r.state === "charged" ? "state-charged" : "" }, stateText),
+    el("td", {}, fmtCharged(r.charged_at)),
+    el("td", {}, id));
+}
+
+function filteredRows() {
+  const a = ui.filter.value;
+  return a ? state.rows.filter((r) => r.audience === a) : state.rows;
+}
+
+function renderReleases() {
+  const rows = filteredRows();
+  const shown = rows.slice(0, state.shown);
+  const trs = shown.map(releaseRow);
+  if (!trs.length) trs.push(el("tr", {}, el("td", { colspan: "9" }, "No release has been charged yet.")));
+  setChildren(ui.body, trs);
+  ui.count.textContent = rows.length
+    ? `showing ${fmtInt(shown.length)} of ${fmtInt(rows.length)}`
+    : "";
+  const rest = rows.length - shown.length;
+  ui.more.hidden = rest <= 0;
+  ui.all.hidden = rest <= MORE;
+  ui.more.textContent = `Show ${fmtInt(Math.min(MORE, rest))} more`;
+  ui.all.textContent = `Show all ${fmtInt(rows.length)}`;
+}
+
+ui.more.addEventListener("click", () => {
+  const first = state.shown;
+  state.shown += MORE;
+  renderReleases();
+  focusRow(first);
+});
+ui.all.addEventListener("click", () => {
+  const first = state.shown;
+  state.shown = Infinity;
+  renderReleases();
+  focusRow(first);
+});
+ui.filter.addEventListener("change", () => {
+  state.shown = PAGE;
+  renderReleases();
+});
+
+/** Keeps keyboard users in place: focus the first newly shown row. */
+function focusRow(i) {
+  const tr = ui.body.children[i];
+  if (!tr) return;
+  tr.tabIndex = -1;
+  tr.focus();
+}
+
+// ------------------------------------------------------------ plain words
+
+function p(...children) {
+  return el("p", {}, ...children);
+}
+
+function renderModel(ds) {
+  const pr = ds.privacy || {};
+  const b = pr.bounds || {};
+  const delta = pr.delta;
+  const cap = pr.rho_per_day_cap;
+  const tz = ds.timezone || "UTC";
+  const thr = pr.display_threshold;
+  const audiences = Object.entries(ds.audiences || {});
+  const plan = Array.isArray(ds.publication) ? ds.publication : [];
+
+  const audienceItems = audiences.map(([name, a]) => {
+    const area = H3_AREA_KM2[a.finest_res];
+    return el("li", {},
+      el("strong", {}, name),
+      `: at most ρ = ${fmtRho(a.rho_per_day)} per day (ε ≤ ${fmtEps(epsilonBound(a.rho_per_day, delta))} at δ = ${fmtDelta(delta)}); `,
+      `hexes no finer than resolution ${a.finest_res}${area ? ` (about ${fmtNum(area, area < 1 ? 2 : 1)} km² each)` : ""}, `,
+      `time bins no shorter than ${BIN_SPOKEN[a.shortest_bin] || a.shortest_bin}, `,
+      `published no sooner than ${a.min_delay_days} day${a.min_delay_days === 1 ? "" : "s"} after the day they describe.`);
+  });
+  const planItems = plan.map((x) =>
+    el("li", {}, `${BIN_NAMES[x.bin] || x.bin} ${x.metric} at resolution ${x.res}: ρ = ${fmtRho(x.rho)} per day`));
+
+  const blocks = [
+    el("h3", {}, "Who is protected"),
+    p(`The unit of privacy is one device over one local day (midnight to midnight, ${tz}). `,
+      "Every guarantee below is about that unit: the published numbers would be nearly as likely ",
+      "whether or not any single device's day was in the operator's data at all. ",
+      "hexflow never sees individuals: it receives counts per radio cell and time bin that the operator already aggregated."),
+
+    el("h3", {}, "What the operator attests"),
+    p("The noise is sized from bounds the operator attests about its own counting:"),
+    el("ul", {},
+      el("li", {}, `a device is counted in at most ${b.max_cells_per_bin} cell${b.max_cells_per_bin === 1 ? "" : "s"} in any one time bin;`),
+      el("li", {}, `in at most ${b.max_bins_per_day} time bins per day;`),
+      el("li", {}, `and makes at most ${b.max_trips_per_day} counted trips per day.`)),
+    p("If the operator's data broke these bounds, the guarantee would be weaker than stated; they are part of every release's manifest."),
+
+    el("h3", {}, "What ρ and ε mean"),
+    p("hexflow uses zero-concentrated differential privacy (zCDP). ρ (rho) measures how much a release can reveal about one device-day: ",
+      "smaller is stronger, and costs add up, so two releases of ρ = 0.1 covering the same day cost 0.2 for that day. ",
+      `ε at δ = ${fmtDelta(delta)} states the same guarantee in the more common (ε, δ) form: except with a probability of at most δ, `,
+      "the chance of any published outcome changes by a factor of at most e", el("sup", {}, "ε"),
+      " whether or not a given device-day was included."),
+    p("A rough plain reading: someone who sees everything published, and knows everything else, still cannot tell with confidence whether one particular device was out and about on a given day. ",
+      `At the dataset's full daily cap, ρ = ${fmtRho(cap)} corresponds to ε ≤ ${fmtEps(epsilonBound(cap, delta))} at δ = ${fmtDelta(delta)}; `,
+      "each release shows its own, slightly tighter, ε computed by OpenDP."),
+
+    el("h3", {}, "The caps"),
+    p(`All audiences together may spend at most ρ = ${fmtRho(cap)} on any one day. `,
+      "Budget spent on a day is never refunded, so the cap holds forever. Each audience has its own cap and purpose limits:"),
+    el("ul", {}, audienceItems),
+    planItems.length ? p("The standing public releases, made for every day with data:") : null,
+    planItems.length ? el("ul", {}, planItems) : null,
+
+    el("h3", {}, "What the error bars mean"),
+    p("Every value carries random noise. The ± figure is the half-width of a 95 % interval of that noise: about 19 times in 20, ",
+      "the count before noise lies within the published value ± its error bar. ",
+      "Values are then rounded to whole numbers and clamped at 0 (a count cannot be negative), which pushes values near 0 slightly up. ",
+      Number.isFinite(thr)
+        ? `Values below the display threshold of ${fmtNum(thr, 1)} are greyed out on the map and flagged “low” in downloads: at that level the noise is as large as the value.`
+        : "Values below the display threshold are greyed out on the map and flagged “low” in downloads."),
+
+    el("h3", {}, "What hexflow refuses to do"),
+    el("ul", {},
+      el("li", {}, "No raw count ever leaves: there is no endpoint that returns the operator's counts, only noisy, post-processed values."),
+      el("li", {}, "No answer is recomputed with fresh noise: asking the same question again returns the stored answer at no cost, so noise cannot be averaged away."),
+      el("li", {}, "No release is finer than an audience's purpose limits: its finest resolution, its shortest time bin, and its delay after the day."),
+      el("li", {}, "Nothing goes beyond a day's cap: a release that would pass any day's audience cap or the dataset cap is refused before any data is read, and the charge is recorded before values are computed."),
+      el("li", {}, "The set of hexes is fixed by the grid, never by the data: a hex with nobody in it is published like any other, so its presence reveals nothing.")),
+  ];
+  setChildren(ui.model, blocks);
+}
+
+// ------------------------------------------------------------ start
+
+async function start() {
+  const { dataset } = await pickDataset();
+  state.ds = dataset;
+  showDatasetTitle(dataset);
+  renderModel(dataset);
+  const q = { dataset: dataset.dataset };
+  for (const a of document.querySelectorAll(".site-footer a[href^='/api/v1/']")) {
+    a.href = apiUrl(a.getAttribute("href").split("?")[0], q);
+  }
+  setStatus("Loading the ledger…", "info");
+  const [ledger, list] = await Promise.all([
+    api(apiUrl("/api/v1/ledger", q)),
+    api(apiUrl("/api/v1/ledger/releases", q)),
+  ]);
+  state.ledger = ledger;
+  const c = chartData(ledger);
+  c.datasetCap = Number(ledger.dataset_cap_rho_per_day);
+  c.timezone = dataset.timezone || "UTC";
+  state.chart = c;
+  renderLegend(c);
+  drawChart();
+  ui.canvas.setAttribute(
+    "aria-label",
+    c.days.length
+      ? `Chart of ρ spent per day from ${c.days[0]} to ${c.days[c.days.length - 1]} by ${c.audiences.join(", ")}; highest day total ρ ${fmtRho(Math.max(...c.total))} against a dataset cap of ${fmtRho(c.datasetCap)}.`
+      : "Chart of ρ spent per day: nothing charged yet.",
+  );
+
+  state.rows = (list.releases || []).slice().sort((a, b) =>
+    String(b.charged_at).localeCompare(String(a.charged_at)) || String(b.release_id).localeCompare(String(a.release_id)));
+  const auds = [...new Set([...c.audiences, ...state.rows.map((r) => r.audience)])];
+  setChildren(ui.filter, el("option", { value: "" }, "all"), auds.map((a) => el("option", { value: a }, a)));
+  renderTotals(c, ledger, state.rows);
+  renderReleases();
+  setStatus(c.days.length ? "" : "Nothing has been charged to the ledger yet.", "empty");
+  document.body.dataset.state = "ready";
+}
+
+start().catch((e) => {
+  showError(e, "Cannot load the transparency data");
+  document.body.dataset.state = "error";
+});
