@@ -105,8 +105,11 @@ pub enum Command {
         #[arg(long, value_enum)]
         metric: MetricArg,
         /// H3 resolution of the hexes (footfall) or zones (flows, ≤ 7).
+        #[arg(long, required_unless_present = "zones", conflicts_with = "zones")]
+        res: Option<u8>,
+        /// Key the values by the grid's named zones (zones.geojson) instead of hexes.
         #[arg(long)]
-        res: u8,
+        zones: bool,
         /// Output bin: 1h, 1d, 1w or 1mo.
         #[arg(long)]
         bin: crate::privacy::Bin,
@@ -361,6 +364,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             audience,
             metric,
             res,
+            zones,
             bin,
             from,
             to,
@@ -378,7 +382,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 dataset: policy.dataset().to_string(),
                 audience,
                 metric: metric.into(),
-                res,
+                unit: if zones {
+                    crate::release::Unit::Zone
+                } else {
+                    crate::release::Unit::Hex
+                },
+                res: res.unwrap_or(0),
                 bin,
                 from,
                 to,

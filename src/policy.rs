@@ -90,6 +90,10 @@ pub struct AudienceSpec {
 #[serde(deny_unknown_fields)]
 pub struct StandingRelease {
     pub metric: crate::store::Metric,
+    /// Hexes (default) or the grid's named zones (then `res = 0`).
+    #[serde(default)]
+    pub unit: crate::release::Unit,
+    #[serde(default)]
     pub res: u8,
     pub bin: crate::privacy::Bin,
     pub rho: f64,

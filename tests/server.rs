@@ -780,3 +780,68 @@ fn no_route_reads_the_count_store() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_releases_are_keyed_by_the_grids_named_zones() {
+    let f = build();
+    let state = state(&f.data, &[]);
+    let planner = token(&f.data, "tourism-office", Role::Planner);
+    let spec = json!({"dataset": "tiny", "metric": "footfall", "unit": "zone", "bin": "1d",
+                      "from": "2025-03-03", "to": "2025-03-05", "rho": 0.05});
+    let a = post_json(&state, "/api/v1/queries", Some(&planner), &spec).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    let id = a.json()["release_id"].as_str().expect("id").to_string();
+    let auth = format!("Bearer {planner}");
+    let v = get_with(
+        &state,
+        &format!("/api/v1/releases/{id}/values"),
+        header::AUTHORIZATION,
+        &auth,
+    )
+    .await;
+    assert_eq!(v.status, StatusCode::OK, "{}", v.text());
+    let rows = v.json()["rows"].as_array().expect("rows").clone();
+    assert_eq!(rows.len(), 2 * 3, "two zones × three days");
+    let zones: BTreeSet<&str> = rows.iter().map(|r| r["zone_id"].as_str().expect("zone")).collect();
+    assert_eq!(zones, BTreeSet::from(["E", "W"]));
+    let g = get_with(
+        &state,
+        &format!("/api/v1/releases/{id}/values?format=geojson&bin=0"),
+        header::AUTHORIZATION,
+        &auth,
+    )
+    .await
+    .json();
+    assert_eq!(g["features"][0]["geometry"]["type"], "MultiPolygon");
+    // Flows between the zones: 2 × 2 pairs per day.
+    let mut flows = spec.clone();
+    flows["metric"] = json!("flows");
+    let fl = post_json(&state, "/api/v1/queries", Some(&planner), &flows).await;
+    assert_eq!(fl.status, StatusCode::CREATED, "{}", fl.text());
+    let fid = fl.json()["release_id"].as_str().expect("id").to_string();
+    let csv = get_with(
+        &state,
+        &format!("/api/v1/releases/{fid}/values?format=csv&bin=0"),
+        header::AUTHORIZATION,
+        &auth,
+    )
+    .await
+    .text();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "origin,dest,bin_start,value,ci95,low");
+    assert_eq!(lines.len(), 5);
+    // A resolution with zones is a contradiction, said so.
+    let mut both = spec.clone();
+    both["res"] = json!(8);
+    let d = post_json(&state, "/api/v1/queries", Some(&planner), &both).await;
+    assert!(d.problem(StatusCode::UNPROCESSABLE_ENTITY).contains("res 0"));
+    // Maps are for hexes.
+    get_with(
+        &state,
+        &format!("/api/v1/releases/{id}/map.png"),
+        header::AUTHORIZATION,
+        &auth,
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY);
+}

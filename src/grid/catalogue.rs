@@ -246,7 +246,7 @@ pub fn read_landmarks(path: &Path) -> Result<Vec<Landmark>, GridError> {
         .collect()
 }
 
-fn read_geojson(path: &Path) -> Result<geojson::GeoJson, GridError> {
+pub(crate) fn read_geojson(path: &Path) -> Result<geojson::GeoJson, GridError> {
     let text = std::fs::read_to_string(path).map_err(|e| GridError::io(path, e))?;
     text.parse::<geojson::GeoJson>().map_err(|e| GridError::InvalidFile {
         path: path.to_path_buf(),
@@ -254,7 +254,11 @@ fn read_geojson(path: &Path) -> Result<geojson::GeoJson, GridError> {
     })
 }
 
-fn to_multi_polygon(path: &Path, what: &str, geometry: &geojson::Geometry) -> Result<MultiPolygon<f64>, GridError> {
+pub(crate) fn to_multi_polygon(
+    path: &Path,
+    what: &str,
+    geometry: &geojson::Geometry,
+) -> Result<MultiPolygon<f64>, GridError> {
     let g: geo::Geometry<f64> = geometry.clone().try_into().map_err(|e| GridError::InvalidFile {
         path: path.to_path_buf(),
         reason: format!("{what}: {e}"),

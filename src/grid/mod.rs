@@ -19,6 +19,7 @@ pub mod coverage;
 pub mod generate;
 pub mod projection;
 pub mod weights;
+pub mod zones;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ pub struct Grid {
     /// Explicit coverage polygons by cell id (degrees).
     pub coverage_overrides: HashMap<String, MultiPolygon<f64>>,
     pub landmarks: Vec<Landmark>,
+    /// Named zones from `zones.geojson` (empty when the grid has none).
+    pub zones: Vec<zones::Zone>,
 }
 
 impl Grid {
@@ -150,6 +153,12 @@ impl Grid {
         } else {
             HashMap::new()
         };
+        let zones_path = dir.join("zones.geojson");
+        let zones = if zones_path.exists() {
+            zones::read_zones(&zones_path)?
+        } else {
+            Vec::new()
+        };
         let landmarks_path = dir.join("landmarks.csv");
         let landmarks = if landmarks_path.exists() {
             catalogue::read_landmarks(&landmarks_path)?
@@ -164,6 +173,7 @@ impl Grid {
             area,
             coverage_overrides,
             landmarks,
+            zones,
         })
     }
 

@@ -460,6 +460,7 @@ mod tests {
             area,
             coverage_overrides: HashMap::new(),
             landmarks: Vec::new(),
+            zones: Vec::new(),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::privacy::mechanism::{self, Calibrated, MechanismError};
 use crate::privacy::sensitivity::{self, Placement, Sensitivity};
 use crate::store::{CountStore, Metric, StoreError};
 use crate::{table, util};
-pub use spec::{ReleaseSpec, SpecError};
+pub use spec::{ReleaseSpec, SpecError, Unit};
 
 /// OpenDP version the mechanisms come from (stated in every manifest).
 pub const OPENDP_VERSION: &str = "0.16.0";
@@ -63,6 +63,8 @@ pub enum ReleaseError {
     PublishedButMissing { id: String, dir: PathBuf },
     #[error("release {id} was charged {charged} ρ but now needs {needed} ρ; the policy or grid changed under it")]
     ChargeMismatch { id: String, charged: f64, needed: f64 },
+    #[error("grid {grid} defines no zones (zones.geojson); use hexes")]
+    NoZones { grid: String },
     #[error(
         "the release would hold {values} values; at most {} per release (use a coarser resolution or bin, or a shorter window)",
         spec::MAX_VALUES
@@ -139,13 +141,21 @@ pub struct Releaser {
     grid_key: String,
     /// W per resolution, loaded once per process: `publish` makes a release
     /// per day and must not re-read the cache for each.
-    weights: std::sync::Mutex<HashMap<u8, std::sync::Arc<Weights>>>,
+    weights: std::sync::Mutex<HashMap<Option<u8>, std::sync::Arc<Weights>>>,
 }
 
-/// W with its rows grouped by cell (both used by every release).
+/// W onto the keys of a release (the hexes of one resolution, or the
+/// grid's zones), with its rows grouped by cell (both used by every release).
 pub struct Weights {
-    pub matrix: WeightMatrix,
+    pub cell_ids: Vec<String>,
+    /// Key labels: 15-character H3 ids or zone ids; `entries[i].hex` indexes them.
+    pub keys: Vec<String>,
+    /// `hex_id` or `zone_id`: the key column of footfall values.
+    pub key_column: &'static str,
+    pub entries: Vec<crate::grid::weights::WeightEntry>,
     pub rows: HashMap<u32, Vec<crate::grid::weights::WeightEntry>>,
+    /// The H3 cells of the keys (empty for zones).
+    pub hexes: Vec<h3o::CellIndex>,
 }
 
 /// The output bins of a release window and the instant the window ends.
@@ -213,16 +223,52 @@ impl Releaser {
 
     /// W at `res`, from this process's memo or the cache.
     pub fn weights(&self, res: u8) -> Result<std::sync::Arc<Weights>, ReleaseError> {
+        self.weights_for(Unit::Hex, res)
+    }
+
+    /// W onto hexes of `res` or onto the grid's zones.
+    pub fn weights_for(&self, unit: Unit, res: u8) -> Result<std::sync::Arc<Weights>, ReleaseError> {
+        let key = (unit == Unit::Hex).then_some(res);
         let mut memo = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(w) = memo.get(&res) {
+        if let Some(w) = memo.get(&key) {
             return Ok(w.clone());
         }
-        let (matrix, _) = WeightMatrix::load_or_build(&self.grid, res, &self.data_dir)?;
-        let w = std::sync::Arc::new(Weights {
-            rows: matrix.rows(),
-            matrix,
-        });
-        memo.insert(res, w.clone());
+        let cell_ids: Vec<String> = self.grid.cells.iter().map(|c| c.cell_id.clone()).collect();
+        let w = match unit {
+            Unit::Hex => {
+                let (m, _) = WeightMatrix::load_or_build(&self.grid, res, &self.data_dir)?;
+                Weights {
+                    rows: m.rows(),
+                    keys: m.hexes.iter().map(|h| h.to_string()).collect(),
+                    key_column: "hex_id",
+                    cell_ids: m.cell_ids,
+                    entries: m.entries,
+                    hexes: m.hexes,
+                }
+            }
+            Unit::Zone => {
+                if self.grid.zones.is_empty() {
+                    return Err(ReleaseError::NoZones {
+                        grid: self.grid.name().to_string(),
+                    });
+                }
+                let (keys, entries) = crate::grid::zones::zone_weights(&self.grid)?;
+                let mut rows: HashMap<u32, Vec<crate::grid::weights::WeightEntry>> = HashMap::new();
+                for e in &entries {
+                    rows.entry(e.cell).or_default().push(*e);
+                }
+                Weights {
+                    cell_ids,
+                    keys,
+                    key_column: "zone_id",
+                    entries,
+                    rows,
+                    hexes: Vec::new(),
+                }
+            }
+        };
+        let w = std::sync::Arc::new(w);
+        memo.insert(key, w.clone());
         Ok(w)
     }
 
@@ -245,11 +291,18 @@ impl Releaser {
     #[tracing::instrument(skip_all, fields(dataset = %spec.dataset, metric = %spec.metric, res = spec.res))]
     pub fn release(&self, spec: &ReleaseSpec, today: NaiveDate) -> Result<Outcome, ReleaseError> {
         spec.check(&self.policy, today)?;
-        let context = format!(
+        let mut context = format!(
             "{}|{}",
             serde_json::to_string(&self.policy.spec.privacy.bounds()).unwrap_or_default(),
             self.grid_key
         );
+        if spec.unit == Unit::Zone {
+            // Zone weights also depend on the zones' geometry.
+            let zones = self.grid.dir.join("zones.geojson");
+            let hash = util::sha256_file(&zones).map_err(|source| ReleaseError::Io { path: zones, source })?;
+            context.push('|');
+            context.push_str(&hash);
+        }
         let id = spec.release_id(&context);
         let dir = self.dir(&id);
         if let Some(manifest) = self.stored(&id) {
@@ -265,14 +318,16 @@ impl Releaser {
                 manifest,
             });
         }
-        self.grid.resolution(spec.res)?;
-        let weights = self.weights(spec.res)?;
-        let w = &weights.matrix;
+        if spec.unit == Unit::Hex {
+            self.grid.resolution(spec.res)?;
+        }
+        let weights = self.weights_for(spec.unit, spec.res)?;
+        let n_keys = weights.keys.len();
         let window = window(&self.grid, spec.bin, spec.from, spec.to);
         let bins = &window.bins;
         let n_keys = match spec.metric {
-            Metric::Footfall => w.hexes.len(),
-            Metric::Flows => w.hexes.len() * w.hexes.len(),
+            Metric::Footfall => n_keys,
+            Metric::Flows => n_keys * n_keys,
         };
         let values = n_keys * bins.len();
         if values > spec::MAX_VALUES {
@@ -298,7 +353,7 @@ impl Releaser {
             .values()
             .map(|r| r.iter().map(|e| e.weight * e.weight).sum::<f64>().sqrt())
             .fold(0.0, f64::max);
-        let sum_w2: f64 = w.entries.iter().map(|e| e.weight * e.weight).sum();
+        let sum_w2: f64 = weights.entries.iter().map(|e| e.weight * e.weight).sum();
         let per_bin = spec.bin.max_operator_bins(self.grid.spec.bin_len_s);
         let (placement, calibrated, sens, expected) = match spec.metric {
             Metric::Footfall => {
@@ -307,7 +362,7 @@ impl Releaser {
                 let cell = mechanism::calibrate(spec.budget, &s_cell)?;
                 let hex = mechanism::calibrate(spec.budget, &s_hex)?;
                 let cell_err = bins.len() as f64 * cell.noise_sd().powi(2) * sum_w2;
-                let hex_err = bins.len() as f64 * hex.noise_sd().powi(2) * w.hexes.len() as f64;
+                let hex_err = bins.len() as f64 * hex.noise_sd().powi(2) * n_keys as f64;
                 let e = ExpectedError {
                     cell: Some(cell_err),
                     hex: hex_err,
@@ -374,7 +429,7 @@ impl Releaser {
         let manifest = self.write(
             spec,
             &id,
-            w,
+            &weights,
             bins,
             (placement, sens),
             &calibrated,
@@ -414,7 +469,7 @@ impl Releaser {
         c: &Calibrated,
     ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
-        let (w, rows) = (&weights.matrix, &weights.rows);
+        let (w, rows) = (weights, &weights.rows);
         let n_cells = w.cell_ids.len();
         let mut counts = vec![0i64; n_cells * bins.len()];
         let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
@@ -434,7 +489,7 @@ impl Releaser {
                 }
             }
         }
-        let n_hex = w.hexes.len();
+        let n_hex = w.keys.len();
         let mut values = vec![0.0f64; n_hex * bins.len()];
         let mut ci95 = vec![c.ci95(); n_hex * bins.len()];
         match placement {
@@ -491,14 +546,14 @@ impl Releaser {
         c: &Calibrated,
     ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
-        let (w, rows) = (&weights.matrix, &weights.rows);
+        let (w, rows) = (weights, &weights.rows);
         let cell_pos: HashMap<&str, u32> = w
             .cell_ids
             .iter()
             .enumerate()
             .map(|(i, c)| (c.as_str(), i as u32))
             .collect();
-        let n_z = w.hexes.len();
+        let n_z = w.keys.len();
         let mut sums = vec![0.0f64; n_z * n_z * bins.len()];
         let perr = polars_err(store);
         if let Some((df, times)) = read_window(store, catalog, Metric::Flows, spec)? {
@@ -539,7 +594,7 @@ impl Releaser {
         &self,
         spec: &ReleaseSpec,
         id: &str,
-        w: &WeightMatrix,
+        w: &Weights,
         bins: &[DateTime<Utc>],
         (placement, sens): (Placement, Sensitivity),
         c: &Calibrated,
@@ -564,7 +619,7 @@ impl Releaser {
         // On any failure below, no second copy of noisy values may stay
         // behind: the guard deletes the temporary folder unless disarmed.
         let mut guard = TmpGuard(Some(tmp.clone()));
-        let hex_ids: Vec<String> = w.hexes.iter().map(|h| h.to_string()).collect();
+        let hex_ids = &w.keys;
         let n = noisy.len();
         let micros: Vec<i64> = bins.iter().map(|b| b.timestamp_micros()).collect();
         let (keys_per_bin, key_cols): (usize, Vec<Column>) = match spec.metric {
@@ -573,7 +628,7 @@ impl Releaser {
                 (
                     k,
                     vec![Column::new(
-                        "hex_id".into(),
+                        w.key_column.into(),
                         (0..n).map(|i| hex_ids[i % k].as_str()).collect::<Vec<_>>(),
                     )],
                 )

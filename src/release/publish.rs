@@ -68,6 +68,7 @@ pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, Re
                 dataset: releaser.policy.dataset().to_string(),
                 audience: "public".into(),
                 metric: plan.metric,
+                unit: plan.unit,
                 res: plan.res,
                 bin: plan.bin,
                 from,

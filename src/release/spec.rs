@@ -21,12 +21,34 @@ pub struct ReleaseSpec {
     pub dataset: String,
     pub audience: String,
     pub metric: Metric,
-    /// H3 resolution of the hexes (footfall) or of the zones (flows, ≤ 7).
+    /// H3 hexes (the default, left out of the canonical JSON so ids of hex
+    /// releases never change) or the grid's named zones.
+    #[serde(default, skip_serializing_if = "Unit::is_hex")]
+    pub unit: Unit,
+    /// H3 resolution of the hexes (footfall) or of the zones (flows, ≤ 7);
+    /// 0 for named zones.
     pub res: u8,
     pub bin: Bin,
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub budget: Budget,
+}
+
+/// What a release's values are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// H3 cells of the spec's resolution.
+    #[default]
+    Hex,
+    /// The grid's named zones (`zones.geojson`, e.g. arrondissements).
+    Zone,
+}
+
+impl Unit {
+    pub fn is_hex(&self) -> bool {
+        *self == Unit::Hex
+    }
 }
 
 /// Why a release is refused before any data is touched.
@@ -63,6 +85,8 @@ pub enum SpecError {
     },
     #[error("flows are released between zones of resolution 7 or coarser (asked {0})")]
     FlowZonesTooFine(u8),
+    #[error("zone releases have no H3 resolution: give res 0 (asked {0})")]
+    ZoneWithResolution(u8),
     #[error("the budget must be a positive number (got {0})")]
     BadBudget(f64),
     #[error("the spec names dataset {spec:?} but the policy is for {policy:?}")]
@@ -144,10 +168,14 @@ impl ReleaseSpec {
             }
             _ => {}
         }
-        if self.metric == Metric::Flows && self.res > 7 {
+        if self.unit == Unit::Zone && self.res != 0 {
+            return Err(SpecError::ZoneWithResolution(self.res));
+        }
+        if self.unit == Unit::Hex && self.metric == Metric::Flows && self.res > 7 {
             return Err(SpecError::FlowZonesTooFine(self.res));
         }
-        if self.res > a.finest_res {
+        // Named zones are districts, coarser than any hex an audience may see.
+        if self.unit == Unit::Hex && self.res > a.finest_res {
             return Err(SpecError::TooFine {
                 audience: self.audience.clone(),
                 finest: a.finest_res,

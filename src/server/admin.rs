@@ -83,6 +83,9 @@ pub async fn may_read(state: &AppState, headers: &HeaderMap, audience: &str) -> 
 pub struct QueryBody {
     dataset: String,
     metric: Metric,
+    #[serde(default)]
+    unit: crate::release::Unit,
+    #[serde(default)]
     res: u8,
     bin: crate::privacy::Bin,
     from: NaiveDate,
@@ -125,6 +128,7 @@ pub async fn query(
         dataset: q.dataset,
         audience: "planners".into(),
         metric: q.metric,
+        unit: q.unit,
         res: q.res,
         bin: q.bin,
         from: q.from,
@@ -137,11 +141,13 @@ pub async fn query(
         let today = r.today();
         // Purpose limits and size before anything is charged.
         spec.check(&r.policy, today).map_err(|e| release_problem(e.into()))?;
-        r.grid.resolution(spec.res).map_err(|e| release_problem(e.into()))?;
-        let w = r.weights(spec.res).map_err(release_problem)?;
+        if spec.unit == crate::release::Unit::Hex {
+            r.grid.resolution(spec.res).map_err(|e| release_problem(e.into()))?;
+        }
+        let w = r.weights_for(spec.unit, spec.res).map_err(release_problem)?;
         let keys = match spec.metric {
-            Metric::Footfall => w.matrix.hexes.len(),
-            Metric::Flows => w.matrix.hexes.len().pow(2),
+            Metric::Footfall => w.keys.len(),
+            Metric::Flows => w.keys.len().pow(2),
         };
         let values = keys * crate::release::window(&r.grid, spec.bin, spec.from, spec.to).bins.len();
         if values > MAX_QUERY_VALUES {

@@ -11,7 +11,7 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use super::Problem;
-use crate::release::Manifest;
+use crate::release::{Manifest, Unit};
 use crate::store::Metric;
 
 /// What the release list shows of a release.
@@ -119,11 +119,14 @@ impl ReleaseIndex {
     }
 }
 
-/// The key of a value: a hex (footfall) or a zone pair (flows).
+/// The key of a value: a hex or a named zone (footfall), or a pair of
+/// hex-zones or named zones (flows). Named zones index `ReleaseData::zone_ids`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
     Hex(CellIndex),
     Pair(CellIndex, CellIndex),
+    Zone(u32),
+    ZonePair(u32, u32),
 }
 
 /// A release's values in memory, bin-major (`value[b * keys + k]`).
@@ -131,6 +134,8 @@ pub struct ReleaseData {
     pub manifest: Manifest,
     pub bins: Vec<DateTime<Utc>>,
     pub keys: Vec<Key>,
+    /// Ids of the named zones of a zone release (empty otherwise).
+    pub zone_ids: Vec<String>,
     pub value: Vec<i64>,
     pub ci95: Vec<f64>,
     pub low: Vec<bool>,
@@ -178,13 +183,34 @@ impl ReleaseData {
                 })
                 .collect()
         };
-        let keys: Vec<Key> = match manifest.spec.metric {
-            Metric::Footfall => hex("hex_id")?.into_iter().map(Key::Hex).collect(),
-            Metric::Flows => hex("origin")?
+        let text = |name: &str| -> Result<Vec<String>, Problem> {
+            let col = df.column(name).map_err(p)?.str().map_err(p)?;
+            col.iter()
+                .take(k)
+                .map(|s| s.map(str::to_string).ok_or_else(|| corrupt(format!("empty {name}"))))
+                .collect()
+        };
+        let mut zone_ids = Vec::new();
+        let keys: Vec<Key> = match (manifest.spec.metric, manifest.spec.unit) {
+            (Metric::Footfall, Unit::Hex) => hex("hex_id")?.into_iter().map(Key::Hex).collect(),
+            (Metric::Flows, Unit::Hex) => hex("origin")?
                 .into_iter()
                 .zip(hex("dest")?)
                 .map(|(o, d)| Key::Pair(o, d))
                 .collect(),
+            (Metric::Footfall, Unit::Zone) => {
+                zone_ids = text("zone_id")?;
+                (0..zone_ids.len() as u32).map(Key::Zone).collect()
+            }
+            (Metric::Flows, Unit::Zone) => {
+                // Pairs are origin-major: the first z rows list every dest.
+                let z = (k as f64).sqrt().round() as usize;
+                let dest = text("dest")?;
+                zone_ids = dest[..z.min(dest.len())].to_vec();
+                (0..k as u32)
+                    .map(|i| Key::ZonePair(i / z as u32, i % z as u32))
+                    .collect()
+            }
         };
         let starts = df
             .column("bin_start")
@@ -238,6 +264,7 @@ impl ReleaseData {
             let cells: &[CellIndex] = match key {
                 Key::Hex(h) => std::slice::from_ref(h),
                 Key::Pair(o, _) => std::slice::from_ref(o),
+                Key::Zone(_) | Key::ZonePair(..) => &[],
             };
             for c in cells {
                 boundaries
@@ -249,6 +276,7 @@ impl ReleaseData {
             manifest,
             bins,
             keys,
+            zone_ids,
             value,
             ci95,
             low,

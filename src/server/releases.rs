@@ -243,6 +243,7 @@ pub async fn values(
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
     let data = load(&state, &headers, &id).await?;
+    let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let bin = bin_index(&data, q.bin)?;
     let format = q.format.unwrap_or_default();
     let range = match bin {
@@ -274,7 +275,7 @@ pub async fn values(
         || match format {
             Format::Json => values_json(&data, range),
             Format::Csv => Ok(values_csv(&data, range)),
-            Format::Geojson => values_geojson(&data, range),
+            Format::Geojson => values_geojson(&data, &ds.releaser.grid, range),
             Format::Parquet => values_parquet(&data, range),
         },
     );
@@ -287,10 +288,13 @@ pub async fn values(
     Ok(resp)
 }
 
-fn key_fields(key: Key) -> Vec<(&'static str, String)> {
+fn key_fields(data: &ReleaseData, key: Key) -> Vec<(&'static str, String)> {
+    let zone = |i: u32| data.zone_ids.get(i as usize).cloned().unwrap_or_default();
     match key {
         Key::Hex(h) => vec![("hex_id", h.to_string())],
         Key::Pair(o, d) => vec![("origin", o.to_string()), ("dest", d.to_string())],
+        Key::Zone(z) => vec![("zone_id", zone(z))],
+        Key::ZonePair(o, d) => vec![("origin", zone(o)), ("dest", zone(d))],
     }
 }
 
@@ -298,7 +302,7 @@ fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
     let k = data.keys.len();
     let mut row = serde_json::Map::new();
     row.insert("bin_start".into(), json!(data.bins[i / k]));
-    for (name, v) in key_fields(data.keys[i % k]) {
+    for (name, v) in key_fields(data, data.keys[i % k]) {
         row.insert(name.into(), json!(v));
     }
     row.insert("value".into(), json!(data.value[i]));
@@ -327,13 +331,14 @@ fn values_json(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<
 
 fn values_csv(data: &ReleaseData, range: std::ops::Range<usize>) -> Vec<u8> {
     let k = data.keys.len();
-    let header = match data.keys.first() {
-        Some(Key::Pair(..)) => "origin,dest",
-        _ => "hex_id",
-    };
-    let mut out = format!("{header},bin_start,value,ci95,low\n");
+    let header: Vec<&str> = data
+        .keys
+        .first()
+        .map(|key| key_fields(data, *key).into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    let mut out = format!("{},bin_start,value,ci95,low\n", header.join(","));
     for i in range {
-        let key: Vec<String> = key_fields(data.keys[i % k]).into_iter().map(|(_, v)| v).collect();
+        let key: Vec<String> = key_fields(data, data.keys[i % k]).into_iter().map(|(_, v)| v).collect();
         out.push_str(&format!(
             "{},{},{},{},{}\n",
             key.join(","),
@@ -360,13 +365,46 @@ fn centre(c: CellIndex) -> [f64; 2] {
     [ll.lng(), ll.lat()]
 }
 
-fn values_geojson(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
+/// GeoJSON geometry of a named zone, and its centroid.
+fn zone_geometry(grid: &crate::grid::Grid, id: &str) -> (Value, [f64; 2]) {
+    use geo::Centroid;
+    let Some(z) = grid.zones.iter().find(|z| z.id == id) else {
+        return (Value::Null, [0.0, 0.0]);
+    };
+    let polys: Vec<Value> = z
+        .area
+        .0
+        .iter()
+        .map(|p| {
+            let ring = |r: &geo::LineString<f64>| r.points().map(|p| json!([p.x(), p.y()])).collect::<Vec<_>>();
+            let mut rings = vec![ring(p.exterior())];
+            rings.extend(p.interiors().iter().map(ring));
+            json!(rings)
+        })
+        .collect();
+    let c = z.area.centroid().map(|c| [c.x(), c.y()]).unwrap_or([0.0, 0.0]);
+    (json!({"type": "MultiPolygon", "coordinates": polys}), c)
+}
+
+fn values_geojson(
+    data: &ReleaseData,
+    grid: &crate::grid::Grid,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<u8>, Problem> {
     let k = data.keys.len();
+    let zones: HashMap<&str, (Value, [f64; 2])> = data
+        .zone_ids
+        .iter()
+        .map(|id| (id.as_str(), zone_geometry(grid, id)))
+        .collect();
+    let zone = |i: u32| &zones[data.zone_ids[i as usize].as_str()];
     let features: Vec<Value> = range
         .map(|i| {
             let geometry = match data.keys[i % k] {
                 Key::Hex(h) => json!({"type": "Polygon", "coordinates": [ring(&data.boundaries[&h])]}),
                 Key::Pair(o, d) => json!({"type": "LineString", "coordinates": [centre(o), centre(d)]}),
+                Key::Zone(z) => zone(z).0.clone(),
+                Key::ZonePair(o, d) => json!({"type": "LineString", "coordinates": [zone(o).1, zone(d).1]}),
             };
             json!({"type": "Feature", "geometry": geometry, "properties": row_json(data, i)})
         })
@@ -378,29 +416,22 @@ fn values_geojson(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<V
 fn values_parquet(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
     let k = data.keys.len();
     let err = |e: PolarsError| Problem::internal("values", e);
-    let mut cols: Vec<Column> = Vec::new();
-    match data.keys.first() {
-        Some(Key::Pair(..)) => {
-            let (o, d): (Vec<String>, Vec<String>) = range
-                .clone()
-                .map(|i| match data.keys[i % k] {
-                    Key::Pair(o, d) => (o.to_string(), d.to_string()),
-                    Key::Hex(h) => (h.to_string(), h.to_string()),
-                })
-                .unzip();
-            cols.push(Column::new("origin".into(), o));
-            cols.push(Column::new("dest".into(), d));
+    let names: Vec<&str> = data
+        .keys
+        .first()
+        .map(|key| key_fields(data, *key).into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    let mut key_cols: Vec<Vec<String>> = vec![Vec::with_capacity(range.len()); names.len()];
+    for i in range.clone() {
+        for (c, (_, v)) in key_fields(data, data.keys[i % k]).into_iter().enumerate() {
+            key_cols[c].push(v);
         }
-        _ => cols.push(Column::new(
-            "hex_id".into(),
-            range
-                .clone()
-                .map(|i| match data.keys[i % k] {
-                    Key::Hex(h) | Key::Pair(h, _) => h.to_string(),
-                })
-                .collect::<Vec<_>>(),
-        )),
     }
+    let mut cols: Vec<Column> = names
+        .iter()
+        .zip(key_cols)
+        .map(|(n, v)| Column::new((*n).into(), v))
+        .collect();
     cols.push(
         Int64Chunked::from_vec(
             "bin_start".into(),
@@ -437,11 +468,11 @@ pub async fn series(
     let (Path(id), Query(q)) = (path?, q?);
     let data = load(&state, &headers, &id).await?;
     let m = &data.manifest;
-    if m.spec.metric != Metric::Footfall {
+    if m.spec.metric != Metric::Footfall || !m.spec.unit.is_hex() {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "not a footfall release",
-            "series add hex values; this is a flows release (use /values for zone pairs)",
+            "not a hex footfall release",
+            "series add hex values; this release is keyed by zones or zone pairs (use /values)",
         ));
     }
     let asked: Vec<&str> = q.hex.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -457,7 +488,7 @@ pub async fn series(
         .enumerate()
         .filter_map(|(i, k)| match k {
             Key::Hex(h) => Some((*h, i)),
-            Key::Pair(..) => None,
+            _ => None,
         })
         .collect();
     let mut set: Vec<(CellIndex, usize)> = Vec::new();
@@ -498,8 +529,8 @@ pub async fn series(
             let per_bin = blocking(move || {
                 let w = ds.releaser.weights(res).map_err(|e| Problem::internal("weights", e))?;
                 let mut by_cell: HashMap<u32, f64> = HashMap::new();
-                for e in &w.matrix.entries {
-                    if hexes.contains(&w.matrix.hexes[e.hex as usize]) {
+                for e in &w.entries {
+                    if hexes.contains(&w.hexes[e.hex as usize]) {
                         *by_cell.entry(e.cell).or_default() += e.weight;
                     }
                 }
@@ -544,19 +575,19 @@ fn hex_values(data: &ReleaseData, b: usize) -> Vec<HexValue> {
                 value: data.value[r.start + k] as f64,
                 low: data.low[r.start + k],
             }),
-            Key::Pair(..) => None,
+            _ => None,
         })
         .collect()
 }
 
 fn footfall_only(data: &ReleaseData) -> Result<(), Problem> {
-    if data.manifest.spec.metric == Metric::Footfall {
+    if data.manifest.spec.metric == Metric::Footfall && data.manifest.spec.unit.is_hex() {
         Ok(())
     } else {
         Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "not a footfall release",
-            "maps and tiles draw hex footfall; flows releases are served as values",
+            "maps and tiles draw hex footfall; flows and zone releases are served as values and in the views",
         ))
     }
 }
