@@ -36,6 +36,7 @@ pub mod simulate;
 pub mod store;
 pub mod table;
 pub mod util;
+pub mod views;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

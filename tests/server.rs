@@ -31,15 +31,20 @@ struct Fixture {
 }
 
 fn build() -> Fixture {
+    build_with("tiny.toml", "2025-03-05", 3)
+}
+
+/// Simulates 2025-03-03..=`to`, ingests it and runs the plan of `policy`.
+fn build_with(policy: &str, to: &str, expected_new: usize) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    let policy = hexflow::policy::Policy::load(&fixture(policy)).expect("policy");
     let grid = policy.load_grid().expect("grid");
     let sim = dir.path().join("sim");
     hexflow::simulate::simulate(
         &grid,
         day("2025-03-03"),
-        day("2025-03-05"),
+        day(to),
         &sim,
         hexflow::simulate::Format::Csv,
         7,
@@ -57,7 +62,7 @@ fn build() -> Fixture {
     }
     let releaser = hexflow::release::Releaser::new(policy, &data).expect("releaser");
     let report = hexflow::release::publish::publish(&releaser, &data).expect("publish");
-    assert_eq!(report.new, 3, "{report:?}");
+    assert_eq!(report.new, expected_new, "{report:?}");
     Fixture {
         _dir: dir,
         data,
@@ -66,7 +71,11 @@ fn build() -> Fixture {
 }
 
 fn state(data: &Path, cors: &[&str]) -> Arc<AppState> {
-    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    state_with("tiny.toml", data, cors)
+}
+
+fn state_with(policy: &str, data: &Path, cors: &[&str]) -> Arc<AppState> {
+    let policy = hexflow::policy::Policy::load(&fixture(policy)).expect("policy");
     let mut config = ServeConfig::new(data);
     config.cors_origins = cors.iter().map(|s| s.to_string()).collect();
     config.max_upload_bytes = 1 << 20;
@@ -844,4 +853,96 @@ async fn zone_releases_are_keyed_by_the_grids_named_zones() {
     )
     .await
     .problem(StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_are_computed_from_public_releases_and_cost_nothing() {
+    // Five weeks: hourly hex footfall, daily zone footfall, hourly zone flows.
+    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 3);
+    let state = state_with("tiny-zones.toml", &f.data, &[]);
+    let spent_before = get(&state, "/api/v1/ledger").await.json()["total_rho_by_audience"].clone();
+
+    let s = get(&state, "/api/v1/views/seasonality?zone=W").await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text());
+    let s = s.json();
+    let daily = s["daily"].as_array().expect("daily");
+    assert_eq!(daily.len(), 35);
+    assert!(daily.iter().all(|d| d["ci95"].as_f64().expect("ci") > 0.0));
+    let wd = s["weekday_profile"].as_array().expect("profile");
+    assert_eq!(wd.len(), 7);
+    assert_eq!(wd[0]["days"], 5);
+    // The mean of five days has the error of five independent noises.
+    let mondays: Vec<&Value> = daily
+        .iter()
+        .filter(|d| day(d["day"].as_str().expect("day")).format("%a").to_string() == "Mon")
+        .collect();
+    let mean = mondays.iter().map(|d| d["value"].as_f64().expect("v")).sum::<f64>() / 5.0;
+    assert!((wd[0]["mean"].as_f64().expect("mean") - mean).abs() < 1e-9);
+    assert_eq!(s["source"]["cost_of_this_view"], 0.0);
+
+    let e = get(&state, "/api/v1/views/event?zone=E&date=2025-04-02&weeks=3").await;
+    assert_eq!(e.status, StatusCode::OK, "{}", e.text());
+    let e = e.json();
+    assert_eq!(e["baseline_days"], 3);
+    let hours = e["hours"].as_array().expect("hours");
+    assert_eq!(hours.len(), 24);
+    for h in hours {
+        let (v, b, x) = (
+            h["value"].as_f64().expect("v"),
+            h["baseline"].as_f64().expect("b"),
+            h["excess"].as_f64().expect("x"),
+        );
+        assert!((v - b - x).abs() < 1e-9);
+        assert!(h["excess_ci95"].as_f64().expect("ci") >= h["ci95"].as_f64().expect("ci") - 1e-9);
+    }
+
+    let fl = get(
+        &state,
+        "/api/v1/views/flows?from=2025-03-03&to=2025-03-09&hours=7-9&weekdays=true",
+    )
+    .await;
+    assert_eq!(fl.status, StatusCode::OK, "{}", fl.text());
+    let fl = fl.json();
+    assert_eq!(fl["hourly_bins_used"], 5 * 2, "five weekdays × two hours");
+    let totals = fl["totals"].as_array().expect("totals");
+    assert_eq!(totals.len(), 2);
+    let out: f64 = totals.iter().map(|t| t["out"].as_f64().expect("out")).sum();
+    let inn: f64 = totals.iter().map(|t| t["in"].as_f64().expect("in")).sum();
+    assert!((out - inn).abs() < 1e-9, "every trip leaves one zone and enters one");
+    let largest = fl["largest"].as_array().expect("largest");
+    assert_eq!(largest.len(), 4);
+    assert!(largest[0]["trips"].as_f64() >= largest[3]["trips"].as_f64());
+
+    let fc = get(&state, "/api/v1/views/forecast?zone=W&days=14").await;
+    assert_eq!(fc.status, StatusCode::OK, "{}", fc.text());
+    let fc = fc.json();
+    let days = fc["forecast"]["days"].as_array().expect("days");
+    assert_eq!(days.len(), 14);
+    assert_eq!(days[0]["day"], "2025-04-07");
+    for d in days {
+        let (lo, v, hi) = (
+            d["lo"].as_f64().expect("lo"),
+            d["value"].as_f64().expect("v"),
+            d["hi"].as_f64().expect("hi"),
+        );
+        assert!(lo <= v && v <= hi && hi > lo, "{d}");
+    }
+    assert!(fc["forecast"]["backtest"]["mae_seasonal_naive"].as_f64().is_some());
+
+    // Failures say what is missing; none of this spent budget.
+    get(&state, "/api/v1/views/seasonality?zone=NOPE")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    let d = get(&state, "/api/v1/views/flows?from=2024-01-01&to=2024-01-31")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(d.contains("flows"), "{d}");
+    get(&state, "/api/v1/views/flows?from=2025-03-03&to=2025-03-09&hours=9-7")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    get(&state, "/api/v1/views/event?date=2025-04-02")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let spent_after = get(&state, "/api/v1/ledger").await.json()["total_rho_by_audience"].clone();
+    assert_eq!(spent_before, spent_after);
 }

@@ -6,12 +6,16 @@
 import {
   api, apiUrl, setStatus, showError, el, setChildren,
   viridisCss, LOW_GREY, project, pointInPolygon,
-  fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
+  fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
   BIN_NAMES, localMidnightUtc, daysBetween, addDays,
   pickDataset, showDatasetTitle,
 } from "/web/common.js";
 
 const $ = (id) => document.getElementById(id);
+
+/** A published value as a plain integer ("3645"): no grouping, so that what
+ * the map shows reads exactly as in the CSV and GeoJSON downloads. */
+const plain = (x) => (Number.isFinite(x) ? String(Math.round(x)) : "–");
 
 const ui = {
   form: $("controls"),
@@ -370,9 +374,9 @@ function drawLandmarks() {
   if (!state.landmarks.length) return;
   const showAll = state.view.z >= state.fitZ + 1.5;
   const list = showAll ? state.landmarks : state.landmarks.slice(0, NAMED_LANDMARKS);
-  const taken = [];
   ctx.font = "600 12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
   ctx.textBaseline = "middle";
+  const placed = [];
   for (const [i, lm] of list.entries()) {
     const [x, y] = toScreen(lm.u, lm.v);
     if (x < -50 || y < -20 || x > state.size.w + 50 || y > state.size.h + 20) continue;
@@ -383,6 +387,12 @@ function drawLandmarks() {
     ctx.lineWidth = 1.5;
     ctx.strokeStyle = "#fff";
     ctx.stroke();
+    placed.push({ lm, x, y });
+  }
+  // Labels avoid every dot and the labels already placed (highest weight first).
+  const taken = placed.map(({ x, y }) => [x - 4, y - 4, x + 4, y + 4]);
+  for (const [j, { lm, x, y }] of placed.entries()) {
+    const own = taken[j];
     const tw = ctx.measureText(lm.name).width;
     let rect = [x + 6, y - 8, x + 8 + tw, y + 8];
     let tx = x + 7;
@@ -390,7 +400,7 @@ function drawLandmarks() {
       rect = [x - 8 - tw, y - 8, x - 6, y + 8];
       tx = x - 7 - tw;
     }
-    if (taken.some((r) => rect[0] < r[2] && rect[2] > r[0] && rect[1] < r[3] && rect[3] > r[1])) continue;
+    if (taken.some((r) => r !== own && rect[0] < r[2] && rect[2] > r[0] && rect[1] < r[3] && rect[3] > r[1])) continue;
     taken.push(rect);
     ctx.lineWidth = 3.5;
     ctx.strokeStyle = "rgba(255,255,255,0.92)";
@@ -443,11 +453,11 @@ function unitText() {
 }
 
 function tooltipText(hx) {
-  const ci = fmtInt(Math.round(hx.ci95));
+  const ci = plain(Math.round(hx.ci95));
   if (hx.low) {
-    return `hex ${hx.id} · below threshold (${fmtInt(hx.value)} ± ${ci} — too uncertain to show)`;
+    return `hex ${hx.id} · below threshold (${plain(hx.value)} ± ${ci} — too uncertain to show)`;
   }
-  return `hex ${hx.id} · ${fmtInt(hx.value)} ± ${ci} ${unitText()}`;
+  return `hex ${hx.id} · ${plain(hx.value)} ± ${ci} ${unitText()}`;
 }
 
 function updateHover(x, y) {
@@ -1088,7 +1098,7 @@ function renderLegend(meta) {
   const digits = max >= 20 ? 0 : 1;
   const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => {
     const v = f * max;
-    const text = digits ? fmtNum(v, 1) : fmtInt(Math.round(v));
+    const text = digits ? fmtNum(v, 1) : plain(Math.round(v));
     return el("span", { class: "tick" }, f === 1 && max > 0 ? `${text}+` : text);
   });
   setChildren(ui.legendTicks, ticks);
@@ -1098,7 +1108,7 @@ function renderLegend(meta) {
     ? `below ${fmtNum(thr, 1)}: too uncertain to show (not on the scale)`
     : "below the display threshold: too uncertain to show";
   ui.legendNote.textContent = max > 0
-    ? `One scale for every bin of this release, so colours compare across the slider. Its top, ${fmtNum(max, 1)}, is the 99th percentile of the values shown; higher values share the top colour.`
+    ? `One scale for every bin of this release, so colours compare across the slider. Its top, ${digits ? fmtNum(max, 1) : plain(max)}, is the 99th percentile of the values shown; higher values share the top colour.`
     : "No value of this release is above the display threshold.";
 }
 
@@ -1152,7 +1162,7 @@ function renderSummary(label) {
   let top = null;
   for (const h of shown) if (!top || h.value > top.value) top = h;
   const parts = [`Footfall map, ${label}: ${state.hexes.length} hexes`];
-  if (top) parts.push(`highest ${fmtInt(top.value)} ± ${fmtInt(Math.round(top.ci95))} ${unitText()} at hex ${top.id}`);
+  if (top) parts.push(`highest ${plain(top.value)} ± ${plain(Math.round(top.ci95))} ${unitText()} at hex ${top.id}`);
   if (low) parts.push(`${low} below the display threshold`);
   ui.canvas.setAttribute("aria-label", `${parts.join("; ")}. Details in the table of busiest hexes.`);
 }
@@ -1165,8 +1175,8 @@ function renderTop() {
     .map((h) =>
       el("tr", {},
         el("td", { class: "mono" }, h.id),
-        el("td", { class: "num" }, fmtInt(h.value)),
-        el("td", { class: "num" }, `± ${fmtInt(Math.round(h.ci95))}`)));
+        el("td", { class: "num" }, plain(h.value)),
+        el("td", { class: "num" }, `± ${plain(Math.round(h.ci95))}`)));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "3" }, "No hex is above the display threshold in this bin.")));
   setChildren(ui.topBody, rows);
 }

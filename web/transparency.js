@@ -115,7 +115,7 @@ function drawChart() {
   const ph = Math.max(10, h - L.top - L.bottom);
   const capValues = [c.datasetCap, ...c.audiences.map((a) => c.caps[a])].filter(Number.isFinite);
   const ymax = Math.max(...capValues, ...c.total, 0.01) * 1.12;
-  const step = niceStep(ymax);
+  const step = niceStep(ymax, 6);
   const n = c.days.length;
   const X = (i) => L.left + (n === 1 ? pw / 2 : (i / (n - 1)) * pw);
   const Y = (v) => L.top + ph - (v / ymax) * ph;
@@ -185,29 +185,31 @@ function drawChart() {
   capLine(c.datasetCap, "#1b1f24", "dataset");
   ctx.setLineDash([]);
   if (!L.narrow) {
+    // Two lines per cap value ("cap 0.2" / "planners, public"), top down.
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
     ctx.fillStyle = "#1b1f24";
-    let prevY = Infinity;
+    let nextFree = -Infinity;
     const sorted = [...capLabels.values()].sort((a, b) => b.v - a.v);
     for (const { v, who } of sorted) {
-      let y = Y(v);
-      if (y < prevY + 14 && prevY !== Infinity) y = prevY + 14;
-      prevY = y;
-      const label = `cap ${fmtRho(v)}: ${who.join(", ")}`;
-      fitText(ctx, label, L.left + pw + 6, y, L.right - 8);
+      const y = Math.max(Y(v), nextFree);
+      ctx.font = `600 ${font}`;
+      fitText(ctx, `cap ${fmtRho(v)}`, L.left + pw + 6, y, L.right - 8);
+      ctx.font = font;
+      fitText(ctx, who.join(", "), L.left + pw + 6, y + 14, L.right - 8);
+      nextFree = y + 32;
     }
   }
 
   // Lines: total (thin, dark), then each audience.
-  const line = (values, colour, width) => {
+  const line = (values, colour, width, dots) => {
     ctx.strokeStyle = colour;
     ctx.lineWidth = width;
     ctx.lineJoin = "round";
     ctx.beginPath();
     values.forEach((v, i) => (i ? ctx.lineTo(X(i), Y(v)) : ctx.moveTo(X(i), Y(v))));
     ctx.stroke();
-    if (n <= 45) {
+    if (dots && n <= 45) {
       ctx.fillStyle = colour;
       values.forEach((v, i) => {
         ctx.beginPath();
@@ -216,8 +218,22 @@ function drawChart() {
       });
     }
   };
-  if (c.audiences.length > 1) line(c.total, "#1b1f24", 1.5);
-  c.audiences.forEach((a, k) => line(c.series[a], colourOf(k), 2.25));
+  // The total is a grey area under the audience lines; audience lines
+  // narrow from first to last, so coinciding lines stay visible as stripes.
+  if (c.audiences.length > 1) {
+    ctx.beginPath();
+    ctx.moveTo(X(0), Y(0));
+    c.total.forEach((v, i) => ctx.lineTo(X(i), Y(v)));
+    ctx.lineTo(X(n - 1), Y(0));
+    ctx.closePath();
+    ctx.fillStyle = "rgba(27,31,36,0.13)";
+    ctx.fill();
+    line(c.total, "rgba(27,31,36,0.45)", 1, false);
+  }
+  const A = c.audiences.length;
+  const thin = n > 90 ? 1.25 : 1.75;
+  const spread = n > 90 ? 1.5 : 2.5;
+  c.audiences.forEach((a, k) => line(c.series[a], colourOf(k), A > 1 ? thin + (spread * (A - 1 - k)) / (A - 1) : thin + 0.75, true));
 
   // Cursor.
   if (state.cursor >= 0 && state.cursor < n) {
@@ -281,8 +297,8 @@ function renderLegend(c) {
       el("span", { class: "label" }, `${a} (cap ${fmtRho(c.caps[a])} per day, dashed)`)));
   if (c.audiences.length > 1) {
     items.push(el("li", {},
-      el("span", { class: "key-line c-total", "aria-hidden": "true" }),
-      el("span", { class: "label" }, "all audiences")));
+      el("span", { class: "key-area", "aria-hidden": "true" }),
+      el("span", { class: "label" }, "all audiences together (grey area)")));
   }
   items.push(el("li", {},
     el("span", { class: "key-line key-dash c-total", "aria-hidden": "true" }),
@@ -389,7 +405,7 @@ function renderTotals(c, ledger, rows) {
   });
   if (!trs.length) trs.push(el("tr", {}, el("td", { colspan: "7" }, "No audience is defined.")));
   trs.push(el("tr", {},
-    el("td", { colspan: "7", class: "muted" },
+    el("td", { colspan: "7", class: "muted note" },
       "The guarantee is per device-day, so what matters for anyone's privacy is the spend on each day (chart above); totals over days are for accounting.")));
   setChildren(ui.totalsBody, trs);
 }

@@ -15,6 +15,7 @@ mod admin;
 mod data;
 mod metrics;
 mod releases;
+mod views;
 mod web;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/releases/{id}/tiles/{z}/{x}/{y}"),
     ("get", "/api/v1/ledger"),
     ("get", "/api/v1/ledger/releases"),
+    ("get", "/api/v1/views/seasonality"),
+    ("get", "/api/v1/views/event"),
+    ("get", "/api/v1/views/flows"),
+    ("get", "/api/v1/views/forecast"),
     ("post", "/api/v1/queries"),
     ("post", "/api/v1/admin/ingest"),
     ("post", "/api/v1/admin/publish"),
@@ -198,6 +203,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/releases/{id}/tiles/{z}/{x}/{y}", get(releases::tile))
         .route("/ledger", get(releases::ledger))
         .route("/ledger/releases", get(releases::ledger_releases))
+        .route("/views/seasonality", get(views::seasonality))
+        .route("/views/event", get(views::event))
+        .route("/views/flows", get(views::flows))
+        .route("/views/forecast", get(views::forecast))
         .route("/queries", post(admin::query))
         .route("/admin/publish", post(admin::publish))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

@@ -103,6 +103,7 @@ pub async fn area(
 pub struct ListQuery {
     dataset: Option<String>,
     metric: Option<Metric>,
+    unit: Option<crate::release::Unit>,
     res: Option<u8>,
     bin: Option<crate::privacy::Bin>,
     /// Releases whose window contains this local day.
@@ -133,6 +134,7 @@ pub async fn list(
         .filter(|r| r.audience == audience)
         .filter(|r| q.dataset.as_ref().is_none_or(|d| &r.dataset == d))
         .filter(|r| q.metric.is_none_or(|m| r.metric == m))
+        .filter(|r| q.unit.is_none_or(|u| r.unit == u))
         .filter(|r| q.res.is_none_or(|x| r.res == x))
         .filter(|r| q.bin.is_none_or(|b| r.bin == b))
         .filter(|r| q.day.is_none_or(|d| r.from <= d && d <= r.to))
@@ -508,38 +510,10 @@ pub async fn series(
             set.push((h, i));
         }
     }
-    // The noise of a sum: independent per hex under hex placement; under
-    // cell placement one cell's noise reaches several hexes, so the sd of
-    // the sum is σ·‖Σ_{h∈H} W_·h‖₂ (W is public).
-    let ci_sum: Vec<f64> = match m.placement {
-        Placement::Hex => (0..data.bins.len())
-            .map(|b| {
-                let r = data.bin_range(b);
-                set.iter()
-                    .map(|(_, i)| data.ci95[r.start + i].powi(2))
-                    .sum::<f64>()
-                    .sqrt()
-            })
-            .collect(),
-        Placement::Cell => {
-            let ds = state.dataset(&m.spec.dataset)?.clone();
-            let res = m.spec.res;
-            let hexes: HashSet<CellIndex> = set.iter().map(|(h, _)| *h).collect();
-            let sd = m.noise_sd;
-            let per_bin = blocking(move || {
-                let w = ds.releaser.weights(res).map_err(|e| Problem::internal("weights", e))?;
-                let mut by_cell: HashMap<u32, f64> = HashMap::new();
-                for e in &w.entries {
-                    if hexes.contains(&w.hexes[e.hex as usize]) {
-                        *by_cell.entry(e.cell).or_default() += e.weight;
-                    }
-                }
-                Ok(1.959_963_984_540_054 * sd * by_cell.values().map(|s| s * s).sum::<f64>().sqrt())
-            })
-            .await?;
-            vec![per_bin; data.bins.len()]
-        }
-    };
+    let ds = state.dataset(&m.spec.dataset)?.clone();
+    let d2 = data.clone();
+    let set2 = set.clone();
+    let ci_sum = blocking(move || sum_ci95(&ds, &d2, &set2)).await?;
     let bins: Vec<Value> = (0..data.bins.len())
         .map(|b| {
             let r = data.bin_range(b);
@@ -562,6 +536,40 @@ pub async fn series(
         "application/json",
         || serde_json::to_vec(&body).map_err(|e| Problem::internal("series", e)),
     ))
+}
+
+/// The 95 % error bar of the sum over `set` (hex, key index) in each bin.
+/// Under hex placement the hexes' noises are independent; under cell
+/// placement one cell's noise reaches several hexes, so the sd of the sum
+/// is σ·‖Σ_{h∈H} W_·h‖₂ (W is public).
+pub fn sum_ci95(ds: &super::Dataset, data: &ReleaseData, set: &[(CellIndex, usize)]) -> Result<Vec<f64>, Problem> {
+    let m = &data.manifest;
+    Ok(match m.placement {
+        Placement::Hex => (0..data.bins.len())
+            .map(|b| {
+                let r = data.bin_range(b);
+                set.iter()
+                    .map(|(_, i)| data.ci95[r.start + i].powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect(),
+        Placement::Cell => {
+            let hexes: HashSet<CellIndex> = set.iter().map(|(h, _)| *h).collect();
+            let w = ds
+                .releaser
+                .weights(m.spec.res)
+                .map_err(|e| Problem::internal("weights", e))?;
+            let mut by_cell: HashMap<u32, f64> = HashMap::new();
+            for e in &w.entries {
+                if hexes.contains(&w.hexes[e.hex as usize]) {
+                    *by_cell.entry(e.cell).or_default() += e.weight;
+                }
+            }
+            let ci = crate::views::Z95 * m.noise_sd * by_cell.values().map(|s| s * s).sum::<f64>().sqrt();
+            vec![ci; data.bins.len()]
+        }
+    })
 }
 
 fn hex_values(data: &ReleaseData, b: usize) -> Vec<HexValue> {

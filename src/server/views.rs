@@ -1,0 +1,512 @@
+//! The planners' and tourism office's views, computed from public releases
+//! (post-processing: no budget is spent, and each answer names the releases
+//! it used and what they cost).
+//!
+//! * seasonality: a zone's daily series, weekday and month profiles, days
+//!   that stand out from their seasonal baseline;
+//! * event: a place's hourly footfall on a day against the same weekday of
+//!   the weeks before;
+//! * flows: origin–destination between zones over a period and hour band;
+//! * forecast: a zone's next days with prediction intervals and a backtest.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{Datelike, Duration, NaiveDate, Timelike};
+use h3o::CellIndex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::data::{Key, ReleaseData, ReleaseSummary};
+use super::{AppState, Dataset, Problem, blocking, no_cache};
+use crate::privacy::Bin;
+use crate::release::Unit;
+use crate::store::Metric;
+use crate::views::{self, Point, Z95};
+
+/// The public releases of a kind, oldest first, within `[from, to]`.
+fn releases(
+    state: &AppState,
+    dataset: &str,
+    metric: Metric,
+    unit: Unit,
+    bin: Bin,
+    range: (NaiveDate, NaiveDate),
+) -> Result<Vec<ReleaseSummary>, Problem> {
+    let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
+    Ok(index
+        .iter()
+        .filter(|r| r.dataset == dataset && r.audience == "public")
+        .filter(|r| r.metric == metric && r.unit == unit && r.bin == bin)
+        .filter(|r| r.from >= range.0 && r.to <= range.1)
+        .cloned()
+        .collect())
+}
+
+fn load_all(state: &AppState, list: &[ReleaseSummary]) -> Result<Vec<Arc<ReleaseData>>, Problem> {
+    list.iter()
+        .map(|r| {
+            let dir = state
+                .config
+                .data_dir
+                .join("releases")
+                .join(&r.dataset)
+                .join(&r.release_id);
+            state.cache.get_or_load(&r.release_id, &dir)
+        })
+        .collect()
+}
+
+/// What a view was computed from: ids, ρ per day, and the statement that
+/// computing it cost nothing more.
+fn provenance(list: &[ReleaseSummary]) -> Value {
+    let rho: f64 = list.first().map(|r| r.rho).unwrap_or(0.0);
+    json!({
+        "releases": list.len(),
+        "first_release": list.first().map(|r| &r.release_id),
+        "last_release": list.last().map(|r| &r.release_id),
+        "rho_per_day_of_source": rho,
+        "epsilon_per_day_of_source": list.first().map(|r| r.epsilon),
+        "cost_of_this_view": 0.0,
+        "note": "computed from published releases (post-processing): this view spent no privacy budget",
+    })
+}
+
+fn missing(what: &str, hint: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no releases for this view",
+        format!("no public {what} releases cover the request; {hint}"),
+    )
+}
+
+fn zone_index(data: &ReleaseData, zone: &str) -> Result<u32, Problem> {
+    data.zone_ids
+        .iter()
+        .position(|z| z == zone)
+        .map(|i| i as u32)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown zone",
+                format!("zone {zone:?} is not one of {}", data.zone_ids.join(", ")),
+            )
+        })
+}
+
+/// The daily series of one zone from daily zone footfall releases.
+fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>, Vec<ReleaseSummary>), Problem> {
+    let list = releases(
+        state,
+        ds.releaser.policy.dataset(),
+        Metric::Footfall,
+        Unit::Zone,
+        Bin::Day,
+        (NaiveDate::MIN, NaiveDate::MAX),
+    )?;
+    if list.is_empty() {
+        return Err(missing(
+            "daily zone footfall",
+            "add `unit = \"zone\"`, `bin = \"1d\"` footfall to the publication plan or ask a planner query",
+        ));
+    }
+    let data = load_all(state, &list)?;
+    let mut points = Vec::new();
+    for d in &data {
+        let z = zone_index(d, zone)? as usize;
+        for b in 0..d.bins.len() {
+            let i = d.bin_range(b).start + z;
+            let day = d.bins[b].with_timezone(&ds.releaser.grid.tz).date_naive();
+            points.push(Point {
+                day,
+                value: d.value[i] as f64,
+                noise_sd: d.ci95[i] / Z95,
+            });
+        }
+    }
+    points.sort_by_key(|p| p.day);
+    Ok((points, list))
+}
+
+fn pick<'a>(state: &'a AppState, name: Option<&String>) -> Result<&'a Arc<Dataset>, Problem> {
+    match name {
+        Some(n) => state.dataset(n),
+        None => state
+            .datasets
+            .values()
+            .next()
+            .filter(|_| state.datasets.len() == 1)
+            .ok_or_else(|| Problem::bad_request("add ?dataset=")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneQuery {
+    dataset: Option<String>,
+    zone: String,
+    /// Weeks on each side for the seasonal baseline (default 4).
+    weeks: Option<i64>,
+    /// Forecast horizon (default 14 days, at most 60).
+    days: Option<usize>,
+}
+
+pub async fn seasonality(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ZoneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = pick(&state, q.dataset.as_ref())?.clone();
+    let weeks = q.weeks.unwrap_or(4);
+    if !(1..=12).contains(&weeks) {
+        return Err(Problem::bad_request("weeks must be in 1..=12"));
+    }
+    let st = state.clone();
+    let body = blocking(move || {
+        let (points, list) = zone_series(&st, &ds, &q.zone)?;
+        let weekday = views::weekday_profile(&points);
+        let months = views::month_profile(&points);
+        let ex = views::excesses(&points, weeks);
+        let standing_out: Vec<&views::Excess> = ex.iter().filter(|e| e.stands_out).collect();
+        let daily: Vec<Value> = points
+            .iter()
+            .map(|p| json!({"day": p.day, "value": p.value, "ci95": Z95 * p.noise_sd}))
+            .collect();
+        let weekday_json: Vec<Value> = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            .iter()
+            .zip(&weekday)
+            .map(|(d, m)| json!({"weekday": d, "mean": m.map(|m| m.mean), "ci95": m.map(|m| m.ci95), "days": m.map(|m| m.n)}))
+            .collect();
+        // Year over year: months of each year side by side.
+        let mut years: BTreeMap<i32, Vec<Value>> = BTreeMap::new();
+        for ((y, m), v) in &months {
+            years
+                .entry(*y)
+                .or_default()
+                .push(json!({"month": m, "mean": v.mean, "ci95": v.ci95, "days": v.n}));
+        }
+        Ok(json!({
+            "zone": q.zone,
+            "unit": "devices per zone per day",
+            "daily": daily,
+            "weekday_profile": weekday_json,
+            "months_by_year": years,
+            "baseline": format!("mean of the same weekday {weeks} weeks before and after"),
+            "standing_out": standing_out,
+            "source": provenance(&list),
+        }))
+    })
+    .await?;
+    Ok((no_cache(), Json(body)).into_response())
+}
+
+pub async fn forecast(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ZoneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = pick(&state, q.dataset.as_ref())?.clone();
+    let horizon = q.days.unwrap_or(14);
+    if !(1..=60).contains(&horizon) {
+        return Err(Problem::bad_request("days must be in 1..=60"));
+    }
+    let st = state.clone();
+    let body = blocking(move || {
+        let (points, list) = zone_series(&st, &ds, &q.zone)?;
+        let holidays = holidays(&ds);
+        let f = views::forecast(&points, &holidays, horizon).ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too little history",
+                "a forecast needs at least 21 published days",
+            )
+        })?;
+        Ok(json!({"zone": q.zone, "unit": "devices per zone per day", "forecast": f, "source": provenance(&list)}))
+    })
+    .await?;
+    Ok((no_cache(), Json(body)).into_response())
+}
+
+/// Public holidays of the grid's calendar (`calendar.toml`), if any.
+fn holidays(ds: &Dataset) -> HashSet<NaiveDate> {
+    let path = ds.releaser.grid.dir.join("calendar.toml");
+    crate::simulate::calendar::CalendarFile::load(&path)
+        .map(|c| c.public_holidays.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    dataset: Option<String>,
+    date: NaiveDate,
+    /// Comma-separated hex ids of the hourly releases' resolution.
+    hex: Option<String>,
+    /// Or a zone: the hexes whose centre lies in it.
+    zone: Option<String>,
+    /// Same weekday in the N weeks before (default 4, at most 12).
+    weeks: Option<i64>,
+    /// Resolution of the hourly releases (default 8).
+    res: Option<u8>,
+}
+
+pub async fn event(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = pick(&state, q.dataset.as_ref())?.clone();
+    let weeks = q.weeks.unwrap_or(4);
+    if !(1..=12).contains(&weeks) {
+        return Err(Problem::bad_request("weeks must be in 1..=12"));
+    }
+    let st = state.clone();
+    let body = blocking(move || event_view(&st, &ds, &q, weeks)).await?;
+    Ok((no_cache(), Json(body)).into_response())
+}
+
+/// Hourly sums over `hexes` for one day: (local hour, value, ci95).
+fn day_hours(
+    state: &AppState,
+    ds: &Dataset,
+    day: NaiveDate,
+    res: u8,
+    hexes: &HashSet<CellIndex>,
+) -> Result<Option<(Vec<(u32, f64, f64)>, ReleaseSummary)>, Problem> {
+    let list = releases(
+        state,
+        ds.releaser.policy.dataset(),
+        Metric::Footfall,
+        Unit::Hex,
+        Bin::Hour,
+        (day, day),
+    )?;
+    let Some(r) = list.into_iter().find(|r| r.res == res) else {
+        return Ok(None);
+    };
+    let data = load_all(state, std::slice::from_ref(&r))?.remove(0);
+    let set: Vec<(CellIndex, usize)> = data
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| match k {
+            Key::Hex(h) if hexes.contains(h) => Some((*h, i)),
+            _ => None,
+        })
+        .collect();
+    let ci = super::releases::sum_ci95(ds, &data, &set)?;
+    let hours = (0..data.bins.len())
+        .map(|b| {
+            let r = data.bin_range(b);
+            let v: i64 = set.iter().map(|(_, i)| data.value[r.start + i]).sum();
+            let hour = data.bins[b].with_timezone(&ds.releaser.grid.tz).hour();
+            (hour, v as f64, ci[b])
+        })
+        .collect();
+    Ok(Some((hours, r)))
+}
+
+fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Result<Value, Problem> {
+    let res = q.res.unwrap_or(8);
+    let grid = &ds.releaser.grid;
+    let hexes: HashSet<CellIndex> = match (&q.hex, &q.zone) {
+        (Some(list), None) => list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Problem::bad_request(format!("{s:?} is not an H3 cell id")))
+            })
+            .collect::<Result<_, _>>()?,
+        (None, Some(z)) => {
+            use geo::Contains;
+            let zone = grid.zones.iter().find(|x| &x.id == z).ok_or_else(|| {
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown zone",
+                    format!("no zone {z:?} in this grid"),
+                )
+            })?;
+            let w = ds.releaser.weights(res).map_err(|e| Problem::internal("weights", e))?;
+            w.hexes
+                .iter()
+                .filter(|h| {
+                    let ll = h3o::LatLng::from(**h);
+                    zone.area.contains(&geo::Point::new(ll.lng(), ll.lat()))
+                })
+                .copied()
+                .collect()
+        }
+        _ => return Err(Problem::bad_request("give exactly one of hex= and zone=")),
+    };
+    if hexes.is_empty() || hexes.len() > 3000 {
+        return Err(Problem::bad_request("the area must hold 1 to 3000 hexes"));
+    }
+    let (day, used) = day_hours(state, ds, q.date, res, &hexes)?.ok_or_else(|| {
+        missing(
+            &format!("hourly res-{res} footfall"),
+            &format!("{} has no hourly release yet", q.date),
+        )
+    })?;
+    let mut base: Vec<Vec<(u32, f64, f64)>> = Vec::new();
+    let mut sources = vec![used];
+    for k in 1..=weeks {
+        if let Some((h, r)) = day_hours(state, ds, q.date - Duration::weeks(k), res, &hexes)? {
+            base.push(h);
+            sources.push(r);
+        }
+    }
+    if base.is_empty() {
+        return Err(missing("hourly footfall", "no earlier same weekday is published"));
+    }
+    let n = base.len() as f64;
+    let hours: Vec<Value> = day
+        .iter()
+        .map(|(hour, v, ci)| {
+            let same: Vec<(f64, f64)> = base
+                .iter()
+                .filter_map(|b| b.iter().find(|x| x.0 == *hour).map(|x| (x.1, x.2)))
+                .collect();
+            let m = same.iter().map(|x| x.0).sum::<f64>() / same.len().max(1) as f64;
+            let m_ci = same.iter().map(|x| x.1 * x.1).sum::<f64>().sqrt() / same.len().max(1) as f64;
+            let ex_ci = (ci * ci + m_ci * m_ci).sqrt();
+            json!({"hour": hour, "value": v, "ci95": ci, "baseline": m, "baseline_ci95": m_ci,
+                   "excess": v - m, "excess_ci95": ex_ci, "stands_out": (v - m).abs() > ex_ci})
+        })
+        .collect();
+    let total: f64 = day.iter().map(|x| x.1).sum();
+    let total_ci = day.iter().map(|x| x.2 * x.2).sum::<f64>().sqrt();
+    let base_total: f64 = base.iter().map(|b| b.iter().map(|x| x.1).sum::<f64>()).sum::<f64>() / n;
+    let base_ci = base.iter().flatten().map(|x| x.2 * x.2).sum::<f64>().sqrt() / n;
+    Ok(json!({
+        "date": q.date,
+        "weekday": q.date.weekday().to_string(),
+        "hexes": hexes.len(),
+        "baseline_days": base.len(),
+        "unit": "devices summed over the area per hour",
+        "hours": hours,
+        "day_total": {"value": total, "ci95": total_ci, "baseline": base_total, "baseline_ci95": base_ci,
+                      "excess": total - base_total, "excess_ci95": (total_ci * total_ci + base_ci * base_ci).sqrt()},
+        "source": provenance(&sources),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsQuery {
+    dataset: Option<String>,
+    from: NaiveDate,
+    to: NaiveDate,
+    /// Local hours `a-b` (start included, end excluded), e.g. `7-9`.
+    hours: Option<String>,
+    /// Monday to Friday only.
+    #[serde(default)]
+    weekdays: bool,
+    /// Largest flows listed (default 20).
+    top: Option<usize>,
+}
+
+pub async fn flows(
+    State(state): State<Arc<AppState>>,
+    _headers: HeaderMap,
+    q: Result<Query<FlowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = pick(&state, q.dataset.as_ref())?.clone();
+    if q.from > q.to || (q.to - q.from).num_days() > 366 {
+        return Err(Problem::bad_request("from..to must be a window of at most 367 days"));
+    }
+    let (h0, h1) = match &q.hours {
+        None => (0, 24),
+        Some(s) => s
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+            .filter(|(a, b)| a < b && *b <= 24)
+            .ok_or_else(|| Problem::bad_request(format!("hours={s:?}: expected a-b with 0 ≤ a < b ≤ 24")))?,
+    };
+    let top = q.top.unwrap_or(20).clamp(1, 500);
+    let st = state.clone();
+    let body = blocking(move || {
+        let list = releases(
+            &st,
+            ds.releaser.policy.dataset(),
+            Metric::Flows,
+            Unit::Zone,
+            Bin::Hour,
+            (q.from, q.to),
+        )?;
+        if list.is_empty() {
+            return Err(missing(
+                "hourly zone flows",
+                "add `metric = \"flows\"`, `unit = \"zone\"`, `bin = \"1h\"` to the publication plan",
+            ));
+        }
+        let data = load_all(&st, &list)?;
+        let tz = ds.releaser.grid.tz;
+        let zone_ids = data[0].zone_ids.clone();
+        let z = zone_ids.len();
+        let mut sum = vec![0.0f64; z * z];
+        let mut var = vec![0.0f64; z * z];
+        let mut bins_used = 0usize;
+        for d in &data {
+            for b in 0..d.bins.len() {
+                let t = d.bins[b].with_timezone(&tz);
+                let wd = t.weekday().num_days_from_monday();
+                if t.hour() < h0 || t.hour() >= h1 || (q.weekdays && wd >= 5) {
+                    continue;
+                }
+                bins_used += 1;
+                let r = d.bin_range(b);
+                for (k, key) in d.keys.iter().enumerate() {
+                    if let Key::ZonePair(o, dd) = key {
+                        let i = *o as usize * z + *dd as usize;
+                        sum[i] += d.value[r.start + k] as f64;
+                        var[i] += (d.ci95[r.start + k] / Z95).powi(2);
+                    }
+                }
+            }
+        }
+        let names: HashMap<&str, &str> = ds
+            .releaser
+            .grid
+            .zones
+            .iter()
+            .map(|x| (x.id.as_str(), x.name.as_str()))
+            .collect();
+        let name = |i: usize| names.get(zone_ids[i].as_str()).copied().unwrap_or(zone_ids[i].as_str());
+        let mut pairs: Vec<usize> = (0..z * z).collect();
+        pairs.sort_by(|a, b| sum[*b].total_cmp(&sum[*a]));
+        let largest: Vec<Value> = pairs
+            .iter()
+            .take(top)
+            .map(|&i| {
+                json!({"origin": zone_ids[i / z], "origin_name": name(i / z), "dest": zone_ids[i % z],
+                       "dest_name": name(i % z), "trips": sum[i], "ci95": Z95 * var[i].sqrt()})
+            })
+            .collect();
+        let totals: Vec<Value> = (0..z)
+            .map(|a| {
+                let out: f64 = (0..z).map(|b| sum[a * z + b]).sum();
+                let out_v: f64 = (0..z).map(|b| var[a * z + b]).sum();
+                let inn: f64 = (0..z).map(|b| sum[b * z + a]).sum();
+                let in_v: f64 = (0..z).map(|b| var[b * z + a]).sum();
+                json!({"zone": zone_ids[a], "name": name(a), "out": out, "out_ci95": Z95 * out_v.sqrt(),
+                       "in": inn, "in_ci95": Z95 * in_v.sqrt()})
+            })
+            .collect();
+        Ok(json!({
+            "from": q.from, "to": q.to, "hours": [h0, h1], "weekdays_only": q.weekdays,
+            "hourly_bins_used": bins_used,
+            "unit": "trips summed over the period and hour band",
+            "largest": largest,
+            "totals": totals,
+            "source": provenance(&list),
+        }))
+    })
+    .await?;
+    Ok((no_cache(), Json(body)).into_response())
+}

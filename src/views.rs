@@ -1,0 +1,410 @@
+//! What planners and the tourism office read: seasonality, event days
+//! against their baseline, and forecasts — computed from published (noisy)
+//! series only. Everything here is post-processing of releases and costs no
+//! privacy budget.
+//!
+//! A series point carries the value and the standard deviation of its DP
+//! noise (from the release's error bar), and every figure derived here
+//! carries its own uncertainty, propagated under independent noise.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{Datelike, Duration, NaiveDate};
+use serde::Serialize;
+
+/// z of a two-sided 95 % interval.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// One published value of a series and the sd of its noise.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    pub day: NaiveDate,
+    pub value: f64,
+    pub noise_sd: f64,
+}
+
+/// A mean over points with its 95 % interval (DP noise only: the points
+/// are treated as fixed quantities measured with independent noise).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Mean {
+    pub mean: f64,
+    pub ci95: f64,
+    pub n: usize,
+}
+
+fn mean_of(points: &[&Point]) -> Option<Mean> {
+    if points.is_empty() {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mean = points.iter().map(|p| p.value).sum::<f64>() / n;
+    let var = points.iter().map(|p| p.noise_sd.powi(2)).sum::<f64>() / (n * n);
+    Some(Mean {
+        mean,
+        ci95: Z95 * var.sqrt(),
+        n: points.len(),
+    })
+}
+
+/// Mean by weekday (Monday first).
+pub fn weekday_profile(points: &[Point]) -> Vec<Option<Mean>> {
+    (0..7)
+        .map(|w| {
+            let sel: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.day.weekday().num_days_from_monday() == w)
+                .collect();
+            mean_of(&sel)
+        })
+        .collect()
+}
+
+/// Mean by (year, month).
+pub fn month_profile(points: &[Point]) -> BTreeMap<(i32, u32), Mean> {
+    let mut by: BTreeMap<(i32, u32), Vec<&Point>> = BTreeMap::new();
+    for p in points {
+        by.entry((p.day.year(), p.day.month())).or_default().push(p);
+    }
+    by.into_iter()
+        .filter_map(|(k, v)| mean_of(&v).map(|m| (k, m)))
+        .collect()
+}
+
+/// A day against its seasonal baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Excess {
+    pub day: NaiveDate,
+    pub value: f64,
+    pub baseline: f64,
+    pub excess: f64,
+    /// 95 % interval of the excess: the day's noise and the baseline's.
+    pub ci95: f64,
+    /// |excess| > ci95: the day stands out by more than the combined
+    /// uncertainty of the day and its baseline.
+    pub stands_out: bool,
+}
+
+/// The seasonal baseline of `day`: the mean of the same weekday in the
+/// `weeks` weeks before and after (the day itself excluded), so that the
+/// season and the weekly rhythm are both accounted for.
+pub fn baseline(points: &BTreeMap<NaiveDate, Point>, day: NaiveDate, weeks: i64) -> Option<Mean> {
+    let sel: Vec<&Point> = (1..=weeks)
+        .flat_map(|k| [day - Duration::weeks(k), day + Duration::weeks(k)])
+        .filter_map(|d| points.get(&d))
+        .collect();
+    mean_of(&sel)
+}
+
+/// Every day with a baseline, compared with it.
+pub fn excesses(points: &[Point], weeks: i64) -> Vec<Excess> {
+    let by_day: BTreeMap<NaiveDate, Point> = points.iter().map(|p| (p.day, *p)).collect();
+    points
+        .iter()
+        .filter_map(|p| {
+            let b = baseline(&by_day, p.day, weeks)?;
+            let ci95 = (p.noise_sd.powi(2) * Z95 * Z95 + b.ci95.powi(2)).sqrt();
+            let excess = p.value - b.mean;
+            Some(Excess {
+                day: p.day,
+                value: p.value,
+                baseline: b.mean,
+                excess,
+                ci95,
+                stands_out: excess.abs() > ci95,
+            })
+        })
+        .collect()
+}
+
+/// A day of a forecast.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ForecastDay {
+    pub day: NaiveDate,
+    pub value: f64,
+    /// Prediction interval (95 %): the model's residual variance plus the
+    /// DP noise variance of the value that will be published.
+    pub lo: f64,
+    pub hi: f64,
+    pub holiday: bool,
+}
+
+/// Errors of the model and of a seasonal-naive baseline (same weekday one
+/// week earlier) on rolling origins over the last weeks of the series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Backtest {
+    pub origins: usize,
+    pub horizon_days: usize,
+    pub days_scored: usize,
+    pub mae_model: f64,
+    pub mae_seasonal_naive: f64,
+    /// Share of scored days inside the model's 95 % interval.
+    pub coverage95: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forecast {
+    pub model: &'static str,
+    pub days: Vec<ForecastDay>,
+    pub backtest: Option<Backtest>,
+}
+
+/// The model, fitted on `history` (sorted by day): a level from the last
+/// `LEVEL_WEEKS` weeks, multiplicative weekday factors and a holiday factor
+/// from the whole history, and a yearly factor (the same weeks a year
+/// earlier against the year's mean) when more than a year is known.
+struct Model {
+    level: f64,
+    weekday: [f64; 7],
+    holiday: f64,
+    yearly: Option<(f64, BTreeMap<NaiveDate, f64>)>,
+    resid_sd: f64,
+    noise_sd: f64,
+}
+
+const LEVEL_WEEKS: i64 = 6;
+
+impl Model {
+    fn fit(history: &[Point], holidays: &HashSet<NaiveDate>) -> Option<Self> {
+        let last = history.last()?.day;
+        if history.len() < 21 {
+            return None;
+        }
+        let ordinary: Vec<&Point> = history.iter().filter(|p| !holidays.contains(&p.day)).collect();
+        let overall = ordinary.iter().map(|p| p.value).sum::<f64>() / ordinary.len().max(1) as f64;
+        if overall <= 0.0 {
+            return None;
+        }
+        let mut weekday = [1.0; 7];
+        for (w, f) in weekday.iter_mut().enumerate() {
+            let sel: Vec<f64> = ordinary
+                .iter()
+                .filter(|p| p.day.weekday().num_days_from_monday() as usize == w)
+                .map(|p| p.value)
+                .collect();
+            if !sel.is_empty() {
+                *f = sel.iter().sum::<f64>() / sel.len() as f64 / overall;
+            }
+        }
+        let wf = |d: NaiveDate| weekday[d.weekday().num_days_from_monday() as usize].max(1e-6);
+        // Level: deseasonalised mean of the recent weeks.
+        let recent: Vec<f64> = ordinary
+            .iter()
+            .filter(|p| p.day > last - Duration::weeks(LEVEL_WEEKS))
+            .map(|p| p.value / wf(p.day))
+            .collect();
+        let level = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
+        // Holiday factor: holidays against the same weekday's expectation.
+        let hol: Vec<f64> = history
+            .iter()
+            .filter(|p| holidays.contains(&p.day))
+            .map(|p| p.value / (overall * wf(p.day)))
+            .collect();
+        let holiday = if hol.is_empty() {
+            1.0
+        } else {
+            hol.iter().sum::<f64>() / hol.len() as f64
+        };
+        let by_day: BTreeMap<NaiveDate, f64> = history.iter().map(|p| (p.day, p.value)).collect();
+        let yearly = (history[0].day <= last - Duration::days(372)).then(|| {
+            // Ratio of a day a year earlier (52 weeks: same weekday) to the
+            // level of that time.
+            (overall, by_day.clone())
+        });
+        let tail = history.len().min(28);
+        let noise_sd = history.iter().rev().take(tail).map(|p| p.noise_sd).sum::<f64>() / tail as f64;
+        let mut m = Self {
+            level,
+            weekday,
+            holiday,
+            yearly,
+            resid_sd: 0.0,
+            noise_sd,
+        };
+        // Residual sd: in-sample errors over the recent weeks, less the DP
+        // noise already in them (kept at least 0).
+        let errs: Vec<f64> = history
+            .iter()
+            .filter(|p| p.day > last - Duration::weeks(LEVEL_WEEKS))
+            .map(|p| p.value - m.predict(p.day, holidays))
+            .collect();
+        let mse = errs.iter().map(|e| e * e).sum::<f64>() / errs.len().max(1) as f64;
+        m.resid_sd = (mse - noise_sd * noise_sd).max(0.0).sqrt();
+        Some(m)
+    }
+
+    fn predict(&self, day: NaiveDate, holidays: &HashSet<NaiveDate>) -> f64 {
+        let mut v = self.level * self.weekday[day.weekday().num_days_from_monday() as usize];
+        if holidays.contains(&day) {
+            v *= self.holiday;
+        }
+        if let Some((overall, by_day)) = &self.yearly
+            && let Some(y) = by_day.get(&(day - Duration::weeks(52)))
+        {
+            // Blend in what the same weekday did a year earlier, relative
+            // to that year's weekday expectation.
+            let expected = overall * self.weekday[day.weekday().num_days_from_monday() as usize];
+            if expected > 0.0 {
+                v *= (0.5 + 0.5 * (y / expected)).clamp(0.25, 4.0);
+            }
+        }
+        v.max(0.0)
+    }
+
+    fn interval(&self, value: f64) -> (f64, f64) {
+        let half = Z95 * (self.resid_sd.powi(2) + self.noise_sd.powi(2)).sqrt();
+        ((value - half).max(0.0), value + half)
+    }
+}
+
+/// Forecast of the `horizon` days after the last point, with a backtest.
+pub fn forecast(history: &[Point], holidays: &HashSet<NaiveDate>, horizon: usize) -> Option<Forecast> {
+    let model = Model::fit(history, holidays)?;
+    let last = history.last()?.day;
+    let days = (1..=horizon as i64)
+        .map(|k| {
+            let day = last + Duration::days(k);
+            let value = model.predict(day, holidays);
+            let (lo, hi) = model.interval(value);
+            ForecastDay {
+                day,
+                value,
+                lo,
+                hi,
+                holiday: holidays.contains(&day),
+            }
+        })
+        .collect();
+    Some(Forecast {
+        model: "level of the last 6 weeks × weekday factor × holiday factor (× same week a year earlier when known); interval adds DP noise variance to the residual variance",
+        days,
+        backtest: backtest(history, holidays, horizon, 8),
+    })
+}
+
+/// Rolling-origin backtest: `origins` forecasts, one week apart, ending
+/// `horizon` days before the last point.
+pub fn backtest(history: &[Point], holidays: &HashSet<NaiveDate>, horizon: usize, origins: usize) -> Option<Backtest> {
+    let by_day: BTreeMap<NaiveDate, f64> = history.iter().map(|p| (p.day, p.value)).collect();
+    let last = history.last()?.day;
+    let (mut err_m, mut err_n, mut inside, mut n) = (0.0, 0.0, 0usize, 0usize);
+    let mut used = 0;
+    for o in 0..origins {
+        let origin = last - Duration::days(horizon as i64) - Duration::weeks(o as i64);
+        let train: Vec<Point> = history.iter().filter(|p| p.day <= origin).copied().collect();
+        let Some(m) = Model::fit(&train, holidays) else {
+            continue;
+        };
+        used += 1;
+        for k in 1..=horizon as i64 {
+            let day = origin + Duration::days(k);
+            let (Some(actual), Some(naive)) = (by_day.get(&day), by_day.get(&(day - Duration::weeks(1)))) else {
+                continue;
+            };
+            // The naive forecast may only use data known at the origin.
+            let naive = if day - Duration::weeks(1) <= origin {
+                *naive
+            } else {
+                by_day
+                    .get(&(day - Duration::weeks(1 + (k - 1) / 7 + 1)))
+                    .copied()
+                    .unwrap_or(*naive)
+            };
+            let pred = m.predict(day, holidays);
+            let (lo, hi) = m.interval(pred);
+            err_m += (pred - actual).abs();
+            err_n += (naive - actual).abs();
+            inside += usize::from((lo..=hi).contains(actual));
+            n += 1;
+        }
+    }
+    (n > 0).then(|| Backtest {
+        origins: used,
+        horizon_days: horizon,
+        days_scored: n,
+        mae_model: err_m / n as f64,
+        mae_seasonal_naive: err_n / n as f64,
+        coverage95: inside as f64 / n as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().expect("date")
+    }
+
+    /// A weekly rhythm (weekends ×1.5) with a known noise sd, no noise drawn:
+    /// the computations must recover the rhythm exactly.
+    fn rhythm(from: &str, days: i64, sd: f64) -> Vec<Point> {
+        (0..days)
+            .map(|k| {
+                let d = day(from) + Duration::days(k);
+                let weekend = d.weekday().num_days_from_monday() >= 5;
+                Point {
+                    day: d,
+                    value: if weekend { 150.0 } else { 100.0 },
+                    noise_sd: sd,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn profiles_recover_the_rhythm_and_shrink_their_error_with_n() {
+        let p = rhythm("2025-01-06", 70, 10.0);
+        let w = weekday_profile(&p);
+        let mon = w[0].expect("monday");
+        let sun = w[6].expect("sunday");
+        assert_eq!((mon.mean, sun.mean, mon.n), (100.0, 150.0, 10));
+        // Ten independent noises of sd 10: the mean's sd is 10/√10.
+        assert!((mon.ci95 - Z95 * 10.0 / 10f64.sqrt()).abs() < 1e-9);
+        assert_eq!(month_profile(&p).len(), 3);
+    }
+
+    #[test]
+    fn an_event_day_stands_out_and_ordinary_days_do_not() {
+        let mut p = rhythm("2025-01-06", 70, 10.0);
+        let event = day("2025-02-05");
+        p.iter_mut().find(|x| x.day == event).expect("day").value += 80.0;
+        let ex = excesses(&p, 4);
+        let flagged: Vec<NaiveDate> = ex.iter().filter(|e| e.stands_out).map(|e| e.day).collect();
+        // Same weekdays nearby have the event in their baseline (a shift of
+        // 80/n), which stays inside their interval.
+        assert_eq!(flagged, vec![event]);
+        let e = ex.iter().find(|e| e.day == event).expect("event");
+        assert!((e.excess - 80.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_forecast_repeats_a_clean_rhythm_and_beats_nothing_it_cannot() {
+        let p = rhythm("2025-01-06", 120, 0.0);
+        let f = forecast(&p, &HashSet::new(), 14).expect("forecast");
+        for d in &f.days {
+            let expected = if d.day.weekday().num_days_from_monday() >= 5 {
+                150.0
+            } else {
+                100.0
+            };
+            assert!((d.value - expected).abs() < 1e-6, "{d:?}");
+        }
+        let b = f.backtest.expect("backtest");
+        assert!(b.mae_model < 1e-6 && b.mae_seasonal_naive < 1e-6);
+        assert_eq!(b.days_scored, 8 * 14);
+    }
+
+    #[test]
+    fn holidays_get_their_own_factor_and_intervals_include_dp_noise() {
+        let mut p = rhythm("2025-01-06", 120, 3.0);
+        let holidays: HashSet<NaiveDate> = [day("2025-02-12"), day("2025-03-12"), day("2025-05-14")].into();
+        for x in p.iter_mut().filter(|x| holidays.contains(&x.day)) {
+            x.value = 50.0;
+        }
+        let f = forecast(&p, &holidays, 14).expect("forecast");
+        let on_holiday = forecast(&p[..p.len() - 1], &holidays, 14).expect("f");
+        assert!(f.days.iter().all(|d| d.hi - d.lo >= 2.0 * Z95 * 3.0 - 1e-9));
+        let h = on_holiday.days.iter().find(|d| d.holiday).expect("2025-05-14 is ahead");
+        assert!((h.value - 50.0).abs() < 1e-6, "{h:?}");
+    }
+}
