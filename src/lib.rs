@@ -25,6 +25,7 @@ macro_rules! out {
 
 pub mod bench;
 pub mod cli;
+pub mod evaluate;
 pub mod grid;
 pub mod ingest;
 pub mod policy;

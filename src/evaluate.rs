@@ -1,0 +1,372 @@
+//! `hexflow evaluate`: how well the published releases recover what a
+//! simulation injected — "what the demo shows" in the README.
+//!
+//! The views are called through the real router, exactly as a planner's
+//! browser would. Two figures need the truth the views are compared with
+//! (profiles and flows): it is computed from the count store, which is why
+//! this command refuses any dataset whose deliveries were not simulated by
+//! hexflow (`deliveries/<dataset>/events.json` must exist). It prints only
+//! agreement figures (correlations, recall, errors), never a count.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use axum::body::Body;
+use axum::http::Request;
+use chrono::{Datelike, NaiveDate, Timelike, Weekday};
+use serde::Serialize;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::policy::Policy;
+use crate::release::Unit;
+use crate::server::{AppState, ServeConfig};
+use crate::store::{CountStore, Metric};
+
+/// The figures.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub dataset: String,
+    pub events: EventFigures,
+    pub profiles: ProfileFigures,
+    pub flows: FlowFigures,
+    pub forecast: ForecastFigures,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventFigures {
+    pub area: String,
+    pub hexes: usize,
+    pub days_scored: usize,
+    pub match_days: usize,
+    /// Match days among the `match_days` highest-scoring evenings.
+    pub recall_at_k: f64,
+    /// Match days whose evening excess exceeds its 95 % interval.
+    pub matches_flagged: usize,
+    /// Other days whose evening excess exceeds its 95 % interval.
+    pub false_alarms: usize,
+    pub rho_per_day_of_source: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileFigures {
+    pub zones: usize,
+    /// Pearson correlation of DP and true weekday means (zones × 7).
+    pub weekday_correlation: f64,
+    /// Pearson correlation of DP and true month means (zones × months).
+    pub month_correlation: f64,
+    pub rho_per_day_of_source: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlowFigures {
+    pub period: String,
+    pub pairs: usize,
+    /// Spearman rank correlation of DP and true pair totals.
+    pub spearman: f64,
+    /// Share of the true 10 largest flows among the DP 10 largest.
+    pub top10_overlap: f64,
+    pub rho_per_day_of_source: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForecastFigures {
+    pub zones: usize,
+    pub horizon_days: usize,
+    /// Mean absolute error relative to the mean level, over zones.
+    pub relative_mae_model: f64,
+    pub relative_mae_seasonal_naive: f64,
+    pub coverage95: f64,
+}
+
+async fn get(state: &Arc<AppState>, uri: &str) -> Result<Value> {
+    let resp = crate::server::router(state.clone())
+        .oneshot(Request::get(uri).body(Body::empty())?)
+        .await?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
+    let v: Value = serde_json::from_slice(&bytes)?;
+    if !status.is_success() {
+        bail!("{uri}: {}", v["detail"]);
+    }
+    Ok(v)
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|a, b| v[*a].total_cmp(&v[*b]));
+    let mut r = vec![0.0; v.len()];
+    for (rank, i) in idx.into_iter().enumerate() {
+        r[i] = rank as f64;
+    }
+    r
+}
+
+/// Runs the evaluation on `policy`'s data dir.
+pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
+    let ds = policy.dataset().to_string();
+    let truth_path = data_dir.join("deliveries").join(&ds).join("events.json");
+    let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path).with_context(|| {
+        format!(
+            "{}: evaluate compares releases with a simulation's truth and runs only on deliveries simulated by hexflow (as `hexflow demo` makes)",
+            truth_path.display()
+        )
+    })?)?;
+    let matches: HashSet<NaiveDate> = truth["matches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["date"].as_str()?.parse().ok())
+        .collect();
+    let state = Arc::new(AppState::new(vec![policy.clone()], ServeConfig::new(data_dir))?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let ds_ref = state.datasets.get(&ds).context("dataset")?.clone();
+    let grid = &ds_ref.releaser.grid;
+
+    // Events: the hexes within 700 m of the stadium, evenings 17-24 h.
+    let stadium = grid
+        .landmarks
+        .iter()
+        .find(|l| l.kind == "stadium")
+        .context("the grid has no landmark of kind stadium")?;
+    let w8 = ds_ref.releaser.weights(8)?;
+    let centre = geo::Point::new(stadium.lon, stadium.lat);
+    let hexes: Vec<String> = w8
+        .hexes
+        .iter()
+        .filter(|h| {
+            use geo::Distance;
+            let ll = h3o::LatLng::from(**h);
+            geo::Haversine.distance(centre, geo::Point::new(ll.lng(), ll.lat())) < 700.0
+        })
+        .map(|h| h.to_string())
+        .collect();
+    let hourly: Vec<(NaiveDate, f64)> = {
+        let index = state.index.read().map_err(|e| anyhow::anyhow!("{e}"))?;
+        index
+            .iter()
+            .filter(|r| r.audience == "public" && r.metric == Metric::Footfall && r.unit == Unit::Hex)
+            .filter(|r| r.res == 8 && r.bin == crate::privacy::Bin::Hour)
+            .map(|r| (r.from, r.rho))
+            .collect()
+    };
+    let first = hourly.first().map(|d| d.0).context("no hourly res-8 releases: run the demo first")?;
+    let mut scored: Vec<(NaiveDate, f64, bool)> = Vec::new();
+    rt.block_on(async {
+        for (day, _) in &hourly {
+            if *day < first + chrono::Duration::weeks(4) {
+                continue;
+            }
+            let v = get(
+                &state,
+                &format!("/api/v1/views/event?date={day}&hex={}&weeks=4", hexes.join(",")),
+            )
+            .await?;
+            let (mut ex, mut var) = (0.0, 0.0);
+            for h in v["hours"].as_array().into_iter().flatten() {
+                if h["hour"].as_u64().unwrap_or(0) >= 17 {
+                    ex += h["excess"].as_f64().unwrap_or(0.0);
+                    var += h["excess_ci95"].as_f64().unwrap_or(0.0).powi(2);
+                }
+            }
+            let ci = var.sqrt();
+            scored.push((*day, ex / ci.max(1e-9), ex > ci));
+        }
+        anyhow::Ok(())
+    })?;
+    let match_days = scored.iter().filter(|s| matches.contains(&s.0)).count();
+    let mut by_score = scored.clone();
+    by_score.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let hits = by_score.iter().take(match_days).filter(|s| matches.contains(&s.0)).count();
+    let events = EventFigures {
+        area: format!("hexes of resolution 8 within 700 m of {}", stadium.name),
+        hexes: hexes.len(),
+        days_scored: scored.len(),
+        match_days,
+        recall_at_k: hits as f64 / match_days.max(1) as f64,
+        matches_flagged: scored.iter().filter(|s| s.2 && matches.contains(&s.0)).count(),
+        false_alarms: scored.iter().filter(|s| s.2 && !matches.contains(&s.0)).count(),
+        rho_per_day_of_source: hourly.first().map(|d| d.1).unwrap_or(0.0),
+    };
+
+    // Profiles: DP (seasonality view) against the truth of the same zones.
+    let w_zone = ds_ref.releaser.weights_for(Unit::Zone, 0)?;
+    let store = CountStore::new(data_dir, &ds);
+    let catalog = store.catalog()?;
+    let days: Vec<NaiveDate> = CountStore::days(&catalog, Metric::Footfall).into_iter().collect();
+    let cell_pos: HashMap<&str, usize> = w_zone.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let mut true_daily: BTreeMap<(usize, NaiveDate), f64> = BTreeMap::new();
+    for day in &days {
+        let Some(df) = store.read_day(&catalog, Metric::Footfall, *day)? else { continue };
+        let cells = df.column("cell_id")?.str()?.clone();
+        let devices = df.column("devices")?.u32()?.clone();
+        let mut per_cell = vec![0.0f64; w_zone.cell_ids.len()];
+        for (c, v) in cells.iter().zip(devices.iter()) {
+            if let (Some(c), Some(v)) = (c, v)
+                && let Some(i) = cell_pos.get(c)
+            {
+                per_cell[*i] += f64::from(v);
+            }
+        }
+        for e in &w_zone.entries {
+            *true_daily.entry((e.hex as usize, *day)).or_default() += per_cell[e.cell as usize] * e.weight;
+        }
+    }
+    let (mut dp_w, mut tr_w, mut dp_m, mut tr_m) = (vec![], vec![], vec![], vec![]);
+    let mut rel_mae = (0.0, 0.0, 0.0, 0usize);
+    let mut profile_rho = 0.0;
+    rt.block_on(async {
+        for (zi, zone) in w_zone.keys.iter().enumerate() {
+            let s = get(&state, &format!("/api/v1/views/seasonality?zone={zone}")).await?;
+            profile_rho = s["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0);
+            let truth: Vec<(NaiveDate, f64)> = true_daily
+                .range((zi, NaiveDate::MIN)..=(zi, NaiveDate::MAX))
+                .map(|((_, d), v)| (*d, *v))
+                .collect();
+            for (w, p) in s["weekday_profile"].as_array().into_iter().flatten().enumerate() {
+                let wd = Weekday::try_from(w as u8).unwrap_or(Weekday::Mon);
+                let t: Vec<f64> = truth.iter().filter(|(d, _)| d.weekday() == wd).map(|x| x.1).collect();
+                dp_w.push(p["mean"].as_f64().unwrap_or(0.0));
+                tr_w.push(t.iter().sum::<f64>() / t.len().max(1) as f64);
+            }
+            for (year, months) in s["months_by_year"].as_object().into_iter().flatten() {
+                for m in months.as_array().into_iter().flatten() {
+                    let month = m["month"].as_u64().unwrap_or(0) as u32;
+                    let y: i32 = year.parse().unwrap_or(0);
+                    let t: Vec<f64> = truth
+                        .iter()
+                        .filter(|(d, _)| d.year() == y && d.month() == month)
+                        .map(|x| x.1)
+                        .collect();
+                    dp_m.push(m["mean"].as_f64().unwrap_or(0.0));
+                    tr_m.push(t.iter().sum::<f64>() / t.len().max(1) as f64);
+                }
+            }
+            let f = get(&state, &format!("/api/v1/views/forecast?zone={zone}&days=14")).await?;
+            let b = &f["forecast"]["backtest"];
+            let level = truth.iter().map(|x| x.1).sum::<f64>() / truth.len().max(1) as f64;
+            if level > 0.0 {
+                rel_mae.0 += b["mae_model"].as_f64().unwrap_or(0.0) / level;
+                rel_mae.1 += b["mae_seasonal_naive"].as_f64().unwrap_or(0.0) / level;
+                rel_mae.2 += b["coverage95"].as_f64().unwrap_or(0.0);
+                rel_mae.3 += 1;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let profiles = ProfileFigures {
+        zones: w_zone.keys.len(),
+        weekday_correlation: pearson(&dp_w, &tr_w),
+        month_correlation: pearson(&dp_m, &tr_m),
+        rho_per_day_of_source: profile_rho,
+    };
+    let n = rel_mae.3.max(1) as f64;
+    let forecast = ForecastFigures {
+        zones: rel_mae.3,
+        horizon_days: 14,
+        relative_mae_model: rel_mae.0 / n,
+        relative_mae_seasonal_naive: rel_mae.1 / n,
+        coverage95: rel_mae.2 / n,
+    };
+
+    // Flows: weekday mornings 7-9 h of March 2025 against the truth.
+    let (from, to) = (days[0].with_day(1).unwrap_or(days[0]), days[0]);
+    let march_from = NaiveDate::from_ymd_opt(from.year(), 3, 1).unwrap_or(from);
+    let march_to = NaiveDate::from_ymd_opt(from.year(), 3, 31).unwrap_or(to);
+    let z = w_zone.keys.len();
+    let mut true_pairs = vec![0.0f64; z * z];
+    let tz = grid.tz;
+    for day in march_from.iter_days().take_while(|d| *d <= march_to) {
+        if day.weekday().num_days_from_monday() >= 5 {
+            continue;
+        }
+        let Some(df) = store.read_day(&catalog, Metric::Flows, day)? else { continue };
+        let o = df.column("origin_cell_id")?.str()?.clone();
+        let d = df.column("dest_cell_id")?.str()?.clone();
+        let t = df
+            .column("bin_start")?
+            .as_materialized_series()
+            .to_physical_repr()
+            .i64()?
+            .clone();
+        let trips = df.column("trips")?.u32()?.clone();
+        for (((o, d), t), v) in o.iter().zip(d.iter()).zip(t.iter()).zip(trips.iter()) {
+            let (Some(o), Some(d), Some(t), Some(v)) = (o, d, t, v) else { continue };
+            let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t) else { continue };
+            let hour = t.with_timezone(&tz).hour();
+            if !(7..9).contains(&hour) {
+                continue;
+            }
+            let (Some(ro), Some(rd)) = (
+                cell_pos.get(o).and_then(|i| w_zone.rows.get(&(*i as u32))),
+                cell_pos.get(d).and_then(|i| w_zone.rows.get(&(*i as u32))),
+            ) else {
+                continue;
+            };
+            for eo in ro {
+                for ed in rd {
+                    true_pairs[eo.hex as usize * z + ed.hex as usize] += f64::from(v) * eo.weight * ed.weight;
+                }
+            }
+        }
+    }
+    let fl = rt.block_on(get(
+        &state,
+        &format!("/api/v1/views/flows?from={march_from}&to={march_to}&hours=7-9&weekdays=true&top=500"),
+    ))?;
+    let pos: HashMap<&str, usize> = w_zone.keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let mut dp_pairs = vec![0.0f64; z * z];
+    for p in fl["largest"].as_array().into_iter().flatten() {
+        if let (Some(o), Some(d)) = (
+            p["origin"].as_str().and_then(|o| pos.get(o)),
+            p["dest"].as_str().and_then(|d| pos.get(d)),
+        ) {
+            dp_pairs[o * z + d] = p["trips"].as_f64().unwrap_or(0.0);
+        }
+    }
+    let top = |v: &[f64]| -> HashSet<usize> {
+        let mut i: Vec<usize> = (0..v.len()).collect();
+        i.sort_by(|a, b| v[*b].total_cmp(&v[*a]));
+        i.into_iter().take(10).collect()
+    };
+    let flows = FlowFigures {
+        period: format!("weekdays {march_from}..{march_to}, 07-09 h"),
+        pairs: z * z,
+        spearman: pearson(&ranks(&dp_pairs), &ranks(&true_pairs)),
+        top10_overlap: top(&dp_pairs).intersection(&top(&true_pairs)).count() as f64 / 10.0,
+        rho_per_day_of_source: fl["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0),
+    };
+    Ok(Report {
+        dataset: ds,
+        events,
+        profiles,
+        flows,
+        forecast,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_and_linear_correlations() {
+        let a = [1.0, 2.0, 3.0, 4.0];
+        assert!((pearson(&a, &[2.0, 4.0, 6.0, 8.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&a, &[8.0, 6.0, 4.0, 2.0]) + 1.0).abs() < 1e-12);
+        // Monotone but not linear: rank correlation 1.
+        let b = [1.0, 10.0, 100.0, 1000.0];
+        assert!((pearson(&ranks(&a), &ranks(&b)) - 1.0).abs() < 1e-12);
+    }
+}
