@@ -505,23 +505,41 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let e = &r.events;
                 out!(
                     "events ({}, {} hexes, {} days scored, ρ {} per day): recall of the {} match evenings among the top {}: {:.0} %; {} match evenings and {} other days stand out by more than their 95 % interval",
-                    e.area, e.hexes, e.days_scored, e.rho_per_day_of_source, e.match_days, e.match_days,
-                    100.0 * e.recall_at_k, e.matches_flagged, e.false_alarms
+                    e.area,
+                    e.hexes,
+                    e.days_scored,
+                    e.rho_per_day_of_source,
+                    e.match_days,
+                    e.match_days,
+                    100.0 * e.recall_at_k,
+                    e.matches_flagged,
+                    e.false_alarms
                 );
                 let p = &r.profiles;
                 out!(
                     "profiles ({} zones, ρ {} per day): correlation with the truth {:.3} (weekday means), {:.3} (month means)",
-                    p.zones, p.rho_per_day_of_source, p.weekday_correlation, p.month_correlation
+                    p.zones,
+                    p.rho_per_day_of_source,
+                    p.weekday_correlation,
+                    p.month_correlation
                 );
                 let f = &r.flows;
                 out!(
                     "flows ({}, {} pairs, ρ {} per day): Spearman {:.3}, top-10 overlap {:.0} %",
-                    f.period, f.pairs, f.rho_per_day_of_source, f.spearman, 100.0 * f.top10_overlap
+                    f.period,
+                    f.pairs,
+                    f.rho_per_day_of_source,
+                    f.spearman,
+                    100.0 * f.top10_overlap
                 );
                 let c = &r.forecast;
                 out!(
                     "forecast ({} zones, {} days ahead, backtest): MAE {:.1} % of the level vs {:.1} % for seasonal-naive; 95 % intervals held {:.0} %",
-                    c.zones, c.horizon_days, 100.0 * c.relative_mae_model, 100.0 * c.relative_mae_seasonal_naive, 100.0 * c.coverage95
+                    c.zones,
+                    c.horizon_days,
+                    100.0 * c.relative_mae_model,
+                    100.0 * c.relative_mae_seasonal_naive,
+                    100.0 * c.coverage95
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -161,7 +161,10 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
             .map(|r| (r.from, r.rho))
             .collect()
     };
-    let first = hourly.first().map(|d| d.0).context("no hourly res-8 releases: run the demo first")?;
+    let first = hourly
+        .first()
+        .map(|d| d.0)
+        .context("no hourly res-8 releases: run the demo first")?;
     let mut scored: Vec<(NaiveDate, f64, bool)> = Vec::new();
     rt.block_on(async {
         for (day, _) in &hourly {
@@ -188,7 +191,11 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     let match_days = scored.iter().filter(|s| matches.contains(&s.0)).count();
     let mut by_score = scored.clone();
     by_score.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let hits = by_score.iter().take(match_days).filter(|s| matches.contains(&s.0)).count();
+    let hits = by_score
+        .iter()
+        .take(match_days)
+        .filter(|s| matches.contains(&s.0))
+        .count();
     let events = EventFigures {
         area: format!("hexes of resolution 8 within 700 m of {}", stadium.name),
         hexes: hexes.len(),
@@ -205,10 +212,17 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     let store = CountStore::new(data_dir, &ds);
     let catalog = store.catalog()?;
     let days: Vec<NaiveDate> = CountStore::days(&catalog, Metric::Footfall).into_iter().collect();
-    let cell_pos: HashMap<&str, usize> = w_zone.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let cell_pos: HashMap<&str, usize> = w_zone
+        .cell_ids
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
     let mut true_daily: BTreeMap<(usize, NaiveDate), f64> = BTreeMap::new();
     for day in &days {
-        let Some(df) = store.read_day(&catalog, Metric::Footfall, *day)? else { continue };
+        let Some(df) = store.read_day(&catalog, Metric::Footfall, *day)? else {
+            continue;
+        };
         let cells = df.column("cell_id")?.str()?.clone();
         let devices = df.column("devices")?.u32()?.clone();
         let mut per_cell = vec![0.0f64; w_zone.cell_ids.len()];
@@ -291,7 +305,9 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
         if day.weekday().num_days_from_monday() >= 5 {
             continue;
         }
-        let Some(df) = store.read_day(&catalog, Metric::Flows, day)? else { continue };
+        let Some(df) = store.read_day(&catalog, Metric::Flows, day)? else {
+            continue;
+        };
         let o = df.column("origin_cell_id")?.str()?.clone();
         let d = df.column("dest_cell_id")?.str()?.clone();
         let t = df
@@ -302,8 +318,12 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
             .clone();
         let trips = df.column("trips")?.u32()?.clone();
         for (((o, d), t), v) in o.iter().zip(d.iter()).zip(t.iter()).zip(trips.iter()) {
-            let (Some(o), Some(d), Some(t), Some(v)) = (o, d, t, v) else { continue };
-            let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t) else { continue };
+            let (Some(o), Some(d), Some(t), Some(v)) = (o, d, t, v) else {
+                continue;
+            };
+            let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t) else {
+                continue;
+            };
             let hour = t.with_timezone(&tz).hour();
             if !(7..9).contains(&hour) {
                 continue;

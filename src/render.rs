@@ -298,3 +298,104 @@ mod tests {
         assert_eq!(colour(50.0, 10.0), colour(10.0, 10.0));
     }
 }
+
+/// One line of a chart, with its 95 % band.
+pub struct Line {
+    pub label: String,
+    pub colour: RGBColor,
+    /// (x, y, ci95) with x in the chart's unit.
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Text around a chart.
+pub struct ChartText<'a> {
+    pub title: &'a str,
+    pub y_label: &'a str,
+    pub caption: &'a str,
+}
+
+/// A line chart with error bands (plotters), for the views.
+pub fn chart_png(
+    text: &ChartText,
+    lines: &[Line],
+    x_label: &dyn Fn(f64) -> String,
+    (width, height): (u32, u32),
+) -> Result<Vec<u8>, RenderError> {
+    register_font();
+    let (width, height) = (width.clamp(320, MAX_MAP_PX), height.clamp(200, MAX_MAP_PX));
+    let all = lines.iter().flat_map(|l| l.points.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for (x, y, ci) in all {
+        x0 = x0.min(*x);
+        x1 = x1.max(*x);
+        y1 = y1.max(y + ci);
+    }
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let y1 = if y1 > 0.0 { y1 * 1.08 } else { 1.0 };
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (body, foot) = root.split_vertically(height - 28);
+        let mut chart = ChartBuilder::on(&body)
+            .caption(text.title, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(34)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, 0.0..y1)
+            .map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .x_label_formatter(&|x| x_label(*x))
+            .y_desc(text.y_label)
+            .label_style(("sans-serif", 12))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(draw_err)?;
+        for l in lines {
+            let mut band: Vec<(f64, f64)> = l.points.iter().map(|(x, y, ci)| (*x, y + ci)).collect();
+            band.extend(l.points.iter().rev().map(|(x, y, ci)| (*x, (y - ci).max(0.0))));
+            chart
+                .draw_series(std::iter::once(Polygon::new(band, l.colour.mix(0.2).filled())))
+                .map_err(draw_err)?;
+            chart
+                .draw_series(LineSeries::new(
+                    l.points.iter().map(|(x, y, _)| (*x, *y)),
+                    l.colour.stroke_width(2),
+                ))
+                .map_err(draw_err)?
+                .label(l.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], l.colour.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(draw_err)?;
+        foot.draw(&Text::new(
+            text.caption.to_string(),
+            (12, 6),
+            ("sans-serif", 12).into_font().color(&BLACK),
+        ))
+        .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&buf, (width, height), None)
+}
+
+/// Okabe–Ito colours (distinguishable with the common colour-vision
+/// deficiencies), for the lines of a chart.
+pub const OKABE_ITO: [RGBColor; 4] = [
+    RGBColor(0, 114, 178),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+];

@@ -929,6 +929,29 @@ async fn views_are_computed_from_public_releases_and_cost_nothing() {
     }
     assert!(fc["forecast"]["backtest"]["mae_seasonal_naive"].as_f64().is_some());
 
+    // The same views as charts.
+    for uri in [
+        "/api/v1/views/seasonality?zone=W&format=png",
+        "/api/v1/views/forecast?zone=W&format=png",
+        "/api/v1/views/event?zone=E&date=2025-04-02&format=png",
+    ] {
+        let png = get(&state, uri).await;
+        assert_eq!(png.header(header::CONTENT_TYPE), "image/png", "{uri}: {}", png.text());
+        let (w, _, _, px) = decode_png(&png.body);
+        assert_eq!(w, 1000);
+        // The Okabe-Ito blue or orange line is drawn.
+        let line = px
+            .chunks_exact(3)
+            .filter(|p| (p[0], p[1], p[2]) == (0, 114, 178) || (p[0], p[1], p[2]) == (230, 159, 0))
+            .count();
+        assert!(line > 200, "{uri}: {line} line pixels");
+    }
+    get(&state, "/api/v1/views/seasonality?zone=W&format=svg")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let zones = get(&state, "/api/v1/datasets").await.json()["datasets"][0]["zones"].clone();
+    assert_eq!(zones.as_array().map(Vec::len), Some(2));
+
     // Failures say what is missing; none of this spent budget.
     get(&state, "/api/v1/views/seasonality?zone=NOPE")
         .await

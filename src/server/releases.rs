@@ -82,6 +82,7 @@ pub async fn datasets(State(state): State<Arc<AppState>>) -> Response {
                     "min_delay_days": a.min_delay_days,
                 }))).collect::<serde_json::Map<_, _>>(),
                 "publication": p.spec.publication,
+                "zones": g.zones.iter().map(|z| json!({"zone_id": z.id, "name": z.name})).collect::<Vec<_>>(),
             })
         })
         .collect();

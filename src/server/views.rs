@@ -153,6 +153,8 @@ pub struct ZoneQuery {
     weeks: Option<i64>,
     /// Forecast horizon (default 14 days, at most 60).
     days: Option<usize>,
+    /// `json` (default) or `png` (a chart drawn with plotters).
+    format: Option<String>,
 }
 
 pub async fn seasonality(
@@ -165,6 +167,7 @@ pub async fn seasonality(
     if !(1..=12).contains(&weeks) {
         return Err(Problem::bad_request("weeks must be in 1..=12"));
     }
+    let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || {
         let (points, list) = zone_series(&st, &ds, &q.zone)?;
@@ -201,7 +204,7 @@ pub async fn seasonality(
         }))
     })
     .await?;
-    Ok((no_cache(), Json(body)).into_response())
+    respond(q_format, body, Chart::Seasonality).await
 }
 
 pub async fn forecast(
@@ -214,6 +217,7 @@ pub async fn forecast(
     if !(1..=60).contains(&horizon) {
         return Err(Problem::bad_request("days must be in 1..=60"));
     }
+    let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || {
         let (points, list) = zone_series(&st, &ds, &q.zone)?;
@@ -225,10 +229,17 @@ pub async fn forecast(
                 "a forecast needs at least 21 published days",
             )
         })?;
-        Ok(json!({"zone": q.zone, "unit": "devices per zone per day", "forecast": f, "source": provenance(&list)}))
+        let recent: Vec<Value> = points
+            .iter()
+            .rev()
+            .take(56)
+            .rev()
+            .map(|p| json!({"day": p.day, "value": p.value, "ci95": Z95 * p.noise_sd}))
+            .collect();
+        Ok(json!({"zone": q.zone, "unit": "devices per zone per day", "recent": recent, "forecast": f, "source": provenance(&list)}))
     })
     .await?;
-    Ok((no_cache(), Json(body)).into_response())
+    respond(q_format, body, Chart::Forecast).await
 }
 
 /// Public holidays of the grid's calendar (`calendar.toml`), if any.
@@ -252,6 +263,8 @@ pub struct EventQuery {
     weeks: Option<i64>,
     /// Resolution of the hourly releases (default 8).
     res: Option<u8>,
+    /// `json` (default) or `png`.
+    format: Option<String>,
 }
 
 pub async fn event(
@@ -264,9 +277,147 @@ pub async fn event(
     if !(1..=12).contains(&weeks) {
         return Err(Problem::bad_request("weeks must be in 1..=12"));
     }
+    let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || event_view(&st, &ds, &q, weeks)).await?;
-    Ok((no_cache(), Json(body)).into_response())
+    respond(q_format, body, Chart::Event).await
+}
+
+fn format(f: Option<&str>) -> Result<bool, Problem> {
+    match f {
+        None | Some("json") => Ok(false),
+        Some("png") => Ok(true),
+        Some(other) => Err(Problem::bad_request(format!("format={other:?}: json or png"))),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Chart {
+    Seasonality,
+    Event,
+    Forecast,
+}
+
+/// JSON, or the view drawn as a chart with its privacy statement.
+async fn respond(png: bool, body: Value, chart: Chart) -> Result<Response, Problem> {
+    if !png {
+        return Ok((no_cache(), Json(body)).into_response());
+    }
+    let bytes = blocking(move || chart_png(&body, chart)).await?;
+    Ok((
+        no_cache(),
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("image/png"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
+fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
+    use crate::render::{ChartText, Line, OKABE_ITO, chart_png};
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let day_x = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<NaiveDate>().ok())
+            .map(|d| f64::from(d.num_days_from_ce()))
+            .unwrap_or(0.0)
+    };
+    let day_label = |x: f64| {
+        NaiveDate::from_num_days_from_ce_opt(x.round() as i32)
+            .map(|d| d.format("%d %b %y").to_string())
+            .unwrap_or_default()
+    };
+    let cost = format!(
+        "From {} public releases at ρ = {} per day (ε = {:.2}); this view cost nothing more. Bands: 95 % intervals of the DP noise.",
+        body["source"]["releases"],
+        body["source"]["rho_per_day_of_source"],
+        body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
+    );
+    let (title, lines, label): (String, Vec<Line>, Box<dyn Fn(f64) -> String>) = match chart {
+        Chart::Seasonality => (
+            format!("Zone {}: daily footfall", body["zone"].as_str().unwrap_or("")),
+            vec![Line {
+                label: "devices per day".into(),
+                colour: OKABE_ITO[0],
+                points: body["daily"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| (day_x(&p["day"]), f(p, "value"), f(p, "ci95")))
+                    .collect(),
+            }],
+            Box::new(day_label),
+        ),
+        Chart::Forecast => (
+            format!("Zone {}: the next days", body["zone"].as_str().unwrap_or("")),
+            vec![
+                Line {
+                    label: "published".into(),
+                    colour: OKABE_ITO[0],
+                    points: body["recent"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| (day_x(&p["day"]), f(p, "value"), f(p, "ci95")))
+                        .collect(),
+                },
+                Line {
+                    label: "forecast (95 % prediction interval)".into(),
+                    colour: OKABE_ITO[1],
+                    points: body["forecast"]["days"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| (day_x(&p["day"]), f(p, "value"), (f(p, "hi") - f(p, "lo")) / 2.0))
+                        .collect(),
+                },
+            ],
+            Box::new(day_label),
+        ),
+        Chart::Event => {
+            let hours: Vec<&Value> = body["hours"].as_array().into_iter().flatten().collect();
+            (
+                format!(
+                    "{} ({}) against the same weekday of {} weeks before",
+                    body["date"].as_str().unwrap_or(""),
+                    body["weekday"].as_str().unwrap_or(""),
+                    body["baseline_days"]
+                ),
+                vec![
+                    Line {
+                        label: "that day".into(),
+                        colour: OKABE_ITO[1],
+                        points: hours
+                            .iter()
+                            .map(|h| (f(h, "hour"), f(h, "value"), f(h, "ci95")))
+                            .collect(),
+                    },
+                    Line {
+                        label: "baseline".into(),
+                        colour: OKABE_ITO[0],
+                        points: hours
+                            .iter()
+                            .map(|h| (f(h, "hour"), f(h, "baseline"), f(h, "baseline_ci95")))
+                            .collect(),
+                    },
+                ],
+                Box::new(|x: f64| format!("{:02}h", x.round() as i64)),
+            )
+        }
+    };
+    chart_png(
+        &ChartText {
+            title: &title,
+            y_label: body["unit"].as_str().unwrap_or(""),
+            caption: &cost,
+        },
+        &lines,
+        &*label,
+        (1000, 520),
+    )
+    .map_err(|e| Problem::internal("chart", e))
 }
 
 /// Hourly sums over `hexes` for one day: (local hour, value, ci95).
