@@ -517,7 +517,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 );
                 let p = &r.profiles;
                 out!(
-                    "profiles ({} zones, ρ {} per day): correlation with the truth {:.3} (weekday means), {:.3} (month means)",
+                    "profiles ({} zones, ρ {} per day): correlation of each zone's profile shape with the truth {:.4} (weekday means), {:.4} (month means)",
                     p.zones,
                     p.rho_per_day_of_source,
                     p.weekday_correlation,

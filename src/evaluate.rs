@@ -53,9 +53,11 @@ pub struct EventFigures {
 #[derive(Debug, Serialize)]
 pub struct ProfileFigures {
     pub zones: usize,
-    /// Pearson correlation of DP and true weekday means (zones × 7).
+    /// Pearson correlation of DP and true weekday means (zones × 7), each
+    /// zone's profile divided by its own mean: the shape, not the zones'
+    /// sizes (which alone would give a correlation near 1).
     pub weekday_correlation: f64,
-    /// Pearson correlation of DP and true month means (zones × months).
+    /// The same for month means (zones × months).
     pub month_correlation: f64,
     pub rho_per_day_of_source: f64,
 }
@@ -248,6 +250,7 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
                 .range((zi, NaiveDate::MIN)..=(zi, NaiveDate::MAX))
                 .map(|((_, d), v)| (*d, *v))
                 .collect();
+            let (w0, m0) = (dp_w.len(), dp_m.len());
             for (w, p) in s["weekday_profile"].as_array().into_iter().flatten().enumerate() {
                 let wd = Weekday::try_from(w as u8).unwrap_or(Weekday::Mon);
                 let t: Vec<f64> = truth.iter().filter(|(d, _)| d.weekday() == wd).map(|x| x.1).collect();
@@ -265,6 +268,12 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
                         .collect();
                     dp_m.push(m["mean"].as_f64().unwrap_or(0.0));
                     tr_m.push(t.iter().sum::<f64>() / t.len().max(1) as f64);
+                }
+            }
+            for (v, from) in [(&mut dp_w, w0), (&mut tr_w, w0), (&mut dp_m, m0), (&mut tr_m, m0)] {
+                let mean = v[from..].iter().sum::<f64>() / (v.len() - from).max(1) as f64;
+                if mean > 0.0 {
+                    v[from..].iter_mut().for_each(|x| *x /= mean);
                 }
             }
             let f = get(&state, &format!("/api/v1/views/forecast?zone={zone}&days=14")).await?;

@@ -767,6 +767,8 @@ async fn health_metrics_cors_and_the_viewer() {
         page.header(header::CONTENT_SECURITY_POLICY)
             .contains("default-src 'self'")
     );
+    let v = get(state, "/views").await;
+    assert!(v.text().contains("/web/views.js"), "{}", v.text());
     let t = get(state, "/transparency").await;
     assert!(t.text().contains("/web/transparency.js"));
     let js = get(state, "/web/map.js").await;

@@ -101,6 +101,7 @@ pub struct AppState {
     pub datasets: BTreeMap<String, Arc<Dataset>>,
     pub index: RwLock<ReleaseIndex>,
     cache: data::Cache,
+    bodies: BodyCache,
     metrics: metrics::Metrics,
 }
 
@@ -138,6 +139,7 @@ impl AppState {
             datasets,
             index: RwLock::new(index),
             cache: data::Cache::default(),
+            bodies: BodyCache::default(),
             metrics: metrics::Metrics::default(),
         })
     }
@@ -315,41 +317,114 @@ fn no_cache() -> [(header::HeaderName, HeaderValue); 1] {
     [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))]
 }
 
-/// An immutable answer: strong ETag from `parts`, 304 when the client has
-/// it, and a year of caching.
-fn immutable(
-    headers: &HeaderMap,
-    parts: &[&str],
-    content_type: &'static str,
-    body: impl FnOnce() -> Result<Vec<u8>, Problem>,
-) -> Response {
+/// Bodies of immutable answers by ETag, so that the same bytes are never
+/// serialised or rendered twice (release content cannot change).
+#[derive(Default)]
+struct BodyCache {
+    inner: std::sync::Mutex<BodyCacheInner>,
+}
+
+#[derive(Default)]
+struct BodyCacheInner {
+    bodies: std::collections::HashMap<String, (axum::body::Bytes, &'static str)>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+/// Most bytes kept by the body cache (oldest entries leave first).
+const BODY_CACHE_BYTES: usize = 256 << 20;
+
+impl BodyCache {
+    fn get(&self, etag: &str) -> Option<(axum::body::Bytes, &'static str)> {
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.bodies.get(etag).cloned()
+    }
+
+    fn put(&self, etag: String, body: axum::body::Bytes, content_type: &'static str) {
+        if body.len() > BODY_CACHE_BYTES / 8 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.bodies.contains_key(&etag) {
+            return;
+        }
+        inner.bytes += body.len();
+        inner.order.push_back(etag.clone());
+        inner.bodies.insert(etag, (body, content_type));
+        while inner.bytes > BODY_CACHE_BYTES {
+            let Some(old) = inner.order.pop_front() else { break };
+            if let Some((b, _)) = inner.bodies.remove(&old) {
+                inner.bytes -= b.len();
+            }
+        }
+    }
+}
+
+fn etag_of(parts: &[&str]) -> String {
     let mut all: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
     all.push(env!("CARGO_PKG_VERSION").as_bytes());
-    let etag = format!("\"{}\"", &crate::util::sha256_parts(all)[..32]);
-    let cache = [
+    format!("\"{}\"", &crate::util::sha256_parts(all)[..32])
+}
+
+fn immutable_headers(etag: &str) -> [(header::HeaderName, HeaderValue); 2] {
+    [
         (
             header::ETAG,
-            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+            HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\"")),
         ),
         (
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ),
-    ];
+    ]
+}
+
+/// A 304 when the client has the answer named by `parts`, or the answer
+/// from the body cache; `None` when it must be computed.
+fn cached(state: &AppState, headers: &HeaderMap, parts: &[&str]) -> Option<Response> {
+    let etag = etag_of(parts);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
-        return (StatusCode::NOT_MODIFIED, cache).into_response();
+        return Some((StatusCode::NOT_MODIFIED, immutable_headers(&etag)).into_response());
     }
-    match body() {
-        Ok(bytes) => (
-            cache,
+    let (body, content_type) = state.bodies.get(&etag)?;
+    Some(
+        (
+            immutable_headers(&etag),
             [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-            bytes,
+            body,
         )
             .into_response(),
+    )
+}
+
+/// An immutable answer: strong ETag from `parts`, 304 when the client has
+/// it, a year of caching, and the body computed at most once per process.
+fn immutable(
+    state: &AppState,
+    headers: &HeaderMap,
+    parts: &[&str],
+    content_type: &'static str,
+    body: impl FnOnce() -> Result<Vec<u8>, Problem>,
+) -> Response {
+    if let Some(r) = cached(state, headers, parts) {
+        return r;
+    }
+    match body() {
+        Ok(bytes) => {
+            let etag = etag_of(parts);
+            let bytes = axum::body::Bytes::from(bytes);
+            state.bodies.put(etag.clone(), bytes.clone(), content_type);
+            (
+                immutable_headers(&etag),
+                [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+                bytes,
+            )
+                .into_response()
+        }
         Err(p) => p.into_response(),
     }
 }

@@ -185,6 +185,7 @@ pub async fn manifest(
     let Path(id) = path?;
     let data = load(&state, &headers, &id).await?;
     Ok(immutable(
+        &state,
         &headers,
         &["manifest", &id, &data.manifest.values_sha256],
         "application/json",
@@ -272,6 +273,7 @@ pub async fn values(
     };
     let bin_s = bin.map(|b| b.to_string()).unwrap_or_else(|| "all".into());
     let mut resp = immutable(
+        &state,
         &headers,
         &["values", &id, &data.manifest.values_sha256, ext, &bin_s],
         ctype,
@@ -532,6 +534,7 @@ pub async fn series(
     });
     let key = hex_list.join(",");
     Ok(immutable(
+        &state,
         &headers,
         &["series", &id, &m.values_sha256, &key],
         "application/json",
@@ -634,7 +637,7 @@ pub async fn map_png(
         width.to_string(),
     ];
     let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    if let Some(r) = not_modified(&headers, &etag_parts) {
+    if let Some(r) = super::cached(&state, &headers, &etag_parts) {
         return Ok(r);
     }
     let png = blocking(move || {
@@ -679,14 +682,7 @@ pub async fn map_png(
             .map_err(|e| Problem::internal("map rendering", e))
     })
     .await?;
-    Ok(immutable(&headers, &etag_parts, "image/png", || Ok(png)))
-}
-
-/// A 304 when the client's ETag matches (saves rendering).
-fn not_modified(headers: &HeaderMap, parts: &[&str]) -> Option<Response> {
-    headers.get(header::IF_NONE_MATCH)?;
-    let r = immutable(headers, parts, "application/octet-stream", || Ok(Vec::new()));
-    (r.status() == StatusCode::NOT_MODIFIED).then_some(r)
+    Ok(immutable(&state, &headers, &etag_parts, "image/png", || Ok(png)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -730,6 +726,7 @@ pub async fn tilejson(
         "center": [(bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0, 11],
     });
     Ok(immutable(
+        &state,
         &headers,
         &["tilejson", &id, &m.values_sha256, &b.to_string(), &base],
         "application/json",
@@ -768,7 +765,7 @@ pub async fn tile(
         format!("{z}/{x}/{y}/{b}"),
     ];
     let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    if let Some(r) = not_modified(&headers, &etag_parts) {
+    if let Some(r) = super::cached(&state, &headers, &etag_parts) {
         return Ok(r);
     }
     let png = blocking(move || {
@@ -794,7 +791,7 @@ pub async fn tile(
         render::tile_png(&hexes, data.scale_max, (z, x, y)).map_err(|e| Problem::internal("tile rendering", e))
     })
     .await?;
-    Ok(immutable(&headers, &etag_parts, "image/png", || Ok(png)))
+    Ok(immutable(&state, &headers, &etag_parts, "image/png", || Ok(png)))
 }
 
 #[derive(Debug, Deserialize)]

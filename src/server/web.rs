@@ -24,6 +24,16 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../web/transparency.html"),
     ),
     (
+        "views.html",
+        "text/html; charset=utf-8",
+        include_str!("../../web/views.html"),
+    ),
+    (
+        "views.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/views.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../../web/style.css"),
@@ -52,6 +62,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/transparency",
             get(|h: HeaderMap| async move { file("transparency.html", &h) }),
         )
+        .route("/views", get(|h: HeaderMap| async move { file("views.html", &h) }))
         .route(
             "/web/{file}",
             get(|Path(name): Path<String>, h: HeaderMap| async move { file(&name, &h) }),

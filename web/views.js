@@ -1,0 +1,649 @@
+// The views page: seasonality of a zone, an event against its baseline,
+// flows between zones and a forecast, all computed by the server from
+// public releases (post-processing: no privacy budget is spent). Each
+// section shows the server-rendered chart (format=png), tables from the
+// JSON of the same endpoint, and the privacy statement of its `source`.
+
+import {
+  api, apiUrl, setStatus, showError, el, setChildren,
+  fmtInt, fmtNum, fmtRho, fmtDelta, fmtLocalDay,
+  pickDataset, showDatasetTitle,
+} from "/web/common.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** The zone shown first when the dataset has it: the 8e (Vélodrome, beaches). */
+const DEFAULT_ZONE = "13208";
+/** Days standing out listed in the seasonality table. */
+const TOP_STANDING = 15;
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const WEEKDAYS = { Mon: "Monday", Tue: "Tuesday", Wed: "Wednesday", Thu: "Thursday", Fri: "Friday", Sat: "Saturday", Sun: "Sunday" };
+
+const state = {
+  ds: null,
+  /** zone_id → name. */
+  zoneNames: new Map(),
+  delta: NaN,
+  /** Section key → what is loading ("the seasonality of …"). */
+  pending: new Map(),
+  /** Section key → error line. */
+  errors: new Map(),
+  /** Section key → true once its first load ended (ok or not). */
+  settled: new Set(),
+};
+
+/** Per section: its elements, request sequence and abort controller. */
+const sections = {
+  season: { label: "Seasonality", png: true },
+  event: { label: "Event versus baseline", png: true },
+  flows: { label: "Flows", png: false },
+  forecast: { label: "Forecast", png: true },
+};
+for (const [key, sec] of Object.entries(sections)) {
+  sec.key = key;
+  sec.section = $(key === "season" ? "seasonality" : key);
+  sec.form = $(`${key}-form`);
+  sec.out = $(`${key}-out`);
+  sec.privacy = $(`${key}-privacy`);
+  sec.links = $(`${key}-links`);
+  sec.img = $(`${key}-img`);
+  sec.imgNote = $(`${key}-img-note`);
+  sec.seq = 0;
+  sec.ctrl = null;
+  sec.pngUrl = null;
+  sec.ok = false;
+  // Shown in the section when its view cannot be loaded (the detail also goes to #status).
+  sec.error = el("p", { class: "view-error", id: `${key}-error`, hidden: true });
+  sec.out.before(sec.error);
+  if (sec.img) wireImage(sec);
+}
+
+// ------------------------------------------------------------ formatting
+
+/** A count, rounded ("12,345"). */
+const n0 = (x) => fmtInt(Number.isFinite(x) ? Math.round(x) : NaN);
+
+/** A signed count ("+1,234", "−56", "0"). */
+function signed(x) {
+  if (!Number.isFinite(x)) return "–";
+  const r = Math.round(x);
+  if (r === 0) return "0";
+  return `${r > 0 ? "+" : "−"}${fmtInt(Math.abs(r))}`;
+}
+
+/** "12,345 ± 210". */
+const pm = (v, ci) => `${n0(v)} ± ${n0(ci)}`;
+
+/** ρ or ε with 2 decimals (more significant digits only when that would read 0). */
+function fmt2(x) {
+  if (x === null || x === undefined || !Number.isFinite(Number(x))) return "–";
+  const v = Number(x);
+  return v !== 0 && Math.abs(v) < 0.005 ? fmtRho(v) : fmtNum(v, 2);
+}
+
+/** "Sat 17 May 2025" of an ISO day ("2025-05-17"). */
+function fmtDay(iso) {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(String(iso))) return String(iso ?? "–");
+  return fmtLocalDay(new Date(`${iso}T12:00:00Z`), "UTC");
+}
+
+/** "07:00" of an hour 0–24. */
+const hh = (h) => `${String(h).padStart(2, "0")}:00`;
+
+/** "8e arrondissement (13208)". */
+function zoneLabel(id) {
+  const name = state.zoneNames.get(id);
+  return name ? `${name} (${id})` : `zone ${id}`;
+}
+
+/** The zone's name alone ("8e arrondissement"), or "zone 13208". */
+function zoneName(id) {
+  return state.zoneNames.get(id) || `zone ${id}`;
+}
+
+const plural = (n, one, many = `${one}s`) => `${fmtInt(n)} ${n === 1 ? one : many}`;
+
+/**
+ * "Computed from 365 public releases at ρ = 0.04 per day (ε = 1.1 at
+ * δ = 1e-7); this view spent no privacy budget."
+ */
+function privacyLine(src) {
+  if (!src) return "";
+  const n = Number(src.releases) || 0;
+  const eps = src.epsilon_per_day_of_source;
+  const epsText = eps === null || eps === undefined
+    ? ""
+    : ` (ε = ${fmt2(eps)}${Number.isFinite(state.delta) ? ` at δ = ${fmtDelta(state.delta)}` : ""})`;
+  const cost = Number(src.cost_of_this_view);
+  const costText = !cost
+    ? "this view spent no privacy budget"
+    : `this view cost ρ = ${fmt2(cost)} more`;
+  return `Computed from ${plural(n, "public release")} at ρ = ${fmt2(src.rho_per_day_of_source)} per day${epsText}; ${costText}.`;
+}
+
+function numCell(text, extra = "") {
+  return el("td", { class: extra ? `num ${extra}` : "num" }, text);
+}
+
+function emptyRow(cols, text) {
+  return el("tr", {}, el("td", { colspan: cols, class: "note muted" }, text));
+}
+
+// ------------------------------------------------------------ status
+
+/** The status line: every section's error, else what is loading, else nothing. */
+function renderStatus() {
+  if (state.errors.size) {
+    setStatus([...state.errors.values()].join(" — "), "error");
+  } else if (state.pending.size) {
+    setStatus(`Loading ${[...state.pending.values()].join(", ")}…`, "info");
+  } else {
+    setStatus("");
+  }
+  if (state.pending.size) {
+    document.body.dataset.state = "loading";
+  } else {
+    const all = Object.values(sections);
+    document.body.dataset.state = all.some((s) => s.ok) || !all.some((s) => state.settled.has(s.key)) ? "ready" : "error";
+  }
+}
+
+// ------------------------------------------------------------ charts
+
+function wireImage(sec) {
+  sec.img.addEventListener("load", () => {
+    if (sec.img.getAttribute("src") !== sec.pngUrl) return;
+    sec.img.hidden = false;
+    sec.imgNote.hidden = true;
+  });
+  sec.img.addEventListener("error", () => {
+    if (!sec.pngUrl || sec.img.getAttribute("src") !== sec.pngUrl) return;
+    sec.img.hidden = true;
+    if (sec.ok) {
+      sec.imgNote.textContent = "The chart could not be drawn; the figures below are the same.";
+      sec.imgNote.hidden = false;
+    }
+  });
+}
+
+function setChart(sec, url, alt) {
+  if (!sec.img) return;
+  sec.pngUrl = url;
+  sec.img.alt = alt;
+  sec.imgNote.hidden = true;
+  if (sec.img.getAttribute("src") !== url) sec.img.src = url;
+}
+
+function dropChart(sec) {
+  if (!sec.img) return;
+  sec.pngUrl = null;
+  sec.img.hidden = true;
+  sec.img.removeAttribute("src");
+  sec.imgNote.hidden = true;
+}
+
+function setLinks(sec, jsonUrl, pngUrl) {
+  const parts = [
+    "Data of this view: ",
+    el("a", { href: jsonUrl, target: "_blank", rel: "noopener" }, "JSON"),
+  ];
+  if (pngUrl) parts.push(" · ", el("a", { href: pngUrl, target: "_blank", rel: "noopener" }, "PNG chart"));
+  setChildren(sec.links, parts);
+}
+
+// ------------------------------------------------------------ loading
+
+/**
+ * Loads one section: `params` (without dataset/format) on `path`, the chart
+ * when the section has one, then `render(json)`. A newer load of the same
+ * section aborts and supersedes the older one.
+ */
+async function load(sec, { path, params, what, alt, render }) {
+  if (sec.ctrl) sec.ctrl.abort();
+  const ctrl = new AbortController();
+  sec.ctrl = ctrl;
+  const seq = ++sec.seq;
+  const q = { dataset: state.ds.dataset, ...params };
+  const jsonUrl = apiUrl(path, q);
+  const pngUrl = sec.png ? apiUrl(path, { ...q, format: "png" }) : null;
+
+  state.errors.delete(sec.key);
+  state.pending.set(sec.key, what);
+  sec.section.dataset.state = "loading";
+  sec.out.setAttribute("aria-busy", "true");
+  sec.out.classList.add("is-loading");
+  renderStatus();
+  // The chart loads alongside the JSON (the old one stays, dimmed, until then).
+  if (pngUrl) setChart(sec, pngUrl, alt);
+
+  try {
+    const data = await api(jsonUrl, { signal: ctrl.signal });
+    if (seq !== sec.seq) return;
+    render(data);
+    sec.ok = true;
+    sec.error.hidden = true;
+    sec.out.hidden = false;
+    sec.privacy.textContent = privacyLine(data.source);
+    setLinks(sec, jsonUrl, pngUrl);
+    sec.section.dataset.state = "ready";
+  } catch (e) {
+    if (seq !== sec.seq || (e && e.name === "AbortError")) return;
+    sec.ok = false;
+    dropChart(sec);
+    sec.out.hidden = true;
+    sec.error.textContent = `Nothing to show: ${e instanceof Error ? e.message : String(e)}`;
+    sec.error.hidden = false;
+    sec.section.dataset.state = "error";
+    state.errors.set(sec.key, `${sec.label}: ${e instanceof Error ? e.message : String(e)}`);
+    showError(e, sec.label);
+  } finally {
+    if (seq === sec.seq) {
+      sec.ctrl = null;
+      state.pending.delete(sec.key);
+      state.settled.add(sec.key);
+      sec.out.setAttribute("aria-busy", "false");
+      sec.out.classList.remove("is-loading");
+      renderStatus();
+    }
+  }
+}
+
+/** Submits on Enter and on the Update button; native validation first. */
+function onSubmit(sec, run, check = null) {
+  sec.form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (check) check();
+    if (!sec.form.reportValidity()) return;
+    run();
+  });
+}
+
+/** An integer input's value clamped to its min/max (the default when empty). */
+function intOf(input, fallback) {
+  const v = Math.round(Number(input.value));
+  if (!input.value || !Number.isFinite(v)) return fallback;
+  return Math.min(Number(input.max), Math.max(Number(input.min), v));
+}
+
+// ------------------------------------------------------------ 1. seasonality
+
+const season = {
+  zone: $("season-zone"),
+  weeks: $("season-weeks"),
+  weekdayUnit: $("season-weekday-unit"),
+  weekdayBody: $("season-weekday-body"),
+  monthsHead: $("season-months-head"),
+  monthsBody: $("season-months-body"),
+  standingNote: $("season-standing-note"),
+  standing: $("season-standing"),
+  standingBody: $("season-standing-body"),
+};
+
+function loadSeasonality() {
+  const zone = season.zone.value;
+  const weeks = intOf(season.weeks, 4);
+  return load(sections.season, {
+    path: "/api/v1/views/seasonality",
+    params: { zone, weeks },
+    what: `the seasonality of ${zoneName(zone)}`,
+    alt: `Line chart of the daily footfall in ${zoneLabel(zone)} over every published day, with 95 % error bands.`,
+    render: (d) => renderSeasonality(d, weeks),
+  });
+}
+
+function renderSeasonality(d, weeks) {
+  const daily = d.daily || [];
+  const unit = d.unit || "devices per zone per day";
+  const zone = d.zone;
+
+  // Chart description from the data it draws.
+  if (daily.length) {
+    const vals = daily.map((p) => p.value).filter(Number.isFinite);
+    const hi = daily.reduce((a, p) => (p.value > a.value ? p : a), daily[0]);
+    sections.season.img.alt =
+      `Line chart of the daily footfall in ${zoneLabel(zone)} from ${fmtDay(daily[0].day)} to ${fmtDay(daily[daily.length - 1].day)} ` +
+      `(${plural(daily.length, "day")}), between ${n0(Math.min(...vals))} and ${n0(Math.max(...vals))} ${unit}, ` +
+      `highest on ${fmtDay(hi.day)}; shaded bands are 95 % error bars of the noise.`;
+  }
+
+  // Weekday profile.
+  season.weekdayUnit.textContent = `(${unit})`;
+  const wk = d.weekday_profile || [];
+  setChildren(
+    season.weekdayBody,
+    wk.length
+      ? wk.map((w) => el("tr", {},
+        el("th", { scope: "row" }, WEEKDAYS[w.weekday] || w.weekday),
+        numCell(n0(w.mean)),
+        numCell(n0(w.ci95)),
+        numCell(Number.isFinite(w.days) ? fmtInt(w.days) : "–")))
+      : emptyRow(4, "No published day yet."),
+  );
+
+  // Months, one column per year.
+  const byYear = d.months_by_year || {};
+  const years = Object.keys(byYear).sort();
+  const months = [...new Set(years.flatMap((y) => (byYear[y] || []).map((m) => m.month)))].sort((a, b) => a - b);
+  const cell = new Map();
+  for (const y of years) for (const m of byYear[y] || []) cell.set(`${y}-${m.month}`, m);
+  setChildren(
+    season.monthsHead,
+    el("tr", {},
+      el("th", { scope: "col" }, "Month"),
+      years.map((y) => el("th", { scope: "col", class: "num" }, y))),
+  );
+  setChildren(
+    season.monthsBody,
+    months.length
+      ? months.map((m) => el("tr", {},
+        el("th", { scope: "row" }, MONTHS[m - 1] || String(m)),
+        years.map((y) => {
+          const c = cell.get(`${y}-${m}`);
+          if (!c) return numCell("–", "muted");
+          const full = new Date(Date.UTC(Number(y), m, 0)).getUTCDate();
+          const partial = Number.isFinite(c.days) && c.days < full;
+          return numCell([
+            pm(c.mean, c.ci95),
+            partial ? el("span", { class: "cell-note" }, ` (${plural(c.days, "day")})`) : null,
+          ]);
+        })))
+      : emptyRow(Math.max(2, years.length + 1), "No published month yet."),
+  );
+
+  // Days standing out, largest relative to their error bar first.
+  const ratio = (e) => Math.abs(e.excess) / (e.ci95 > 0 ? e.ci95 : Number.MIN_VALUE);
+  const out = (d.standing_out || []).filter((e) => e.stands_out !== false).slice().sort((a, b) => ratio(b) - ratio(a));
+  const top = out.slice(0, TOP_STANDING);
+  const baseline = d.baseline || `mean of the same weekday ${weeks} weeks before and after`;
+  season.standingNote.textContent = out.length
+    ? `${plural(out.length, "day")} of ${plural(daily.length, "published day")} ${out.length === 1 ? "differs" : "differ"} from the baseline ` +
+      `(${baseline}) by more than the combined error bar` +
+      (out.length > top.length ? `; the ${top.length} furthest, relative to their error bar:` : ", furthest first:")
+    : `No day differs from its baseline (${baseline}) by more than the combined error bar.`;
+  season.standing.hidden = !top.length;
+  setChildren(
+    season.standingBody,
+    top.map((e) => el("tr", {},
+      el("th", { scope: "row" }, fmtDay(e.day)),
+      numCell(n0(e.value)),
+      numCell(n0(e.baseline)),
+      numCell(signed(e.excess), e.excess >= 0 ? "pos" : "neg"),
+      numCell(n0(e.ci95)),
+      numCell(e.ci95 > 0 ? `${fmtNum(ratio(e), 1)}×` : "–"))),
+  );
+}
+
+// ------------------------------------------------------------ 2. event
+
+const evUi = {
+  date: $("event-date"),
+  zone: $("event-zone"),
+  weeks: $("event-weeks"),
+  summary: $("event-summary"),
+  detail: $("event-detail"),
+  hoursNote: $("event-hours-note"),
+  hours: $("event-hours"),
+  hoursBody: $("event-hours-body"),
+};
+
+function loadEvent() {
+  const date = evUi.date.value;
+  const zone = evUi.zone.value;
+  const weeks = intOf(evUi.weeks, 4);
+  return load(sections.event, {
+    path: "/api/v1/views/event",
+    params: { date, zone, weeks },
+    what: `${zoneName(zone)} on ${date}`,
+    alt: `Line chart of the footfall per hour in ${zoneLabel(zone)} on ${fmtDay(date)} against the mean of the same weekday ` +
+      `in the ${plural(weeks, "week")} before, with 95 % error bands.`,
+    render: (d) => renderEvent(d, zone),
+  });
+}
+
+function renderEvent(d, zone) {
+  const t = d.day_total || {};
+  const hours = d.hours || [];
+  const base = Number(d.baseline_days) || 0;
+  const stands = Math.abs(t.excess) > t.excess_ci95;
+
+  // Chart description.
+  if (hours.length) {
+    const peak = hours.reduce((a, h) => (h.excess > a.excess ? h : a), hours[0]);
+    sections.event.img.alt =
+      `Line chart of the footfall per hour in ${zoneLabel(zone)} on ${fmtDay(d.date)} against the mean of the same weekday ` +
+      `on ${plural(base, "earlier week")}, with 95 % error bands. Largest excess at ${hh(peak.hour)}–${hh(peak.hour + 1)}: ` +
+      `${n0(peak.value)} against a baseline of ${n0(peak.baseline)}.`;
+  }
+
+  setChildren(
+    evUi.summary,
+    el("strong", {}, `Excess over the day: ${signed(t.excess)} ± ${n0(t.excess_ci95)} devices`),
+    ` (baseline of ${plural(base, `same weekday`, "same weekdays")})`,
+    stands ? ": more than its error bar, the day stands out." : ": within its error bar, the day does not stand out.",
+  );
+  evUi.detail.textContent =
+    `${fmtDay(d.date)} in ${zoneLabel(zone)} (${plural(Number(d.hexes) || 0, "hex", "hexes")}), whole day: ` +
+    `${pm(t.value, t.ci95)} against a baseline of ${pm(t.baseline, t.baseline_ci95)} ` +
+    `(${d.unit || "devices summed over the area per hour"}, added up over the ${plural(hours.length, "hour")}).`;
+
+  const out = hours.filter((h) => h.stands_out).sort((a, b) => a.hour - b.hour);
+  evUi.hoursNote.textContent = out.length
+    ? `${plural(out.length, "hour")} of ${hours.length} ${out.length === 1 ? "differs" : "differ"} from the baseline by more than the combined error bar:`
+    : "No hour differs from the baseline by more than the combined error bar.";
+  evUi.hours.hidden = !out.length;
+  setChildren(
+    evUi.hoursBody,
+    out.map((h) => el("tr", {},
+      el("th", { scope: "row" }, `${hh(h.hour)}–${hh(h.hour + 1)}`),
+      numCell(n0(h.value)),
+      numCell(n0(h.ci95)),
+      numCell(n0(h.baseline)),
+      numCell(n0(h.baseline_ci95)),
+      numCell(signed(h.excess), h.excess >= 0 ? "pos" : "neg"),
+      numCell(n0(h.excess_ci95)))),
+  );
+}
+
+// ------------------------------------------------------------ 3. flows
+
+const flows = {
+  from: $("flows-from"),
+  to: $("flows-to"),
+  hours: $("flows-hours"),
+  weekdays: $("flows-weekdays"),
+  summary: $("flows-summary"),
+  unit: $("flows-unit"),
+  largestBody: $("flows-largest-body"),
+  totalsBody: $("flows-totals-body"),
+};
+
+function loadFlows() {
+  const from = flows.from.value;
+  const to = flows.to.value;
+  return load(sections.flows, {
+    path: "/api/v1/views/flows",
+    params: { from, to, hours: flows.hours.value, weekdays: flows.weekdays.checked ? "true" : "false", top: 20 },
+    what: `the flows from ${from} to ${to}`,
+    render: renderFlows,
+  });
+}
+
+/** The "to" day may not precede the "from" day. */
+function checkFlowDates() {
+  const bad = flows.from.value && flows.to.value && flows.to.value < flows.from.value;
+  flows.to.setCustomValidity(bad ? "The last day must not be before the first day." : "");
+  if (bad) flows.to.setAttribute("aria-invalid", "true");
+  else flows.to.removeAttribute("aria-invalid");
+}
+
+function flowBar(f, max) {
+  const pct = (x) => `${Math.max(0, Math.min(100, (x / max) * 100)).toFixed(2)}%`;
+  const fill = el("span", { class: "flow-bar-fill" });
+  fill.style.width = pct(f.trips);
+  const err = el("span", { class: "flow-bar-err" });
+  const lo = Math.max(0, f.trips - f.ci95);
+  err.style.left = pct(lo);
+  err.style.width = pct(f.trips + f.ci95 - lo);
+  return el("div", { class: "flow-bar", "aria-hidden": "true" }, fill, err);
+}
+
+function renderFlows(d) {
+  const [h0, h1] = Array.isArray(d.hours) ? d.hours : [0, 24];
+  const bins = Number(d.hourly_bins_used) || 0;
+  setChildren(
+    flows.summary,
+    `${fmtDay(d.from)} to ${fmtDay(d.to)}, ${hh(h0)}–${hh(h1)}, ${d.weekdays_only ? "Monday to Friday only" : "every day of the week"}: `,
+    bins ? `${plural(bins, "hourly bin")} summed.` : el("strong", {}, "no published hour falls in this period and band."),
+  );
+  flows.unit.textContent = `(${d.unit || "trips summed over the period and hour band"})`;
+
+  const largest = d.largest || [];
+  const max = Math.max(1, ...largest.map((f) => (f.trips || 0) + (f.ci95 || 0)));
+  setChildren(
+    flows.largestBody,
+    largest.length
+      ? largest.map((f, i) => el("tr", {},
+        numCell(String(i + 1), "rank muted"),
+        el("th", { scope: "row", class: "flow-pair" },
+          el("span", { class: "flow-names" },
+            f.origin === f.dest
+              ? ["within ", el("span", { title: f.origin }, f.origin_name || f.origin)]
+              : [el("span", { title: f.origin }, f.origin_name || f.origin), " → ", el("span", { title: f.dest }, f.dest_name || f.dest)]),
+          flowBar(f, max)),
+        numCell(n0(f.trips)),
+        numCell(n0(f.ci95))))
+      : emptyRow(4, "No flow in this period."),
+  );
+
+  const totals = d.totals || [];
+  setChildren(
+    flows.totalsBody,
+    totals.length
+      ? totals.map((z) => el("tr", {},
+        el("th", { scope: "row" }, z.name && z.name !== z.zone ? `${z.name} (${z.zone})` : String(z.zone)),
+        numCell(n0(z.out)),
+        numCell(n0(z.out_ci95)),
+        numCell(n0(z.in)),
+        numCell(n0(z.in_ci95))))
+      : emptyRow(5, "No zone."),
+  );
+}
+
+// ------------------------------------------------------------ 4. forecast
+
+const forecast = {
+  zone: $("forecast-zone"),
+  days: $("forecast-days"),
+  backtest: $("forecast-backtest"),
+  model: $("forecast-model"),
+  unit: $("forecast-unit"),
+  body: $("forecast-body"),
+};
+
+function loadForecast() {
+  const zone = forecast.zone.value;
+  const days = intOf(forecast.days, 14);
+  return load(sections.forecast, {
+    path: "/api/v1/views/forecast",
+    params: { zone, days },
+    what: `the forecast for ${zoneName(zone)}`,
+    alt: `Line chart of the daily footfall in ${zoneLabel(zone)}: the last published days with their 95 % error bands, ` +
+      `then the forecast of the next ${plural(days, "day")} with 95 % prediction intervals.`,
+    render: (d) => renderForecast(d, zone),
+  });
+}
+
+function renderForecast(d, zone) {
+  const f = d.forecast || {};
+  const days = f.days || [];
+  const recent = d.recent || [];
+  const unit = d.unit || "devices per zone per day";
+
+  if (days.length) {
+    sections.forecast.img.alt =
+      `Line chart of the daily footfall in ${zoneLabel(zone)}: ` +
+      (recent.length ? `the ${plural(recent.length, "published day")} from ${fmtDay(recent[0].day)} to ${fmtDay(recent[recent.length - 1].day)} with 95 % error bands, then ` : "") +
+      `the forecast from ${fmtDay(days[0].day)} to ${fmtDay(days[days.length - 1].day)}, between ${n0(Math.min(...days.map((x) => x.value)))} ` +
+      `and ${n0(Math.max(...days.map((x) => x.value)))} ${unit}, with 95 % prediction intervals.`;
+  }
+
+  forecast.unit.textContent = `(${unit})`;
+  setChildren(
+    forecast.body,
+    days.length
+      ? days.map((x) => el("tr", { class: x.holiday ? "is-holiday" : null },
+        el("th", { scope: "row" }, fmtDay(x.day)),
+        numCell(n0(x.value)),
+        numCell(`${n0(x.lo)} – ${n0(x.hi)}`),
+        el("td", {}, x.holiday ? "public holiday" : "")))
+      : emptyRow(4, "No forecast."),
+  );
+
+  forecast.model.textContent = f.model ? `Model: ${f.model}.` : "";
+
+  const b = f.backtest;
+  if (b && Number(b.days_scored) > 0) {
+    const better = b.mae_model < b.mae_seasonal_naive;
+    setChildren(
+      forecast.backtest,
+      el("strong", {}, "How well it did before: "),
+      `over ${plural(b.origins, "forecast")} made on past weeks (${plural(b.days_scored, "day")} scored, up to ${plural(b.horizon_days, "day")} ahead), ` +
+      `the mean absolute error was ${n0(b.mae_model)} devices against ${n0(b.mae_seasonal_naive)} for “same weekday last week”` +
+      `${better ? "" : " (the simple rule did as well or better)"}; ` +
+      `the 95 % interval held ${fmtNum(100 * b.coverage95, 0)} % of the time.`,
+    );
+  } else {
+    forecast.backtest.textContent = "Too little history for a backtest yet: the forecast has not been checked against past weeks.";
+  }
+}
+
+// ------------------------------------------------------------ start
+
+function fillZones(zones) {
+  const opts = () => zones.map((z) => el("option", { value: z.zone_id }, z.name ? `${z.name} (${z.zone_id})` : z.zone_id));
+  const wanted = zones.some((z) => z.zone_id === DEFAULT_ZONE) ? DEFAULT_ZONE : zones[0].zone_id;
+  for (const select of [season.zone, evUi.zone, forecast.zone]) {
+    setChildren(select, opts());
+    select.value = wanted;
+  }
+}
+
+async function start() {
+  setStatus("Loading the dataset…", "info");
+  const { dataset } = await pickDataset();
+  state.ds = dataset;
+  showDatasetTitle(dataset);
+  state.delta = Number(dataset.privacy && dataset.privacy.delta);
+  const zones = Array.isArray(dataset.zones) ? dataset.zones.filter((z) => z && z.zone_id) : [];
+  for (const z of zones) state.zoneNames.set(z.zone_id, z.name || z.zone_id);
+
+  onSubmit(sections.flows, loadFlows, checkFlowDates);
+  flows.from.addEventListener("input", checkFlowDates);
+  flows.to.addEventListener("input", checkFlowDates);
+
+  const loads = [];
+  if (zones.length) {
+    fillZones(zones);
+    onSubmit(sections.season, loadSeasonality);
+    onSubmit(sections.event, loadEvent);
+    onSubmit(sections.forecast, loadForecast);
+    loads.push(loadSeasonality(), loadEvent());
+  } else {
+    for (const key of ["season", "event", "forecast"]) {
+      const sec = sections[key];
+      for (const c of sec.form.elements) c.disabled = true;
+      sec.out.hidden = true;
+      sec.error.textContent = "This dataset defines no named zones: this view needs them.";
+      sec.error.hidden = false;
+      state.settled.add(key);
+    }
+  }
+  loads.push(loadFlows());
+  if (zones.length) loads.push(loadForecast());
+  await Promise.all(loads);
+}
+
+start().catch((e) => {
+  showError(e, "Cannot load the views");
+  document.body.dataset.state = "error";
+});
