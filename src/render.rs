@@ -134,15 +134,9 @@ pub fn map_png(
     width_px: u32,
 ) -> Result<Vec<u8>, RenderError> {
     register_font();
-    let bbox = crate::grid::bbox(&grid.area);
     let width = width_px.clamp(320, MAX_MAP_PX);
-    // A zoom that fits the area's width into the map part of the image.
-    let map_w = f64::from(width) - 20.0;
-    let (ax0, _) = mercator_px(bbox[0], bbox[3], 0.0);
-    let (ax1, _) = mercator_px(bbox[2], bbox[1], 0.0);
-    let zoom = (map_w / (ax1 - ax0)).log2();
-    let (x0, y0) = mercator_px(bbox[0], bbox[3], zoom);
-    let (_, y1) = mercator_px(bbox[2], bbox[1], zoom);
+    let (zoom, (x0, y0), map_h) = frame(grid, width);
+    let y1 = y0 + map_h;
     let header = 34.0;
     let footer = 40.0 + 18.0 * text.caption.len() as f64;
     let height = (header + (y1 - y0) + footer + 10.0).ceil() as u32;
@@ -185,6 +179,95 @@ pub fn map_png(
             root.draw(&Text::new(
                 line.clone(),
                 (10, legend_y + 36 + 18 * i as i32),
+                ("sans-serif", 12).into_font().color(&BLACK),
+            ))
+            .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&buf, (width, height), None)
+}
+
+/// The Web Mercator zoom that fits the study area's width into `width`
+/// px (10 px margins), the area's top-left in pixels at that zoom, and the
+/// map's height.
+fn frame(grid: &Grid, width: u32) -> (f64, (f64, f64), f64) {
+    let bbox = crate::grid::bbox(&grid.area);
+    let map_w = f64::from(width) - 20.0;
+    let (ax0, _) = mercator_px(bbox[0], bbox[3], 0.0);
+    let (ax1, _) = mercator_px(bbox[2], bbox[1], 0.0);
+    let zoom = (map_w / (ax1 - ax0)).log2();
+    let (x0, y0) = mercator_px(bbox[0], bbox[3], zoom);
+    let (_, y1) = mercator_px(bbox[2], bbox[1], zoom);
+    (zoom, (x0, y0), y1 - y0)
+}
+
+/// One flow line of a flow map.
+pub struct FlowLine {
+    pub from: (f64, f64),
+    pub to: (f64, f64),
+    pub trips: f64,
+}
+
+/// A map of flows between zones: zone outlines, a line per flow from its
+/// origin's centre to its destination's (a dot marks the destination),
+/// width proportional to volume; flows within a zone as rings.
+pub fn flow_map_png(grid: &Grid, flows: &[FlowLine], title: &str, caption: &[String]) -> Result<Vec<u8>, RenderError> {
+    register_font();
+    let width = 1000;
+    let (zoom, (x0, y0), map_h) = frame(grid, width);
+    let header = 34.0;
+    let height = (header + map_h + 24.0 + 18.0 * caption.len() as f64).ceil() as u32;
+    let max = flows.iter().map(|f| f.trips).fold(0.0, f64::max).max(1.0);
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let px = |lon: f64, lat: f64| {
+            let (x, y) = mercator_px(lon, lat, zoom);
+            ((x - x0 + 10.0).round() as i32, (y - y0 + header).round() as i32)
+        };
+        for z in &grid.zones {
+            for poly in &z.area.0 {
+                let ring: Vec<(i32, i32)> = poly.exterior().points().map(|p| px(p.x(), p.y())).collect();
+                root.draw(&Polygon::new(ring.clone(), RGBColor(244, 244, 244).filled()))
+                    .map_err(draw_err)?;
+                root.draw(&PathElement::new(ring, RGBColor(150, 150, 150)))
+                    .map_err(draw_err)?;
+            }
+        }
+        for poly in &grid.area.0 {
+            let ring: Vec<(i32, i32)> = poly.exterior().points().map(|p| px(p.x(), p.y())).collect();
+            root.draw(&PathElement::new(ring, BLACK.stroke_width(2)))
+                .map_err(draw_err)?;
+        }
+        // Smallest first, so the largest flows are drawn on top.
+        let mut order: Vec<&FlowLine> = flows.iter().collect();
+        order.sort_by(|a, b| a.trips.total_cmp(&b.trips));
+        for f in order {
+            let w = (1.0 + 13.0 * f.trips / max).round() as u32;
+            let colour = colour(f.trips, max);
+            let (a, b) = (px(f.from.0, f.from.1), px(f.to.0, f.to.1));
+            if a == b {
+                root.draw(&Circle::new(a, 6 + w as i32, colour.stroke_width(w.min(6))))
+                    .map_err(draw_err)?;
+            } else {
+                root.draw(&PathElement::new(vec![a, b], colour.stroke_width(w)))
+                    .map_err(draw_err)?;
+                root.draw(&Circle::new(b, (w as i32 / 2 + 3).max(4), colour.filled()))
+                    .map_err(draw_err)?;
+            }
+        }
+        root.draw(&Text::new(
+            title.to_string(),
+            (10, 8),
+            ("sans-serif", 18).into_font().color(&BLACK),
+        ))
+        .map_err(draw_err)?;
+        for (i, line) in caption.iter().enumerate() {
+            root.draw(&Text::new(
+                line.clone(),
+                (10, (header + map_h) as i32 + 12 + 18 * i as i32),
                 ("sans-serif", 12).into_font().color(&BLACK),
             ))
             .map_err(draw_err)?;

@@ -559,6 +559,8 @@ pub struct FlowsQuery {
     weekdays: bool,
     /// Largest flows listed (default 20).
     top: Option<usize>,
+    /// `json` (default) or `png` (a map of the listed flows).
+    format: Option<String>,
 }
 
 pub async fn flows(
@@ -580,7 +582,9 @@ pub async fn flows(
             .ok_or_else(|| Problem::bad_request(format!("hours={s:?}: expected a-b with 0 ≤ a < b ≤ 24")))?,
     };
     let top = q.top.unwrap_or(20).clamp(1, 500);
+    let png = format(q.format.as_deref())?;
     let st = state.clone();
+    let ds2 = ds.clone();
     let body = blocking(move || {
         let list = releases(
             &st,
@@ -659,5 +663,64 @@ pub async fn flows(
         }))
     })
     .await?;
-    Ok((no_cache(), Json(body)).into_response())
+    if !png {
+        return Ok((no_cache(), Json(body)).into_response());
+    }
+    let bytes = blocking(move || flow_map(&ds2, &body)).await?;
+    Ok((
+        no_cache(),
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("image/png"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
+fn flow_map(ds: &Dataset, body: &Value) -> Result<Vec<u8>, Problem> {
+    use geo::Centroid;
+    let grid = &ds.releaser.grid;
+    let centre: HashMap<&str, (f64, f64)> = grid
+        .zones
+        .iter()
+        .filter_map(|z| z.area.centroid().map(|c| (z.id.as_str(), (c.x(), c.y()))))
+        .collect();
+    let lines: Vec<crate::render::FlowLine> = body["largest"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            Some(crate::render::FlowLine {
+                from: *centre.get(f["origin"].as_str()?)?,
+                to: *centre.get(f["dest"].as_str()?)?,
+                trips: f["trips"].as_f64()?,
+            })
+        })
+        .collect();
+    let title = format!(
+        "Largest flows between zones, {} to {}, {}–{} h{}",
+        body["from"].as_str().unwrap_or(""),
+        body["to"].as_str().unwrap_or(""),
+        body["hours"][0],
+        body["hours"][1],
+        if body["weekdays_only"] == json!(true) {
+            ", weekdays"
+        } else {
+            ""
+        }
+    );
+    let caption = vec![
+        format!(
+            "Line width and colour ∝ trips (largest {}); a dot marks the destination; rings are trips within a zone.",
+            lines.len()
+        ),
+        format!(
+            "From {} public releases at ρ = {} per day (ε = {:.2}); this view cost nothing more. Error bars: see the JSON.",
+            body["source"]["releases"],
+            body["source"]["rho_per_day_of_source"],
+            body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
+        ),
+    ];
+    crate::render::flow_map_png(grid, &lines, &title, &caption).map_err(|e| Problem::internal("flow map", e))
 }
