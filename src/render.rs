@@ -358,30 +358,6 @@ pub fn tile_png(hexes: &[HexValue], max: f64, (z, x, y): (u8, u32, u32)) -> Resu
     encode_png(&buf, (n, n), Some(KEY))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mercator_matches_known_tiles() {
-        // The Vieux-Port (43.295 N, 5.374 E) lies in OSM tile 12/2109/1500.
-        let (x, y) = mercator_px(5.374, 43.295, 12.0);
-        assert_eq!(((x / 256.0) as u32, (y / 256.0) as u32), (2109, 1500));
-        // The origin and the antimeridian.
-        let (x0, y0) = mercator_px(-180.0, 85.051_128, 0.0);
-        assert!(x0.abs() < 1e-9 && y0.abs() < 1e-3);
-    }
-
-    #[test]
-    fn colour_scale_is_monotone_in_lightness() {
-        // Viridis goes from dark to light: the scale reads in greyscale.
-        let luma = |c: RGBColor| 0.299 * f64::from(c.0) + 0.587 * f64::from(c.1) + 0.114 * f64::from(c.2);
-        let l: Vec<f64> = (0..=10).map(|i| luma(colour(f64::from(i), 10.0))).collect();
-        assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?}");
-        assert_eq!(colour(50.0, 10.0), colour(10.0, 10.0));
-    }
-}
-
 /// One line of a chart, with its 95 % band.
 pub struct Line {
     pub label: String,
@@ -435,6 +411,7 @@ pub fn chart_png(
         chart
             .configure_mesh()
             .x_label_formatter(&|x| x_label(*x))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .y_desc(text.y_label)
             .label_style(("sans-serif", 12))
             .light_line_style(RGBColor(235, 235, 235))
@@ -482,3 +459,27 @@ pub const OKABE_ITO: [RGBColor; 4] = [
     RGBColor(0, 158, 115),
     RGBColor(204, 121, 167),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mercator_matches_known_tiles() {
+        // The Vieux-Port (43.295 N, 5.374 E) lies in OSM tile 12/2109/1500.
+        let (x, y) = mercator_px(5.374, 43.295, 12.0);
+        assert_eq!(((x / 256.0) as u32, (y / 256.0) as u32), (2109, 1500));
+        // The origin and the antimeridian.
+        let (x0, y0) = mercator_px(-180.0, 85.051_128, 0.0);
+        assert!(x0.abs() < 1e-9 && y0.abs() < 1e-3);
+    }
+
+    #[test]
+    fn colour_scale_is_monotone_in_lightness() {
+        // Viridis goes from dark to light: the scale reads in greyscale.
+        let luma = |c: RGBColor| 0.299 * f64::from(c.0) + 0.587 * f64::from(c.1) + 0.114 * f64::from(c.2);
+        let l: Vec<f64> = (0..=10).map(|i| luma(colour(f64::from(i), 10.0))).collect();
+        assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?}");
+        assert_eq!(colour(50.0, 10.0), colour(10.0, 10.0));
+    }
+}

@@ -335,7 +335,8 @@ fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
         body["source"]["rho_per_day_of_source"],
         body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
     );
-    let (title, lines, label): (String, Vec<Line>, Box<dyn Fn(f64) -> String>) = match chart {
+    type Labeller = Box<dyn Fn(f64) -> String>;
+    let (title, lines, label): (String, Vec<Line>, Labeller) = match chart {
         Chart::Seasonality => (
             format!("Zone {}: daily footfall", body["zone"].as_str().unwrap_or("")),
             vec![Line {
@@ -420,14 +421,17 @@ fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
     .map_err(|e| Problem::internal("chart", e))
 }
 
-/// Hourly sums over `hexes` for one day: (local hour, value, ci95).
+/// (local hour, value, ci95) of each bin of a day.
+type Hours = Vec<(u32, f64, f64)>;
+
+/// Hourly sums over `hexes` for one day, and the release they come from.
 fn day_hours(
     state: &AppState,
     ds: &Dataset,
     day: NaiveDate,
     res: u8,
     hexes: &HashSet<CellIndex>,
-) -> Result<Option<(Vec<(u32, f64, f64)>, ReleaseSummary)>, Problem> {
+) -> Result<Option<(Hours, ReleaseSummary)>, Problem> {
     let list = releases(
         state,
         ds.releaser.policy.dataset(),
@@ -503,7 +507,7 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
             &format!("{} has no hourly release yet", q.date),
         )
     })?;
-    let mut base: Vec<Vec<(u32, f64, f64)>> = Vec::new();
+    let mut base: Vec<Hours> = Vec::new();
     let mut sources = vec![used];
     for k in 1..=weeks {
         if let Some((h, r)) = day_hours(state, ds, q.date - Duration::weeks(k), res, &hexes)? {
