@@ -43,9 +43,14 @@ pub struct EventFigures {
     pub match_days: usize,
     /// Match days among the `match_days` highest-scoring evenings.
     pub recall_at_k: f64,
-    /// Match days whose evening excess exceeds its 95 % interval.
+    /// Other days among the `match_days` highest-scoring evenings.
+    pub false_alarms_at_k: usize,
+    /// Match days whose evening excess exceeds its 95 % interval (DP noise
+    /// only: the question "is this change real, not noise?").
     pub matches_flagged: usize,
-    /// Other days whose evening excess exceeds its 95 % interval.
+    /// Other days whose evening excess exceeds its 95 % interval: real
+    /// changes that are not matches (holidays, season, cruise calls) as
+    /// well as noise.
     pub false_alarms: usize,
     pub rho_per_day_of_source: f64,
 }
@@ -204,6 +209,7 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
         days_scored: scored.len(),
         match_days,
         recall_at_k: hits as f64 / match_days.max(1) as f64,
+        false_alarms_at_k: match_days - hits,
         matches_flagged: scored.iter().filter(|s| s.2 && matches.contains(&s.0)).count(),
         false_alarms: scored.iter().filter(|s| s.2 && !matches.contains(&s.0)).count(),
         rho_per_day_of_source: hourly.first().map(|d| d.1).unwrap_or(0.0),

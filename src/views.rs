@@ -77,7 +77,8 @@ pub struct Excess {
     pub value: f64,
     pub baseline: f64,
     pub excess: f64,
-    /// 95 % interval of the excess: the day's noise and the baseline's.
+    /// 95 % interval of the excess: the day's noise, the baseline's, and
+    /// the spread of the baseline days.
     pub ci95: f64,
     /// |excess| > ci95: the day stands out by more than the combined
     /// uncertainty of the day and its baseline.
@@ -95,14 +96,28 @@ pub fn baseline(points: &BTreeMap<NaiveDate, Point>, day: NaiveDate, weeks: i64)
     mean_of(&sel)
 }
 
-/// Every day with a baseline, compared with it.
+/// Every day with a baseline, compared with it. The interval of the excess
+/// holds the DP noise of the day and of the baseline mean, and the
+/// baseline days' own spread (a day varies around its season even without
+/// noise), so a day "stands out" only when it is unusual for its season.
 pub fn excesses(points: &[Point], weeks: i64) -> Vec<Excess> {
     let by_day: BTreeMap<NaiveDate, Point> = points.iter().map(|p| (p.day, *p)).collect();
     points
         .iter()
         .filter_map(|p| {
             let b = baseline(&by_day, p.day, weeks)?;
-            let ci95 = (p.noise_sd.powi(2) * Z95 * Z95 + b.ci95.powi(2)).sqrt();
+            let same: Vec<f64> = (1..=weeks)
+                .flat_map(|k| [p.day - Duration::weeks(k), p.day + Duration::weeks(k)])
+                .filter_map(|d| by_day.get(&d).map(|x| x.value))
+                .collect();
+            let n = same.len() as f64;
+            let spread_var = if same.len() > 1 {
+                same.iter().map(|v| (v - b.mean).powi(2)).sum::<f64>() / (n - 1.0)
+            } else {
+                0.0
+            };
+            let ci95 =
+                (p.noise_sd.powi(2) * Z95 * Z95 + b.ci95.powi(2) + Z95 * Z95 * spread_var * (1.0 + 1.0 / n)).sqrt();
             let excess = p.value - b.mean;
             Some(Excess {
                 day: p.day,
