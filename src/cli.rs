@@ -504,7 +504,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             } else {
                 let e = &r.events;
                 out!(
-                    "events ({}, {} hexes, {} days scored, ρ {} per day): recall of the {} match evenings among the top {}: {:.0} %; {} match evenings and {} other days stand out by more than their 95 % interval",
+                    "events ({}, {} hexes, {} days scored, ρ {} per day): recall of the {} match evenings among the top {}: {:.0} % ({} false alarms there); {} match evenings and {} other days stand out from the noise (95 %)",
                     e.area,
                     e.hexes,
                     e.days_scored,
@@ -512,6 +512,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     e.match_days,
                     e.match_days,
                     100.0 * e.recall_at_k,
+                    e.false_alarms_at_k,
                     e.matches_flagged,
                     e.false_alarms
                 );
