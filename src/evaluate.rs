@@ -124,6 +124,21 @@ fn ranks(v: &[f64]) -> Vec<f64> {
 pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     let ds = policy.dataset().to_string();
     let truth_path = data_dir.join("deliveries").join(&ds).join("events.json");
+    // Both files `hexflow demo` writes must be there: events.json alone is
+    // too easy to drop beside a real operator's deliveries.
+    let deliveries = data_dir.join("deliveries").join(&ds);
+    let simulated = std::fs::read_dir(&deliveries)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("simulated-"))
+        })
+        .unwrap_or(false);
+    if !simulated {
+        bail!(
+            "{}: no simulated-*.json marker; evaluate reads raw counts for its truth and runs only on deliveries `hexflow demo` simulated",
+            deliveries.display()
+        );
+    }
     let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path).with_context(|| {
         format!(
             "{}: evaluate compares releases with a simulation's truth and runs only on deliveries simulated by hexflow (as `hexflow demo` makes)",

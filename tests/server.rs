@@ -971,3 +971,100 @@ async fn views_are_computed_from_public_releases_and_cost_nothing() {
     let spent_after = get(&state, "/api/v1/ledger").await.json()["total_rho_by_audience"].clone();
     assert_eq!(spent_before, spent_after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_queries_at_once_make_one_release_charged_once() {
+    let f = build();
+    let state = state(&f.data, &[]);
+    let planner = token(&f.data, "double-click", Role::Planner);
+    let spec = json!({"dataset": "tiny", "metric": "footfall", "res": 9, "bin": "1h",
+                      "from": "2025-03-03", "to": "2025-03-05", "rho": 0.05});
+    let answers = futures_join(&state, &planner, &spec, 6).await;
+    let ids: BTreeSet<String> = answers
+        .iter()
+        .map(|a| a.json()["release_id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let new = answers.iter().filter(|a| a.json()["status"] == "new").count();
+    assert_eq!(new, 1, "exactly one request draws noise");
+    let charged: f64 = answers
+        .iter()
+        .map(|a| a.json()["rho_charged"].as_f64().expect("rho"))
+        .sum();
+    assert!((charged - 0.05).abs() < 1e-9, "{charged}");
+    let l = get(&state, "/api/v1/ledger").await.json();
+    let planners: f64 = l["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .filter(|d| d["audience"] == "planners")
+        .map(|d| d["rho_spent"].as_f64().expect("rho"))
+        .sum();
+    assert!((planners - 3.0 * 0.05).abs() < 1e-6, "{planners}");
+    // The stored release is whole and readable, privately cached only.
+    let id = ids.into_iter().next().expect("id");
+    let v = get_with(
+        &state,
+        &format!("/api/v1/releases/{id}/values?format=csv"),
+        header::AUTHORIZATION,
+        &format!("Bearer {planner}"),
+    )
+    .await;
+    assert_eq!(v.status, StatusCode::OK, "{}", v.text());
+    assert!(
+        v.header(header::CACHE_CONTROL).starts_with("private"),
+        "{}",
+        v.header(header::CACHE_CONTROL)
+    );
+    assert_eq!(v.header(header::VARY), "Authorization");
+    let public = first_release(&state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let p = get(&state, &format!("/api/v1/releases/{public}/values?format=csv")).await;
+    assert!(p.header(header::CACHE_CONTROL).starts_with("public"));
+    // A date far in the future is refused, not a crash.
+    let mut far = spec.clone();
+    far["from"] = json!("+262142-12-31");
+    far["to"] = json!("+262142-12-31");
+    post_json(&state, "/api/v1/queries", Some(&planner), &far)
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    // Unknown methods do not grow the metrics' label set.
+    for m in ["XM1", "XM2"] {
+        send(
+            &state,
+            Request::builder()
+                .method(m)
+                .uri("/nothing")
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    }
+    let metrics = get(&state, "/metrics").await.text();
+    assert!(
+        !metrics.contains("XM1") && metrics.contains("method=\"other\""),
+        "{metrics}"
+    );
+}
+
+async fn futures_join(state: &Arc<AppState>, token: &str, spec: &Value, n: usize) -> Vec<Answer> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (state, token, spec) = (state.clone(), token.to_string(), spec.clone());
+            tokio::spawn(async move { post_json(&state, "/api/v1/queries", Some(&token), &spec).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        let a = t.await.expect("task");
+        assert!(
+            a.status == StatusCode::CREATED || a.status == StatusCode::OK,
+            "{}",
+            a.text()
+        );
+        out.push(a);
+    }
+    out
+}

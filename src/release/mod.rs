@@ -305,6 +305,17 @@ impl Releaser {
         }
         let id = spec.release_id(&context);
         let dir = self.dir(&id);
+        // One release at a time per dataset, across threads and processes:
+        // two identical requests must not both draw noise for one charge
+        // (the second waits, then finds the first's stored release).
+        let lock_path = self
+            .data_dir
+            .join("locks")
+            .join(format!("releases-{}.lock", self.policy.dataset()));
+        let _lock = util::DirLock::acquire(&lock_path).map_err(|source| ReleaseError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
         if let Some(manifest) = self.stored(&id) {
             // A crash after the values were stored left the ledger at
             // `charged`; finishing is idempotent and costs nothing.

@@ -189,7 +189,10 @@ impl ReleaseSpec {
                 bin: self.bin.as_str(),
             });
         }
-        let earliest = self.to + chrono::Duration::days(i64::from(a.min_delay_days));
+        let earliest = self
+            .to
+            .checked_add_signed(chrono::Duration::days(i64::from(a.min_delay_days)))
+            .unwrap_or(NaiveDate::MAX);
         if earliest > today {
             return Err(SpecError::TooRecent {
                 audience: self.audience.clone(),

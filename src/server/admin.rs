@@ -174,7 +174,7 @@ pub async fn query(
     let body = json!({
         "status": outcome.status,
         "release_id": id,
-        "rho_charged": if outcome.status == "stored" { 0.0 } else { outcome.manifest.rho },
+        "rho_charged": if outcome.status == "new" { outcome.manifest.rho } else { 0.0 },
         "manifest": outcome.manifest,
         "links": {
             "manifest": format!("/api/v1/releases/{id}"),

@@ -37,7 +37,11 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    // Only known methods become labels: a client must not grow the label set.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "OPTIONS" | "PUT" | "DELETE" | "PATCH") => m.to_string(),
+        _ => "other".to_string(),
+    };
     let t0 = Instant::now();
     let resp = next.run(req).await;
     let secs = t0.elapsed().as_secs_f64();

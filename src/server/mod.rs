@@ -366,7 +366,7 @@ fn etag_of(parts: &[&str]) -> String {
     format!("\"{}\"", &crate::util::sha256_parts(all)[..32])
 }
 
-fn immutable_headers(etag: &str) -> [(header::HeaderName, HeaderValue); 2] {
+fn immutable_headers(etag: &str, public: bool) -> [(header::HeaderName, HeaderValue); 3] {
     [
         (
             header::ETAG,
@@ -374,26 +374,33 @@ fn immutable_headers(etag: &str) -> [(header::HeaderName, HeaderValue); 2] {
         ),
         (
             header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=31536000, immutable"),
+            // A release for a token-holding audience must never be served
+            // from a shared cache to someone else.
+            HeaderValue::from_static(if public {
+                "public, max-age=31536000, immutable"
+            } else {
+                "private, max-age=31536000, immutable"
+            }),
         ),
+        (header::VARY, HeaderValue::from_static("Authorization")),
     ]
 }
 
 /// A 304 when the client has the answer named by `parts`, or the answer
 /// from the body cache; `None` when it must be computed.
-fn cached(state: &AppState, headers: &HeaderMap, parts: &[&str]) -> Option<Response> {
+fn cached(state: &AppState, headers: &HeaderMap, parts: &[&str], public: bool) -> Option<Response> {
     let etag = etag_of(parts);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
-        return Some((StatusCode::NOT_MODIFIED, immutable_headers(&etag)).into_response());
+        return Some((StatusCode::NOT_MODIFIED, immutable_headers(&etag, public)).into_response());
     }
     let (body, content_type) = state.bodies.get(&etag)?;
     Some(
         (
-            immutable_headers(&etag),
+            immutable_headers(&etag, public),
             [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
             body,
         )
@@ -406,11 +413,11 @@ fn cached(state: &AppState, headers: &HeaderMap, parts: &[&str]) -> Option<Respo
 fn immutable(
     state: &AppState,
     headers: &HeaderMap,
-    parts: &[&str],
+    (parts, public): (&[&str], bool),
     content_type: &'static str,
     body: impl FnOnce() -> Result<Vec<u8>, Problem>,
 ) -> Response {
-    if let Some(r) = cached(state, headers, parts) {
+    if let Some(r) = cached(state, headers, parts, public) {
         return r;
     }
     match body() {
@@ -419,7 +426,7 @@ fn immutable(
             let bytes = axum::body::Bytes::from(bytes);
             state.bodies.put(etag.clone(), bytes.clone(), content_type);
             (
-                immutable_headers(&etag),
+                immutable_headers(&etag, public),
                 [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
                 bytes,
             )

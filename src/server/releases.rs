@@ -187,10 +187,15 @@ pub async fn manifest(
     Ok(immutable(
         &state,
         &headers,
-        &["manifest", &id, &data.manifest.values_sha256],
+        (&["manifest", &id, &data.manifest.values_sha256], is_public(&data)),
         "application/json",
         || serde_json::to_vec_pretty(&data.manifest).map_err(|e| Problem::internal("manifest", e)),
     ))
+}
+
+/// Whether a release may sit in shared caches.
+fn is_public(data: &ReleaseData) -> bool {
+    data.manifest.spec.audience == "public"
 }
 
 /// `?bin=` checked against the release.
@@ -275,7 +280,10 @@ pub async fn values(
     let mut resp = immutable(
         &state,
         &headers,
-        &["values", &id, &data.manifest.values_sha256, ext, &bin_s],
+        (
+            &["values", &id, &data.manifest.values_sha256, ext, &bin_s],
+            is_public(&data),
+        ),
         ctype,
         || match format {
             Format::Json => values_json(&data, range),
@@ -536,7 +544,7 @@ pub async fn series(
     Ok(immutable(
         &state,
         &headers,
-        &["series", &id, &m.values_sha256, &key],
+        (&["series", &id, &m.values_sha256, &key], is_public(&data)),
         "application/json",
         || serde_json::to_vec(&body).map_err(|e| Problem::internal("series", e)),
     ))
@@ -637,9 +645,10 @@ pub async fn map_png(
         width.to_string(),
     ];
     let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    if let Some(r) = super::cached(&state, &headers, &etag_parts) {
+    if let Some(r) = super::cached(&state, &headers, &etag_parts, is_public(&data)) {
         return Ok(r);
     }
+    let public = is_public(&data);
     let png = blocking(move || {
         let m = &data.manifest;
         let grid = &ds.releaser.grid;
@@ -682,7 +691,9 @@ pub async fn map_png(
             .map_err(|e| Problem::internal("map rendering", e))
     })
     .await?;
-    Ok(immutable(&state, &headers, &etag_parts, "image/png", || Ok(png)))
+    Ok(immutable(&state, &headers, (&etag_parts, public), "image/png", || {
+        Ok(png)
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -728,7 +739,10 @@ pub async fn tilejson(
     Ok(immutable(
         &state,
         &headers,
-        &["tilejson", &id, &m.values_sha256, &b.to_string(), &base],
+        (
+            &["tilejson", &id, &m.values_sha256, &b.to_string(), &base],
+            is_public(&data),
+        ),
         "application/json",
         || serde_json::to_vec(&doc).map_err(|e| Problem::internal("tilejson", e)),
     ))
@@ -765,9 +779,10 @@ pub async fn tile(
         format!("{z}/{x}/{y}/{b}"),
     ];
     let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    if let Some(r) = super::cached(&state, &headers, &etag_parts) {
+    if let Some(r) = super::cached(&state, &headers, &etag_parts, is_public(&data)) {
         return Ok(r);
     }
+    let public = is_public(&data);
     let png = blocking(move || {
         let t = f64::from(render::TILE_PX);
         let (tx0, ty0) = (f64::from(x) * t, f64::from(y) * t);
@@ -791,7 +806,9 @@ pub async fn tile(
         render::tile_png(&hexes, data.scale_max, (z, x, y)).map_err(|e| Problem::internal("tile rendering", e))
     })
     .await?;
-    Ok(immutable(&state, &headers, &etag_parts, "image/png", || Ok(png)))
+    Ok(immutable(&state, &headers, (&etag_parts, public), "image/png", || {
+        Ok(png)
+    }))
 }
 
 #[derive(Debug, Deserialize)]

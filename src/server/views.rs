@@ -38,13 +38,21 @@ fn releases(
     range: (NaiveDate, NaiveDate),
 ) -> Result<Vec<ReleaseSummary>, Problem> {
     let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
-    Ok(index
+    // One release per window: when a changed policy or grid made a second
+    // release of the same days, the newest is used, so no day counts twice.
+    let mut by_window: BTreeMap<(NaiveDate, NaiveDate, u8), ReleaseSummary> = BTreeMap::new();
+    for r in index
         .iter()
         .filter(|r| r.dataset == dataset && r.audience == "public")
         .filter(|r| r.metric == metric && r.unit == unit && r.bin == bin)
         .filter(|r| r.from >= range.0 && r.to <= range.1)
-        .cloned()
-        .collect())
+    {
+        let key = (r.from, r.to, r.res);
+        if by_window.get(&key).is_none_or(|old| old.created_at < r.created_at) {
+            by_window.insert(key, r.clone());
+        }
+    }
+    Ok(by_window.into_values().collect())
 }
 
 fn load_all(state: &AppState, list: &[ReleaseSummary]) -> Result<Vec<Arc<ReleaseData>>, Problem> {
@@ -468,6 +476,13 @@ fn day_hours(
 fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Result<Value, Problem> {
     let res = q.res.unwrap_or(8);
     let grid = &ds.releaser.grid;
+    grid.resolution(res).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "resolution not offered",
+            e.to_string(),
+        )
+    })?;
     let hexes: HashSet<CellIndex> = match (&q.hex, &q.zone) {
         (Some(list), None) => list
             .split(',')
@@ -518,6 +533,24 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
     if base.is_empty() {
         return Err(missing("hourly footfall", "no earlier same weekday is published"));
     }
+    // Daylight-saving days have 23 or 25 hourly bins: hours are matched by
+    // local hour, a repeated hour (autumn) is left out, and totals cover
+    // the matched hours only, so the clock change never shows as an excess.
+    let mut seen = HashSet::new();
+    let day: Hours = day.into_iter().filter(|(h, _, _)| seen.insert(*h)).collect();
+    let base: Vec<Hours> = base
+        .into_iter()
+        .map(|b| {
+            let mut seen = HashSet::new();
+            b.into_iter()
+                .filter(|(h, _, _)| seen.insert(*h) && day.iter().any(|d| d.0 == *h))
+                .collect()
+        })
+        .collect();
+    let day: Hours = day
+        .into_iter()
+        .filter(|(h, _, _)| base.iter().all(|b| b.iter().any(|x| x.0 == *h)))
+        .collect();
     let n = base.len() as f64;
     let hours: Vec<Value> = day
         .iter()
@@ -612,6 +645,13 @@ pub async fn flows(
         let mut var = vec![0.0f64; z * z];
         let mut bins_used = 0usize;
         for d in &data {
+            // Zone indices of this release in the shared list (the zones
+            // file may have changed between releases).
+            let map: Vec<Option<usize>> = d
+                .zone_ids
+                .iter()
+                .map(|id| zone_ids.iter().position(|x| x == id))
+                .collect();
             for b in 0..d.bins.len() {
                 let t = d.bins[b].with_timezone(&tz);
                 let wd = t.weekday().num_days_from_monday();
@@ -621,8 +661,10 @@ pub async fn flows(
                 bins_used += 1;
                 let r = d.bin_range(b);
                 for (k, key) in d.keys.iter().enumerate() {
-                    if let Key::ZonePair(o, dd) = key {
-                        let i = *o as usize * z + *dd as usize;
+                    if let Key::ZonePair(o, dd) = key
+                        && let (Some(Some(o)), Some(Some(dd))) = (map.get(*o as usize), map.get(*dd as usize))
+                    {
+                        let i = o * z + dd;
                         sum[i] += d.value[r.start + k] as f64;
                         var[i] += (d.ci95[r.start + k] / Z95).powi(2);
                     }
