@@ -141,6 +141,16 @@ const MIGRATIONS: &[&str] = &[
         role TEXT NOT NULL CHECK (role IN ('planner', 'admin')),
         created_at TEXT NOT NULL
      );",
+    // 3: tourism tokens (SQLite cannot change a CHECK: copy the table).
+    "CREATE TABLE tokens_v3 (
+        token_sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('planner', 'tourism', 'admin')),
+        created_at TEXT NOT NULL
+     );
+     INSERT INTO tokens_v3 SELECT token_sha256, name, role, created_at FROM tokens;
+     DROP TABLE tokens;
+     ALTER TABLE tokens_v3 RENAME TO tokens;",
 ];
 
 /// The ledger database (`<data-dir>/hexflow.sqlite`).
@@ -361,16 +371,28 @@ impl Ledger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// May run queries charged to the planners' budget.
+    /// May run queries charged to the planners' budget and read them.
     Planner,
+    /// May run queries charged to the tourism office's budget and read them.
+    Tourism,
     /// May also ingest files and run the publication plan.
     Admin,
 }
 
 impl Role {
+    /// The audience whose budget this role's queries spend (admins query
+    /// for the planners).
+    pub fn audience(self) -> &'static str {
+        match self {
+            Role::Planner | Role::Admin => "planners",
+            Role::Tourism => "tourism",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Planner => "planner",
+            Role::Tourism => "tourism",
             Role::Admin => "admin",
         }
     }
@@ -421,7 +443,11 @@ impl Ledger {
                     let role: String = r.get(1)?;
                     Ok(TokenRow {
                         name: r.get(0)?,
-                        role: if role == "admin" { Role::Admin } else { Role::Planner },
+                        role: match role.as_str() {
+                            "admin" => Role::Admin,
+                            "tourism" => Role::Tourism,
+                            _ => Role::Planner,
+                        },
                         created_at: r.get(2)?,
                     })
                 },

@@ -53,26 +53,35 @@ async fn bearer(state: &AppState, headers: &HeaderMap) -> Result<TokenRow, Probl
 
 async fn require(state: &AppState, headers: &HeaderMap, role: Role) -> Result<TokenRow, Problem> {
     let t = bearer(state, headers).await?;
-    if role == Role::Admin && t.role != Role::Admin {
+    if t.role != role && t.role != Role::Admin {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!(
-                "token {:?} is a {} token; this endpoint needs an admin token",
-                t.name,
-                t.role.as_str()
-            ),
+            match role {
+                Role::Admin => format!(
+                    "token {:?} is a {} token; this endpoint needs an admin token",
+                    t.name,
+                    t.role.as_str()
+                ),
+                _ => format!(
+                    "token {:?} is a {} token; this needs a {} or an admin token",
+                    t.name,
+                    t.role.as_str(),
+                    role.as_str()
+                ),
+            },
         ));
     }
     Ok(t)
 }
 
-/// Public releases are open; planners' need a planner or admin token,
-/// any other audience's an admin token.
+/// Public releases are open; an audience's releases need a token of that
+/// audience (planners, tourism) or an admin token.
 pub async fn may_read(state: &AppState, headers: &HeaderMap, audience: &str) -> Result<(), Problem> {
     match audience {
         "public" => Ok(()),
         "planners" => require(state, headers, Role::Planner).await.map(|_| ()),
+        "tourism" => require(state, headers, Role::Tourism).await.map(|_| ()),
         _ => require(state, headers, Role::Admin).await.map(|_| ()),
     }
 }
@@ -116,7 +125,8 @@ pub async fn query(
     headers: HeaderMap,
     body: Result<Json<QueryBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
-    let token = require(&state, &headers, Role::Planner).await?;
+    // Any token may query; it spends its own audience's budget.
+    let token = bearer(&state, &headers).await?;
     let Json(q) = body?;
     let ds = state.dataset(&q.dataset)?.clone();
     let budget = match (q.rho, q.epsilon) {
@@ -126,7 +136,7 @@ pub async fn query(
     };
     let spec = ReleaseSpec {
         dataset: q.dataset,
-        audience: "planners".into(),
+        audience: token.role.audience().into(),
         metric: q.metric,
         unit: q.unit,
         res: q.res,
@@ -160,7 +170,7 @@ pub async fn query(
             ));
         }
         let o = r.release(&spec, today).map_err(release_problem)?;
-        tracing::info!(token = %token.name, release = %o.manifest.release_id, status = o.status, "planner query");
+        tracing::info!(token = %token.name, release = %o.manifest.release_id, status = o.status, audience = %spec.audience, "query");
         Ok(o)
     })
     .await?;
