@@ -15,6 +15,22 @@ use serde::Serialize;
 /// z of a two-sided 95 % interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
 
+/// The sd of the noise behind a published 95 % error bar: b·ln 20 for
+/// Laplace noise on hexes (σ = b√2), 1.96 σ otherwise (Gaussian noise, or
+/// cell placement, whose bars are normal approximations of a weighted sum).
+pub fn noise_sd_of_ci95(
+    placement: crate::privacy::sensitivity::Placement,
+    mechanism: crate::privacy::mechanism::Mechanism,
+    ci95: f64,
+) -> f64 {
+    use crate::privacy::mechanism::Mechanism;
+    use crate::privacy::sensitivity::Placement;
+    match (placement, mechanism) {
+        (Placement::Hex, Mechanism::LaplacePure) => ci95 * std::f64::consts::SQRT_2 / 20f64.ln(),
+        _ => ci95 / Z95,
+    }
+}
+
 /// One published value of a series and the sd of its noise.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Point {
@@ -364,6 +380,20 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn error_bars_convert_back_to_the_noise_sd() {
+        use crate::privacy::mechanism::Mechanism;
+        use crate::privacy::sensitivity::Placement;
+        // Laplace of scale b: P(|X| > b ln 20) = 5 %, sd = b√2.
+        let b = 3.0;
+        let sd = noise_sd_of_ci95(Placement::Hex, Mechanism::LaplacePure, b * 20f64.ln());
+        assert!((sd - b * 2f64.sqrt()).abs() < 1e-12);
+        let g = noise_sd_of_ci95(Placement::Hex, Mechanism::GaussianZcdp, Z95 * 4.0);
+        assert!((g - 4.0).abs() < 1e-12);
+        let c = noise_sd_of_ci95(Placement::Cell, Mechanism::LaplacePure, Z95 * 4.0);
+        assert!((c - 4.0).abs() < 1e-12);
     }
 
     #[test]

@@ -287,6 +287,11 @@ impl ReleaseData {
         })
     }
 
+    /// The sd of the noise behind one of this release's error bars.
+    pub fn sd_of_ci95(&self, ci95: f64) -> f64 {
+        crate::views::noise_sd_of_ci95(self.manifest.placement, self.manifest.mechanism, ci95)
+    }
+
     /// Index range of bin `b`'s values.
     pub fn bin_range(&self, b: usize) -> std::ops::Range<usize> {
         let k = self.keys.len();

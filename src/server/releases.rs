@@ -560,10 +560,13 @@ pub fn sum_ci95(ds: &super::Dataset, data: &ReleaseData, set: &[(CellIndex, usiz
         Placement::Hex => (0..data.bins.len())
             .map(|b| {
                 let r = data.bin_range(b);
-                set.iter()
-                    .map(|(_, i)| data.ci95[r.start + i].powi(2))
-                    .sum::<f64>()
-                    .sqrt()
+                // Independent noises: variances add (normal approximation
+                // of the sum's 95 % interval, also for Laplace noise).
+                let var: f64 = set
+                    .iter()
+                    .map(|(_, i)| data.sd_of_ci95(data.ci95[r.start + i]).powi(2))
+                    .sum();
+                crate::views::Z95 * var.sqrt()
             })
             .collect(),
         Placement::Cell => {

@@ -132,7 +132,7 @@ fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>
             points.push(Point {
                 day,
                 value: d.value[i] as f64,
-                noise_sd: d.ci95[i] / Z95,
+                noise_sd: d.sd_of_ci95(d.ci95[i]),
             });
         }
     }
@@ -666,7 +666,7 @@ pub async fn flows(
                     {
                         let i = o * z + dd;
                         sum[i] += d.value[r.start + k] as f64;
-                        var[i] += (d.ci95[r.start + k] / Z95).powi(2);
+                        var[i] += d.sd_of_ci95(d.ci95[r.start + k]).powi(2);
                     }
                 }
             }
