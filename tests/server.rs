@@ -208,6 +208,12 @@ async fn the_openapi_document_describes_every_route_and_every_route_exists() {
             assert_ne!(a.json()["title"], "no such endpoint", "{method} {uri}");
         }
     }
+    let wrong = send(
+        state,
+        Request::delete("/api/v1/releases").body(Body::empty()).expect("r"),
+    )
+    .await;
+    assert!(wrong.problem(StatusCode::METHOD_NOT_ALLOWED).contains("DELETE"));
     let missing = get(state, "/api/v1/nothing-here").await;
     assert!(missing.problem(StatusCode::NOT_FOUND).contains("/api/openapi.json"));
 }

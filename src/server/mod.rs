@@ -222,6 +222,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .nest("/api/v1", api)
         .merge(web::routes())
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
@@ -306,6 +307,18 @@ async fn not_found(req: Request) -> Problem {
         "no such endpoint",
         format!(
             "{} {} is not an endpoint of hexflow; the API is described at /api/openapi.json",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed",
+        format!(
+            "{} is not allowed on {}; the API is described at /api/openapi.json",
             req.method(),
             req.uri().path()
         ),
