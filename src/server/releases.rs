@@ -615,6 +615,38 @@ fn footfall_only(data: &ReleaseData) -> Result<(), Problem> {
     }
 }
 
+/// A hex footfall release the caller may read, and the asked bin (0 by
+/// default): what maps, tiles and TileJSON start from.
+async fn hex_bin(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: &str,
+    bin: Option<usize>,
+) -> Result<(Arc<ReleaseData>, usize), Problem> {
+    let data = load(state, headers, id).await?;
+    footfall_only(&data)?;
+    let b = bin_index(&data, bin)?.unwrap_or(0);
+    Ok((data, b))
+}
+
+/// A PNG named by `parts`: from the client's cache (304) or the body cache
+/// if possible, else drawn once off the async workers.
+async fn png_once(
+    state: &AppState,
+    headers: &HeaderMap,
+    data: &ReleaseData,
+    parts: &[String],
+    draw: impl FnOnce() -> Result<Vec<u8>, Problem> + Send + 'static,
+) -> Result<Response, Problem> {
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let public = is_public(data);
+    if let Some(r) = super::cached(state, headers, &parts, public) {
+        return Ok(r);
+    }
+    let png = blocking(draw).await?;
+    Ok(immutable(state, headers, (&parts, public), "image/png", || Ok(png)))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MapQuery {
@@ -629,9 +661,7 @@ pub async fn map_png(
     q: Result<Query<MapQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
-    let data = load(&state, &headers, &id).await?;
-    footfall_only(&data)?;
-    let b = bin_index(&data, q.bin)?.unwrap_or(0);
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
     let width = q.width.unwrap_or(1000);
     if !(320..=render::MAX_MAP_PX).contains(&width) {
         return Err(Problem::bad_request(format!(
@@ -647,12 +677,9 @@ pub async fn map_png(
         b.to_string(),
         width.to_string(),
     ];
-    let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    if let Some(r) = super::cached(&state, &headers, &etag_parts, is_public(&data)) {
-        return Ok(r);
-    }
-    let public = is_public(&data);
-    let png = blocking(move || {
+    let d = data.clone();
+    png_once(&state, &headers, &data, &parts, move || {
+        let data = d;
         let m = &data.manifest;
         let grid = &ds.releaser.grid;
         let tz = grid.tz;
@@ -693,10 +720,7 @@ pub async fn map_png(
         render::map_png(grid, &hex_values(&data, b), data.scale_max, &text, width)
             .map_err(|e| Problem::internal("map rendering", e))
     })
-    .await?;
-    Ok(immutable(&state, &headers, (&etag_parts, public), "image/png", || {
-        Ok(png)
-    }))
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -712,9 +736,7 @@ pub async fn tilejson(
     q: Result<Query<BinQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
-    let data = load(&state, &headers, &id).await?;
-    footfall_only(&data)?;
-    let b = bin_index(&data, q.bin)?.unwrap_or(0);
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
     let ds = state.dataset(&data.manifest.spec.dataset)?;
     let base = match &state.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
@@ -772,21 +794,16 @@ pub async fn tile(
             ),
         ));
     }
-    let data = load(&state, &headers, &id).await?;
-    footfall_only(&data)?;
-    let b = bin_index(&data, q.bin)?.unwrap_or(0);
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
     let parts = [
         "tile".to_string(),
         id.clone(),
         data.manifest.values_sha256.clone(),
         format!("{z}/{x}/{y}/{b}"),
     ];
-    let etag_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    if let Some(r) = super::cached(&state, &headers, &etag_parts, is_public(&data)) {
-        return Ok(r);
-    }
-    let public = is_public(&data);
-    let png = blocking(move || {
+    let d = data.clone();
+    png_once(&state, &headers, &data, &parts, move || {
+        let data = d;
         let t = f64::from(render::TILE_PX);
         let (tx0, ty0) = (f64::from(x) * t, f64::from(y) * t);
         let hexes: Vec<HexValue> = hex_values(&data, b)
@@ -808,10 +825,7 @@ pub async fn tile(
             .collect();
         render::tile_png(&hexes, data.scale_max, (z, x, y)).map_err(|e| Problem::internal("tile rendering", e))
     })
-    .await?;
-    Ok(immutable(&state, &headers, (&etag_parts, public), "image/png", || {
-        Ok(png)
-    }))
+    .await
 }
 
 #[derive(Debug, Deserialize)]
