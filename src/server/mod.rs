@@ -157,6 +157,22 @@ impl AppState {
         })
     }
 
+    /// `?dataset=`, which may be left out when one dataset is served.
+    fn pick(&self, name: Option<&String>) -> Result<&Arc<Dataset>, Problem> {
+        match name {
+            Some(n) => self.dataset(n),
+            None if self.datasets.len() == 1 => self
+                .datasets
+                .values()
+                .next()
+                .ok_or_else(|| Problem::bad_request("no dataset")),
+            None => Err(Problem::bad_request(format!(
+                "several datasets are served; add ?dataset= (one of {})",
+                self.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
     /// Re-reads the release store after a publish or query.
     fn refresh_index(&self) {
         let index = ReleaseIndex::scan(&self.config.data_dir, self.datasets.keys());

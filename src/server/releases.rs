@@ -27,21 +27,16 @@ const MAX_GEOJSON_FEATURES: usize = 200_000;
 /// Most releases in one list page.
 const MAX_LIST: usize = 5000;
 
+/// A (multi)polygon as an RFC 7946 geometry (the `geojson` crate's
+/// conversion from geo types).
+fn geometry_json(area: &geo::MultiPolygon<f64>) -> Value {
+    serde_json::to_value(geojson::Geometry::new(geojson::GeometryValue::from(area))).unwrap_or(Value::Null)
+}
+
 fn ds_geojson_area(grid: &crate::grid::Grid) -> Value {
-    let polygons: Vec<Value> = grid
-        .area
-        .0
-        .iter()
-        .map(|p| {
-            let ring = |r: &geo::LineString<f64>| r.points().map(|p| json!([p.x(), p.y()])).collect::<Vec<_>>();
-            let mut rings = vec![ring(p.exterior())];
-            rings.extend(p.interiors().iter().map(ring));
-            json!(rings)
-        })
-        .collect();
     let mut features = vec![json!({
         "type": "Feature",
-        "geometry": {"type": "MultiPolygon", "coordinates": polygons},
+        "geometry": geometry_json(&grid.area),
         "properties": {"kind": "study-area", "name": grid.name(), "area_km2": grid.area_m2() / 1e6},
     })];
     for m in &grid.landmarks {
@@ -384,19 +379,8 @@ fn zone_geometry(grid: &crate::grid::Grid, id: &str) -> (Value, [f64; 2]) {
     let Some(z) = grid.zones.iter().find(|z| z.id == id) else {
         return (Value::Null, [0.0, 0.0]);
     };
-    let polys: Vec<Value> = z
-        .area
-        .0
-        .iter()
-        .map(|p| {
-            let ring = |r: &geo::LineString<f64>| r.points().map(|p| json!([p.x(), p.y()])).collect::<Vec<_>>();
-            let mut rings = vec![ring(p.exterior())];
-            rings.extend(p.interiors().iter().map(ring));
-            json!(rings)
-        })
-        .collect();
     let c = z.area.centroid().map(|c| [c.x(), c.y()]).unwrap_or([0.0, 0.0]);
-    (json!({"type": "MultiPolygon", "coordinates": polys}), c)
+    (geometry_json(&z.area), c)
 }
 
 fn values_geojson(
@@ -836,27 +820,12 @@ pub struct LedgerQuery {
     to: Option<NaiveDate>,
 }
 
-fn pick_dataset<'a>(state: &'a AppState, name: Option<&String>) -> Result<&'a Arc<super::Dataset>, Problem> {
-    match name {
-        Some(n) => state.dataset(n),
-        None if state.datasets.len() == 1 => state
-            .datasets
-            .values()
-            .next()
-            .ok_or_else(|| Problem::bad_request("no dataset")),
-        None => Err(Problem::bad_request(format!(
-            "several datasets are served; add ?dataset= (one of {})",
-            state.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
 pub async fn ledger(
     State(state): State<Arc<AppState>>,
     q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let ds = pick_dataset(&state, q.dataset.as_ref())?.clone();
+    let ds = state.pick(q.dataset.as_ref())?.clone();
     let data_dir = state.config.data_dir.clone();
     let body = blocking(move || {
         let p = &ds.releaser.policy;
@@ -889,7 +858,7 @@ pub async fn ledger_releases(
     q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let ds = pick_dataset(&state, q.dataset.as_ref())?.clone();
+    let ds = state.pick(q.dataset.as_ref())?.clone();
     let data_dir = state.config.data_dir.clone();
     let rows = blocking(move || {
         let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;

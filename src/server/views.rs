@@ -140,18 +140,6 @@ fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>
     Ok((points, list))
 }
 
-fn pick<'a>(state: &'a AppState, name: Option<&String>) -> Result<&'a Arc<Dataset>, Problem> {
-    match name {
-        Some(n) => state.dataset(n),
-        None => state
-            .datasets
-            .values()
-            .next()
-            .filter(|_| state.datasets.len() == 1)
-            .ok_or_else(|| Problem::bad_request("add ?dataset=")),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneQuery {
@@ -170,11 +158,8 @@ pub async fn seasonality(
     q: Result<Query<ZoneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let ds = pick(&state, q.dataset.as_ref())?.clone();
-    let weeks = q.weeks.unwrap_or(4);
-    if !(1..=12).contains(&weeks) {
-        return Err(Problem::bad_request("weeks must be in 1..=12"));
-    }
+    let ds = state.pick(q.dataset.as_ref())?.clone();
+    let weeks = weeks(q.weeks)?;
     let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || {
@@ -220,7 +205,7 @@ pub async fn forecast(
     q: Result<Query<ZoneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let ds = pick(&state, q.dataset.as_ref())?.clone();
+    let ds = state.pick(q.dataset.as_ref())?.clone();
     let horizon = q.days.unwrap_or(14);
     if !(1..=60).contains(&horizon) {
         return Err(Problem::bad_request("days must be in 1..=60"));
@@ -280,15 +265,22 @@ pub async fn event(
     q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let ds = pick(&state, q.dataset.as_ref())?.clone();
-    let weeks = q.weeks.unwrap_or(4);
-    if !(1..=12).contains(&weeks) {
-        return Err(Problem::bad_request("weeks must be in 1..=12"));
-    }
+    let ds = state.pick(q.dataset.as_ref())?.clone();
+    let weeks = weeks(q.weeks)?;
     let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || event_view(&st, &ds, &q, weeks)).await?;
     respond(q_format, body, Chart::Event).await
+}
+
+/// `?weeks=` of a baseline: 4 by default, 1 to 12.
+fn weeks(w: Option<i64>) -> Result<i64, Problem> {
+    let w = w.unwrap_or(4);
+    if (1..=12).contains(&w) {
+        Ok(w)
+    } else {
+        Err(Problem::bad_request("weeks must be in 1..=12"))
+    }
 }
 
 fn format(f: Option<&str>) -> Result<bool, Problem> {
@@ -606,7 +598,7 @@ pub async fn flows(
     q: Result<Query<FlowsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let ds = pick(&state, q.dataset.as_ref())?.clone();
+    let ds = state.pick(q.dataset.as_ref())?.clone();
     if q.from > q.to || (q.to - q.from).num_days() > 366 {
         return Err(Problem::bad_request("from..to must be a window of at most 367 days"));
     }
