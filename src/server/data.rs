@@ -299,31 +299,39 @@ impl ReleaseData {
     }
 }
 
-/// Recently used releases (values are immutable, so entries never go stale).
+/// Recently used releases (values are immutable, so entries never go
+/// stale), bounded by the number of values held rather than of releases:
+/// a view reads hundreds of small daily releases, a map one large hourly
+/// one, and both should stay in memory between requests.
 #[derive(Default)]
 pub struct Cache {
     entries: Mutex<VecDeque<(String, Arc<ReleaseData>)>>,
 }
 
-const CACHE_RELEASES: usize = 48;
+/// Most values kept (about 20 bytes each with keys and flags).
+const CACHE_VALUES: usize = 8_000_000;
 
 impl Cache {
     pub fn get_or_load(&self, id: &str, dir: &Path) -> Result<Arc<ReleaseData>, Problem> {
         {
             let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(pos) = e.iter().position(|(k, _)| k == id) {
-                let hit = e.remove(pos);
-                if let Some(hit) = hit {
-                    let data = hit.1.clone();
-                    e.push_front(hit);
-                    return Ok(data);
-                }
+            if let Some(pos) = e.iter().position(|(k, _)| k == id)
+                && let Some(hit) = e.remove(pos)
+            {
+                let data = hit.1.clone();
+                e.push_front(hit);
+                return Ok(data);
             }
         }
         let data = Arc::new(ReleaseData::load(dir)?);
         let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         e.push_front((id.to_string(), data.clone()));
-        e.truncate(CACHE_RELEASES);
+        let mut held: usize = e.iter().map(|(_, d)| d.value.len()).sum();
+        while held > CACHE_VALUES && e.len() > 1 {
+            if let Some((_, old)) = e.pop_back() {
+                held -= old.value.len();
+            }
+        }
         Ok(data)
     }
 }
