@@ -66,10 +66,9 @@ pub enum ReleaseError {
     #[error("grid {grid} defines no zones (zones.geojson); use hexes")]
     NoZones { grid: String },
     #[error(
-        "the release would hold {values} values; at most {} per release (use a coarser resolution or bin, or a shorter window)",
-        spec::MAX_VALUES
+        "the release would hold {values} values; at most {max} here (use a coarser resolution or bin, or a shorter window)"
     )]
-    TooLarge { values: usize },
+    TooLarge { values: usize, max: usize },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -290,6 +289,17 @@ impl Releaser {
     /// Makes (or returns) the release described by `spec`.
     #[tracing::instrument(skip_all, fields(dataset = %spec.dataset, metric = %spec.metric, res = spec.res))]
     pub fn release(&self, spec: &ReleaseSpec, today: NaiveDate) -> Result<Outcome, ReleaseError> {
+        self.release_at_most(spec, today, spec::MAX_VALUES)
+    }
+
+    /// `release`, refusing before any charge a new release of more than
+    /// `max_values` values (the HTTP API answers while the client waits).
+    pub fn release_at_most(
+        &self,
+        spec: &ReleaseSpec,
+        today: NaiveDate,
+        max_values: usize,
+    ) -> Result<Outcome, ReleaseError> {
         spec.check(&self.policy, today)?;
         let mut context = format!(
             "{}|{}",
@@ -341,8 +351,9 @@ impl Releaser {
             Metric::Flows => n_keys * n_keys,
         };
         let values = n_keys * bins.len();
-        if values > spec::MAX_VALUES {
-            return Err(ReleaseError::TooLarge { values });
+        let max = max_values.min(spec::MAX_VALUES);
+        if values > max {
+            return Err(ReleaseError::TooLarge { values, max });
         }
         let store = CountStore::new(&self.data_dir, self.policy.dataset());
         let catalog = store.catalog()?;

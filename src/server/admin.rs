@@ -149,27 +149,7 @@ pub async fn query(
     let outcome = blocking(move || {
         let r = &ds.releaser;
         let today = r.today();
-        // Purpose limits and size before anything is charged.
-        spec.check(&r.policy, today).map_err(|e| release_problem(e.into()))?;
-        if spec.unit == crate::release::Unit::Hex {
-            r.grid.resolution(spec.res).map_err(|e| release_problem(e.into()))?;
-        }
-        let w = r.weights_for(spec.unit, spec.res).map_err(release_problem)?;
-        let keys = match spec.metric {
-            Metric::Footfall => w.keys.len(),
-            Metric::Flows => w.keys.len().pow(2),
-        };
-        let values = keys * crate::release::window(&r.grid, spec.bin, spec.from, spec.to).bins.len();
-        if values > MAX_QUERY_VALUES {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "too large",
-                format!(
-                    "the query would hold {values} values; an HTTP query holds at most {MAX_QUERY_VALUES} (shorter window, coarser bin or resolution)"
-                ),
-            ));
-        }
-        let o = r.release(&spec, today).map_err(release_problem)?;
+        let o = r.release_at_most(&spec, today, MAX_QUERY_VALUES).map_err(release_problem)?;
         tracing::info!(token = %token.name, release = %o.manifest.release_id, status = o.status, audience = %spec.audience, "query");
         Ok(o)
     })
