@@ -299,7 +299,15 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
             }
             let f = get(&state, &format!("/api/v1/views/forecast?zone={zone}&days=14")).await?;
             let b = &f["forecast"]["backtest"];
-            let level = truth.iter().map(|x| x.1).sum::<f64>() / truth.len().max(1) as f64;
+            // The level from the published series: a figure that needs no
+            // truth should not be derived from it.
+            let daily: Vec<f64> = s["daily"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["value"].as_f64())
+                .collect();
+            let level = daily.iter().sum::<f64>() / daily.len().max(1) as f64;
             if level > 0.0 {
                 rel_mae.0 += b["mae_model"].as_f64().unwrap_or(0.0) / level;
                 rel_mae.1 += b["mae_seasonal_naive"].as_f64().unwrap_or(0.0) / level;
