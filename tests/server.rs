@@ -717,6 +717,15 @@ async fn admins_upload_deliveries_and_run_the_plan() {
     assert_eq!(ok.json()["rows"], 24);
     let uploads: Vec<_> = std::fs::read_dir(f.data.join("uploads")).expect("uploads").collect();
     assert!(uploads.is_empty(), "uploads are removed after ingest");
+    // One left by a crash mid-ingest is removed when the server starts.
+    std::fs::write(f.data.join("uploads/123-abc-left.csv"), "bin_start,cell_id,devices\n").expect("write");
+    let _restarted = self::state(&f.data, &[]);
+    assert!(
+        std::fs::read_dir(f.data.join("uploads"))
+            .expect("uploads")
+            .next()
+            .is_none()
+    );
     let p = send(
         &state,
         Request::post("/api/v1/admin/publish?dataset=tiny")

@@ -133,6 +133,13 @@ impl AppState {
             let releaser = Releaser::new(p, &config.data_dir)?;
             datasets.insert(releaser.policy.dataset().to_string(), Arc::new(Dataset { releaser }));
         }
+        // Uploads are removed after their ingest; a crash mid-ingest left
+        // a delivery's raw counts here, outside the store's bookkeeping.
+        if let Ok(entries) = std::fs::read_dir(config.data_dir.join("uploads")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let index = ReleaseIndex::scan(&config.data_dir, datasets.keys());
         Ok(Self {
             config,
