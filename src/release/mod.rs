@@ -141,6 +141,9 @@ pub struct Releaser {
     /// W per resolution, loaded once per process: `publish` makes a release
     /// per day and must not re-read the cache for each.
     weights: std::sync::Mutex<HashMap<Option<u8>, std::sync::Arc<Weights>>>,
+    /// The ledger connection, opened once: `publish` asks it about every
+    /// stored release, and reopening SQLite each time dominated a rerun.
+    ledger: std::sync::Mutex<Option<Ledger>>,
 }
 
 /// W onto the keys of a release (the hexes of one resolution, or the
@@ -213,6 +216,7 @@ impl Releaser {
             data_dir: data_dir.to_path_buf(),
             grid_key,
             weights: std::sync::Mutex::default(),
+            ledger: std::sync::Mutex::default(),
         })
     }
 
@@ -269,6 +273,16 @@ impl Releaser {
         let w = std::sync::Arc::new(w);
         memo.insert(key, w.clone());
         Ok(w)
+    }
+
+    /// Runs `f` on this releaser's ledger connection (opened on first use).
+    fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<T, LedgerError>) -> Result<T, ReleaseError> {
+        let mut guard = self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ledger = match guard.take() {
+            Some(l) => guard.insert(l),
+            None => guard.insert(Self::ledger(&self.data_dir)?),
+        };
+        Ok(f(ledger)?)
     }
 
     /// The ledger of the data dir.
@@ -329,10 +343,12 @@ impl Releaser {
         if let Some(manifest) = self.stored(&id) {
             // A crash after the values were stored left the ledger at
             // `charged`; finishing is idempotent and costs nothing.
-            let mut ledger = Self::ledger(&self.data_dir)?;
-            if ledger.state(&id)? == Some(ReleaseState::Charged) {
-                ledger.mark_published(&id)?;
-            }
+            self.with_ledger(|ledger| {
+                if ledger.state(&id)? == Some(ReleaseState::Charged) {
+                    ledger.mark_published(&id)?;
+                }
+                Ok(())
+            })?;
             return Ok(Outcome {
                 status: "stored",
                 dir,
@@ -409,16 +425,17 @@ impl Releaser {
         // Commit the charge before any noisy value exists.
         let days = spec.days();
         let audience = &self.policy.spec.audiences[&spec.audience];
-        let mut ledger = Self::ledger(&self.data_dir)?;
-        let charge = ledger.charge(&ChargeRequest {
-            release_id: &id,
-            dataset: self.policy.dataset(),
-            audience: &spec.audience,
-            days: &days,
-            rho: calibrated.rho,
-            audience_cap_rho: audience.rho_per_day,
-            dataset_cap_rho: self.policy.spec.privacy.rho_per_day_cap,
-            spec_json: &spec.canonical(),
+        let charge = self.with_ledger(|ledger| {
+            ledger.charge(&ChargeRequest {
+                release_id: &id,
+                dataset: self.policy.dataset(),
+                audience: &spec.audience,
+                days: &days,
+                rho: calibrated.rho,
+                audience_cap_rho: audience.rho_per_day,
+                dataset_cap_rho: self.policy.spec.privacy.rho_per_day_cap,
+                spec_json: &spec.canonical(),
+            })
         })?;
         let status = match charge {
             Charge::New => "new",
@@ -461,7 +478,7 @@ impl Releaser {
             ci95,
         )?;
         util::failpoint("release:after-store");
-        ledger.mark_published(&id)?;
+        self.with_ledger(|ledger| ledger.mark_published(&id))?;
         Ok(Outcome { status, dir, manifest })
     }
 
