@@ -356,6 +356,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Store { dataset, json } => {
             let policy = dataset.load(&args.policies_dir)?;
             let store = CountStore::new(&data_dir, policy.dataset());
+            // Held until the files of this catalog have been read.
+            let _readers = store.read_guard()?;
             let catalog = store.catalog()?;
             let summary = store.summary(&catalog)?;
             if json {
@@ -788,6 +790,8 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
     }
     let (_, weights) = WeightMatrix::load_or_build(grid, res, data_dir)?;
     let store = CountStore::new(data_dir, policy.dataset());
+    // Held until the files of this catalog have been read.
+    let _readers = store.read_guard()?;
     let catalog = store.catalog()?;
     let summary = store.summary(&catalog)?;
     // The public plan: releases that exist cost nothing, so a restart only

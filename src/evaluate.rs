@@ -233,6 +233,8 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     // Profiles: DP (seasonality view) against the truth of the same zones.
     let w_zone = ds_ref.releaser.weights_for(Unit::Zone, 0)?;
     let store = CountStore::new(data_dir, &ds);
+    // Held until the files of this catalog have been read.
+    let _readers = store.read_guard()?;
     let catalog = store.catalog()?;
     let days: Vec<NaiveDate> = CountStore::days(&catalog, Metric::Footfall).into_iter().collect();
     let cell_pos: HashMap<&str, usize> = w_zone

@@ -191,8 +191,8 @@ impl Policy {
             }
         }
         for (i, r) in spec.publication.iter().enumerate() {
-            if !(r.rho.is_finite() && r.rho > 0.0) {
-                return Err(invalid(format!("publication[{i}].rho must be a positive number")));
+            if let Err(e) = crate::privacy::mechanism::Budget::Rho(r.rho).check() {
+                return Err(invalid(format!("publication[{i}].{e}")));
             }
         }
         let planned: f64 = spec.publication.iter().map(|r| r.rho).sum();

@@ -22,6 +22,20 @@ const FONT_NAME: &str = "sans-serif";
 pub const TILE_PX: u32 = 256;
 /// Largest map edge served (px).
 pub const MAX_MAP_PX: u32 = 2400;
+/// Narrowest map drawn (px).
+pub const MIN_MAP_PX: u32 = 320;
+/// Map widths are drawn in steps of this many px.
+pub const MAP_WIDTH_STEP_PX: u32 = 160;
+
+/// The width a map is drawn at for an asked `width`: clamped to
+/// `MIN_MAP_PX..=MAX_MAP_PX` and rounded to the nearest step, so that a
+/// client cannot make the server draw (and cache) more than 14 widths of
+/// one bin.
+pub fn map_width(width: u32) -> u32 {
+    let w = width.clamp(MIN_MAP_PX, MAX_MAP_PX);
+    let steps = (w - MIN_MAP_PX + MAP_WIDTH_STEP_PX / 2) / MAP_WIDTH_STEP_PX;
+    (MIN_MAP_PX + steps * MAP_WIDTH_STEP_PX).min(MAX_MAP_PX)
+}
 /// Deepest tile zoom served.
 pub const MAX_ZOOM: u8 = 18;
 const LOW_GREY: RGBColor = RGBColor(200, 200, 200);
@@ -57,6 +71,29 @@ pub struct HexValue {
     pub boundary: Vec<(f64, f64)>,
     pub value: f64,
     pub low: bool,
+    /// False where no cell reaches the hex: drawn as "no coverage".
+    pub covered: bool,
+}
+
+/// Fill of hexes that no cell covers: near-white, unlike the grey of
+/// "below threshold", so that "no data can exist here" never reads as
+/// "too uncertain to show".
+const NO_COVERAGE: RGBColor = RGBColor(250, 250, 250);
+
+/// A number for people: at most `digits` significant digits, no trailing
+/// zeros (0.3, not 0.29999999999999993; 1e-5 as 0.00001).
+pub fn human_number(x: f64, digits: usize) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    let decimals = (digits as i32 - 1 - magnitude).max(0) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// The colour of `value` on a scale from 0 to `max`.
@@ -285,14 +322,22 @@ fn draw_hexes<DB: DrawingBackend>(
 ) -> Result<(), RenderError> {
     for h in hexes {
         let pts: Vec<(i32, i32)> = h.boundary.iter().map(|(lon, lat)| px(*lon, *lat)).collect();
-        let fill = if h.low { LOW_GREY } else { colour(h.value, max) };
+        let fill = match (h.covered, h.low) {
+            (false, _) => NO_COVERAGE,
+            (true, true) => LOW_GREY,
+            (true, false) => colour(h.value, max),
+        };
         root.draw(&Polygon::new(pts.clone(), fill.filled())).map_err(draw_err)?;
         let mut ring = pts;
         if let Some(first) = ring.first().copied() {
             ring.push(first);
         }
-        root.draw(&PathElement::new(ring, RGBColor(255, 255, 255).mix(0.35)))
-            .map_err(draw_err)?;
+        let edge = if h.covered {
+            RGBColor(255, 255, 255).mix(0.35)
+        } else {
+            RGBColor(150, 150, 150).mix(0.8)
+        };
+        root.draw(&PathElement::new(ring, edge)).map_err(draw_err)?;
     }
     Ok(())
 }
@@ -331,9 +376,16 @@ fn draw_legend<DB: DrawingBackend>(
         LOW_GREY.filled(),
     ))
     .map_err(draw_err)?;
+    root.draw(&Text::new("below threshold", (x + w + 32, y), font.clone()))
+        .map_err(draw_err)?;
+    let x2 = x + w + 130;
+    root.draw(&Rectangle::new([(x2, y), (x2 + 12, y + 12)], NO_COVERAGE.filled()))
+        .map_err(draw_err)?;
+    root.draw(&Rectangle::new([(x2, y), (x2 + 12, y + 12)], RGBColor(150, 150, 150)))
+        .map_err(draw_err)?;
     root.draw(&Text::new(
-        format!("below threshold   ·   {unit}"),
-        (x + w + 32, y),
+        format!("no coverage   ·   {unit}"),
+        (x2 + 16, y),
         font.clone(),
     ))
     .map_err(draw_err)?;

@@ -95,18 +95,40 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Blocks until the lock file at `path` is held exclusively.
-    pub fn acquire(path: &Path) -> io::Result<Self> {
+    fn open(path: &Path) -> io::Result<File> {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let file = fs::OpenOptions::new()
+        fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(path)?;
+            .open(path)
+    }
+
+    /// Blocks until the lock file at `path` is held exclusively.
+    pub fn acquire(path: &Path) -> io::Result<Self> {
+        let file = Self::open(path)?;
         file.lock()?;
         Ok(Self { file })
+    }
+
+    /// Blocks until the lock file at `path` is held shared (many holders
+    /// at once; excludes only exclusive holders).
+    pub fn acquire_shared(path: &Path) -> io::Result<Self> {
+        let file = Self::open(path)?;
+        file.lock_shared()?;
+        Ok(Self { file })
+    }
+
+    /// The exclusive lock if nobody holds it, else `None` at once.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<Self>> {
+        let file = Self::open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 

@@ -155,7 +155,9 @@ fn assert_refused(env: &Env, name: &str, content: &str, line: usize, column: &st
     assert!(err.contains("nothing was stored"), "{err}");
     assert_eq!(env.store(), before, "{name}: the store changed");
     let j = json(&out);
-    let q = PathBuf::from(j["files"][0]["quarantine"].as_str().expect("quarantine path"));
+    let q = env
+        .data()
+        .join(j["files"][0]["quarantine"].as_str().expect("quarantine path"));
     let q = fs::read_to_string(q).expect("quarantine file");
     let expected = format!("\n{line},{column},");
     assert!(
@@ -173,7 +175,12 @@ fn every_bad_row_is_refused_with_its_line_column_and_reason() {
     let row = |cell: &str, bin: &str, v: &str| format!("{HEADER}A-1,2025-03-13T00:00:00+01:00,5\n{cell},{bin},{v}\n");
     let t = "2025-03-13T01:00:00+01:00";
     let cases: [(&str, String, &str, &str); 10] = [
-        ("unknown.csv", row("Z-9", t, "5"), "cell_id", "unknown cell id \"Z-9\""),
+        (
+            "unknown.csv",
+            row("Z-9", t, "5"),
+            "cell_id",
+            "unknown cell id (not in the catalogue",
+        ),
         ("negative.csv", row("A-1", t, "-3"), "devices", "negative count"),
         ("fraction.csv", row("A-1", t, "2.5"), "devices", "not a whole number"),
         ("text.csv", row("A-1", t, "many"), "devices", "not a number"),
@@ -222,7 +229,14 @@ fn every_bad_row_is_refused_with_its_line_column_and_reason() {
     assert_refused(&env, "dup.csv", &dup, 4, "cell_id+bin_start", "duplicate of line 2");
     // Flows go through the same checks, destination included.
     let flows = format!("origin_cell_id,dest_cell_id,bin_start,trips\nA-1,B-0,{t},4\nA-1,NOPE,{t},2\n");
-    assert_refused(&env, "flows.csv", &flows, 3, "dest_cell_id", "unknown cell id \"NOPE\"");
+    assert_refused(
+        &env,
+        "flows.csv",
+        &flows,
+        3,
+        "dest_cell_id",
+        "unknown cell id (not in the catalogue",
+    );
 }
 
 #[test]
@@ -245,7 +259,7 @@ fn schema_problems_are_named() {
         (
             "extra.csv",
             "cell_id,bin_start,devices,imsi\nA-1,2025-03-12T00:00:00+01:00,3,x\n",
-            "unexpected column \"imsi\"",
+            "field 4 of the header is not a column of a footfall file",
         ),
         ("empty.csv", "cell_id,bin_start,devices\n", "no rows"),
         (
@@ -763,7 +777,7 @@ fn purpose_limits_and_caps_refuse_and_say_what_is_left() {
         ),
         (
             &["--audience", "planners", "--res", "8", "--bin", "1h", "--rho=-1"],
-            "positive number",
+            "rho must be a number from 1e-9 to 100",
         ),
     ];
     for (args, reason) in cases {
@@ -1089,19 +1103,32 @@ fn coarse_hexes_over_many_cells_put_the_noise_on_the_hexes() {
     assert_eq!(m["placement"], "hex");
     let e = &m["expected_total_squared_error"];
     assert!(e["hex"].as_f64().expect("hex") < e["cell"].as_f64().expect("cell"));
-    // Hex placement: every value carries the same Gaussian error bar.
+    // Hex placement: every covered value carries the same Gaussian error
+    // bar (1.96 σ for the estimate, + 0.5 for the rounded value); hexes no
+    // cell covers carry none.
     let sd = m["noise_sd"].as_f64().expect("sd");
     let dir = PathBuf::from(json(&out)["dir"].as_str().expect("dir"));
     let df = read_parquet(&dir.join("values.parquet"));
-    let ci = df.column("ci95").expect("ci95").f64().expect("f64").clone();
-    assert!(ci.iter().all(|x| x.is_some_and(|x| (x - 1.96 * sd).abs() < 0.01)));
+    let ci = df.column("estimate_ci95").expect("ci95").f64().expect("f64").clone();
+    let ci_value = df.column("ci95").expect("ci95").f64().expect("f64").clone();
+    let covered = df.column("covered").expect("covered").bool().expect("bool").clone();
+    assert!(covered.iter().any(|c| c == Some(true)));
+    for ((c, cv), cov) in ci.iter().zip(ci_value.iter()).zip(covered.iter()) {
+        let (c, cv) = (c.expect("ci"), cv.expect("ci"));
+        if cov == Some(true) {
+            assert!((c - 1.96 * sd).abs() < 0.011, "{c} vs {}", 1.96 * sd);
+            assert!((cv - c - 0.5).abs() < 0.011, "{cv} vs {c}");
+        } else {
+            assert_eq!((c, cv), (0.0, 0.0));
+        }
+    }
 }
 
 #[test]
 fn published_error_bars_match_the_noise_actually_added() {
     // A week of known counts, released hourly with cell placement: the
-    // standardised errors (value − truth) / sd, with sd from the published
-    // ci95, must have mean ≈ 0 and mean square ≈ 1 over independent draws
+    // standardised errors (estimate − truth) / noise_sd, both as published,
+    // must have mean ≈ 0 and mean square ≈ 1 over independent draws
     // (one hex per cell per bin). Each bound is 6 standard errors wide, so
     // a correct release fails with probability < 1e-8.
     let env = Env::new();
@@ -1161,8 +1188,8 @@ fn published_error_bars_match_the_noise_actually_added() {
             .push((ci, x.expect("w")));
     }
     let hex = values.column("hex_id").expect("h").str().expect("s").clone();
-    let val = values.column("value").expect("v").i64().expect("i").clone();
-    let ci95 = values.column("ci95").expect("c").f64().expect("f").clone();
+    let val = values.column("estimate").expect("v").f64().expect("f").clone();
+    let noise_sd = values.column("noise_sd").expect("c").f64().expect("f").clone();
     let keys = o["manifest"]["keys"].as_u64().expect("keys") as usize;
     // One hex per cell, fed by that cell alone (its largest such piece):
     // the errors of these hexes are independent draws.
@@ -1177,7 +1204,7 @@ fn published_error_bars_match_the_noise_actually_added() {
     let chosen: std::collections::HashSet<&str> = chosen.values().map(|(h, _)| *h).collect();
     let mut z = Vec::new();
     for i in 0..values.height() {
-        let (Some(h), Some(v), Some(c)) = (hex.get(i), val.get(i), ci95.get(i)) else {
+        let (Some(h), Some(v), Some(sd)) = (hex.get(i), val.get(i), noise_sd.get(i)) else {
             continue;
         };
         if !chosen.contains(h) {
@@ -1187,9 +1214,8 @@ fn published_error_bars_match_the_noise_actually_added() {
         let bin = i / keys;
         let (d, hour) = (10 + (bin / 24) as u32, (bin % 24) as u32);
         let truth: f64 = ws.iter().map(|(ci, x)| x * f64::from(count(*ci, d, hour))).sum();
-        // Rounding to whole devices adds a uniform error of variance 1/12.
-        let sd = ((c / 1.959_963_984_540_054).powi(2) + 1.0 / 12.0).sqrt();
-        z.push((v as f64 - truth) / sd);
+        // The unrounded estimate and the published sd of its noise.
+        z.push((v - truth) / sd);
     }
     let n = z.len() as f64;
     assert!(n >= 7.0 * 24.0 * 3.0, "{n}");

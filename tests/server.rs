@@ -310,7 +310,10 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
     assert!(csv.header(header::CONTENT_DISPOSITION).contains(".csv"));
     let text = csv.text();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("hex_id,bin_start,value,ci95,low"));
+    assert_eq!(
+        lines.next(),
+        Some("hex_id,bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd")
+    );
     let csv_values: Vec<i64> = lines
         .map(|l| l.split(',').nth(2).expect("value").parse().expect("int"))
         .collect();
@@ -426,18 +429,19 @@ async fn series_add_values_and_their_independent_noise() {
     let keys = rows.len() / 24;
     for (b, bin) in bins.iter().enumerate() {
         let part = &rows[b * keys..b * keys + 3];
-        let sum: i64 = part.iter().map(|r| r["value"].as_i64().expect("v")).sum();
-        assert_eq!(bin["value"].as_i64(), Some(sum));
-        let cis: Vec<f64> = part.iter().map(|r| r["ci95"].as_f64().expect("ci")).collect();
-        let ci = bin["ci95"].as_f64().expect("ci");
-        let max = cis.iter().copied().fold(0.0, f64::max);
-        let total: f64 = cis.iter().sum();
+        // The sum of the unbiased estimates (not of the clamped values).
+        let sum: f64 = part.iter().map(|r| r["estimate"].as_f64().expect("v")).sum();
+        assert!((bin["value"].as_f64().expect("v") - sum).abs() < 0.02, "{bin} vs {sum}");
+        let sds: Vec<f64> = part.iter().map(|r| r["noise_sd"].as_f64().expect("sd")).collect();
+        let sd = bin["ci95"].as_f64().expect("ci") / 1.959_963_984_540_054;
+        let max = sds.iter().copied().fold(0.0, f64::max);
+        let total: f64 = sds.iter().sum();
         // Whatever the placement: at least the largest part, at most the
         // sum of the parts (triangle inequality, non-negative weights).
-        assert!(ci >= max - 0.02 && ci <= total + 0.02, "{ci} vs {cis:?}");
-        if manifest["placement"] == "Hex" {
-            let rss = cis.iter().map(|c| c * c).sum::<f64>().sqrt();
-            assert!((ci - rss).abs() < 0.02, "{ci} vs {rss}");
+        assert!(sd >= max - 0.01 && sd <= total + 0.01, "{sd} vs {sds:?}");
+        if manifest["placement"] == "hex" {
+            let rss = sds.iter().map(|c| c * c).sum::<f64>().sqrt();
+            assert!((sd - rss).abs() < 0.01, "{sd} vs {rss}");
         }
     }
     get(state, &format!("/api/v1/releases/{id}/series"))
@@ -490,9 +494,28 @@ async fn maps_and_tiles_are_pngs_with_coloured_hexes() {
         })
         .count();
     assert!(coloured > 2000, "{coloured} coloured pixels");
-    get(state, &format!("/api/v1/releases/{id}/map.png?width=99999"))
-        .await
-        .problem(StatusCode::BAD_REQUEST);
+    // Widths are clamped and drawn in 160 px steps: a client cannot make
+    // the server draw a new image per width (regression: every width drew).
+    let huge = get(state, &format!("/api/v1/releases/{id}/map.png?width=99999")).await;
+    assert_eq!(decode_png(&huge.body).0, hexflow::render::MAX_MAP_PX);
+    let a = get(state, &format!("/api/v1/releases/{id}/map.png?bin=9&width=641")).await;
+    let b = get(state, &format!("/api/v1/releases/{id}/map.png?bin=9&width=700")).await;
+    assert_eq!(a.header(header::ETAG), b.header(header::ETAG));
+    assert_eq!(a.header(header::ETAG), map.header(header::ETAG));
+    let tiny = get(state, &format!("/api/v1/releases/{id}/map.png?width=1")).await;
+    assert_eq!(decode_png(&tiny.body).0, 320);
+    // The cache that holds them is bounded and shown in /metrics.
+    let m = get(state, "/metrics").await.text();
+    let gauge = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics: {m}"))
+    };
+    assert!(gauge("hexflow_body_cache_bytes") > 0.0);
+    assert!(gauge("hexflow_body_cache_bytes") <= gauge("hexflow_body_cache_limit_bytes"));
+    assert!(gauge("hexflow_body_cache_entries") >= 3.0);
+    assert_eq!(gauge("hexflow_renders_waiting"), 0.0);
 
     // The tile over the tiny grid (Castellane, Marseille) at zoom 14.
     let tj = get(state, &format!("/api/v1/releases/{id}/tilejson.json?bin=9"))
@@ -854,7 +877,10 @@ async fn zone_releases_are_keyed_by_the_grids_named_zones() {
     .await
     .text();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "origin,dest,bin_start,value,ci95,low");
+    assert_eq!(
+        lines[0],
+        "origin,dest,bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd"
+    );
     assert_eq!(lines.len(), 5);
     // A resolution with zones is a contradiction, said so.
     let mut both = spec.clone();
@@ -899,6 +925,19 @@ async fn views_are_computed_from_public_releases_and_cost_nothing() {
 
     let e = get(&state, "/api/v1/views/event?zone=E&date=2025-04-02&weeks=3").await;
     assert_eq!(e.status, StatusCode::OK, "{}", e.text());
+    // Identical inputs, identical bytes (regression: a float sum over a
+    // HashMap differed in the last bit between calls).
+    let site_a = h3o::LatLng::new(43.29, 5.385)
+        .expect("latlng")
+        .to_cell(h3o::Resolution::Eight);
+    let by_hex = format!("/api/v1/views/event?hex={site_a}&date=2025-04-02&weeks=3");
+    let first_hex = get(&state, &by_hex).await;
+    assert_eq!(first_hex.status, StatusCode::OK, "{}", first_hex.text());
+    for _ in 0..5 {
+        let again = get(&state, "/api/v1/views/event?zone=E&date=2025-04-02&weeks=3").await;
+        assert_eq!(again.body, e.body, "the event view is not byte-identical across calls");
+        assert_eq!(get(&state, &by_hex).await.body, first_hex.body);
+    }
     let e = e.json();
     assert_eq!(e["baseline_days"], 3);
     let hours = e["hours"].as_array().expect("hours");

@@ -62,6 +62,8 @@ const PLAY_STEP_MS = 700;
 const NAMED_LANDMARKS = 12;
 const MAX_ZOOM = 18;
 const BASEMAP_KEY = "hexflow.basemap-url";
+/** Hexes no cell covers: near-white, distinct from the grey of "below threshold". */
+const NO_COVERAGE = "#fafafa";
 const BIN_ORDER = { "1h": 0, "1d": 1, "1w": 2, "1mo": 3 };
 const BACKGROUND = "#f2f3ef";
 
@@ -454,6 +456,9 @@ function unitText() {
 
 function tooltipText(hx) {
   const ci = plain(Math.round(hx.ci95));
+  if (!hx.covered) {
+    return `hex ${hx.id} · no coverage: no cell reaches this hex, so no device can be counted here`;
+  }
   if (hx.low) {
     return `hex ${hx.id} · below threshold (${plain(hx.value)} ± ${ci} — too uncertain to show)`;
   }
@@ -973,6 +978,8 @@ function parseBin(fc) {
         value: Number(p.value),
         ci95: Number(p.ci95),
         low: Boolean(p.low),
+        // Releases older than the `covered` column: a zero bar meant no coverage.
+        covered: p.covered === undefined ? Number(p.ci95) > 0 : Boolean(p.covered),
         binStart: p.bin_start,
         rings,
         box,
@@ -1019,7 +1026,9 @@ async function showBin(k) {
   }
   if (seq !== state.binSeq || release !== state.release) return;
   const max = state.meta && state.meta.scale_max > 0 ? state.meta.scale_max : 1;
-  for (const hx of data.hexes) hx.fill = hx.low ? LOW_GREY : viridisCss(hx.value / max);
+  for (const hx of data.hexes) {
+    hx.fill = !hx.covered ? NO_COVERAGE : hx.low ? LOW_GREY : viridisCss(hx.value / max);
+  }
   state.hexes = data.hexes;
   state.features = data.features;
   if (state.hover) {
@@ -1157,19 +1166,21 @@ function renderPrivacy(s, m) {
 }
 
 function renderSummary(label) {
-  const shown = state.hexes.filter((h) => !h.low);
-  const low = state.hexes.length - shown.length;
+  const shown = state.hexes.filter((h) => h.covered && !h.low);
+  const low = state.hexes.filter((h) => h.covered && h.low).length;
+  const uncovered = state.hexes.filter((h) => !h.covered).length;
   let top = null;
   for (const h of shown) if (!top || h.value > top.value) top = h;
   const parts = [`Footfall map, ${label}: ${state.hexes.length} hexes`];
   if (top) parts.push(`highest ${plain(top.value)} ± ${plain(Math.round(top.ci95))} ${unitText()} at hex ${top.id}`);
   if (low) parts.push(`${low} below the display threshold`);
+  if (uncovered) parts.push(`${uncovered} without coverage`);
   ui.canvas.setAttribute("aria-label", `${parts.join("; ")}. Details in the table of busiest hexes.`);
 }
 
 function renderTop() {
   const rows = state.hexes
-    .filter((h) => !h.low)
+    .filter((h) => h.covered && !h.low)
     .sort((a, b) => b.value - a.value)
     .slice(0, 10)
     .map((h) =>

@@ -49,14 +49,21 @@ pub enum IngestError {
     #[error("{path}: {reason}")]
     Schema { path: PathBuf, reason: String },
     #[error(
-        "{path}: {rejected} of {rows} rows rejected, file not ingested (nothing was stored). First: line {}, column {}: {}. Every rejected row is listed in {}",
-        first.line, first.column, first.reason, quarantine.display()
+        "{path}: {rejected} of {rows} rows rejected, file not ingested (nothing was stored). First: line {}, column {}: {}. {} in {} under the data dir",
+        first.line, first.column, first.reason,
+        if *listed < *rejected { format!("The first {listed} rejected rows are listed, the rest counted by reason,") } else { "Every rejected row is listed".to_string() },
+        quarantine.display()
     )]
     Rejected {
         path: PathBuf,
         rows: usize,
+        /// Rows with at least one rejected value.
         rejected: usize,
+        /// Rejections written out in full (the rest are counted by reason).
+        listed: usize,
         first: Box<Rejection>,
+        /// The quarantine file, relative to the data dir: messages reach
+        /// HTTP clients, which must not learn the server's layout.
         quarantine: PathBuf,
     },
     #[error("{path}: file not ingested: {source}")]
@@ -146,7 +153,10 @@ impl Ingestor {
             source,
         };
         // Cheap check first, without the lock: most re-deliveries stop here.
+        // A retry after a crash stops here too, so it tidies what the crash
+        // left (when no other writer or reader is busy).
         if let Some(d) = self.store.catalog().map_err(store_err)?.delivery(&sha256) {
+            self.store.tidy().map_err(store_err)?;
             return Ok(already(report, d, started));
         }
 
@@ -163,13 +173,14 @@ impl Ingestor {
         drop(columns);
         drop(df);
 
-        if !rejections.is_empty() {
+        if let Some(first) = rejections.listed.first() {
             let quarantine = self.quarantine(path, &sha256, &rejections)?;
             return Err(IngestError::Rejected {
                 path: path.to_path_buf(),
                 rows: report.rows,
-                rejected: rejections.len(),
-                first: Box::new(rejections[0].clone()),
+                rejected: rejections.rows,
+                listed: rejections.listed.len(),
+                first: Box::new(first.clone()),
                 quarantine,
             });
         }
@@ -271,35 +282,43 @@ impl Ingestor {
         Ok(out)
     }
 
-    /// Writes every rejection to `<data-dir>/quarantine/<dataset>/`.
-    fn quarantine(&self, path: &Path, sha256: &str, rejections: &[Rejection]) -> Result<PathBuf, IngestError> {
+    /// Writes the rejections to `<data-dir>/quarantine/<dataset>/` and
+    /// returns the file's path relative to the data dir. The file is
+    /// bounded: the first [`validate::MAX_LISTED`] rejections in full (with
+    /// their raw values, for the operator), then one row per column and
+    /// reason counting the rest (`line` and `value` empty).
+    fn quarantine(&self, path: &Path, sha256: &str, rejections: &validate::Rejections) -> Result<PathBuf, IngestError> {
         let stem = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "delivery".into());
-        let target = self
-            .data_dir
-            .join("quarantine")
-            .join(self.policy.dataset())
-            .join(format!("{}-{}.rejected.csv", &sha256[..12], stem));
+        let relative = Path::new("quarantine").join(self.policy.dataset()).join(format!(
+            "{}-{}.rejected.csv",
+            &sha256[..12],
+            stem
+        ));
+        let target = self.data_dir.join(&relative);
+        let listed = &rejections.listed;
+        let more = &rejections.unlisted;
         let mut df = df!(
-            "line" => rejections.iter().map(|r| r.line as u64).collect::<Vec<_>>(),
-            "column" => rejections.iter().map(|r| r.column.as_str()).collect::<Vec<_>>(),
-            "reason" => rejections.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
-            "value" => rejections.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(),
+            "line" => listed.iter().map(|r| Some(r.line as u64)).chain(more.iter().map(|_| None)).collect::<Vec<_>>(),
+            "column" => listed.iter().map(|r| r.column.as_str()).chain(more.iter().map(|((c, _), _)| c.as_str())).collect::<Vec<_>>(),
+            "reason" => listed.iter().map(|r| r.reason.as_str()).chain(more.iter().map(|((_, r), _)| r.as_str())).collect::<Vec<_>>(),
+            "value" => listed.iter().map(|r| r.value.as_str()).chain(more.iter().map(|_| "")).collect::<Vec<_>>(),
+            "count" => listed.iter().map(|_| 1u64).chain(more.values().copied()).collect::<Vec<_>>(),
         )
         .map_err(|e| IngestError::Io {
-            path: target.clone(),
+            path: relative.clone(),
             source: std::io::Error::other(e),
         })?;
         util::write_atomic_with(&target, |f| {
             CsvWriter::new(f).finish(&mut df).map_err(std::io::Error::other)
         })
         .map_err(|source| IngestError::Io {
-            path: target.clone(),
+            path: relative.clone(),
             source,
         })?;
-        Ok(target)
+        Ok(relative)
     }
 }
 
@@ -340,8 +359,22 @@ fn read_delivery(path: &Path) -> Result<(DataFrame, usize), IngestError> {
             format: "CSV",
             reason: unreadable_reason(&e, "CSV"),
         })?;
-        Ok((df, 2))
+        // Blank lines at the end of a CSV file are not rows.
+        let blank = trailing_blank_rows(&df);
+        Ok((df.slice(0, df.height() - blank), 2))
     }
+}
+
+/// How many rows at the end of an all-text frame have every field empty.
+fn trailing_blank_rows(df: &DataFrame) -> usize {
+    let cols: Vec<&StringChunked> = df.columns().iter().filter_map(|c| c.str().ok()).collect();
+    if cols.len() != df.width() {
+        return 0;
+    }
+    (0..df.height())
+        .rev()
+        .take_while(|&i| cols.iter().all(|c| c.get(i).is_none_or(|v| v.trim().is_empty())))
+        .count()
 }
 
 /// Why polars could not parse a delivery, in words that never quote the
@@ -364,43 +397,50 @@ fn unreadable_reason(e: &PolarsError, format: &str) -> String {
 }
 
 /// The metric is named by the header; anything else is refused.
+///
+/// A header field that is not a known column name is never quoted: without
+/// a header row, polars takes the first data row as the header, and its
+/// fields are a cell id, a timestamp and a count.
 fn detect_metric(path: &Path, df: &DataFrame) -> Result<Metric, IngestError> {
     let names = table::column_names(df);
     let has = |cols: &[&str]| cols.iter().all(|c| names.iter().any(|n| n == c));
+    let known =
+        |n: &String| Metric::Footfall.columns().contains(&n.as_str()) || Metric::Flows.columns().contains(&n.as_str());
+    let schema = |reason: String| IngestError::Schema {
+        path: path.to_path_buf(),
+        reason,
+    };
     let metric = if has(&Metric::Flows.columns()) {
         Metric::Flows
     } else if has(&Metric::Footfall.columns()) {
         Metric::Footfall
     } else {
-        let missing = |m: Metric| {
-            m.columns()
-                .into_iter()
-                .filter(|c| !names.iter().any(|n| n == c))
-                .collect::<Vec<_>>()
-        };
-        return Err(IngestError::Schema {
-            path: path.to_path_buf(),
-            reason: format!(
-                "header {names:?} is neither footfall ({:?}, missing {:?}) nor flows ({:?}, missing {:?})",
-                Metric::Footfall.columns(),
-                missing(Metric::Footfall),
-                Metric::Flows.columns(),
-                missing(Metric::Flows)
-            ),
-        });
+        let known_names: Vec<&str> = names.iter().filter(|n| known(n)).map(String::as_str).collect();
+        let others = names.len() - known_names.len();
+        let (footfall, flows) = (Metric::Footfall.columns(), Metric::Flows.columns());
+        return Err(schema(if known_names.is_empty() {
+            format!(
+                "the first line is not a header row: none of its {} fields is a column name (footfall: {footfall:?}, flows: {flows:?}); add the header as the first line",
+                names.len()
+            )
+        } else {
+            let rest = if others > 0 {
+                format!(" and {others} other field(s), not shown as they may be data")
+            } else {
+                String::new()
+            };
+            format!("the header is neither footfall ({footfall:?}) nor flows ({flows:?}): it has {known_names:?}{rest}")
+        }));
     };
     let expected = metric.columns();
-    if let Some(extra) = names.iter().find(|n| !expected.contains(&n.as_str())) {
-        return Err(IngestError::Schema {
-            path: path.to_path_buf(),
-            reason: format!("unexpected column {extra:?} in a {metric} file (expected exactly {expected:?})"),
-        });
+    if let Some(pos) = names.iter().position(|n| !expected.contains(&n.as_str())) {
+        return Err(schema(format!(
+            "field {} of the header is not a column of a {metric} file (not shown: it may be data); expected exactly {expected:?}",
+            pos + 1
+        )));
     }
     if df.height() == 0 {
-        return Err(IngestError::Schema {
-            path: path.to_path_buf(),
-            reason: "the file has a header but no rows".into(),
-        });
+        return Err(schema("the file has a header but no rows".into()));
     }
     Ok(metric)
 }
@@ -468,6 +508,15 @@ fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<
         } else {
             match dtype {
                 DataType::String => Column::Text(col.str().map_err(|e| schema_err(e.to_string()))?.clone()),
+                // A u64 count past i64::MAX would become null in a cast
+                // ("empty count"); it is a whole number above any maximum.
+                DataType::UInt64 => Column::Int(
+                    col.u64()
+                        .map_err(|e| schema_err(e.to_string()))?
+                        .iter()
+                        .map(|v| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                        .collect(),
+                ),
                 d if d.is_integer() => Column::Int(
                     col.cast(&DataType::Int64)
                         .map_err(|e| schema_err(e.to_string()))?

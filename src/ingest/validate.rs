@@ -25,6 +25,37 @@ pub struct Rejection {
     pub value: String,
 }
 
+/// Most rejections written out in full to a quarantine file; the rest are
+/// counted by column and reason, so a wholly wrong file of millions of
+/// rows leaves a small quarantine file.
+pub const MAX_LISTED: usize = 10_000;
+
+/// The rejections of a file: the first [`MAX_LISTED`] in full, the rest
+/// counted, and how many rows had at least one.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    /// In line order.
+    pub listed: Vec<Rejection>,
+    /// (column, reason) → rejections beyond the listed ones.
+    pub unlisted: std::collections::BTreeMap<(String, String), u64>,
+    /// Rows with at least one rejection (a row can have several).
+    pub rows: usize,
+}
+
+impl Rejections {
+    fn push(&mut self, r: Rejection) {
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(r);
+        } else {
+            *self.unlisted.entry((r.column, r.reason)).or_default() += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+}
+
 /// A column as delivered, normalised to what validation needs.
 pub enum Column {
     Text(StringChunked),
@@ -120,10 +151,10 @@ impl<'a> Validator<'a> {
         columns: &[Column],
         height: usize,
         progress: &indicatif::ProgressBar,
-    ) -> (Validated, Vec<Rejection>) {
+    ) -> (Validated, Rejections) {
         let names = metric.columns();
         let mut out = Validated::default();
-        let mut rejections = Vec::new();
+        let mut rejections = Rejections::default();
         let views: Vec<View> = columns.iter().map(View::of).collect();
         let value_limit = match metric {
             Metric::Footfall => (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin"),
@@ -139,6 +170,9 @@ impl<'a> Validator<'a> {
             let line = i + self.line_offset;
             let mut row_ok = true;
             let mut reject = |k: usize, reason: String| {
+                if row_ok {
+                    rejections.rows += 1;
+                }
                 rejections.push(Rejection {
                     line,
                     column: names[k].to_string(),
@@ -181,6 +215,9 @@ impl<'a> Validator<'a> {
             let (a, b) = (pair[0], pair[1]);
             if (a.0, a.1, a.2) == (b.0, b.1, b.2) {
                 let first = keys.partition_point(|k| (k.0, k.1, k.2) < (b.0, b.1, b.2));
+                // Rows with another problem never reach `keys`: each
+                // duplicate is a newly rejected row.
+                rejections.rows += 1;
                 rejections.push(Rejection {
                     line: b.3 as usize,
                     column: key_names.join("+"),
@@ -189,15 +226,17 @@ impl<'a> Validator<'a> {
                 });
             }
         }
-        rejections.sort_by_key(|r| r.line);
+        rejections.listed.sort_by_key(|r| r.line);
         (out, rejections)
     }
 
+    /// The id is never quoted: in a file whose columns are swapped, the
+    /// "cell id" is a count (the quarantine file has the raw value).
     fn cell(&self, id: Option<&str>) -> Result<u32, String> {
         let id = id.ok_or("empty cell id")?;
         self.cell_pos.get(id).copied().ok_or_else(|| {
             format!(
-                "unknown cell id {id:?} (not in the catalogue of grid {})",
+                "unknown cell id (not in the catalogue of grid {}; the value is in the quarantine file)",
                 self.grid.name()
             )
         })
@@ -276,6 +315,10 @@ fn count(col: &View, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, St
             let raw = col.text(i).ok_or("empty count")?;
             match raw.parse::<i128>() {
                 Ok(v) => v,
+                // Digits only, too many for i128: a whole number, and far
+                // above any plausible maximum (or below zero).
+                Err(_) if is_whole_number(raw) && raw.starts_with('-') => return Err("negative count".into()),
+                Err(_) if is_whole_number(raw) => i128::MAX,
                 Err(_) if raw.parse::<f64>().is_ok() => return Err("count is not a whole number".into()),
                 Err(_) => return Err("count is not a number".into()),
             }
@@ -291,6 +334,12 @@ fn count(col: &View, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, St
         ));
     }
     Ok(v as u32)
+}
+
+/// An optional sign followed by decimal digits only.
+fn is_whole_number(raw: &str) -> bool {
+    let digits = raw.strip_prefix(['+', '-']).unwrap_or(raw);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

@@ -49,6 +49,29 @@ pub enum Budget {
     Epsilon(f64),
 }
 
+/// The smallest and largest ρ a release may ask for. Below 1e-9 the noise
+/// (σ ≈ 22,000 × the sensitivity) makes every value meaningless, and near
+/// 1e-320 OpenDP's sampler overflows *after* the charge; above 100 a
+/// release is as good as unprotected. Checked before anything is charged.
+pub const RHO_RANGE: (f64, f64) = (1e-9, 100.0);
+/// The same for ε (pure DP, Laplace).
+pub const EPSILON_RANGE: (f64, f64) = (1e-6, 100.0);
+
+impl Budget {
+    /// Refuses budgets outside [`RHO_RANGE`] / [`EPSILON_RANGE`].
+    pub fn check(&self) -> Result<(), crate::release::SpecError> {
+        let (kind, got, (min, max)) = match *self {
+            Budget::Rho(r) => ("rho", r, RHO_RANGE),
+            Budget::Epsilon(e) => ("epsilon", e, EPSILON_RANGE),
+        };
+        if got.is_finite() && (min..=max).contains(&got) {
+            Ok(())
+        } else {
+            Err(crate::release::SpecError::BadBudget { kind, got, min, max })
+        }
+    }
+}
+
 type IntGaussian = Measurement<VectorDomain<AtomDomain<i64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<i64>>;
 type FloatGaussian = Measurement<VectorDomain<AtomDomain<f64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<f64>>;
 type IntLaplace = Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<f64>, MaxDivergence, Vec<i64>>;

@@ -26,6 +26,7 @@ use crate::grid::weights::WeightMatrix;
 use crate::grid::{Grid, GridError};
 use crate::policy::Policy;
 use crate::privacy::Bin;
+use crate::privacy::errorbar::{self, Bar};
 use crate::privacy::ledger::{Charge, ChargeRequest, Ledger, LedgerError, ReleaseState};
 use crate::privacy::mechanism::{self, Calibrated, MechanismError};
 use crate::privacy::sensitivity::{self, Placement, Sensitivity};
@@ -144,7 +145,11 @@ pub struct Releaser {
     /// The ledger connection, opened once: `publish` asks it about every
     /// stored release, and reopening SQLite each time dominated a rerun.
     ledger: std::sync::Mutex<Option<Ledger>>,
+    /// Error bars per key, by (hex unit, res, cell placement, Laplace, scale).
+    bars: std::sync::Mutex<HashMap<BarKey, std::sync::Arc<Vec<Bar>>>>,
 }
+
+type BarKey = (bool, u8, bool, bool, u64);
 
 /// W onto the keys of a release (the hexes of one resolution, or the
 /// grid's zones), with its rows grouped by cell (both used by every release).
@@ -217,6 +222,7 @@ impl Releaser {
             grid_key,
             weights: std::sync::Mutex::default(),
             ledger: std::sync::Mutex::default(),
+            bars: std::sync::Mutex::default(),
         })
     }
 
@@ -372,6 +378,8 @@ impl Releaser {
             return Err(ReleaseError::TooLarge { values, max });
         }
         let store = CountStore::new(&self.data_dir, self.policy.dataset());
+        // Held until the files of this catalog have been read.
+        let _readers = store.read_guard()?;
         let catalog = store.catalog()?;
         let stored_days = CountStore::days(&catalog, spec.metric);
         let missing: Vec<NaiveDate> = spec.days().into_iter().filter(|d| !stored_days.contains(d)).collect();
@@ -459,11 +467,30 @@ impl Releaser {
         // release can ever exist, then draw afresh.
         self.remove_partial(&id);
         util::failpoint("release:before-noise");
-        let (noisy, ci95) = match spec.metric {
-            Metric::Footfall => {
-                Self::footfall_values(&store, &catalog, spec, &weights, &window, placement, &calibrated)?
+        let key_bars = self.bars(spec.unit, spec.res, &weights, placement, &calibrated);
+        let bars: Vec<Bar> = match spec.metric {
+            Metric::Footfall => key_bars,
+            // A flow is covered when both its ends are.
+            Metric::Flows => {
+                let one = errorbar::float_draw(calibrated.mechanism, calibrated.scale);
+                let z = key_bars.len();
+                (0..z * z)
+                    .map(|i| {
+                        if key_bars[i / z].sd > 0.0 && key_bars[i % z].sd > 0.0 {
+                            one
+                        } else {
+                            Bar::NONE
+                        }
+                    })
+                    .collect()
             }
-            Metric::Flows => self.flow_values(&store, &catalog, spec, &weights, &window, &calibrated)?,
+        };
+        let noisy = match spec.metric {
+            Metric::Footfall => {
+                let counts = Self::footfall_counts(&store, &catalog, spec, &weights, &window)?;
+                Self::noisy_footfall(&weights, bins.len(), &counts, placement, &calibrated, &bars)?
+            }
+            Metric::Flows => Self::flow_values(&store, &catalog, spec, &weights, &window, &calibrated, &bars)?,
         };
         let manifest = self.write(
             spec,
@@ -475,7 +502,7 @@ impl Releaser {
             expected,
             days,
             noisy,
-            ci95,
+            &bars,
         )?;
         util::failpoint("release:after-store");
         self.with_ledger(|ledger| ledger.mark_published(&id))?;
@@ -497,18 +524,17 @@ impl Releaser {
         }
     }
 
-    /// Cell counts per (cell, bin) summed over the window's operator bins.
-    fn footfall_values(
+    /// Cell counts per (bin, cell) summed over the window's operator bins
+    /// (`counts[b * cells + c]`).
+    fn footfall_counts(
         store: &CountStore,
         catalog: &crate::store::Catalog,
         spec: &ReleaseSpec,
         weights: &Weights,
         window: &Window,
-        placement: Placement,
-        c: &Calibrated,
-    ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
+    ) -> Result<Vec<i64>, ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
-        let (w, rows) = (weights, &weights.rows);
+        let w = weights;
         let n_cells = w.cell_ids.len();
         let mut counts = vec![0i64; n_cells * bins.len()];
         let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
@@ -528,9 +554,26 @@ impl Releaser {
                 }
             }
         }
+        Ok(counts)
+    }
+
+    /// The noisy value of every (bin, key) from the cell counts of `bins`
+    /// bins (`counts[b * cells + c]`), under `placement`, with the noise of
+    /// `c`; keys whose bar is [`Bar::NONE`] (no coverage) get an exact 0.
+    /// Public so that the error bars can be checked against this very code.
+    pub fn noisy_footfall(
+        weights: &Weights,
+        n_bins: usize,
+        counts: &[i64],
+        placement: Placement,
+        c: &Calibrated,
+        bars: &[Bar],
+    ) -> Result<Vec<f64>, ReleaseError> {
+        let (w, rows) = (weights, &weights.rows);
+        let n_cells = w.cell_ids.len();
+        let bins = 0..n_bins;
         let n_hex = w.keys.len();
         let mut values = vec![0.0f64; n_hex * bins.len()];
-        let mut ci95 = vec![c.ci95(); n_hex * bins.len()];
         match placement {
             Placement::Cell => {
                 // Noise only on cells that reach a hex: nothing is drawn
@@ -550,40 +593,83 @@ impl Releaser {
                         }
                     }
                 }
-                // The noise of a hex is Σ_c W_ch n_c: its sd is σ‖W_·h‖₂.
-                let mut col_w2 = vec![0.0f64; n_hex];
-                for e in &w.entries {
-                    col_w2[e.hex as usize] += e.weight * e.weight;
-                }
-                for b in 0..bins.len() {
-                    for h in 0..n_hex {
-                        ci95[b * n_hex + h] = 1.959_963_984_540_054 * c.noise_sd() * col_w2[h].sqrt();
-                    }
-                }
             }
             Placement::Hex => {
+                // Hexes no cell covers are 0 whatever the data (geometry
+                // alone decides): they get no noise, as under cell placement.
+                let covered: Vec<usize> = (0..n_hex).filter(|h| bars[*h].sd > 0.0).collect();
                 let mut sums = vec![0.0f64; n_hex * bins.len()];
                 for b in 0..bins.len() {
                     for e in &w.entries {
                         sums[b * n_hex + e.hex as usize] += counts[b * n_cells + e.cell as usize] as f64 * e.weight;
                     }
                 }
-                values = par_noise(&sums, |chunk| mechanism::noisy_sums(c, chunk))?;
+                let input: Vec<f64> = (0..bins.len())
+                    .flat_map(|b| covered.iter().map(move |h| b * n_hex + h))
+                    .map(|i| sums[i])
+                    .collect();
+                let noisy = par_noise(&input, |chunk| mechanism::noisy_sums(c, chunk))?;
+                for b in 0..bins.len() {
+                    for (k, h) in covered.iter().enumerate() {
+                        values[b * n_hex + h] = noisy[b * covered.len() + k];
+                    }
+                }
             }
         }
-        Ok((values, ci95))
+        Ok(values)
+    }
+
+    /// The error bar of each key (the same in every bin): exact for the
+    /// placement's noise ([`errorbar`]); hexes that no cell covers have none.
+    /// Memoised per weights, mechanism and scale: `publish` asks for the
+    /// same bars once per day.
+    pub fn bars(&self, unit: Unit, res: u8, w: &Weights, placement: Placement, c: &Calibrated) -> Vec<Bar> {
+        let key = (
+            unit == Unit::Hex,
+            res,
+            placement == Placement::Cell,
+            c.mechanism == mechanism::Mechanism::LaplacePure,
+            c.scale.to_bits(),
+        );
+        let mut memo = self.bars.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = memo.get(&key) {
+            return b.to_vec();
+        }
+        let mut columns: Vec<Vec<f64>> = vec![Vec::new(); w.keys.len()];
+        for e in &w.entries {
+            columns[e.hex as usize].push(e.weight);
+        }
+        let per_key: Vec<Bar> = match placement {
+            Placement::Cell => errorbar::cell_placement(c.mechanism, c.scale, &columns),
+            Placement::Hex => columns
+                .iter()
+                .map(|col| {
+                    if col.iter().any(|x| *x > 0.0) {
+                        errorbar::float_draw(c.mechanism, c.scale)
+                    } else {
+                        Bar::NONE
+                    }
+                })
+                .collect(),
+        };
+        let bars = std::sync::Arc::new(per_key);
+        if memo.len() > 64 {
+            memo.clear();
+        }
+        memo.insert(key, bars.clone());
+        bars.to_vec()
     }
 
     /// Trips per (origin zone, dest zone, bin), spread by W on both ends.
     fn flow_values(
-        &self,
         store: &CountStore,
         catalog: &crate::store::Catalog,
         spec: &ReleaseSpec,
         weights: &Weights,
         window: &Window,
         c: &Calibrated,
-    ) -> Result<(Vec<f64>, Vec<f64>), ReleaseError> {
+        bars: &[Bar],
+    ) -> Result<Vec<f64>, ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
         let (w, rows) = (weights, &weights.rows);
         let cell_pos: HashMap<&str, u32> = w
@@ -621,8 +707,16 @@ impl Releaser {
                 }
             }
         }
-        let values = par_noise(&sums, |chunk| mechanism::noisy_sums(c, chunk))?;
-        Ok((values, vec![c.ci95(); sums.len()]))
+        // Pairs with an end that no cell covers are 0 whatever the data.
+        let pairs = n_z * n_z;
+        let covered: Vec<usize> = (0..sums.len()).filter(|i| bars[i % pairs].sd > 0.0).collect();
+        let input: Vec<f64> = covered.iter().map(|i| sums[*i]).collect();
+        let noisy = par_noise(&input, |chunk| mechanism::noisy_sums(c, chunk))?;
+        let mut values = vec![0.0f64; sums.len()];
+        for (k, i) in covered.iter().enumerate() {
+            values[*i] = noisy[k];
+        }
+        Ok(values)
     }
 
     #[expect(
@@ -640,7 +734,7 @@ impl Releaser {
         expected: ExpectedError,
         days: Vec<NaiveDate>,
         noisy: Vec<f64>,
-        ci95: Vec<f64>,
+        bars: &[Bar],
     ) -> Result<Manifest, ReleaseError> {
         let threshold = self.policy.spec.privacy.display_threshold;
         let dir = self.dir(id);
@@ -697,18 +791,47 @@ impl Releaser {
         .into_column();
         let mut cols = key_cols;
         cols.push(bin_col);
-        // Post-processing of noisy values only: round, clamp at 0, flag.
+        // Post-processing of noisy values only. `estimate` is the noisy value
+        // itself (unbiased: sums of estimates are unbiased sums); `value`
+        // rounds it and clamps it at 0 for display. Bars are rounded up.
+        let bar = |i: usize| bars[i % keys_per_bin.max(1)];
+        let up = |x: f64| (x * 100.0).ceil() / 100.0;
         cols.push(Column::new(
             "value".into(),
             noisy.iter().map(|x| x.round().max(0.0) as i64).collect::<Vec<_>>(),
         ));
+        // Rounding moves a value by up to 0.5 and clamping at 0 only towards
+        // the (non-negative) truth: the estimate's bar + 0.5 holds for it.
         cols.push(Column::new(
             "ci95".into(),
-            ci95.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            (0..n)
+                .map(|i| {
+                    if bar(i).sd > 0.0 {
+                        up(bar(i).half_width + 0.5)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect::<Vec<_>>(),
         ));
         cols.push(Column::new(
             "low".into(),
-            noisy.iter().map(|x| *x < threshold).collect::<Vec<_>>(),
+            (0..n)
+                .map(|i| bar(i).sd > 0.0 && noisy[i] < threshold)
+                .collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            "covered".into(),
+            (0..n).map(|i| bar(i).sd > 0.0).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new("estimate".into(), noisy.clone()));
+        cols.push(Column::new(
+            "estimate_ci95".into(),
+            (0..n).map(|i| up(bar(i).half_width)).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            "noise_sd".into(),
+            (0..n).map(|i| bar(i).sd).collect::<Vec<_>>(),
         ));
         let values_path = tmp.join("values.parquet");
         let mut df = DataFrame::new_infer_height(cols).map_err(|source| ReleaseError::Polars {
@@ -743,12 +866,32 @@ impl Releaser {
             bins: bins.len(),
             values: n,
             display_threshold: threshold,
-            ci95_method: match (placement, c.mechanism) {
-                (Placement::Cell, _) => {
-                    "1.96 × noise sd × ‖W_·h‖₂ (sum of independent cell noises; normal approximation)".into()
-                }
-                (Placement::Hex, mechanism::Mechanism::GaussianZcdp) => "1.96 × Gaussian σ".into(),
-                (Placement::Hex, mechanism::Mechanism::LaplacePure) => "b · ln 20 (exact for Laplace)".into(),
+            ci95_method: match placement {
+                Placement::Cell => format!(
+                    "estimate_ci95: the 95 % point of |Σ_c W_ch N_c|, N_c OpenDP's integer noise on the cells, from its exact distribution (numerical convolution; where that distribution jumps past 95 % the bar covers {:.1}–{:.1} %); ci95 of the rounded value: estimate_ci95 + 0.5",
+                    100.0
+                        * bars
+                            .iter()
+                            .filter(|b| b.sd > 0.0)
+                            .map(|b| b.coverage)
+                            .fold(1.0, f64::min),
+                    100.0
+                        * bars
+                            .iter()
+                            .filter(|b| b.sd > 0.0)
+                            .map(|b| b.coverage)
+                            .fold(0.0, f64::max),
+                ),
+                Placement::Hex => match c.mechanism {
+                    mechanism::Mechanism::GaussianZcdp => {
+                        "estimate_ci95: 1.96 × Gaussian σ (exact); ci95 of the rounded value: estimate_ci95 + 0.5"
+                            .into()
+                    }
+                    mechanism::Mechanism::LaplacePure => {
+                        "estimate_ci95: b · ln 20 (exact for Laplace); ci95 of the rounded value: estimate_ci95 + 0.5"
+                            .into()
+                    }
+                },
             },
             opendp_version: OPENDP_VERSION.into(),
             hexflow_version: env!("CARGO_PKG_VERSION").into(),

@@ -87,8 +87,15 @@ pub enum SpecError {
     FlowZonesTooFine(u8),
     #[error("zone releases have no H3 resolution: give res 0 (asked {0})")]
     ZoneWithResolution(u8),
-    #[error("the budget must be a positive number (got {0})")]
-    BadBudget(f64),
+    #[error(
+        "{kind} must be a number from {min:e} to {max} (got {got}): below the minimum the noise would swamp every value or overflow the sampler"
+    )]
+    BadBudget {
+        kind: &'static str,
+        got: f64,
+        min: f64,
+        max: f64,
+    },
     #[error("the spec names dataset {spec:?} but the policy is for {policy:?}")]
     WrongDataset { spec: String, policy: String },
 }
@@ -126,12 +133,7 @@ impl ReleaseSpec {
         let a = audiences
             .get(&self.audience)
             .ok_or_else(|| SpecError::UnknownAudience(self.audience.clone(), audiences.keys().cloned().collect()))?;
-        let amount = match self.budget {
-            Budget::Rho(r) | Budget::Epsilon(r) => r,
-        };
-        if !(amount.is_finite() && amount > 0.0) {
-            return Err(SpecError::BadBudget(amount));
-        }
+        self.budget.check()?;
         if self.from > self.to {
             return Err(SpecError::EmptyWindow {
                 from: self.from,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,11 +32,13 @@ async fn bearer(state: &AppState, headers: &HeaderMap) -> Result<TokenRow, Probl
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("this endpoint needs `Authorization: Bearer <token>` (hexflow token create)"))?;
+    // The scheme is case-insensitive (RFC 7235 §2.1).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must read `Bearer <token>`"))?
         .to_string();
@@ -184,50 +186,69 @@ pub struct IngestQuery {
     correction: bool,
 }
 
+/// Longest upload file name accepted (bytes): the quarantine file is named
+/// after it, and file systems cap a name at 255 bytes.
+const MAX_FILENAME_BYTES: usize = 200;
+
+/// `POST /api/v1/admin/ingest`: a delivery as the raw body.
+///
+/// Nothing of the body is read before the token is checked (401/403), and
+/// a `Content-Length` over the limit is answered 413 at once. An accepted
+/// upload is streamed to a file under `uploads/`, never held in memory, and
+/// cut off with 413 as soon as it passes the limit.
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     q: Result<Query<IngestQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     require(&state, &headers, Role::Admin).await?;
     let Query(q) = q?;
-    let body = body.map_err(|e| {
+    let limit = state.config.max_upload_bytes;
+    let too_large = |what: String| {
         Problem::new(
-            e.status(),
-            "upload refused",
-            format!(
-                "{} (largest upload: {} bytes)",
-                e.body_text(),
-                state.config.max_upload_bytes
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "upload too large",
+            format!("{what}; the largest upload is {limit} bytes (serve --max-upload-mib)"),
         )
-    })?;
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large(format!("Content-Length is {len} bytes")));
+    }
     let ds = state.dataset(&q.dataset)?.clone();
-    let name = std::path::Path::new(&q.filename)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".csv") || n.ends_with(".parquet"))
-        .ok_or_else(|| Problem::bad_request("filename must end in .csv or .parquet"))?;
-    if body.is_empty() {
+    let name = upload_name(&q.filename)?;
+    let data_dir = state.config.data_dir.clone();
+    // One folder per upload, so the file keeps its own name (quarantine
+    // files and messages are named after it) and uploads never collide.
+    let dir = data_dir.join("uploads").join(format!(
+        "{}-{}",
+        std::process::id(),
+        UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = dir.join(&name);
+    let written = receive(body, &dir, &tmp, limit).await;
+    let bytes = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(match e {
+                Received::TooLarge => too_large("the body passed the limit".into()),
+                Received::Client(e) => Problem::bad_request(format!("the upload was cut off: {e}")),
+                Received::Disk(e) => Problem::internal("upload", e),
+            });
+        }
+    };
+    if bytes == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
         return Err(Problem::bad_request("the uploaded file is empty"));
     }
-    let data_dir = state.config.data_dir.clone();
     let report = blocking(move || {
-        // The upload is written under the data dir (never the count store)
-        // and removed whatever happens: the store keeps its own copy.
-        let dir = data_dir.join("uploads");
-        std::fs::create_dir_all(&dir).map_err(|e| Problem::internal("upload", e))?;
-        let tmp = dir.join(format!(
-            "{}-{}",
-            std::process::id(),
-            crate::util::sha256_parts([&body[..]])
-        ));
-        let tmp = tmp.with_file_name(format!(
-            "{}-{name}",
-            tmp.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
-        ));
-        std::fs::write(&tmp, &body).map_err(|e| Problem::internal("upload", e))?;
+        // The upload is removed whatever happens: the store keeps its own copy.
         let result = Ingestor::new(ds.releaser.policy.clone(), &data_dir)
             .map_err(|e| Problem::internal("ingest", e))
             .and_then(|i| {
@@ -237,9 +258,9 @@ pub async fn ingest(
                         correction: q.correction,
                     },
                 )
-                .map_err(|e| ingest_problem(e, &tmp, &name))
+                .map_err(|e| ingest_problem(e, &tmp, &name, &data_dir))
             });
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(&dir);
         let mut r = result?;
         r.file = name.into();
         Ok(r)
@@ -253,9 +274,68 @@ pub async fn ingest(
     Ok((status, no_cache(), Json(report)).into_response())
 }
 
-fn ingest_problem(e: IngestError, tmp: &std::path::Path, name: &str) -> Problem {
+/// Numbers upload folders within this process.
+static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The upload's file name: its last path component, `.csv` or `.parquet`,
+/// printable and short enough to name a file.
+fn upload_name(filename: &str) -> Result<String, Problem> {
+    let name = std::path::Path::new(filename)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !(name.ends_with(".csv") || name.ends_with(".parquet")) {
+        return Err(Problem::bad_request("filename must end in .csv or .parquet"));
+    }
+    if name.len() > MAX_FILENAME_BYTES {
+        return Err(Problem::bad_request(format!(
+            "filename is {} bytes long; at most {MAX_FILENAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) || name.starts_with('.') {
+        return Err(Problem::bad_request(
+            "filename must not contain control characters (NUL, newline, …) or start with a dot",
+        ));
+    }
+    Ok(name)
+}
+
+enum Received {
+    TooLarge,
+    Client(axum::Error),
+    Disk(std::io::Error),
+}
+
+/// Streams `body` into `path`, at most `limit` bytes; returns the size.
+async fn receive(body: Body, dir: &std::path::Path, path: &std::path::Path, limit: usize) -> Result<u64, Received> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    tokio::fs::create_dir_all(dir).await.map_err(Received::Disk)?;
+    let mut file = tokio::fs::File::create(path).await.map_err(Received::Disk)?;
+    let mut body = body;
+    let mut n: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Received::Client)?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        n += chunk.len() as u64;
+        if n > limit as u64 {
+            return Err(Received::TooLarge);
+        }
+        file.write_all(&chunk).await.map_err(Received::Disk)?;
+    }
+    file.flush().await.map_err(Received::Disk)?;
+    Ok(n)
+}
+
+fn ingest_problem(e: IngestError, tmp: &std::path::Path, name: &str, data_dir: &std::path::Path) -> Problem {
     // Messages name the temporary path; the uploader knows the file by name.
-    let detail = e.to_string().replace(&tmp.display().to_string(), name);
+    // Other paths are shown relative to the data dir: a client has no use
+    // for the server's layout.
+    let detail = e
+        .to_string()
+        .replace(&tmp.display().to_string(), name)
+        .replace(&format!("{}/", data_dir.display()), "");
     match e {
         IngestError::Unreadable { .. } | IngestError::Schema { .. } | IngestError::Rejected { .. } => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "delivery refused", detail)

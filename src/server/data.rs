@@ -138,9 +138,18 @@ pub struct ReleaseData {
     pub keys: Vec<Key>,
     /// Ids of the named zones of a zone release (empty otherwise).
     pub zone_ids: Vec<String>,
+    /// Rounded and clamped at 0, for display; `ci95` is its error bar.
     pub value: Vec<i64>,
     pub ci95: Vec<f64>,
     pub low: Vec<bool>,
+    /// Whether any cell reaches the key ("no coverage" otherwise: an exact
+    /// 0 without noise, distinct from "below threshold").
+    pub covered: Vec<bool>,
+    /// The noisy value itself (unbiased), its exact 95 % bar and the sd of
+    /// its noise: what sums and views use.
+    pub estimate: Vec<f64>,
+    pub estimate_ci95: Vec<f64>,
+    pub noise_sd: Vec<f64>,
     /// Top of the colour scale, the same for every bin so that colours
     /// compare across the time slider: the 99th percentile of the values
     /// shown (not flagged low). Computed from noisy values only.
@@ -254,7 +263,31 @@ impl ReleaseData {
             .iter()
             .map(|v| v.unwrap_or(true))
             .collect();
-        let mut shown: Vec<i64> = value.iter().zip(&low).filter(|(_, l)| !**l).map(|(v, _)| *v).collect();
+        // Releases written before hexflow published the estimate: the
+        // rounded value stands in for it, and the bar gives the sd back.
+        let floats = |name: &str| -> Result<Option<Vec<f64>>, Problem> {
+            match df.column(name) {
+                Err(_) => Ok(None),
+                Ok(c) => Ok(Some(
+                    c.f64().map_err(p)?.iter().map(|v| v.unwrap_or(f64::NAN)).collect(),
+                )),
+            }
+        };
+        let estimate = floats("estimate")?.unwrap_or_else(|| value.iter().map(|v| *v as f64).collect());
+        let estimate_ci95 = floats("estimate_ci95")?.unwrap_or_else(|| ci95.clone());
+        let noise_sd = floats("noise_sd")?.unwrap_or_else(|| {
+            ci95.iter()
+                .map(|c| crate::views::noise_sd_of_ci95(manifest.placement, manifest.mechanism, *c))
+                .collect()
+        });
+        let covered: Vec<bool> = match df.column("covered") {
+            Ok(c) => c.bool().map_err(p)?.iter().map(|v| v.unwrap_or(false)).collect(),
+            Err(_) => ci95.iter().map(|c| *c > 0.0).collect(),
+        };
+        let mut shown: Vec<i64> = (0..value.len())
+            .filter(|i| covered[*i] && !low[*i])
+            .map(|i| value[i])
+            .collect();
         shown.sort_unstable();
         let p99 = shown
             .get(shown.len().saturating_sub(1) * 99 / 100)
@@ -282,14 +315,13 @@ impl ReleaseData {
             value,
             ci95,
             low,
+            covered,
+            estimate,
+            estimate_ci95,
+            noise_sd,
             scale_max,
             boundaries,
         })
-    }
-
-    /// The sd of the noise behind one of this release's error bars.
-    pub fn sd_of_ci95(&self, ci95: f64) -> f64 {
-        crate::views::noise_sd_of_ci95(self.manifest.placement, self.manifest.mechanism, ci95)
     }
 
     /// Index range of bin `b`'s values.

@@ -27,6 +27,15 @@ struct Route {
 #[derive(Default)]
 pub struct Metrics {
     routes: Mutex<BTreeMap<(String, String), Route>>,
+    /// Requests waiting for a render permit.
+    renders_waiting: std::sync::atomic::AtomicI64,
+}
+
+impl Metrics {
+    pub fn render_waiting(&self, delta: i64) {
+        self.renders_waiting
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Middleware: counts every request under its route template (never the
@@ -108,6 +117,33 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(out, "# HELP hexflow_releases Releases stored and served.");
     let _ = writeln!(out, "# TYPE hexflow_releases gauge");
     let _ = writeln!(out, "hexflow_releases {releases}");
+    let (entries, bytes) = state.bodies.size();
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_body_cache_bytes Bytes of immutable answers (maps, tiles, values) kept in memory."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_body_cache_bytes gauge");
+    let _ = writeln!(out, "hexflow_body_cache_bytes {bytes}");
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_body_cache_limit_bytes Most bytes the body cache keeps."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_body_cache_limit_bytes gauge");
+    let _ = writeln!(out, "hexflow_body_cache_limit_bytes {}", super::BODY_CACHE_BYTES);
+    let _ = writeln!(out, "# HELP hexflow_body_cache_entries Answers kept in the body cache.");
+    let _ = writeln!(out, "# TYPE hexflow_body_cache_entries gauge");
+    let _ = writeln!(out, "hexflow_body_cache_entries {entries}");
+    let busy = super::render_permits() - state.renders.available_permits();
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_renders_in_flight Images being drawn now (at most one per core)."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_renders_in_flight gauge");
+    let _ = writeln!(out, "hexflow_renders_in_flight {busy}");
+    let waiting = state.metrics.renders_waiting.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(out, "# HELP hexflow_renders_waiting Requests queued for a render.");
+    let _ = writeln!(out, "# TYPE hexflow_renders_waiting gauge");
+    let _ = writeln!(out, "hexflow_renders_waiting {waiting}");
     (
         [
             (

@@ -103,6 +103,15 @@ pub struct AppState {
     cache: data::Cache,
     bodies: BodyCache,
     metrics: metrics::Metrics,
+    /// Renders (maps, tiles, charts) at once: at most one per core, so that
+    /// a client asking for many never-seen images queues behind them while
+    /// cached answers keep flowing.
+    renders: Arc<tokio::sync::Semaphore>,
+}
+
+/// Renders drawn at once (see [`AppState`]).
+fn render_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Errors of server start-up.
@@ -137,7 +146,12 @@ impl AppState {
         // a delivery's raw counts here, outside the store's bookkeeping.
         if let Ok(entries) = std::fs::read_dir(config.data_dir.join("uploads")) {
             for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
             }
         }
         let index = ReleaseIndex::scan(&config.data_dir, datasets.keys());
@@ -148,6 +162,7 @@ impl AppState {
             cache: data::Cache::default(),
             bodies: BodyCache::default(),
             metrics: metrics::Metrics::default(),
+            renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
         })
     }
 
@@ -235,10 +250,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/queries", post(admin::query))
         .route("/admin/publish", post(admin::publish))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .route(
-            "/admin/ingest",
-            post(admin::ingest).layer(DefaultBodyLimit::max(state.config.max_upload_bytes)),
-        );
+        // Uploads are streamed to disk by the handler, which enforces
+        // `max_upload_bytes` itself (after the token check).
+        .route("/admin/ingest", post(admin::ingest));
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
@@ -247,6 +261,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(web::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(uri_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
         app = app.layer(cors);
@@ -371,6 +386,12 @@ struct BodyCacheInner {
 const BODY_CACHE_BYTES: usize = 256 << 20;
 
 impl BodyCache {
+    /// (entries, bytes) held now.
+    fn size(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (inner.bodies.len(), inner.bytes)
+    }
+
     fn get(&self, etag: &str) -> Option<(axum::body::Bytes, &'static str)> {
         let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.bodies.get(etag).cloned()
@@ -538,8 +559,54 @@ impl From<axum::extract::rejection::PathRejection> for Problem {
 
 impl From<axum::extract::rejection::JsonRejection> for Problem {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
-        Problem::new(e.status(), "bad request", format!("JSON body: {}", e.body_text()))
+        let title = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "body too large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable body",
+            _ => "bad request",
+        };
+        let detail = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => format!("JSON bodies are at most {MAX_JSON_BODY} bytes"),
+            _ => format!("JSON body: {}", e.body_text()),
+        };
+        Problem::new(e.status(), title, detail)
     }
+}
+
+/// Longest request target (path and query) answered; longer ones get a
+/// problem+json 414 (hyper itself answers 414 without a body past 64 KiB;
+/// a series of 3,000 hexes needs 48 KiB).
+pub const MAX_URI_BYTES: usize = 60 << 10;
+
+async fn uri_limit(req: Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri too long",
+            format!("the request target is {len} bytes; at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Draws an image off the async workers, at most one per core at a time
+/// (waiting requests are counted in `/metrics`); the permit is held until
+/// the drawing ends, whatever the client does meanwhile.
+async fn rendering<T: Send + 'static>(
+    state: &AppState,
+    draw: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    state.metrics.render_waiting(1);
+    let permit = state.renders.clone().acquire_owned().await;
+    state.metrics.render_waiting(-1);
+    let permit = permit.map_err(|e| Problem::internal("render queue", e))?;
+    blocking(move || {
+        let _permit = permit;
+        draw()
+    })
+    .await
 }
 
 /// Runs blocking work (SQLite, Parquet, noise) off the async workers.

@@ -316,7 +316,17 @@ fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
     row.insert("value".into(), json!(data.value[i]));
     row.insert("ci95".into(), json!(data.ci95[i]));
     row.insert("low".into(), json!(data.low[i]));
+    row.insert("covered".into(), json!(data.covered[i]));
+    row.insert("estimate".into(), json!(round_to(data.estimate[i], 3)));
+    row.insert("estimate_ci95".into(), json!(data.estimate_ci95[i]));
+    row.insert("noise_sd".into(), json!(round_to(data.noise_sd[i], 4)));
     row
+}
+
+/// `x` with `digits` decimals (JSON and CSV: full f64 precision is noise).
+fn round_to(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
 }
 
 fn values_json(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
@@ -344,16 +354,23 @@ fn values_csv(data: &ReleaseData, range: std::ops::Range<usize>) -> Vec<u8> {
         .first()
         .map(|key| key_fields(data, *key).into_iter().map(|(n, _)| n).collect())
         .unwrap_or_default();
-    let mut out = format!("{},bin_start,value,ci95,low\n", header.join(","));
+    let mut out = format!(
+        "{},bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd\n",
+        header.join(",")
+    );
     for i in range {
         let key: Vec<String> = key_fields(data, data.keys[i % k]).into_iter().map(|(_, v)| v).collect();
         out.push_str(&format!(
-            "{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{}\n",
             key.join(","),
             data.bins[i / k].to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             data.value[i],
             data.ci95[i],
-            data.low[i]
+            data.low[i],
+            data.covered[i],
+            round_to(data.estimate[i], 3),
+            data.estimate_ci95[i],
+            round_to(data.noise_sd[i], 4),
         ));
     }
     out.into_bytes()
@@ -439,7 +456,11 @@ fn values_parquet(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<V
     );
     cols.push(Column::new("value".into(), &data.value[range.clone()]));
     cols.push(Column::new("ci95".into(), &data.ci95[range.clone()]));
-    cols.push(Column::new("low".into(), &data.low[range]));
+    cols.push(Column::new("low".into(), &data.low[range.clone()]));
+    cols.push(Column::new("covered".into(), &data.covered[range.clone()]));
+    cols.push(Column::new("estimate".into(), &data.estimate[range.clone()]));
+    cols.push(Column::new("estimate_ci95".into(), &data.estimate_ci95[range.clone()]));
+    cols.push(Column::new("noise_sd".into(), &data.noise_sd[range]));
     let mut df = DataFrame::new_infer_height(cols).map_err(err)?;
     let mut out = Vec::new();
     ParquetWriter::new(&mut out)
@@ -512,8 +533,9 @@ pub async fn series(
     let bins: Vec<Value> = (0..data.bins.len())
         .map(|b| {
             let r = data.bin_range(b);
-            let v: i64 = set.iter().map(|(_, i)| data.value[r.start + i]).sum();
-            json!({"bin_start": data.bins[b], "value": v, "ci95": (ci_sum[b] * 100.0).round() / 100.0})
+            // Sums of estimates are unbiased; sums of clamped values are not.
+            let v: f64 = set.iter().map(|(_, i)| data.estimate[r.start + i]).sum();
+            json!({"bin_start": data.bins[b], "value": round_to(v, 2), "ci95": (ci_sum[b] * 100.0).ceil() / 100.0})
         })
         .collect();
     let hex_list: Vec<String> = set.iter().map(|(h, _)| h.to_string()).collect();
@@ -521,7 +543,7 @@ pub async fn series(
         "release_id": m.release_id,
         "unit": unit(m).replace("per hex", "summed over the hexes"),
         "hexes": hex_list,
-        "ci95_method": "1.96 × sd of the summed noise (independent draws; rounding and clamping at 0 add a small bias near 0)",
+        "ci95_method": "value: the sum of the hexes' unbiased estimates (not of the rounded, clamped values); ci95: 1.96 × sd of the summed noise (independent draws, normal approximation of their sum)",
         "bins": bins,
     });
     let key = hex_list.join(",");
@@ -546,10 +568,7 @@ pub fn sum_ci95(ds: &super::Dataset, data: &ReleaseData, set: &[(CellIndex, usiz
                 let r = data.bin_range(b);
                 // Independent noises: variances add (normal approximation
                 // of the sum's 95 % interval, also for Laplace noise).
-                let var: f64 = set
-                    .iter()
-                    .map(|(_, i)| data.sd_of_ci95(data.ci95[r.start + i]).powi(2))
-                    .sum();
+                let var: f64 = set.iter().map(|(_, i)| data.noise_sd[r.start + i].powi(2)).sum();
                 crate::views::Z95 * var.sqrt()
             })
             .collect(),
@@ -559,7 +578,9 @@ pub fn sum_ci95(ds: &super::Dataset, data: &ReleaseData, set: &[(CellIndex, usiz
                 .releaser
                 .weights(m.spec.res)
                 .map_err(|e| Problem::internal("weights", e))?;
-            let mut by_cell: HashMap<u32, f64> = HashMap::new();
+            // Ordered: a float sum must not depend on hash order (identical
+            // calls must give byte-identical answers).
+            let mut by_cell: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
             for e in &w.entries {
                 if hexes.contains(&w.hexes[e.hex as usize]) {
                     *by_cell.entry(e.cell).or_default() += e.weight;
@@ -581,6 +602,7 @@ fn hex_values(data: &ReleaseData, b: usize) -> Vec<HexValue> {
                 boundary: data.boundaries[h].clone(),
                 value: data.value[r.start + k] as f64,
                 low: data.low[r.start + k],
+                covered: data.covered[r.start + k],
             }),
             _ => None,
         })
@@ -627,7 +649,7 @@ async fn png_once(
     if let Some(r) = super::cached(state, headers, &parts, public) {
         return Ok(r);
     }
-    let png = blocking(draw).await?;
+    let png = super::rendering(state, draw).await?;
     Ok(immutable(state, headers, (&parts, public), "image/png", || Ok(png)))
 }
 
@@ -646,13 +668,7 @@ pub async fn map_png(
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
     let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
-    let width = q.width.unwrap_or(1000);
-    if !(320..=render::MAX_MAP_PX).contains(&width) {
-        return Err(Problem::bad_request(format!(
-            "width must be in 320..={} px",
-            render::MAX_MAP_PX
-        )));
-    }
+    let width = render::map_width(q.width.unwrap_or(1000));
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let parts = [
         "map".to_string(),
@@ -669,7 +685,9 @@ pub async fn map_png(
         let tz = grid.tz;
         let start = data.bins[b].with_timezone(&tz);
         let end = data.bins.get(b + 1).map(|t| t.with_timezone(&tz));
-        let mut cis: Vec<f64> = data.ci95[data.bin_range(b)].to_vec();
+        // Over covered hexes only: an uncovered hex's bar is 0, not a typical error.
+        let r = data.bin_range(b);
+        let mut cis: Vec<f64> = r.clone().filter(|i| data.covered[*i]).map(|i| data.ci95[i]).collect();
         cis.sort_by(f64::total_cmp);
         let median_ci = cis.get(cis.len() / 2).copied().unwrap_or(0.0);
         let unit = unit(m);
@@ -684,12 +702,19 @@ pub async fn map_png(
                 m.spec.res
             ),
             format!(
-                "Privacy: ρ = {} (zCDP) on each day charged, ε = {:.2} at δ = {:e} · {:?} noise, {:?} placement · unit: one device-day",
-                m.rho, m.epsilon, m.delta, m.mechanism, m.placement
+                "Privacy: ρ = {} (zCDP) on each day charged, ε = {} at δ = {:e} · {:?} noise, {:?} placement · unit: one device-day",
+                render::human_number(m.rho, 4),
+                render::human_number(m.epsilon, 3),
+                m.delta,
+                m.mechanism,
+                m.placement
             ),
             format!(
-                "95 % error bar ±{median_ci:.0} ({unit}, median hex) · grey: below {} · release {} · hexflow {}",
-                m.display_threshold, m.release_id, m.hexflow_version
+                "95 % error bar ±{} ({unit}, median covered hex) · grey: below {} · white: no coverage · release {} · hexflow {}",
+                render::human_number(median_ci, 3),
+                render::human_number(m.display_threshold, 3),
+                m.release_id,
+                m.hexflow_version
             ),
         ];
         let title = format!(

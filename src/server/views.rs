@@ -81,6 +81,7 @@ fn provenance(list: &[ReleaseSummary]) -> Value {
         "epsilon_per_day_of_source": list.first().map(|r| r.epsilon),
         "cost_of_this_view": 0.0,
         "note": "computed from published releases (post-processing): this view spent no privacy budget",
+        "values_used": "each release value's unbiased estimate (the `estimate` column), not the rounded value clamped at 0, so that sums and means are unbiased",
     })
 }
 
@@ -131,8 +132,8 @@ fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>
             let day = d.bins[b].with_timezone(&ds.releaser.grid.tz).date_naive();
             points.push(Point {
                 day,
-                value: d.value[i] as f64,
-                noise_sd: d.sd_of_ci95(d.ci95[i]),
+                value: d.estimate[i],
+                noise_sd: d.noise_sd[i],
             });
         }
     }
@@ -197,7 +198,7 @@ pub async fn seasonality(
         }))
     })
     .await?;
-    respond(q_format, body, Chart::Seasonality).await
+    respond(&state, q_format, body, Chart::Seasonality).await
 }
 
 pub async fn forecast(
@@ -232,7 +233,7 @@ pub async fn forecast(
         Ok(json!({"zone": q.zone, "unit": "devices per zone per day", "recent": recent, "forecast": f, "source": provenance(&list)}))
     })
     .await?;
-    respond(q_format, body, Chart::Forecast).await
+    respond(&state, q_format, body, Chart::Forecast).await
 }
 
 /// Public holidays of the grid's calendar (`calendar.toml`), if any.
@@ -270,7 +271,7 @@ pub async fn event(
     let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || event_view(&st, &ds, &q, weeks)).await?;
-    respond(q_format, body, Chart::Event).await
+    respond(&state, q_format, body, Chart::Event).await
 }
 
 /// `?weeks=` of a baseline: 4 by default, 1 to 12.
@@ -299,11 +300,11 @@ enum Chart {
 }
 
 /// JSON, or the view drawn as a chart with its privacy statement.
-async fn respond(png: bool, body: Value, chart: Chart) -> Result<Response, Problem> {
+async fn respond(state: &AppState, png: bool, body: Value, chart: Chart) -> Result<Response, Problem> {
     if !png {
         return Ok((no_cache(), Json(body)).into_response());
     }
-    let bytes = blocking(move || chart_png(&body, chart)).await?;
+    let bytes = super::rendering(state, move || chart_png(&body, chart)).await?;
     Ok((
         no_cache(),
         [(
@@ -457,9 +458,9 @@ fn day_hours(
     let hours = (0..data.bins.len())
         .map(|b| {
             let r = data.bin_range(b);
-            let v: i64 = set.iter().map(|(_, i)| data.value[r.start + i]).sum();
+            let v: f64 = set.iter().map(|(_, i)| data.estimate[r.start + i]).sum();
             let hour = data.bins[b].with_timezone(&ds.releaser.grid.tz).hour();
-            (hour, v as f64, ci[b])
+            (hour, v, ci[b])
         })
         .collect();
     Ok(Some((hours, r)))
@@ -657,8 +658,8 @@ pub async fn flows(
                         && let (Some(Some(o)), Some(Some(dd))) = (map.get(*o as usize), map.get(*dd as usize))
                     {
                         let i = o * z + dd;
-                        sum[i] += d.value[r.start + k] as f64;
-                        var[i] += d.sd_of_ci95(d.ci95[r.start + k]).powi(2);
+                        sum[i] += d.estimate[r.start + k];
+                        var[i] += d.noise_sd[r.start + k].powi(2);
                     }
                 }
             }
@@ -704,7 +705,7 @@ pub async fn flows(
     if !png {
         return Ok((no_cache(), Json(body)).into_response());
     }
-    let bytes = blocking(move || flow_map(&ds2, &body)).await?;
+    let bytes = super::rendering(&state, move || flow_map(&ds2, &body)).await?;
     Ok((
         no_cache(),
         [(

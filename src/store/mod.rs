@@ -15,6 +15,13 @@
 //! the current file of every day. Readers only follow the catalog, so a crash
 //! before the catalog is replaced leaves the store exactly as it was; the
 //! orphaned files are deleted by the next writer ([`CountStore::recover`]).
+//!
+//! Readers hold `.readers` shared ([`CountStore::read_guard`]) from before
+//! they read the catalog until they have read the files it names. Files a
+//! newer catalog superseded are deleted only under `.readers` held
+//! exclusively, taken without waiting: with a reader present they stay
+//! until a later writer finds none, so a reader never sees a file of its
+//! catalog vanish (a correction racing a release).
 //! Counts never leave this module except through the release stage.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -207,6 +214,40 @@ impl CountStore {
         util::DirLock::acquire(&p).map_err(io_err(&p))
     }
 
+    /// Held by every reader of day files, from before it reads the catalog
+    /// until it is done with the files; garbage is deleted only when no
+    /// reader holds it.
+    /// `None` while the store does not exist (nothing to protect, and a
+    /// reader must not create it).
+    pub fn read_guard(&self) -> Result<Option<util::DirLock>, StoreError> {
+        if !self.root.exists() {
+            return Ok(None);
+        }
+        let p = self.root.join(".readers");
+        util::DirLock::acquire_shared(&p).map(Some).map_err(io_err(&p))
+    }
+
+    /// `.readers` exclusively if no reader holds it (never waits).
+    fn no_readers(&self) -> Result<Option<util::DirLock>, StoreError> {
+        let p = self.root.join(".readers");
+        util::DirLock::try_acquire(&p).map_err(io_err(&p))
+    }
+
+    /// Removes garbage if no other writer and no reader is busy; a no-op
+    /// otherwise (the next writer does it). For paths that change nothing
+    /// (a delivery already ingested), so that a crash's leftovers do not
+    /// wait for the next real delivery.
+    pub fn tidy(&self) -> Result<usize, StoreError> {
+        let p = self.root.join(".lock");
+        if !self.root.exists() {
+            return Ok(0);
+        }
+        match util::DirLock::try_acquire(&p).map_err(io_err(&p))? {
+            Some(_lock) => self.recover(&self.catalog()?),
+            None => Ok(0),
+        }
+    }
+
     /// Reads the catalog (empty when the store does not exist yet).
     pub fn catalog(&self) -> Result<Catalog, StoreError> {
         let path = self.catalog_path();
@@ -249,6 +290,19 @@ impl CountStore {
     /// refused writer. Call with the lock held.
     pub fn recover(&self, catalog: &Catalog) -> Result<usize, StoreError> {
         let mut removed = 0;
+        // A crashed catalog writer leaves its temporary beside the catalog.
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+                    removed += 1;
+                }
+            }
+        }
+        // Superseded day files may still be read under an older catalog.
+        let Some(_no_readers) = self.no_readers()? else {
+            return Ok(removed);
+        };
         for metric in [Metric::Footfall, Metric::Flows] {
             let mdir = self.root.join(metric.as_str());
             let Ok(days) = std::fs::read_dir(&mdir) else { continue };
@@ -269,15 +323,6 @@ impl CountStore {
                 }
                 if current.is_none() {
                     std::fs::remove_dir(&dpath).map_err(io_err(&dpath))?;
-                }
-            }
-        }
-        // A crashed catalog writer leaves its temporary beside the catalog.
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
-                    std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
-                    removed += 1;
                 }
             }
         }
@@ -399,8 +444,17 @@ impl CountStore {
         let cpath = self.catalog_path();
         util::write_atomic(&cpath, &bytes).map_err(io_err(&cpath))?;
         util::failpoint("ingest:after-commit");
-        // The day files this commit superseded are garbage now; a crash
-        // here only delays their removal to the next writer's `recover`.
+        // The day files this commit superseded are garbage now, unless a
+        // reader still follows the old catalog; a crash or a reader here
+        // only delays their removal to a later writer's `recover`.
+        let Some(_no_readers) = self.no_readers()? else {
+            return Ok(CommitSummary {
+                generation,
+                days_written,
+                rows_added: rows_added - replaced,
+                rows_replaced: replaced,
+            });
+        };
         for (day, new_file) in next.partitions.get(&metric).into_iter().flatten() {
             if let Some(old) = self.day_path(catalog, metric, *day)
                 && old.file_name().and_then(|n| n.to_str()) != Some(new_file.as_str())
@@ -480,7 +534,7 @@ impl CountStore {
                 let p = e.path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else if p.file_name().is_some_and(|n| n != ".lock") {
+                } else if p.file_name().is_some_and(|n| n != ".lock" && n != ".readers") {
                     out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
                 }
             }
