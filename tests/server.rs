@@ -1122,3 +1122,447 @@ async fn futures_join(state: &Arc<AppState>, token: &str, spec: &Value, n: usize
     }
     out
 }
+
+/// The OpenAPI document's schema for `status` and `content_type` of the
+/// operation `(method, template)`, with the document's components around it
+/// so that its `$ref`s resolve; `None` for a body without a JSON schema.
+fn documented(
+    doc: &Value,
+    method: &str,
+    template: &str,
+    status: u16,
+    content_type: &str,
+) -> Result<Option<Value>, String> {
+    let op = &doc["paths"][template][method];
+    if op.is_null() {
+        return Err(format!("{method} {template} is not documented"));
+    }
+    let mut resp = op["responses"][status.to_string()].clone();
+    if resp.is_null() {
+        resp = op["responses"]["default"].clone();
+    }
+    if resp.is_null() {
+        return Err(format!("{method} {template}: status {status} is not documented"));
+    }
+    if let Some(r) = resp["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap_or_default();
+        resp = doc["components"]["responses"][name].clone();
+    }
+    let content = &resp["content"];
+    if content.is_null() || content.as_object().is_some_and(|o| o.is_empty()) {
+        return Ok(None);
+    }
+    let Some(media) = content.get(content_type) else {
+        return Err(format!(
+            "{method} {template} {status}: content type {content_type} not documented (documented: {:?})",
+            content.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>())
+        ));
+    };
+    let Some(schema) = media.get("schema") else {
+        return Ok(None);
+    };
+    Ok(Some(json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": "#/$defs/answer",
+        "$defs": {"answer": schema},
+        "components": doc["components"],
+    })))
+}
+
+/// Headers the document gives a schema for must match it when sent.
+fn documented_headers(doc: &Value, method: &str, template: &str, a: &Answer) -> Result<(), String> {
+    let resp = &doc["paths"][template][method]["responses"][a.status.as_u16().to_string()];
+    let Some(headers) = resp["headers"].as_object() else {
+        return Ok(());
+    };
+    for (name, h) in headers {
+        let h = match h["$ref"].as_str() {
+            Some(r) => &doc["components"]["headers"][r.rsplit('/').next().unwrap_or_default()],
+            None => h,
+        };
+        let Ok(hn) = header::HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        let sent = a.header(hn);
+        if sent.is_empty() || h["schema"].is_null() {
+            continue;
+        }
+        let v = jsonschema::draft202012::new(&h["schema"]).map_err(|e| e.to_string())?;
+        if !v.is_valid(&Value::String(sent.clone())) {
+            return Err(format!("header {name}: {sent:?} does not match {}", h["schema"]));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_of_every_route_matches_the_openapi_document() {
+    // Real answers, success and failure, of every route: their status and
+    // content type must be documented and their JSON must validate against
+    // the documented schema (regression: the document and the server drifted).
+    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 3);
+    let state = state_with("tiny-zones.toml", &f.data, &[]);
+    let doc: Value = serde_json::from_str(hexflow::server::OPENAPI).expect("openapi");
+    let admin = token(&f.data, "ops", Role::Admin);
+    let planner = token(&f.data, "transit", Role::Planner);
+    let list = get(&state, "/api/v1/releases?dataset=tiny&limit=500").await.json();
+    let pick = |pred: &dyn Fn(&Value) -> bool| -> String {
+        list["releases"]
+            .as_array()
+            .expect("releases")
+            .iter()
+            .find(|r| pred(r))
+            .and_then(|r| r["release_id"].as_str())
+            .expect("a release of that kind")
+            .to_string()
+    };
+    let hex = pick(&|r| r["unit"] == "hex" && r["metric"] == "footfall");
+    let zone = pick(&|r| r["unit"] == "zone" && r["metric"] == "footfall");
+    let flows = pick(&|r| r["metric"] == "flows");
+    let site_a = h3o::LatLng::new(43.29, 5.385)
+        .expect("latlng")
+        .to_cell(h3o::Resolution::Eight);
+    let (x, y) = hexflow::render::mercator_px(5.385, 43.29, 14.0);
+    let tile = format!("14/{}/{}.png", (x / 256.0) as u32, (y / 256.0) as u32);
+    let query = json!({"dataset":"tiny","metric":"footfall","res":9,"bin":"1h","from":"2025-03-20","to":"2025-03-20","rho":0.01});
+    let zone_query = json!({"dataset":"tiny","metric":"flows","unit":"zone","bin":"1d","from":"2025-03-21","to":"2025-03-21","rho":0.01});
+    let bad_query = json!({"dataset":"tiny","metric":"footfall","res":9,"bin":"1h","from":"2025-03-20","to":"2025-03-20","rho":1e-320});
+    let delivery = std::fs::read(&f.deliveries[0]).expect("delivery");
+    type Case<'a> = (&'a str, &'a str, String, Option<&'a str>, Option<Vec<u8>>);
+    let cases: Vec<Case> = vec![
+        ("get", "/healthz", "/healthz".into(), None, None),
+        ("get", "/metrics", "/metrics".into(), None, None),
+        ("get", "/api/openapi.json", "/api/openapi.json".into(), None, None),
+        ("get", "/api/v1/datasets", "/api/v1/datasets".into(), None, None),
+        (
+            "get",
+            "/api/v1/datasets/{dataset}/area",
+            "/api/v1/datasets/tiny/area".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/datasets/{dataset}/area",
+            "/api/v1/datasets/nope/area".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases",
+            "/api/v1/releases?dataset=tiny&metric=flows".into(),
+            None,
+            None,
+        ),
+        ("get", "/api/v1/releases", "/api/v1/releases?res=x".into(), None, None),
+        (
+            "get",
+            "/api/v1/releases/{id}",
+            format!("/api/v1/releases/{hex}"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}",
+            format!("/api/v1/releases/{zone}"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}",
+            "/api/v1/releases/r-00000000000000000000".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{hex}/values?bin=3"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{hex}/values?format=geojson&bin=3"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{hex}/values?format=csv&bin=3"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{hex}/values?format=parquet"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{zone}/values"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{zone}/values?format=geojson"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{flows}/values?bin=8"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{flows}/values?format=geojson&bin=8"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{hex}/values?bin=99"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/series",
+            format!("/api/v1/releases/{hex}/series?hex={site_a}"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/series",
+            format!("/api/v1/releases/{hex}/series?hex=zz"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/map.png",
+            format!("/api/v1/releases/{hex}/map.png?bin=2&width=480"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/map.png",
+            format!("/api/v1/releases/{zone}/map.png"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/tilejson.json",
+            format!("/api/v1/releases/{hex}/tilejson.json"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/tiles/{z}/{x}/{y}",
+            format!("/api/v1/releases/{hex}/tiles/{tile}"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/tiles/{z}/{x}/{y}",
+            format!("/api/v1/releases/{hex}/tiles/40/0/0.png"),
+            None,
+            None,
+        ),
+        ("get", "/api/v1/ledger", "/api/v1/ledger".into(), None, None),
+        (
+            "get",
+            "/api/v1/ledger/releases",
+            "/api/v1/ledger/releases".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/seasonality",
+            "/api/v1/views/seasonality?zone=W".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/seasonality",
+            "/api/v1/views/seasonality?zone=W&format=png".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/seasonality",
+            "/api/v1/views/seasonality?zone=nowhere".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/event",
+            "/api/v1/views/event?zone=E&date=2025-04-02&weeks=3".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/event",
+            format!("/api/v1/views/event?hex={site_a}&date=2025-04-02&weeks=3"),
+            None,
+            None,
+        ),
+        ("get", "/api/v1/views/flows", "/api/v1/views/flows".into(), None, None),
+        (
+            "get",
+            "/api/v1/views/flows",
+            "/api/v1/views/flows?from=2025-03-03&to=2025-03-30&hours=7-9".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/flows",
+            "/api/v1/views/flows?from=2025-03-03&to=2025-03-09&format=png".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/forecast",
+            "/api/v1/views/forecast?zone=W&days=7".into(),
+            None,
+            None,
+        ),
+        (
+            "post",
+            "/api/v1/queries",
+            "/api/v1/queries".into(),
+            Some(&planner),
+            Some(query.to_string().into_bytes()),
+        ),
+        (
+            "post",
+            "/api/v1/queries",
+            "/api/v1/queries".into(),
+            Some(&planner),
+            Some(query.to_string().into_bytes()),
+        ),
+        (
+            "post",
+            "/api/v1/queries",
+            "/api/v1/queries".into(),
+            Some(&planner),
+            Some(zone_query.to_string().into_bytes()),
+        ),
+        (
+            "post",
+            "/api/v1/queries",
+            "/api/v1/queries".into(),
+            Some(&planner),
+            Some(bad_query.to_string().into_bytes()),
+        ),
+        (
+            "post",
+            "/api/v1/queries",
+            "/api/v1/queries".into(),
+            None,
+            Some(query.to_string().into_bytes()),
+        ),
+        (
+            "post",
+            "/api/v1/admin/ingest",
+            "/api/v1/admin/ingest?dataset=tiny&filename=a.csv".into(),
+            Some(&admin),
+            Some(delivery),
+        ),
+        (
+            "post",
+            "/api/v1/admin/ingest",
+            "/api/v1/admin/ingest?dataset=tiny&filename=b.csv".into(),
+            Some(&admin),
+            Some(b"cell_id,bin_start,devices\nA-1,x,1\n".to_vec()),
+        ),
+        (
+            "post",
+            "/api/v1/admin/ingest",
+            "/api/v1/admin/ingest?dataset=tiny&filename=b.csv".into(),
+            Some(&planner),
+            Some(b"x".to_vec()),
+        ),
+        (
+            "post",
+            "/api/v1/admin/publish",
+            "/api/v1/admin/publish?dataset=tiny".into(),
+            Some(&admin),
+            None,
+        ),
+    ];
+    let mut covered = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (method, template, uri, tok, body) in cases {
+        let mut r = Request::builder().method(method.to_uppercase().as_str()).uri(&uri);
+        if let Some(t) = tok {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if method == "post" && template == "/api/v1/queries" {
+            r = r.header(header::CONTENT_TYPE, "application/json");
+        }
+        let a = send(
+            &state,
+            r.body(body.map(Body::from).unwrap_or_else(Body::empty))
+                .expect("request"),
+        )
+        .await;
+        covered.insert((method, template));
+        let ct = a.header(header::CONTENT_TYPE);
+        let ct = ct.split(';').next().unwrap_or_default().trim().to_string();
+        let schema = match documented(&doc, method, template, a.status.as_u16(), &ct) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("{uri}: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = documented_headers(&doc, method, template, &a) {
+            problems.push(format!("{uri}: {e}"));
+        }
+        if let Some(schema) = schema
+            && ct.contains("json")
+        {
+            let body: Value = serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("{uri}: not JSON ({e})"));
+            let v = jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{uri}: bad schema: {e}"));
+            for e in v.iter_errors(&body) {
+                problems.push(format!("{uri} ({}): {} at {}", a.status, e, e.instance_path()));
+            }
+        }
+    }
+    let all: BTreeSet<(&str, &str)> = ROUTES.iter().copied().collect();
+    assert_eq!(covered, all, "every route must be exercised");
+    assert!(
+        problems.is_empty(),
+        "{} answers disagree with the OpenAPI document:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}

@@ -11,6 +11,7 @@
 //!    to the store atomically ([`crate::store::CountStore::commit`]), which
 //!    refuses bins already stored unless the delivery is a correction.
 
+pub mod read;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use serde::Serialize;
 use crate::grid::{Grid, GridError};
 use crate::policy::{Policy, PolicyError};
 use crate::store::{CountStore, Delivery, Metric, StoreError};
-use crate::{table, util};
+use crate::util;
 use validate::{Column, Rejection, Validator};
 
 /// Errors of an ingest. Each names the file and says what to fix.
@@ -160,18 +161,28 @@ impl Ingestor {
             return Ok(already(report, d, started));
         }
 
-        let (df, line_offset) = read_delivery(path)?;
-        let metric = detect_metric(path, &df)?;
+        // Row by row in batches: memory for one batch, not for the file.
+        let mut reader = read::DeliveryReader::open(path)?;
+        let metric = detect_metric(path, &reader.names)?;
         report.metric = Some(metric);
-        report.rows = df.height();
-        let columns = normalise_columns(path, &df, metric)?;
-
-        let progress = crate::cli_progress(df.height() as u64, "validating");
-        let mut validator = Validator::new(&self.grid, &self.policy.spec.ingest, line_offset);
-        let (valid, rejections) = validator.run(metric, &columns, df.height(), &progress);
+        let progress = crate::cli_progress(reader.bytes, "validating");
+        let mut validator = Validator::new(&self.grid, &self.policy.spec.ingest, reader.first_line);
+        let mut valid = validate::Validated::default();
+        let mut rejections = validate::Rejections::default();
+        while let Some(df) = reader.next_batch()? {
+            let columns = normalise_columns(path, &df, metric)?;
+            validator.run(metric, &columns, df.height(), &mut valid, &mut rejections);
+            report.rows += df.height();
+            progress.set_position(reader.consumed());
+        }
+        validator.finish(metric, &mut rejections);
         progress.finish_and_clear();
-        drop(columns);
-        drop(df);
+        if report.rows == 0 {
+            return Err(IngestError::Schema {
+                path: path.to_path_buf(),
+                reason: "the file has a header but no rows".into(),
+            });
+        }
 
         if let Some(first) = rejections.listed.first() {
             let quarantine = self.quarantine(path, &sha256, &rejections)?;
@@ -334,75 +345,12 @@ fn already(mut report: FileReport, d: &Delivery, started: Instant) -> FileReport
     report
 }
 
-/// Reads a delivery; Parquet is recognised by its magic bytes, anything
-/// else is read as CSV. Returns the frame and the line of row 0.
-fn read_delivery(path: &Path) -> Result<(DataFrame, usize), IngestError> {
-    let mut magic = [0u8; 4];
-    let is_parquet = {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|source| IngestError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        f.read_exact(&mut magic).is_ok() && &magic == b"PAR1"
-    };
-    if is_parquet {
-        let df = table::read_parquet(path).map_err(|e| IngestError::Unreadable {
-            path: path.to_path_buf(),
-            format: "Parquet",
-            reason: unreadable_reason(&e, "Parquet"),
-        })?;
-        Ok((df, 1))
-    } else {
-        let df = table::read_csv_as_strings(path).map_err(|e| IngestError::Unreadable {
-            path: path.to_path_buf(),
-            format: "CSV",
-            reason: unreadable_reason(&e, "CSV"),
-        })?;
-        // Blank lines at the end of a CSV file are not rows.
-        let blank = trailing_blank_rows(&df);
-        Ok((df.slice(0, df.height() - blank), 2))
-    }
-}
-
-/// How many rows at the end of an all-text frame have every field empty.
-fn trailing_blank_rows(df: &DataFrame) -> usize {
-    let cols: Vec<&StringChunked> = df.columns().iter().filter_map(|c| c.str().ok()).collect();
-    if cols.len() != df.width() {
-        return 0;
-    }
-    (0..df.height())
-        .rev()
-        .take_while(|&i| cols.iter().all(|c| c.get(i).is_none_or(|v| v.trim().is_empty())))
-        .count()
-}
-
-/// Why polars could not parse a delivery, in words that never quote the
-/// file: polars' own messages embed the offending field, which can be a
-/// count, so they are classified here and never printed or logged.
-fn unreadable_reason(e: &PolarsError, format: &str) -> String {
-    let text = e.to_string();
-    if format == "Parquet" {
-        return "the file is damaged or truncated (not a readable Parquet file)".into();
-    }
-    if text.contains("more fields") {
-        "a row has more fields than the header".into()
-    } else if text.contains("not properly escaped") || text.contains("quote") {
-        "a quoted field is not closed".into()
-    } else if text.contains("utf") || text.contains("UTF") {
-        "the file is not UTF-8 text".into()
-    } else {
-        "not a comma-separated file with a header row".into()
-    }
-}
-
 /// The metric is named by the header; anything else is refused.
 ///
 /// A header field that is not a known column name is never quoted: without
 /// a header row, polars takes the first data row as the header, and its
 /// fields are a cell id, a timestamp and a count.
-fn detect_metric(path: &Path, df: &DataFrame) -> Result<Metric, IngestError> {
-    let names = table::column_names(df);
+fn detect_metric(path: &Path, names: &[String]) -> Result<Metric, IngestError> {
     let has = |cols: &[&str]| cols.iter().all(|c| names.iter().any(|n| n == c));
     let known =
         |n: &String| Metric::Footfall.columns().contains(&n.as_str()) || Metric::Flows.columns().contains(&n.as_str());
@@ -438,9 +386,6 @@ fn detect_metric(path: &Path, df: &DataFrame) -> Result<Metric, IngestError> {
             "field {} of the header is not a column of a {metric} file (not shown: it may be data); expected exactly {expected:?}",
             pos + 1
         )));
-    }
-    if df.height() == 0 {
-        return Err(schema("the file has a header but no rows".into()));
     }
     Ok(metric)
 }

@@ -125,6 +125,11 @@ pub struct Validator<'a> {
     /// Alignment and local day of each distinct instant (a month has ~720).
     /// PlHashMap: polars' fast hasher; SipHash cost a third of ingest time.
     instants: PlHashMap<i64, Result<NaiveDate, String>>,
+    /// (cell, dest, bin, line) of every valid row so far, for the
+    /// duplicate check at the end ([`Validator::finish`]).
+    keys: Vec<(u32, u32, i64, u32)>,
+    /// Rows validated so far (batches continue the line numbers).
+    rows_seen: usize,
 }
 
 impl<'a> Validator<'a> {
@@ -141,33 +146,33 @@ impl<'a> Validator<'a> {
             now: Utc::now(),
             line_offset,
             instants: PlHashMap::default(),
+            keys: Vec::new(),
+            rows_seen: 0,
         }
     }
 
-    /// Validates every row; returns the valid rows and the rejections.
+    /// Validates one batch of rows (the next after those already seen):
+    /// valid rows go to `out`, problems to `rejections`. Call
+    /// [`Validator::finish`] after the last batch.
     pub fn run(
         &mut self,
         metric: Metric,
         columns: &[Column],
         height: usize,
-        progress: &indicatif::ProgressBar,
-    ) -> (Validated, Rejections) {
+        out: &mut Validated,
+        rejections: &mut Rejections,
+    ) {
         let names = metric.columns();
-        let mut out = Validated::default();
-        let mut rejections = Rejections::default();
         let views: Vec<View> = columns.iter().map(View::of).collect();
         let value_limit = match metric {
             Metric::Footfall => (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin"),
             Metric::Flows => (self.limits.max_trips_per_pair_bin, "ingest.max_trips_per_pair_bin"),
         };
         let n_keys = names.len() - 2;
-        // (cell, dest, bin, line) of every valid row, for the duplicate check.
-        let mut keys: Vec<(u32, u32, i64, u32)> = Vec::with_capacity(height);
+        let first = self.rows_seen;
+        self.rows_seen += height;
         for i in 0..height {
-            if i % 65_536 == 0 {
-                progress.set_position(i as u64);
-            }
-            let line = i + self.line_offset;
+            let line = first + i + self.line_offset;
             let mut row_ok = true;
             let mut reject = |k: usize, reason: String| {
                 if row_ok {
@@ -198,7 +203,7 @@ impl<'a> Validator<'a> {
             let (Some((bin_s, day)), Some(value), true) = (bin, value, row_ok) else {
                 continue;
             };
-            keys.push((cells[0], cells[1], bin_s, line as u32));
+            self.keys.push((cells[0], cells[1], bin_s, line as u32));
             out.cell.push(cells[0]);
             if n_keys == 2 {
                 out.dest.push(cells[1]);
@@ -207,6 +212,14 @@ impl<'a> Validator<'a> {
             out.day.push(day);
             out.value.push(value);
         }
+    }
+
+    /// The checks across batches (duplicate keys); sorts the listed
+    /// rejections by line.
+    pub fn finish(&mut self, metric: Metric, rejections: &mut Rejections) {
+        let names = metric.columns();
+        let n_keys = names.len() - 2;
+        let keys = &mut self.keys;
         // Duplicates: sort the keys (line last, so the first occurrence of a
         // key comes first) and compare neighbours.
         keys.sort_unstable();
@@ -227,7 +240,6 @@ impl<'a> Validator<'a> {
             }
         }
         rejections.listed.sort_by_key(|r| r.line);
-        (out, rejections)
     }
 
     /// The id is never quoted: in a file whose columns are swapped, the

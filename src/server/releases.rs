@@ -90,8 +90,18 @@ pub async fn area(
 ) -> Result<Response, Problem> {
     let Path(name) = path?;
     let ds = state.dataset(&name)?;
-    // Not immutable: a deployment may correct its grid.
-    Ok((no_cache(), Json(ds_geojson_area(&ds.releaser.grid))).into_response())
+    // Not immutable: a deployment may correct its grid. GeoJSON has its
+    // own media type (RFC 7946), which GIS clients recognise.
+    let body = serde_json::to_vec(&ds_geojson_area(&ds.releaser.grid)).map_err(|e| Problem::internal("area", e))?;
+    Ok((
+        no_cache(),
+        [(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/geo+json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
