@@ -513,6 +513,23 @@ pub const OKABE_ITO: [RGBColor; 4] = [
 ];
 
 #[cfg(test)]
+mod number_tests {
+    use super::human_number;
+
+    #[test]
+    fn numbers_read_as_people_write_them() {
+        // Regression: captions showed ρ as 0.29999999999999993.
+        assert_eq!(human_number(0.299_999_999_999_999_93, 4), "0.3");
+        assert_eq!(human_number(0.2, 4), "0.2");
+        assert_eq!(human_number(1e-5, 4), "0.00001");
+        assert_eq!(human_number(0.123_456, 3), "0.123");
+        assert_eq!(human_number(37.25, 3), "37.3");
+        assert_eq!(human_number(1234.0, 3), "1234");
+        assert_eq!(human_number(0.0, 3), "0");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

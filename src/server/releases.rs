@@ -772,7 +772,7 @@ pub async fn tilejson(
     let doc = json!({
         "tilejson": "3.0.0",
         "name": format!("{} {} res {} bin {}", m.spec.dataset, m.spec.metric, m.spec.res, b),
-        "description": format!("{} from {}; ρ = {} per day charged (ε = {:.2} at δ = {:e})", unit(m), data.bins[b], m.rho, m.epsilon, m.delta),
+        "description": format!("{} from {}; ρ = {} per day charged (ε = {} at δ = {:e})", unit(m), data.bins[b], render::human_number(m.rho, 4), render::human_number(m.epsilon, 3), m.delta),
         "attribution": "hexflow differentially private release",
         "tiles": [format!("{base}/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin={b}")],
         "minzoom": 8,

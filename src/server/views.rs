@@ -333,7 +333,7 @@ fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
     let cost = format!(
         "From {} public releases at ρ = {} per day (ε = {:.2}); this view cost nothing more. Bands: 95 % intervals of the DP noise.",
         body["source"]["releases"],
-        body["source"]["rho_per_day_of_source"],
+        crate::render::human_number(body["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0), 4),
         body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
     );
     type Labeller = Box<dyn Fn(f64) -> String>;
@@ -757,7 +757,7 @@ fn flow_map(ds: &Dataset, body: &Value) -> Result<Vec<u8>, Problem> {
         format!(
             "From {} public releases at ρ = {} per day (ε = {:.2}); this view cost nothing more. Error bars: see the JSON.",
             body["source"]["releases"],
-            body["source"]["rho_per_day_of_source"],
+            crate::render::human_number(body["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0), 4),
             body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
         ),
     ];
