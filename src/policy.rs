@@ -204,6 +204,13 @@ impl Policy {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let grid_dir = base.join(&spec.grid);
+        if !grid_dir.join("grid.toml").is_file() {
+            return Err(invalid(format!(
+                "grid = {:?} names {}, which holds no grid.toml; the path is relative to this policy's folder (or absolute)",
+                spec.grid,
+                grid_dir.display()
+            )));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             spec,

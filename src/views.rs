@@ -99,14 +99,28 @@ pub struct Excess {
     /// |excess| > ci95: the day stands out by more than the combined
     /// uncertainty of the day and its baseline.
     pub stands_out: bool,
+    /// The day is a public holiday of the grid (`holidays.csv`).
+    pub holiday: bool,
 }
 
-/// The seasonal baseline of `day`: the mean of the same weekday in the
-/// `weeks` weeks before and after (the day itself excluded), so that the
-/// season and the weekly rhythm are both accounted for.
-pub fn baseline(points: &BTreeMap<NaiveDate, Point>, day: NaiveDate, weeks: i64) -> Option<Mean> {
-    let sel: Vec<&Point> = (1..=weeks)
-        .flat_map(|k| [day - Duration::weeks(k), day + Duration::weeks(k)])
+/// The days forming the seasonal baseline of `day`: the same weekday in the
+/// `weeks` weeks before and after, the day itself and public holidays
+/// excluded (a holiday Monday is not an ordinary Monday).
+fn baseline_days(day: NaiveDate, weeks: i64, holidays: &HashSet<NaiveDate>) -> impl Iterator<Item = NaiveDate> + '_ {
+    (1..=weeks)
+        .flat_map(move |k| [day - Duration::weeks(k), day + Duration::weeks(k)])
+        .filter(move |d| !holidays.contains(d))
+}
+
+/// The seasonal baseline of `day`: the mean of its [`baseline_days`], so
+/// that the season and the weekly rhythm are both accounted for.
+pub fn baseline(
+    points: &BTreeMap<NaiveDate, Point>,
+    day: NaiveDate,
+    weeks: i64,
+    holidays: &HashSet<NaiveDate>,
+) -> Option<Mean> {
+    let sel: Vec<&Point> = baseline_days(day, weeks, holidays)
         .filter_map(|d| points.get(&d))
         .collect();
     mean_of(&sel)
@@ -116,14 +130,13 @@ pub fn baseline(points: &BTreeMap<NaiveDate, Point>, day: NaiveDate, weeks: i64)
 /// holds the DP noise of the day and of the baseline mean, and the
 /// baseline days' own spread (a day varies around its season even without
 /// noise), so a day "stands out" only when it is unusual for its season.
-pub fn excesses(points: &[Point], weeks: i64) -> Vec<Excess> {
+pub fn excesses(points: &[Point], weeks: i64, holidays: &HashSet<NaiveDate>) -> Vec<Excess> {
     let by_day: BTreeMap<NaiveDate, Point> = points.iter().map(|p| (p.day, *p)).collect();
     points
         .iter()
         .filter_map(|p| {
-            let b = baseline(&by_day, p.day, weeks)?;
-            let same: Vec<f64> = (1..=weeks)
-                .flat_map(|k| [p.day - Duration::weeks(k), p.day + Duration::weeks(k)])
+            let b = baseline(&by_day, p.day, weeks, holidays)?;
+            let same: Vec<f64> = baseline_days(p.day, weeks, holidays)
                 .filter_map(|d| by_day.get(&d).map(|x| x.value))
                 .collect();
             let n = same.len() as f64;
@@ -142,6 +155,7 @@ pub fn excesses(points: &[Point], weeks: i64) -> Vec<Excess> {
                 excess,
                 ci95,
                 stands_out: excess.abs() > ci95,
+                holiday: holidays.contains(&p.day),
             })
         })
         .collect()
@@ -413,7 +427,7 @@ mod tests {
         let mut p = rhythm("2025-01-06", 70, 10.0);
         let event = day("2025-02-05");
         p.iter_mut().find(|x| x.day == event).expect("day").value += 80.0;
-        let ex = excesses(&p, 4);
+        let ex = excesses(&p, 4, &HashSet::new());
         let flagged: Vec<NaiveDate> = ex.iter().filter(|e| e.stands_out).map(|e| e.day).collect();
         // Same weekdays nearby have the event in their baseline (a shift of
         // 80/n), which stays inside their interval.

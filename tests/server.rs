@@ -959,7 +959,8 @@ async fn views_are_computed_from_public_releases_and_cost_nothing() {
     .await;
     assert_eq!(fl.status, StatusCode::OK, "{}", fl.text());
     let fl = fl.json();
-    assert_eq!(fl["hourly_bins_used"], 5 * 2, "five weekdays × two hours");
+    assert_eq!(fl["bins_used"], 5 * 2, "five weekdays × two hours");
+    assert_eq!(fl["bin"], "1h");
     let totals = fl["totals"].as_array().expect("totals");
     assert_eq!(totals.len(), 2);
     let out: f64 = totals.iter().map(|t| t["out"].as_f64().expect("out")).sum();

@@ -489,11 +489,13 @@ function flowBar(f, max) {
 
 function renderFlows(d) {
   const [h0, h1] = Array.isArray(d.hours) ? d.hours : [0, 24];
-  const bins = Number(d.hourly_bins_used) || 0;
+  const bins = Number(d.bins_used ?? d.hourly_bins_used) || 0;
   setChildren(
     flows.summary,
     `${fmtDay(d.from)} to ${fmtDay(d.to)}, ${hh(h0)}–${hh(h1)}, ${d.weekdays_only ? "Monday to Friday only" : "every day of the week"}: `,
-    bins ? `${plural(bins, "hourly bin")} summed.` : el("strong", {}, "no published hour falls in this period and band."),
+    bins
+      ? `${plural(bins, d.bin === "1d" ? "day" : "hourly bin")} summed.`
+      : el("strong", {}, "no published hour falls in this period and band."),
   );
   flows.unit.textContent = `(${d.unit || "trips summed over the period and hour band"})`;
 

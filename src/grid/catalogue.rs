@@ -246,6 +246,24 @@ pub fn read_landmarks(path: &Path) -> Result<Vec<Landmark>, GridError> {
         .collect()
 }
 
+/// Reads `holidays.csv`: `date,name` (YYYY-MM-DD, free text), one public
+/// holiday per line. The forecast and the seasonality baseline treat these
+/// days apart from ordinary weekdays.
+pub fn read_holidays(path: &Path) -> Result<std::collections::BTreeMap<chrono::NaiveDate, String>, GridError> {
+    let (rows, n) = Rows::read(path, &["date", "name"], &[])?;
+    let mut out = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let raw = rows.text(i, "date")?;
+        let day: chrono::NaiveDate = raw
+            .parse()
+            .map_err(|_| rows.error(i, "date", format!("{raw:?} is not a date (YYYY-MM-DD)")))?;
+        if out.insert(day, rows.text(i, "name")?).is_some() {
+            return Err(rows.error(i, "date", format!("{day} is listed twice")));
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn read_geojson(path: &Path) -> Result<geojson::GeoJson, GridError> {
     let text = std::fs::read_to_string(path).map_err(|e| GridError::io(path, e))?;
     text.parse::<geojson::GeoJson>().map_err(|e| GridError::InvalidFile {

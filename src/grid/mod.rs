@@ -10,6 +10,8 @@
 //! | `area.geojson` | the study area (land only), a (Multi)Polygon |
 //! | `coverage.geojson` | optional explicit coverage polygons, property `cell_id` |
 //! | `landmarks.csv` | optional named places (`name,kind,lat,lon,radius_m,weight`) |
+//! | `zones.geojson` | optional named zones (districts), property `zone_id` and `name` |
+//! | `holidays.csv` | optional public holidays (`date,name`), read by the forecast and seasonality views |
 //!
 //! Everything derived from a grid (coverage polygons, the cell→hex weight
 //! matrix) depends on public network geometry only, never on counts.
@@ -117,6 +119,9 @@ pub struct Grid {
     pub landmarks: Vec<Landmark>,
     /// Named zones from `zones.geojson` (empty when the grid has none).
     pub zones: Vec<zones::Zone>,
+    /// Public holidays from `holidays.csv` (or, for grids made before it,
+    /// the `public_holidays` of the simulation's `calendar.toml`).
+    pub holidays: std::collections::BTreeMap<chrono::NaiveDate, String>,
 }
 
 impl Grid {
@@ -165,6 +170,19 @@ impl Grid {
         } else {
             Vec::new()
         };
+        let holidays_path = dir.join("holidays.csv");
+        let calendar_path = dir.join("calendar.toml");
+        let holidays = if holidays_path.exists() {
+            catalogue::read_holidays(&holidays_path)?
+        } else if calendar_path.exists() {
+            crate::simulate::calendar::CalendarFile::load(&calendar_path)?
+                .public_holidays
+                .into_iter()
+                .map(|d| (d, "public holiday".to_string()))
+                .collect()
+        } else {
+            std::collections::BTreeMap::new()
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             spec,
@@ -174,6 +192,7 @@ impl Grid {
             coverage_overrides,
             landmarks,
             zones,
+            holidays,
         })
     }
 

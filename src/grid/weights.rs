@@ -461,6 +461,7 @@ mod tests {
             coverage_overrides: HashMap::new(),
             landmarks: Vec::new(),
             zones: Vec::new(),
+            holidays: Default::default(),
         }
     }
 

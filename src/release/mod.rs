@@ -64,7 +64,9 @@ pub enum ReleaseError {
     PublishedButMissing { id: String, dir: PathBuf },
     #[error("release {id} was charged {charged} ρ but now needs {needed} ρ; the policy or grid changed under it")]
     ChargeMismatch { id: String, charged: f64, needed: f64 },
-    #[error("grid {grid} defines no zones (zones.geojson); use hexes")]
+    #[error(
+        "grid {grid} defines no zones (no zones.geojson): zone releases and the zone views need one (hexflow init --zones), or use hexes"
+    )]
     NoZones { grid: String },
     #[error(
         "the release would hold {values} values; at most {max} here (use a coarser resolution or bin, or a shorter window)"
@@ -327,6 +329,11 @@ impl Releaser {
             self.grid_key
         );
         if spec.unit == Unit::Zone {
+            if self.grid.zones.is_empty() {
+                return Err(ReleaseError::NoZones {
+                    grid: self.grid.name().to_string(),
+                });
+            }
             // Zone weights also depend on the zones' geometry.
             let zones = self.grid.dir.join("zones.geojson");
             let hash = util::sha256_file(&zones).map_err(|source| ReleaseError::Io { path: zones, source })?;

@@ -93,6 +93,56 @@ fn missing(what: &str, hint: &str) -> Problem {
     )
 }
 
+/// Whether the publication plan makes public releases of this kind.
+fn plan_makes(ds: &Dataset, metric: Metric, unit: Unit, bins: &[Bin]) -> bool {
+    ds.releaser
+        .policy
+        .spec
+        .publication
+        .iter()
+        .any(|p| p.metric == metric && p.unit == unit && bins.contains(&p.bin))
+}
+
+/// Why a view found no release: the plan makes none of this kind (name the
+/// item to add), or makes them but not (yet) for these days.
+fn missing_for(ds: &Dataset, what: &str, (metric, unit, bins): (Metric, Unit, &[Bin]), plan_item: &str) -> Problem {
+    if plan_makes(ds, metric, unit, bins) {
+        let delay = ds
+            .releaser
+            .policy
+            .spec
+            .audiences
+            .get("public")
+            .map_or(0, |a| a.min_delay_days);
+        missing(
+            what,
+            &format!(
+                "the plan publishes them {delay} day(s) after each day with data: ask for earlier days, or run the plan (hexflow publish) after the next delivery"
+            ),
+        )
+    } else {
+        missing(
+            what,
+            &format!("the publication plan makes none: add {plan_item} to the policy's [[publication]] items"),
+        )
+    }
+}
+
+/// The grid's zones, or why a zone view cannot be made.
+fn need_zones(ds: &Dataset) -> Result<(), Problem> {
+    if ds.releaser.grid.zones.is_empty() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no zones",
+            format!(
+                "grid {} defines no zones (no zones.geojson), and this view works on zones: add zones to the grid (hexflow init --zones) and zone items to the plan",
+                ds.releaser.grid.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn zone_index(data: &ReleaseData, zone: &str) -> Result<u32, Problem> {
     data.zone_ids
         .iter()
@@ -109,6 +159,7 @@ fn zone_index(data: &ReleaseData, zone: &str) -> Result<u32, Problem> {
 
 /// The daily series of one zone from daily zone footfall releases.
 fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>, Vec<ReleaseSummary>), Problem> {
+    need_zones(ds)?;
     let list = releases(
         state,
         ds.releaser.policy.dataset(),
@@ -118,9 +169,11 @@ fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>
         (NaiveDate::MIN, NaiveDate::MAX),
     )?;
     if list.is_empty() {
-        return Err(missing(
+        return Err(missing_for(
+            ds,
             "daily zone footfall",
-            "add `unit = \"zone\"`, `bin = \"1d\"` footfall to the publication plan or ask a planner query",
+            (Metric::Footfall, Unit::Zone, &[Bin::Day]),
+            "`metric = \"footfall\"`, `unit = \"zone\"`, `bin = \"1d\"`",
         ));
     }
     let data = load_all(state, &list)?;
@@ -167,7 +220,7 @@ pub async fn seasonality(
         let (points, list) = zone_series(&st, &ds, &q.zone)?;
         let weekday = views::weekday_profile(&points);
         let months = views::month_profile(&points);
-        let ex = views::excesses(&points, weeks);
+        let ex = views::excesses(&points, weeks, &holidays(&ds));
         let standing_out: Vec<&views::Excess> = ex.iter().filter(|e| e.stands_out).collect();
         let daily: Vec<Value> = points
             .iter()
@@ -192,7 +245,7 @@ pub async fn seasonality(
             "daily": daily,
             "weekday_profile": weekday_json,
             "months_by_year": years,
-            "baseline": format!("mean of the same weekday {weeks} weeks before and after"),
+            "baseline": format!("mean of the same weekday {weeks} weeks before and after, public holidays left out"),
             "standing_out": standing_out,
             "source": provenance(&list),
         }))
@@ -236,12 +289,9 @@ pub async fn forecast(
     respond(&state, q_format, body, Chart::Forecast).await
 }
 
-/// Public holidays of the grid's calendar (`calendar.toml`), if any.
+/// The grid's public holidays (`holidays.csv`).
 fn holidays(ds: &Dataset) -> HashSet<NaiveDate> {
-    let path = ds.releaser.grid.dir.join("calendar.toml");
-    crate::simulate::calendar::CalendarFile::load(&path)
-        .map(|c| c.public_holidays.into_iter().collect())
-        .unwrap_or_default()
+    ds.releaser.grid.holidays.keys().copied().collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,7 +305,8 @@ pub struct EventQuery {
     zone: Option<String>,
     /// Same weekday in the N weeks before (default 4, at most 12).
     weeks: Option<i64>,
-    /// Resolution of the hourly releases (default 8).
+    /// Resolution of the hourly releases (default: that of the hexes
+    /// given, else the finest published hourly).
     res: Option<u8>,
     /// `json` (default) or `png`.
     format: Option<String>,
@@ -425,100 +476,205 @@ fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
 /// (local hour, value, ci95) of each bin of a day.
 type Hours = Vec<(u32, f64, f64)>;
 
-/// Hourly sums over `hexes` for one day, and the release they come from.
+/// What the event view sums: hexes of an hourly hex release, or one zone
+/// of an hourly zone release.
+enum Area {
+    Hexes(u8, HashSet<CellIndex>),
+    Zone(String),
+}
+
+/// Hourly sums over `area` for one day, and the release they come from.
 fn day_hours(
     state: &AppState,
     ds: &Dataset,
     day: NaiveDate,
-    res: u8,
-    hexes: &HashSet<CellIndex>,
+    area: &Area,
 ) -> Result<Option<(Hours, ReleaseSummary)>, Problem> {
+    let unit = match area {
+        Area::Hexes(..) => Unit::Hex,
+        Area::Zone(_) => Unit::Zone,
+    };
+    let list = releases(
+        state,
+        ds.releaser.policy.dataset(),
+        Metric::Footfall,
+        unit,
+        Bin::Hour,
+        (day, day),
+    )?;
+    let Some(r) = list.into_iter().find(|r| match area {
+        Area::Hexes(res, _) => r.res == *res,
+        Area::Zone(_) => true,
+    }) else {
+        return Ok(None);
+    };
+    let data = load_all(state, std::slice::from_ref(&r))?.remove(0);
+    let hour_of = |b: usize| data.bins[b].with_timezone(&ds.releaser.grid.tz).hour();
+    let hours = match area {
+        Area::Hexes(_, hexes) => {
+            let set: Vec<(CellIndex, usize)> = data
+                .keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| match k {
+                    Key::Hex(h) if hexes.contains(h) => Some((*h, i)),
+                    _ => None,
+                })
+                .collect();
+            let ci = super::releases::sum_ci95(ds, &data, &set)?;
+            (0..data.bins.len())
+                .map(|b| {
+                    let r = data.bin_range(b);
+                    let v: f64 = set.iter().map(|(_, i)| data.estimate[r.start + i]).sum();
+                    (hour_of(b), v, ci[b])
+                })
+                .collect()
+        }
+        Area::Zone(id) => {
+            let z = zone_index(&data, id)? as usize;
+            (0..data.bins.len())
+                .map(|b| {
+                    let i = data.bin_range(b).start + z;
+                    (hour_of(b), data.estimate[i], Z95 * data.noise_sd[i])
+                })
+                .collect()
+        }
+    };
+    Ok(Some((hours, r)))
+}
+
+/// The finest resolution of the public hourly hex footfall, if any.
+fn published_hourly_res(state: &AppState, ds: &Dataset) -> Result<Option<u8>, Problem> {
+    let all = (NaiveDate::MIN, NaiveDate::MAX);
     let list = releases(
         state,
         ds.releaser.policy.dataset(),
         Metric::Footfall,
         Unit::Hex,
         Bin::Hour,
-        (day, day),
+        all,
     )?;
-    let Some(r) = list.into_iter().find(|r| r.res == res) else {
-        return Ok(None);
-    };
-    let data = load_all(state, std::slice::from_ref(&r))?.remove(0);
-    let set: Vec<(CellIndex, usize)> = data
-        .keys
-        .iter()
-        .enumerate()
-        .filter_map(|(i, k)| match k {
-            Key::Hex(h) if hexes.contains(h) => Some((*h, i)),
-            _ => None,
-        })
-        .collect();
-    let ci = super::releases::sum_ci95(ds, &data, &set)?;
-    let hours = (0..data.bins.len())
-        .map(|b| {
-            let r = data.bin_range(b);
-            let v: f64 = set.iter().map(|(_, i)| data.estimate[r.start + i]).sum();
-            let hour = data.bins[b].with_timezone(&ds.releaser.grid.tz).hour();
-            (hour, v, ci[b])
-        })
-        .collect();
-    Ok(Some((hours, r)))
+    Ok(list.iter().map(|r| r.res).max())
 }
 
 fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Result<Value, Problem> {
-    let res = q.res.unwrap_or(8);
     let grid = &ds.releaser.grid;
-    grid.resolution(res).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "resolution not offered",
-            e.to_string(),
-        )
-    })?;
-    let hexes: HashSet<CellIndex> = match (&q.hex, &q.zone) {
-        (Some(list), None) => list
-            .split(',')
+    let parse_hexes = |list: &str| -> Result<HashSet<CellIndex>, Problem> {
+        list.split(',')
             .map(|s| {
                 s.trim()
                     .parse()
                     .map_err(|_| Problem::bad_request(format!("{s:?} is not an H3 cell id")))
             })
-            .collect::<Result<_, _>>()?,
+            .collect()
+    };
+    let no_hourly = || {
+        missing_for(
+            ds,
+            "hourly footfall",
+            (Metric::Footfall, Unit::Hex, &[Bin::Hour]),
+            "`metric = \"footfall\"`, `bin = \"1h\"` with a `res` (or `unit = \"zone\"`)",
+        )
+    };
+    // The resolution: asked, else that of the hexes given, else the finest
+    // the plan publishes hourly.
+    let res_for = |hexes: Option<&HashSet<CellIndex>>| -> Result<u8, Problem> {
+        if let Some(r) = q.res {
+            return Ok(r);
+        }
+        if let Some(h) = hexes.and_then(|h| h.iter().next()) {
+            return Ok(u8::from(h.resolution()));
+        }
+        published_hourly_res(state, ds)?.ok_or_else(no_hourly)
+    };
+    let area = match (&q.hex, &q.zone) {
+        (Some(list), None) => {
+            let hexes = parse_hexes(list)?;
+            let res = res_for(Some(&hexes))?;
+            if hexes.iter().any(|h| u8::from(h.resolution()) != res) {
+                return Err(Problem::bad_request(format!(
+                    "every hex must be of resolution {res}, that of the hourly releases"
+                )));
+            }
+            Area::Hexes(res, hexes)
+        }
         (None, Some(z)) => {
             use geo::Contains;
             let zone = grid.zones.iter().find(|x| &x.id == z).ok_or_else(|| {
-                Problem::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown zone",
-                    format!("no zone {z:?} in this grid"),
-                )
+                if grid.zones.is_empty() {
+                    Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "no zones",
+                        format!(
+                            "grid {} defines no zones (no zones.geojson): give hex= instead",
+                            grid.name()
+                        ),
+                    )
+                } else {
+                    Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "unknown zone",
+                        format!(
+                            "no zone {z:?} in this grid (zones: {})",
+                            grid.zones.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                }
             })?;
-            let w = ds.releaser.weights(res).map_err(|e| Problem::internal("weights", e))?;
-            w.hexes
-                .iter()
-                .filter(|h| {
-                    let ll = h3o::LatLng::from(**h);
-                    zone.area.contains(&geo::Point::new(ll.lng(), ll.lat()))
-                })
-                .copied()
-                .collect()
+            // Hourly zone releases answer exactly; else the hexes whose
+            // centre lies in the zone.
+            let all = (NaiveDate::MIN, NaiveDate::MAX);
+            let by_zone = releases(
+                state,
+                ds.releaser.policy.dataset(),
+                Metric::Footfall,
+                Unit::Zone,
+                Bin::Hour,
+                all,
+            )?;
+            if q.res.is_none() && !by_zone.is_empty() {
+                Area::Zone(z.clone())
+            } else {
+                let res = res_for(None)?;
+                grid.resolution(res).map_err(|e| {
+                    Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "resolution not offered",
+                        e.to_string(),
+                    )
+                })?;
+                let w = ds.releaser.weights(res).map_err(|e| Problem::internal("weights", e))?;
+                let hexes: HashSet<CellIndex> = w
+                    .hexes
+                    .iter()
+                    .filter(|h| {
+                        let ll = h3o::LatLng::from(**h);
+                        zone.area.contains(&geo::Point::new(ll.lng(), ll.lat()))
+                    })
+                    .copied()
+                    .collect();
+                Area::Hexes(res, hexes)
+            }
         }
         _ => return Err(Problem::bad_request("give exactly one of hex= and zone=")),
     };
-    if hexes.is_empty() || hexes.len() > 3000 {
-        return Err(Problem::bad_request("the area must hold 1 to 3000 hexes"));
+    if let Area::Hexes(res, hexes) = &area {
+        grid.resolution(*res).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "resolution not offered",
+                e.to_string(),
+            )
+        })?;
+        if hexes.is_empty() || hexes.len() > 3000 {
+            return Err(Problem::bad_request("the area must hold 1 to 3000 hexes"));
+        }
     }
-    let (day, used) = day_hours(state, ds, q.date, res, &hexes)?.ok_or_else(|| {
-        missing(
-            &format!("hourly res-{res} footfall"),
-            &format!("{} has no hourly release yet", q.date),
-        )
-    })?;
+    let (day, used) = day_hours(state, ds, q.date, &area)?.ok_or_else(no_hourly)?;
     let mut base: Vec<Hours> = Vec::new();
     let mut sources = vec![used];
     for k in 1..=weeks {
-        if let Some((h, r)) = day_hours(state, ds, q.date - Duration::weeks(k), res, &hexes)? {
+        if let Some((h, r)) = day_hours(state, ds, q.date - Duration::weeks(k), &area)? {
             base.push(h);
             sources.push(r);
         }
@@ -566,7 +722,8 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
     Ok(json!({
         "date": q.date,
         "weekday": q.date.weekday().to_string(),
-        "hexes": hexes.len(),
+        "hexes": match &area { Area::Hexes(_, h) => h.len(), Area::Zone(_) => 0 },
+        "res": match &area { Area::Hexes(r, _) => Some(*r), Area::Zone(_) => None },
         "baseline_days": base.len(),
         "unit": "devices summed over the area per hour",
         "hours": hours,
@@ -580,8 +737,9 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
 #[serde(deny_unknown_fields)]
 pub struct FlowsQuery {
     dataset: Option<String>,
-    from: NaiveDate,
-    to: NaiveDate,
+    /// First and last local day (default: the last 28 days with flows).
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
     /// Local hours `a-b` (start included, end excluded), e.g. `7-9`.
     hours: Option<String>,
     /// Monday to Friday only.
@@ -600,34 +758,66 @@ pub async fn flows(
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
     let ds = state.pick(q.dataset.as_ref())?.clone();
-    if q.from > q.to || (q.to - q.from).num_days() > 366 {
+    need_zones(&ds)?;
+    if let (Some(f), Some(t)) = (q.from, q.to)
+        && (f > t || (t - f).num_days() > 366)
+    {
         return Err(Problem::bad_request("from..to must be a window of at most 367 days"));
     }
-    let (h0, h1) = match &q.hours {
-        None => (0, 24),
-        Some(s) => s
-            .split_once('-')
-            .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
-            .filter(|(a, b)| a < b && *b <= 24)
-            .ok_or_else(|| Problem::bad_request(format!("hours={s:?}: expected a-b with 0 ≤ a < b ≤ 24")))?,
+    let hours = match &q.hours {
+        None => None,
+        Some(s) => Some(
+            s.split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+                .filter(|(a, b)| a < b && *b <= 24)
+                .ok_or_else(|| Problem::bad_request(format!("hours={s:?}: expected a-b with 0 ≤ a < b ≤ 24")))?,
+        ),
     };
     let top = q.top.unwrap_or(20).clamp(1, 500);
     let png = format(q.format.as_deref())?;
     let st = state.clone();
     let ds2 = ds.clone();
     let body = blocking(move || {
-        let list = releases(
-            &st,
-            ds.releaser.policy.dataset(),
-            Metric::Flows,
-            Unit::Zone,
-            Bin::Hour,
-            (q.from, q.to),
-        )?;
+        let dataset = ds.releaser.policy.dataset();
+        let all = (NaiveDate::MIN, NaiveDate::MAX);
+        // Hourly flows when the plan makes them, else daily ones.
+        let hourly = releases(&st, dataset, Metric::Flows, Unit::Zone, Bin::Hour, all)?;
+        let (bin, available) = if hourly.is_empty() {
+            (Bin::Day, releases(&st, dataset, Metric::Flows, Unit::Zone, Bin::Day, all)?)
+        } else {
+            (Bin::Hour, hourly)
+        };
+        let Some(last) = available.iter().map(|r| r.to).max() else {
+            return Err(missing_for(
+                &ds,
+                "zone flows",
+                (Metric::Flows, Unit::Zone, &[Bin::Hour, Bin::Day]),
+                "`metric = \"flows\"`, `unit = \"zone\"`, `bin = \"1h\"` (or `\"1d\"`)",
+            ));
+        };
+        let to = q.to.unwrap_or(last);
+        let from = q.from.unwrap_or(to - Duration::days(27));
+        if from > to || (to - from).num_days() > 366 {
+            return Err(Problem::bad_request("from..to must be a window of at most 367 days"));
+        }
+        if bin == Bin::Day && hours.is_some() {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "hours need hourly flows",
+                "the publication plan makes daily zone flows only: leave out hours=, or add hourly flows (`metric = \"flows\"`, `unit = \"zone\"`, `bin = \"1h\"`) to the plan",
+            ));
+        }
+        let (h0, h1) = hours.unwrap_or((0, 24));
+        let list: Vec<ReleaseSummary> = available
+            .into_iter()
+            .filter(|r| r.from >= from && r.to <= to)
+            .collect();
         if list.is_empty() {
-            return Err(missing(
-                "hourly zone flows",
-                "add `metric = \"flows\"`, `unit = \"zone\"`, `bin = \"1h\"` to the publication plan",
+            return Err(missing_for(
+                &ds,
+                "zone flows",
+                (Metric::Flows, Unit::Zone, &[bin]),
+                "`metric = \"flows\"`, `unit = \"zone\"`",
             ));
         }
         let data = load_all(&st, &list)?;
@@ -693,9 +883,10 @@ pub async fn flows(
             })
             .collect();
         Ok(json!({
-            "from": q.from, "to": q.to, "hours": [h0, h1], "weekdays_only": q.weekdays,
-            "hourly_bins_used": bins_used,
-            "unit": "trips summed over the period and hour band",
+            "from": from, "to": to, "hours": [h0, h1], "weekdays_only": q.weekdays,
+            "bin": bin,
+            "bins_used": bins_used,
+            "unit": if bin == Bin::Hour { "trips summed over the period and hour band" } else { "trips summed over the period (daily flows)" },
             "largest": largest,
             "totals": totals,
             "source": provenance(&list),
