@@ -179,7 +179,7 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
         index
             .iter()
             .filter(|r| r.audience == "public" && r.metric == Metric::Footfall && r.unit == Unit::Hex)
-            .filter(|r| r.res == 8 && r.bin == crate::privacy::Bin::Hour)
+            .filter(|r| r.res == Some(8) && r.bin == crate::privacy::Bin::Hour)
             .map(|r| (r.from, r.rho))
             .collect()
     };

@@ -107,6 +107,10 @@ pub struct PolicySpec {
     pub dataset: String,
     #[serde(default)]
     pub title: Option<String>,
+    /// What the operator counts, plural (`devices`, `pedestrians`): every
+    /// label, legend, caption and JSON `unit` says it.
+    #[serde(default = "default_unit_name")]
+    pub unit_name: String,
     /// Grid folder, relative to the policy file.
     pub grid: PathBuf,
     /// IANA timezone of the local day; must be the grid's (checked when
@@ -118,6 +122,10 @@ pub struct PolicySpec {
     pub audiences: std::collections::BTreeMap<String, AudienceSpec>,
     #[serde(default)]
     pub publication: Vec<StandingRelease>,
+}
+
+fn default_unit_name() -> String {
+    "devices".into()
 }
 
 /// A loaded policy with its grid folder resolved.
@@ -149,6 +157,12 @@ impl Policy {
             return Err(invalid(format!(
                 "dataset {:?} must be non-empty ASCII letters, digits, '-' or '_'",
                 spec.dataset
+            )));
+        }
+        if spec.unit_name.trim().is_empty() || spec.unit_name.len() > 40 {
+            return Err(invalid(format!(
+                "unit_name = {:?} must name what is counted, in 1 to 40 characters (e.g. \"devices\", \"pedestrians\")",
+                spec.unit_name
             )));
         }
         if spec.ingest.max_devices_per_cell_bin == 0 || spec.ingest.max_trips_per_pair_bin == 0 {

@@ -1253,6 +1253,13 @@ async function start() {
       api(releasesUrl({ res: r, limit: 1 })).then((x) => x.total, () => 0)),
   );
   const available = resolutions.filter((_, i) => counts[i] > 0);
+  // Start on the coarsest resolution published hourly (else the coarsest
+  // published at all): what this dataset's plan makes, not Marseille's.
+  const hourlyCounts = await Promise.all(
+    available.map((r) =>
+      api(releasesUrl({ res: r, bin: "1h", limit: 1 })).then((x) => x.total, () => 0)),
+  );
+  const hourly = available.filter((_, i) => hourlyCounts[i] > 0);
   await areaP;
   state.fitted = false;
   resizeCanvas();
@@ -1266,7 +1273,7 @@ async function start() {
   }
   setChildren(ui.res, available.map((r) => el("option", { value: String(r) }, resLabel(r))));
   const wantRes = available.includes(state.initialHash.res) ? state.initialHash.res
-    : available.includes(8) ? 8 : available[available.length - 1];
+    : (hourly.length ? Math.min(...hourly) : Math.min(...available));
   ui.res.value = String(wantRes);
   const span = await spanOf(wantRes);
   setDateRange(span);

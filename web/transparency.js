@@ -423,7 +423,7 @@ function releaseRow(r) {
   const spec = r.spec || {};
   const what = [
     spec.metric || "?",
-    Number.isFinite(spec.res) ? `res ${spec.res}` : null,
+    spec.unit === "zone" ? "zones" : Number.isFinite(spec.res) ? `res ${spec.res}` : null,
     spec.bin ? BIN_NAMES[spec.bin] || spec.bin : null,
   ].filter(Boolean).join(" · ");
   const isPublic = r.audience === "public" && r.state === "published";

@@ -13,7 +13,6 @@ import {
 const $ = (id) => document.getElementById(id);
 
 /** The zone shown first when the dataset has it: the 8e (Vélodrome, beaches). */
-const DEFAULT_ZONE = "13208";
 /** Days standing out listed in the seasonality table. */
 const TOP_STANDING = 15;
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -603,7 +602,7 @@ function renderForecast(d, zone) {
 
 function fillZones(zones) {
   const opts = () => zones.map((z) => el("option", { value: z.zone_id }, z.name ? `${z.name} (${z.zone_id})` : z.zone_id));
-  const wanted = zones.some((z) => z.zone_id === DEFAULT_ZONE) ? DEFAULT_ZONE : zones[0].zone_id;
+  const wanted = zones[0].zone_id;
   for (const select of [season.zone, evUi.zone, forecast.zone]) {
     setChildren(select, opts());
     select.value = wanted;

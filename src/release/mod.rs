@@ -86,6 +86,48 @@ pub enum ReleaseError {
     },
 }
 
+/// What one value of a release counts, in words: `devices per hex per
+/// hour`; a bin that adds several operator bins counts device-hours
+/// (`pedestrian-hours per zone per day`), and says so.
+pub fn value_unit(
+    unit_name: &str,
+    operator_bin_s: u32,
+    metric: Metric,
+    unit: Unit,
+    bin: crate::privacy::Bin,
+) -> String {
+    use crate::privacy::Bin;
+    let per = match bin {
+        Bin::Hour => "hour",
+        Bin::Day => "day",
+        Bin::Week => "week",
+        Bin::Month => "month",
+    };
+    let key = match unit {
+        Unit::Hex => "hex",
+        Unit::Zone => "zone",
+    };
+    match metric {
+        Metric::Flows => format!("trips per {key} pair per {per}"),
+        Metric::Footfall => {
+            // An output bin of one operator bin counts distinct units;
+            // longer bins add the operator bins' counts up.
+            let one_bin = bin == Bin::Hour && operator_bin_s >= 3600;
+            if one_bin {
+                format!("{unit_name} per {key} per {per}")
+            } else {
+                let singular = unit_name.strip_suffix('s').unwrap_or(unit_name);
+                let period = match operator_bin_s {
+                    3600 => "hours".to_string(),
+                    s if s % 60 == 0 => format!("{}-minute intervals", s / 60),
+                    s => format!("{s}-second intervals"),
+                };
+                format!("{singular}-{period} per {key} per {per}")
+            }
+        }
+    }
+}
+
 /// Expected total squared error of each placement (public parameters only).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ExpectedError {

@@ -22,7 +22,8 @@ pub struct ReleaseSummary {
     pub audience: String,
     pub metric: Metric,
     pub unit: Unit,
-    pub res: u8,
+    /// The H3 resolution; none for a zone release.
+    pub res: Option<u8>,
     pub bin: crate::privacy::Bin,
     pub from: NaiveDate,
     pub to: NaiveDate,
@@ -42,7 +43,7 @@ impl ReleaseSummary {
             audience: m.spec.audience.clone(),
             metric: m.spec.metric,
             unit: m.spec.unit,
-            res: m.spec.res,
+            res: (m.spec.unit == Unit::Hex).then_some(m.spec.res),
             bin: m.spec.bin,
             from: m.spec.from,
             to: m.spec.to,

@@ -141,13 +141,20 @@ pub async fn list(
         .filter(|r| q.dataset.as_ref().is_none_or(|d| &r.dataset == d))
         .filter(|r| q.metric.is_none_or(|m| r.metric == m))
         .filter(|r| q.unit.is_none_or(|u| r.unit == u))
-        .filter(|r| q.res.is_none_or(|x| r.res == x))
+        .filter(|r| q.res.is_none_or(|x| r.res == Some(x)))
         .filter(|r| q.bin.is_none_or(|b| r.bin == b))
         .filter(|r| q.day.is_none_or(|d| r.from <= d && d <= r.to))
         .collect();
     let total = matching.len();
-    let page: Vec<&ReleaseSummary> = matching.into_iter().skip(q.offset.unwrap_or(0)).take(limit).collect();
-    Ok((no_cache(), Json(json!({ "total": total, "releases": page }))).into_response())
+    let offset = q.offset.unwrap_or(0);
+    let page: Vec<&ReleaseSummary> = matching.into_iter().skip(offset).take(limit).collect();
+    // Say that the list pages, and where the next page starts.
+    let next_offset = (offset.saturating_add(page.len()) < total).then(|| offset + page.len());
+    Ok((
+        no_cache(),
+        Json(json!({ "total": total, "offset": offset, "limit": limit, "next_offset": next_offset, "releases": page })),
+    )
+        .into_response())
 }
 
 /// The summary of release `id` if the caller may read it.
@@ -219,17 +226,22 @@ fn bin_index(data: &ReleaseData, bin: Option<usize>) -> Result<Option<usize>, Pr
     }
 }
 
-fn unit(m: &crate::release::Manifest) -> String {
-    let per = match m.spec.bin {
-        crate::privacy::Bin::Hour => "hour",
-        crate::privacy::Bin::Day => "day",
-        crate::privacy::Bin::Week => "week",
-        crate::privacy::Bin::Month => "month",
-    };
-    match m.spec.metric {
-        Metric::Footfall => format!("devices per hex per {per}"),
-        Metric::Flows => format!("trips per zone pair per {per}"),
+/// The unit of a release's values, in the words of its dataset's policy.
+pub fn unit_of(state: &AppState, m: &crate::release::Manifest) -> String {
+    match state.datasets.get(&m.spec.dataset) {
+        Some(d) => unit_of_dataset(d, m),
+        None => crate::release::value_unit("devices", 3600, m.spec.metric, m.spec.unit, m.spec.bin),
     }
+}
+
+pub fn unit_of_dataset(d: &super::Dataset, m: &crate::release::Manifest) -> String {
+    crate::release::value_unit(
+        &d.releaser.policy.spec.unit_name,
+        d.releaser.grid.spec.bin_len_s,
+        m.spec.metric,
+        m.spec.unit,
+        m.spec.bin,
+    )
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq)]
@@ -282,16 +294,18 @@ pub async fn values(
         Format::Parquet => ("application/vnd.apache.parquet", "parquet"),
     };
     let bin_s = bin.map(|b| b.to_string()).unwrap_or_else(|| "all".into());
+    // The unit's words come from the policy, so they are part of the ETag.
+    let unit = unit_of(&state, &data.manifest);
     let mut resp = immutable(
         &state,
         &headers,
         (
-            &["values", &id, &data.manifest.values_sha256, ext, &bin_s],
+            &["values", &id, &data.manifest.values_sha256, ext, &bin_s, &unit],
             is_public(&data),
         ),
         ctype,
         || match format {
-            Format::Json => values_json(&data, range),
+            Format::Json => values_json(&data, range, &unit),
             Format::Csv => Ok(values_csv(&data, range)),
             Format::Geojson => values_geojson(&data, &ds.releaser.grid, range),
             Format::Parquet => values_parquet(&data, range),
@@ -339,7 +353,7 @@ fn round_to(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-fn values_json(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
+fn values_json(data: &ReleaseData, range: std::ops::Range<usize>, unit: &str) -> Result<Vec<u8>, Problem> {
     let m = &data.manifest;
     let k = data.keys.len();
     let bins: Vec<_> = (range.start / k..range.end.div_ceil(k)).map(|b| data.bins[b]).collect();
@@ -347,7 +361,7 @@ fn values_json(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<
     serde_json::to_vec(&json!({
         "release_id": m.release_id,
         "metric": m.spec.metric,
-        "unit": unit(m),
+        "unit": unit,
         "timezone": m.timezone,
         "display_threshold": m.display_threshold,
         "scale_max": data.scale_max,
@@ -551,7 +565,7 @@ pub async fn series(
     let hex_list: Vec<String> = set.iter().map(|(h, _)| h.to_string()).collect();
     let body = json!({
         "release_id": m.release_id,
-        "unit": unit(m).replace("per hex", "summed over the hexes"),
+        "unit": unit_of(&state, m).replace("per hex", "summed over the hexes"),
         "hexes": hex_list,
         "ci95_method": "value: the sum of the hexes' unbiased estimates (not of the rounded, clamped values); ci95: 1.96 × sd of the summed noise (independent draws, normal approximation of their sum)",
         "bins": bins,
@@ -700,7 +714,7 @@ pub async fn map_png(
         let mut cis: Vec<f64> = r.clone().filter(|i| data.covered[*i]).map(|i| data.ci95[i]).collect();
         cis.sort_by(f64::total_cmp);
         let median_ci = cis.get(cis.len() / 2).copied().unwrap_or(0.0);
-        let unit = unit(m);
+        let unit = unit_of_dataset(&ds, m);
         let caption = vec![
             format!(
                 "{} – {} ({}) · bin {} of {} · H3 resolution {}",
@@ -772,7 +786,7 @@ pub async fn tilejson(
     let doc = json!({
         "tilejson": "3.0.0",
         "name": format!("{} {} res {} bin {}", m.spec.dataset, m.spec.metric, m.spec.res, b),
-        "description": format!("{} from {}; ρ = {} per day charged (ε = {} at δ = {:e})", unit(m), data.bins[b], render::human_number(m.rho, 4), render::human_number(m.epsilon, 3), m.delta),
+        "description": format!("{} from {}; ρ = {} per day charged (ε = {} at δ = {:e})", unit_of_dataset(ds, m), data.bins[b], render::human_number(m.rho, 4), render::human_number(m.epsilon, 3), m.delta),
         "attribution": "hexflow differentially private release",
         "tiles": [format!("{base}/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin={b}")],
         "minzoom": 8,

@@ -40,7 +40,7 @@ fn releases(
     let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
     // One release per window: when a changed policy or grid made a second
     // release of the same days, the newest is used, so no day counts twice.
-    let mut by_window: BTreeMap<(NaiveDate, NaiveDate, u8), ReleaseSummary> = BTreeMap::new();
+    let mut by_window: BTreeMap<(NaiveDate, NaiveDate, Option<u8>), ReleaseSummary> = BTreeMap::new();
     for r in index
         .iter()
         .filter(|r| r.dataset == dataset && r.audience == "public")
@@ -241,7 +241,7 @@ pub async fn seasonality(
         }
         Ok(json!({
             "zone": q.zone,
-            "unit": "devices per zone per day",
+            "unit": zone_day_unit(&ds),
             "daily": daily,
             "weekday_profile": weekday_json,
             "months_by_year": years,
@@ -283,10 +283,21 @@ pub async fn forecast(
             .rev()
             .map(|p| json!({"day": p.day, "value": p.value, "ci95": Z95 * p.noise_sd}))
             .collect();
-        Ok(json!({"zone": q.zone, "unit": "devices per zone per day", "recent": recent, "forecast": f, "source": provenance(&list)}))
+        Ok(json!({"zone": q.zone, "unit": zone_day_unit(&ds), "recent": recent, "forecast": f, "source": provenance(&list)}))
     })
     .await?;
     respond(&state, q_format, body, Chart::Forecast).await
+}
+
+/// The unit of a daily zone series: a sum of the day's operator bins.
+fn zone_day_unit(ds: &Dataset) -> String {
+    crate::release::value_unit(
+        &ds.releaser.policy.spec.unit_name,
+        ds.releaser.grid.spec.bin_len_s,
+        Metric::Footfall,
+        Unit::Zone,
+        Bin::Day,
+    )
 }
 
 /// The grid's public holidays (`holidays.csv`).
@@ -392,7 +403,7 @@ fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
         Chart::Seasonality => (
             format!("Zone {}: daily footfall", body["zone"].as_str().unwrap_or("")),
             vec![Line {
-                label: "devices per day".into(),
+                label: body["unit"].as_str().unwrap_or("per day").to_string(),
                 colour: OKABE_ITO[0],
                 points: body["daily"]
                     .as_array()
@@ -503,7 +514,7 @@ fn day_hours(
         (day, day),
     )?;
     let Some(r) = list.into_iter().find(|r| match area {
-        Area::Hexes(res, _) => r.res == *res,
+        Area::Hexes(res, _) => r.res == Some(*res),
         Area::Zone(_) => true,
     }) else {
         return Ok(None);
@@ -554,7 +565,7 @@ fn published_hourly_res(state: &AppState, ds: &Dataset) -> Result<Option<u8>, Pr
         Bin::Hour,
         all,
     )?;
-    Ok(list.iter().map(|r| r.res).max())
+    Ok(list.iter().filter_map(|r| r.res).max())
 }
 
 fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Result<Value, Problem> {
@@ -725,7 +736,7 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
         "hexes": match &area { Area::Hexes(_, h) => h.len(), Area::Zone(_) => 0 },
         "res": match &area { Area::Hexes(r, _) => Some(*r), Area::Zone(_) => None },
         "baseline_days": base.len(),
-        "unit": "devices summed over the area per hour",
+        "unit": format!("{} summed over the area per hour", ds.releaser.policy.spec.unit_name),
         "hours": hours,
         "day_total": {"value": total, "ci95": total_ci, "baseline": base_total, "baseline_ci95": base_ci,
                       "excess": total - base_total, "excess_ci95": (total_ci * total_ci + base_ci * base_ci).sqrt()},
