@@ -55,6 +55,42 @@ impl DatasetArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start a city: a grid folder and a complete, commented policy from a
+    /// cells CSV and an area GeoJSON (every input checked).
+    Init {
+        /// Dataset and grid name (lowercase letters, digits, '-', '_').
+        #[arg(long)]
+        name: String,
+        /// Cell catalogue: cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m.
+        #[arg(long)]
+        cells: PathBuf,
+        /// Study area: a GeoJSON Polygon or MultiPolygon (or a Feature/FeatureCollection of one).
+        #[arg(long)]
+        area: PathBuf,
+        /// Named zones (districts): FeatureCollection with zone_id and name.
+        #[arg(long)]
+        zones: Option<PathBuf>,
+        /// Explicit coverage polygons, property cell_id.
+        #[arg(long)]
+        coverage: Option<PathBuf>,
+        /// Public holidays: date,name.
+        #[arg(long)]
+        holidays: Option<PathBuf>,
+        /// IANA timezone of the local day (default: that of the cells' centroid).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Length of one operator bin (s).
+        #[arg(long = "bin-len", default_value_t = 3600)]
+        bin_len_s: u32,
+        /// What the operator counts (plural), used in every label.
+        #[arg(long = "unit-name", default_value = "devices")]
+        unit_name: String,
+        /// Folder that receives grids/NAME/ and privacy-budgets/NAME.toml.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write deterministic synthetic operator deliveries for a grid.
     Simulate {
         /// Grid folder (holds grid.toml, cells.csv, ...).
@@ -565,6 +601,83 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 name.trim()
             );
             out!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init {
+            name,
+            cells,
+            area,
+            zones,
+            coverage,
+            holidays,
+            timezone,
+            bin_len_s,
+            unit_name,
+            out,
+            json,
+        } => {
+            let report = crate::init::init(&crate::init::InitArgs {
+                name,
+                cells,
+                area,
+                zones,
+                coverage,
+                holidays,
+                timezone,
+                bin_len_s,
+                unit_name,
+                out,
+            })?;
+            if json {
+                print_json(&report)?;
+            } else {
+                out!(
+                    "wrote {} and {}
+  {} cells on {} sites ({} outside the area), {:.1} km², sites {:.0} m apart (dense part; median {:.0} m)
+  timezone {} ({})
+  resolutions {:?}; {} zones; {} holidays
+  publication plan: {}
+next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish and serve",
+                    report.grid_dir.display(),
+                    report.policy.display(),
+                    report.cells,
+                    report.sites,
+                    report.cells_outside_area,
+                    report.area_km2,
+                    report.site_spacing_p10_m,
+                    report.site_spacing_median_m,
+                    report.timezone,
+                    report.timezone_source,
+                    report.resolutions,
+                    report.zones,
+                    report.holidays,
+                    report
+                        .publication
+                        .iter()
+                        .map(|p| format!(
+                            "{} {} {}",
+                            p.metric,
+                            if p.unit == crate::release::Unit::Zone {
+                                "zones".to_string()
+                            } else {
+                                format!("res {}", p.res)
+                            },
+                            p.bin.as_str()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    report
+                        .policy
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    report
+                        .policy
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { grid, month, res, json } => {

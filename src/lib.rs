@@ -28,6 +28,7 @@ pub mod cli;
 pub mod evaluate;
 pub mod grid;
 pub mod ingest;
+pub mod init;
 pub mod policy;
 pub mod privacy;
 pub mod release;

@@ -1,0 +1,272 @@
+//! A second city unlike Marseille, from nothing to served views with the
+//! three documented commands (`init`, `ingest`, `publish`) and the router:
+//! southern hemisphere (Australia/Melbourne, daylight saving October–April),
+//! no landmarks, omnidirectional cells only, two zones, public holidays, a
+//! year of hourly pedestrian counts made here (no committed data).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{Datelike, NaiveDate, TimeZone, Timelike};
+use serde_json::Value;
+use tower::ServiceExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hexflow");
+const LAT0: f64 = -37.83;
+const LON0: f64 = 144.94;
+
+fn run(data: &Path, args: &[&str]) -> Output {
+    let o = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("HEXFLOW_FAILPOINT")
+        .output()
+        .expect("run hexflow");
+    assert!(
+        o.status.success(),
+        "hexflow {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The city's own files: 16 omnidirectional cells on a 4 × 4 grid of
+/// sites, a 29 km² area split into two zones, holidays.
+fn inputs(dir: &Path) {
+    let (dlat, dlon) = (0.05, 0.06);
+    let ring = |a: f64, b: f64| {
+        format!(
+            "[[[{a},{LAT0}],[{b},{LAT0}],[{b},{}],[{a},{}],[{a},{LAT0}]]]",
+            LAT0 + dlat,
+            LAT0 + dlat
+        )
+    };
+    fs::write(
+        dir.join("area.geojson"),
+        format!("{{\"type\":\"Polygon\",\"coordinates\":{}}}", ring(LON0, LON0 + dlon)),
+    )
+    .expect("write");
+    let mid = LON0 + dlon / 2.0;
+    let zone = |id: &str, name: &str, a: f64, b: f64| {
+        format!(
+            "{{\"type\":\"Feature\",\"properties\":{{\"zone_id\":\"{id}\",\"name\":\"{name}\"}},\"geometry\":{{\"type\":\"Polygon\",\"coordinates\":{}}}}}",
+            ring(a, b)
+        )
+    };
+    fs::write(
+        dir.join("zones.geojson"),
+        format!(
+            "{{\"type\":\"FeatureCollection\",\"features\":[{},{}]}}",
+            zone("W", "Westbank", LON0, mid),
+            zone("E", "Eastbank", mid, LON0 + dlon)
+        ),
+    )
+    .expect("write");
+    let mut cells = String::from("cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m\n");
+    for k in 0..16 {
+        let (i, j) = (k / 4, k % 4);
+        let _ = writeln!(
+            cells,
+            "P{k:02}-0,P{k:02},{:.5},{:.5},,,",
+            LAT0 + 0.006 + f64::from(i) * 0.0125,
+            LON0 + 0.0075 + f64::from(j) * 0.015
+        );
+    }
+    fs::write(dir.join("cells.csv"), cells).expect("write");
+    fs::write(
+        dir.join("holidays.csv"),
+        "date,name\n2025-01-01,New Year's Day\n2025-01-27,Australia Day\n2025-03-10,Labour Day\n2025-04-18,Good Friday\n2025-04-21,Easter Monday\n2025-04-25,Anzac Day\n2025-06-09,King's Birthday\n2025-11-04,Melbourne Cup\n2025-12-25,Christmas Day\n2025-12-26,Boxing Day\n",
+    )
+    .expect("write");
+}
+
+/// A year of hourly pedestrian counts per cell (a daily rhythm, busier
+/// weekdays, quiet holidays) and hourly flows on a few pairs, in local time
+/// with the offset of the day (AEDT +11:00 / AEST +10:00).
+fn deliveries(dir: &Path, holidays: &[NaiveDate]) -> (PathBuf, PathBuf) {
+    let tz: chrono_tz::Tz = "Australia/Melbourne".parse().expect("tz");
+    let start = tz.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).single().expect("start");
+    let end = tz.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("end");
+    let mut footfall = String::from("cell_id,bin_start,devices\n");
+    let mut flows = String::from("origin_cell_id,dest_cell_id,bin_start,trips\n");
+    let mut t = start;
+    while t < end {
+        let local = t.with_timezone(&tz);
+        let day = local.date_naive();
+        let quiet = holidays.contains(&day) || local.weekday().num_days_from_monday() >= 5;
+        let h = f64::from(local.hour());
+        let rhythm = (-((h - 13.0) / 4.5).powi(2)).exp();
+        let stamp = local.to_rfc3339();
+        for k in 0..16u32 {
+            let base = 40.0 + 25.0 * f64::from(k % 5);
+            let v = (base * (0.2 + rhythm) * if quiet { 0.5 } else { 1.0 }).round() as u32;
+            let _ = writeln!(footfall, "P{k:02}-0,{stamp},{v}");
+        }
+        for (o, d) in [(0, 3), (3, 0), (5, 10), (10, 5), (12, 15)] {
+            let v = (30.0 * rhythm * if quiet { 0.4 } else { 1.0 }).round() as u32;
+            let _ = writeln!(flows, "P{o:02}-0,P{d:02}-0,{stamp},{v}");
+        }
+        t += chrono::Duration::hours(1);
+    }
+    let (f, g) = (dir.join("footfall-2025.csv"), dir.join("flows-2025.csv"));
+    fs::write(&f, footfall).expect("write");
+    fs::write(&g, flows).expect("write");
+    (f, g)
+}
+
+async fn get(app: &Arc<hexflow::server::AppState>, uri: &str) -> (StatusCode, String) {
+    let resp = hexflow::server::router(app.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_southern_city_goes_from_its_own_files_to_served_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (inp, out, data) = (dir.path().join("in"), dir.path().join("city"), dir.path().join("data"));
+    fs::create_dir_all(&inp).expect("mkdir");
+    inputs(&inp);
+    let p = |n: &str| inp.join(n).display().to_string();
+    // 1. init: no --timezone, it comes from the cells.
+    let o = run(
+        &data,
+        &[
+            "init",
+            "--name",
+            "southbank",
+            "--cells",
+            &p("cells.csv"),
+            "--area",
+            &p("area.geojson"),
+            "--zones",
+            &p("zones.geojson"),
+            "--holidays",
+            &p("holidays.csv"),
+            "--unit-name",
+            "pedestrians",
+            "--out",
+            out.to_str().expect("utf8"),
+            "--json",
+        ],
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(report["timezone"], "Australia/Melbourne", "{report}");
+    assert!(report["timezone_source"].as_str().expect("source").contains("centroid"));
+    assert_eq!(report["zones"], 2);
+    assert_eq!(report["holidays"], 10);
+    assert!(!report["resolutions"].as_array().expect("res").is_empty());
+    let policies = out.join("privacy-budgets");
+    let pol = policies.to_str().expect("utf8");
+
+    // 2. ingest a year of hourly counts, 3. run the plan.
+    let holidays: Vec<NaiveDate> = hexflow::grid::catalogue::read_holidays(&inp.join("holidays.csv"))
+        .expect("holidays")
+        .into_keys()
+        .collect();
+    let (footfall, flows) = deliveries(dir.path(), &holidays);
+    let o = run(
+        &data,
+        &[
+            "--policies-dir",
+            pol,
+            "ingest",
+            "--dataset",
+            "southbank",
+            "--json",
+            footfall.to_str().expect("utf8"),
+            flows.to_str().expect("utf8"),
+        ],
+    );
+    let ingest: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(ingest["ingested"], 2, "{ingest}");
+    // Melbourne's local days: 365, DST days with 23 and 25 hours included.
+    assert_eq!(ingest["files"][0]["days"], 365, "{ingest}");
+    let o = run(
+        &data,
+        &["--policies-dir", pol, "publish", "--dataset", "southbank", "--json"],
+    );
+    let published: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        published["refused"].as_array().is_some_and(Vec::is_empty),
+        "{published}"
+    );
+    assert!(published["new"].as_u64().expect("new") >= 365 * 3, "{published}");
+
+    // 4. serve: every view answers, in pedestrians, with no Marseille in sight.
+    let policies = hexflow::server::load_policies(&policies, &data).expect("policies");
+    let app =
+        Arc::new(hexflow::server::AppState::new(policies, hexflow::server::ServeConfig::new(&data)).expect("state"));
+    let list: Value = serde_json::from_str(
+        &get(&app, "/api/v1/releases?metric=footfall&unit=hex&bin=1h&limit=1")
+            .await
+            .1,
+    )
+    .expect("json");
+    let hex_release = list["releases"][0]["release_id"].as_str().expect("id").to_string();
+    let mut answers = Vec::new();
+    for uri in [
+        "/api/v1/datasets".to_string(),
+        "/api/v1/views/seasonality?zone=W".into(),
+        "/api/v1/views/forecast?zone=E&days=14".into(),
+        "/api/v1/views/event?zone=W&date=2025-11-04&weeks=4".into(),
+        "/api/v1/views/flows".into(),
+        "/api/v1/views/flows?from=2025-03-03&to=2025-03-30&hours=7-10&weekdays=true".into(),
+        format!("/api/v1/releases/{hex_release}/values?bin=12"),
+        "/api/v1/releases?unit=zone&limit=3".into(),
+    ] {
+        let (status, body) = get(&app, &uri).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{uri}: {}",
+            body.chars().take(500).collect::<String>()
+        );
+        let head: String = body.chars().take(300).collect();
+        for marseille in ["\"13208\"", "marseille", "Marseille", "Vélodrome", "arrondissement"] {
+            assert!(!body.contains(marseille), "{uri} mentions {marseille:?}: {head}");
+        }
+        // Labels say what this city counts (the policy's field names aside).
+        if !uri.ends_with("/datasets") {
+            assert!(!body.contains("devices"), "{uri} says devices: {head}");
+        }
+        answers.push((uri, serde_json::from_str::<Value>(&body).expect("json")));
+    }
+    let unit = |i: usize| answers[i].1["unit"].as_str().unwrap_or_default().to_string();
+    assert_eq!(unit(1), "pedestrian-hours per zone per day");
+    assert!(unit(3).starts_with("pedestrians"), "{}", unit(3));
+    assert_eq!(unit(6), "pedestrians per hex per hour");
+    // The Melbourne Cup is a holiday the forecast and seasonality know of,
+    // and it stands out (half the crowd) against ordinary Tuesdays.
+    let event = &answers[3].1;
+    assert!(event["day_total"]["excess"].as_f64().expect("excess") < 0.0, "{event}");
+    let seasonality = &answers[1].1;
+    let cup = seasonality["standing_out"]
+        .as_array()
+        .expect("standing out")
+        .iter()
+        .find(|d| d["day"] == "2025-11-04")
+        .unwrap_or_else(|| panic!("the Melbourne Cup must stand out: {seasonality}"));
+    assert_eq!(cup["holiday"], true);
+    // Zone releases have no resolution.
+    assert!(
+        answers[7].1["releases"]
+            .as_array()
+            .expect("releases")
+            .iter()
+            .all(|r| r["res"].is_null() && r["unit"] == "zone")
+    );
+    // Flows: default window is the last 28 published days.
+    assert_eq!(answers[4].1["to"], "2025-12-31");
+    assert_eq!(answers[4].1["from"], "2025-12-04");
+}
