@@ -708,14 +708,14 @@ fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptio
     for file in files {
         match ingestor.ingest(file, opts) {
             Ok(r) => {
-                if r.status == "already_ingested" {
+                if r.status == crate::ingest::FileStatus::AlreadyIngested {
                     again += 1;
                 } else {
                     ok += 1;
                 }
                 if !json {
                     match r.status {
-                        "already_ingested" => {
+                        crate::ingest::FileStatus::AlreadyIngested => {
                             out!("{}: already ingested (same content), nothing to do", file.display())
                         }
                         _ => out!(

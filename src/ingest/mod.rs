@@ -82,13 +82,22 @@ pub struct IngestOptions {
     pub correction: bool,
 }
 
+/// What an ingest did with a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Its rows are in the store now.
+    Ingested,
+    /// The same bytes were ingested before: nothing to do.
+    AlreadyIngested,
+}
+
 /// What happened to one file (the `--json` summary has one per file).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
     pub file: PathBuf,
     pub sha256: String,
-    /// `ingested`, `already_ingested` or `rejected`.
-    pub status: &'static str,
+    pub status: FileStatus,
     pub metric: Option<Metric>,
     pub rows: usize,
     pub rows_rejected: usize,
@@ -135,7 +144,7 @@ impl Ingestor {
         let mut report = FileReport {
             file: path.to_path_buf(),
             sha256: sha256.clone(),
-            status: "ingested",
+            status: FileStatus::Ingested,
             metric: None,
             rows: 0,
             rows_rejected: 0,
@@ -334,7 +343,7 @@ impl Ingestor {
 }
 
 fn already(mut report: FileReport, d: &Delivery, started: Instant) -> FileReport {
-    report.status = "already_ingested";
+    report.status = FileStatus::AlreadyIngested;
     report.metric = Some(d.metric);
     report.rows = d.rows;
     report.first_day = Some(d.first_day);

@@ -234,7 +234,7 @@ impl Ledger {
             .optional()
             .map_err(err)?;
         if let Some((state, units)) = existing {
-            return Ok(Charge::Existing(parse_state(&state), units as f64 / NANO));
+            return Ok(Charge::Existing(parse_state(&state).map_err(err)?, units as f64 / NANO));
         }
         let need = to_units_up(req.rho);
         let audience_cap = to_units_down(req.audience_cap_rho);
@@ -300,7 +300,7 @@ impl Ledger {
             })
             .optional()
             .map_err(self.err())?;
-        Ok(state.as_deref().map(parse_state))
+        state.as_deref().map(parse_state).transpose().map_err(self.err())
     }
 
     /// Marks a charged release as published (its values are stored).
@@ -356,7 +356,7 @@ impl Ledger {
                     dataset: r.get(1)?,
                     audience: r.get(2)?,
                     rho: r.get::<_, i64>(3)? as f64 / NANO,
-                    state: parse_state(&state),
+                    state: parse_state(&state)?,
                     charged_at: r.get(5)?,
                     spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::Null),
                     days: r.get(7)?,
@@ -443,11 +443,7 @@ impl Ledger {
                     let role: String = r.get(1)?;
                     Ok(TokenRow {
                         name: r.get(0)?,
-                        role: match role.as_str() {
-                            "admin" => Role::Admin,
-                            "tourism" => Role::Tourism,
-                            _ => Role::Planner,
-                        },
+                        role: parse_role(&role)?,
                         created_at: r.get(2)?,
                     })
                 },
@@ -457,12 +453,32 @@ impl Ledger {
     }
 }
 
-fn parse_state(s: &str) -> ReleaseState {
-    if s == "published" {
-        ReleaseState::Published
-    } else {
-        ReleaseState::Charged
+/// A stored state; anything else is a damaged or foreign ledger, an error
+/// rather than a silent default (a wrong state could redraw a release).
+fn parse_state(s: &str) -> rusqlite::Result<ReleaseState> {
+    match s {
+        "published" => Ok(ReleaseState::Published),
+        "charged" => Ok(ReleaseState::Charged),
+        other => Err(unknown_value("release state", other)),
     }
+}
+
+/// A stored role; anything else is an error, never a planner by default.
+fn parse_role(s: &str) -> rusqlite::Result<Role> {
+    match s {
+        "admin" => Ok(Role::Admin),
+        "tourism" => Ok(Role::Tourism),
+        "planner" => Ok(Role::Planner),
+        other => Err(unknown_value("token role", other)),
+    }
+}
+
+fn unknown_value(what: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("unknown {what} {value:?} (a damaged ledger, or one written by a newer hexflow)").into(),
+    )
 }
 
 #[cfg(test)]

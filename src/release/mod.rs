@@ -167,11 +167,31 @@ pub struct Manifest {
 }
 
 /// What `release` returns.
+/// What a release request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Charged and drawn now.
+    New,
+    /// Asked before: the stored release, at no cost.
+    Stored,
+    /// A retry after a crash: charged before, drawn now, no new charge.
+    Finished,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::New => "new",
+            Status::Stored => "stored",
+            Status::Finished => "finished",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    /// `new`, `stored` (asked before: no cost) or `finished` (a retry after a
-    /// crash: charged before, no new charge).
-    pub status: &'static str,
+    pub status: Status,
     pub dir: PathBuf,
     pub manifest: Manifest,
 }
@@ -207,6 +227,25 @@ pub struct Weights {
     pub rows: HashMap<u32, Vec<crate::grid::weights::WeightEntry>>,
     /// The H3 cells of the keys (empty for zones).
     pub hexes: Vec<h3o::CellIndex>,
+}
+
+/// The placement with the smaller expected total squared error, from
+/// public parameters only: `bins` output bins, `covered_keys` keys that
+/// some cell reaches, `sum_w2` = Σ W_ch² over the weight matrix, and the
+/// noise sd each placement's calibration gives. Cell noise reaches a hex
+/// through its weights (Σ_h W_ch² per cell), hex noise is one draw per
+/// covered key; a tie goes to cell placement (exact integer noise).
+pub fn choose_placement(
+    bins: usize,
+    covered_keys: usize,
+    sum_w2: f64,
+    cell_sd: f64,
+    hex_sd: f64,
+) -> (Placement, ExpectedError) {
+    let cell = bins as f64 * cell_sd * cell_sd * sum_w2;
+    let hex = bins as f64 * hex_sd * hex_sd * covered_keys as f64;
+    let placement = if cell <= hex { Placement::Cell } else { Placement::Hex };
+    (placement, ExpectedError { cell: Some(cell), hex })
 }
 
 /// The output bins of a release window and the instant the window ends.
@@ -405,7 +444,7 @@ impl Releaser {
                 Ok(())
             })?;
             return Ok(Outcome {
-                status: "stored",
+                status: Status::Stored,
                 dir,
                 manifest,
             });
@@ -456,16 +495,17 @@ impl Releaser {
                 let s_hex = sensitivity::footfall(&bounds, per_bin, Placement::Hex, w2_max);
                 let cell = mechanism::calibrate(spec.budget, &s_cell)?;
                 let hex = mechanism::calibrate(spec.budget, &s_hex)?;
-                let cell_err = bins.len() as f64 * cell.noise_sd().powi(2) * sum_w2;
-                let hex_err = bins.len() as f64 * hex.noise_sd().powi(2) * n_keys as f64;
-                let e = ExpectedError {
-                    cell: Some(cell_err),
-                    hex: hex_err,
-                };
-                if cell_err <= hex_err {
-                    (Placement::Cell, cell, s_cell, e)
-                } else {
-                    (Placement::Hex, hex, s_hex, e)
+                // Keys no cell reaches get no noise in either placement.
+                let covered = weights
+                    .entries
+                    .iter()
+                    .map(|e| e.hex)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                let (p, e) = choose_placement(bins.len(), covered, sum_w2, cell.noise_sd(), hex.noise_sd());
+                match p {
+                    Placement::Cell => (Placement::Cell, cell, s_cell, e),
+                    Placement::Hex => (Placement::Hex, hex, s_hex, e),
                 }
             }
             Metric::Flows => {
@@ -495,7 +535,7 @@ impl Releaser {
             })
         })?;
         let status = match charge {
-            Charge::New => "new",
+            Charge::New => Status::New,
             Charge::Existing(ReleaseState::Published, _) => {
                 return Err(ReleaseError::PublishedButMissing { id, dir });
             }
@@ -507,7 +547,7 @@ impl Releaser {
                         needed: calibrated.rho,
                     });
                 }
-                "finished"
+                Status::Finished
             }
         };
 
@@ -1020,4 +1060,26 @@ where
         out.extend(c?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    #[test]
+    fn the_placement_with_less_total_error_wins() {
+        // Fine hexes, one cell each spread over 7 hexes: Σ W² = cells / 7,
+        // far below the number of hexes; cell noise wins even at a larger sd.
+        let (p, e) = choose_placement(24, 700, 100.0 / 7.0, 3.0, 2.0);
+        assert_eq!(p, Placement::Cell);
+        assert!((e.cell.expect("cell") - 24.0 * 9.0 * 100.0 / 7.0).abs() < 1e-9);
+        assert!((e.hex - 24.0 * 4.0 * 700.0).abs() < 1e-9);
+        // Coarse hexes, many cells each: few keys, Σ W² close to the cells.
+        let (p, _) = choose_placement(24, 3, 400.0, 3.0, 6.0);
+        assert_eq!(p, Placement::Hex);
+        // A tie keeps the exact integer noise on cells.
+        assert_eq!(choose_placement(1, 4, 4.0, 1.0, 1.0).0, Placement::Cell);
+        // Uncovered keys do not count: no noise is drawn for them.
+        assert_eq!(choose_placement(1, 0, 1.0, 1.0, 1.0).0, Placement::Hex);
+    }
 }

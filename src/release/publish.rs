@@ -76,7 +76,7 @@ pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, Re
                 budget: Budget::Rho(plan.rho),
             };
             match releaser.release(&spec, today) {
-                Ok(o) if o.status == "stored" => report.stored += 1,
+                Ok(o) if o.status == super::Status::Stored => report.stored += 1,
                 Ok(o) => {
                     report.new += 1;
                     report.rho_spent += o.manifest.rho;

@@ -152,12 +152,12 @@ pub async fn query(
         let r = &ds.releaser;
         let today = r.today();
         let o = r.release_at_most(&spec, today, MAX_QUERY_VALUES).map_err(release_problem)?;
-        tracing::info!(token = %token.name, release = %o.manifest.release_id, status = o.status, audience = %spec.audience, "query");
+        tracing::info!(token = %token.name, release = %o.manifest.release_id, status = %o.status, audience = %spec.audience, "query");
         Ok(o)
     })
     .await?;
     st.refresh_index();
-    let status = if outcome.status == "stored" {
+    let status = if outcome.status == crate::release::Status::Stored {
         StatusCode::OK
     } else {
         StatusCode::CREATED
@@ -166,7 +166,7 @@ pub async fn query(
     let body = json!({
         "status": outcome.status,
         "release_id": id,
-        "rho_charged": if outcome.status == "new" { outcome.manifest.rho } else { 0.0 },
+        "rho_charged": if outcome.status == crate::release::Status::New { outcome.manifest.rho } else { 0.0 },
         "manifest": outcome.manifest,
         "links": {
             "manifest": format!("/api/v1/releases/{id}"),
@@ -266,7 +266,7 @@ pub async fn ingest(
         Ok(r)
     })
     .await?;
-    let status = if report.status == "ingested" {
+    let status = if report.status == crate::ingest::FileStatus::Ingested {
         StatusCode::CREATED
     } else {
         StatusCode::OK
