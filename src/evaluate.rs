@@ -178,7 +178,9 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
         let index = state.index.read().map_err(|e| anyhow::anyhow!("{e}"))?;
         index
             .iter()
-            .filter(|r| r.audience == "public" && r.metric == Metric::Footfall && r.unit == Unit::Hex)
+            .filter(|r| {
+                r.audience == crate::vocab::audience::PUBLIC && r.metric == Metric::Footfall && r.unit == Unit::Hex
+            })
             .filter(|r| r.res == Some(8) && r.bin == crate::privacy::Bin::Hour)
             .map(|r| (r.from, r.rho))
             .collect()

@@ -39,6 +39,7 @@ pub mod store;
 pub mod table;
 pub mod util;
 pub mod views;
+pub mod vocab;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

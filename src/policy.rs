@@ -36,13 +36,7 @@ pub struct IngestLimits {
     pub earliest_day: NaiveDate,
 }
 
-/// The privacy unit: what neighbouring datasets differ by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub enum PrivacyUnit {
-    /// One device over one local calendar day of the grid.
-    #[serde(rename = "device-day")]
-    DeviceDay,
-}
+pub use crate::vocab::PrivacyUnit;
 
 /// `[privacy]`: the unit, the operator-attested bounds and the dataset cap.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,7 +86,7 @@ pub struct StandingRelease {
     pub metric: crate::store::Metric,
     /// Hexes (default) or the grid's named zones (then `res = 0`).
     #[serde(default)]
-    pub unit: crate::release::Unit,
+    pub unit: crate::vocab::Unit,
     #[serde(default)]
     pub res: u8,
     pub bin: crate::privacy::Bin,
@@ -180,7 +174,7 @@ impl Policy {
                 "privacy bounds (max_cells_per_bin, max_bins_per_day, max_trips_per_day) must be ≥ 1".into(),
             ));
         }
-        for required in ["public", "planners", "tourism"] {
+        for required in crate::vocab::audience::REQUIRED {
             if !spec.audiences.contains_key(required) {
                 return Err(invalid(format!("missing [audiences.{required}]")));
             }
@@ -210,10 +204,11 @@ impl Policy {
             }
         }
         let planned: f64 = spec.publication.iter().map(|r| r.rho).sum();
-        if planned > spec.audiences["public"].rho_per_day {
+        let public = &spec.audiences[crate::vocab::audience::PUBLIC];
+        if planned > public.rho_per_day {
             return Err(invalid(format!(
                 "the publication plan spends {planned} ρ per day, more than audiences.public.rho_per_day = {}",
-                spec.audiences["public"].rho_per_day
+                public.rho_per_day
             )));
         }
         let base = path.parent().unwrap_or(Path::new("."));

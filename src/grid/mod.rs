@@ -92,9 +92,10 @@ pub struct GridSpec {
     /// Parameters of `hexflow grid generate` (synthetic grids only).
     #[serde(default)]
     pub generator: Option<generate::GeneratorSpec>,
-    /// Parameters of `hexflow simulate`.
+    /// Parameters of `hexflow simulate`, read by the simulation itself
+    /// (kept raw here: the grid does not depend on the simulator).
     #[serde(default)]
-    pub simulation: Option<crate::simulate::SimulationSpec>,
+    pub simulation: Option<toml::Table>,
 }
 
 /// `[min lon, min lat, max lon, max lat]` of an area (degrees).
@@ -175,8 +176,19 @@ impl Grid {
         let holidays = if holidays_path.exists() {
             catalogue::read_holidays(&holidays_path)?
         } else if calendar_path.exists() {
-            crate::simulate::calendar::CalendarFile::load(&calendar_path)?
-                .public_holidays
+            /// The one part of the simulation's calendar that is a fact
+            /// about the city.
+            #[derive(Deserialize)]
+            struct Calendar {
+                #[serde(default)]
+                public_holidays: Vec<chrono::NaiveDate>,
+            }
+            let text = std::fs::read_to_string(&calendar_path).map_err(|e| GridError::io(&calendar_path, e))?;
+            let c: Calendar = toml::from_str(&text).map_err(|e| GridError::Spec {
+                path: calendar_path.clone(),
+                reason: e.to_string(),
+            })?;
+            c.public_holidays
                 .into_iter()
                 .map(|d| (d, "public holiday".to_string()))
                 .collect()

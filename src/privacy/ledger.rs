@@ -10,6 +10,7 @@
 //! (the charge stays) and a retry of the same release id finishes it without
 //! a second charge.
 
+use crate::vocab::audience;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -384,8 +385,8 @@ impl Role {
     /// for the planners).
     pub fn audience(self) -> &'static str {
         match self {
-            Role::Planner | Role::Admin => "planners",
-            Role::Tourism => "tourism",
+            Role::Planner | Role::Admin => audience::PLANNERS,
+            Role::Tourism => audience::TOURISM,
         }
     }
 

@@ -258,7 +258,7 @@ pub struct Window {
 
 /// The output bins of the local days `from..=to`.
 pub fn window(grid: &Grid, bin: Bin, from: NaiveDate, to: NaiveDate) -> Window {
-    let midnight = |d: NaiveDate| crate::simulate::local_midnight(grid.tz, d);
+    let midnight = |d: NaiveDate| crate::vocab::local_midnight(grid.tz, d);
     let end = midnight(to.succ_opt().unwrap_or(to));
     let days = from.iter_days().take_while(|d| *d <= to);
     let bins = match bin {

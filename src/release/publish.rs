@@ -66,7 +66,7 @@ pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, Re
             progress.inc(1);
             let spec = ReleaseSpec {
                 dataset: releaser.policy.dataset().to_string(),
-                audience: "public".into(),
+                audience: crate::vocab::audience::PUBLIC.into(),
                 metric: plan.metric,
                 unit: plan.unit,
                 res: plan.res,

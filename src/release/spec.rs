@@ -34,22 +34,7 @@ pub struct ReleaseSpec {
     pub budget: Budget,
 }
 
-/// What a release's values are keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Unit {
-    /// H3 cells of the spec's resolution.
-    #[default]
-    Hex,
-    /// The grid's named zones (`zones.geojson`, e.g. arrondissements).
-    Zone,
-}
-
-impl Unit {
-    pub fn is_hex(&self) -> bool {
-        *self == Unit::Hex
-    }
-}
+pub use crate::vocab::Unit;
 
 /// Why a release is refused before any data is touched.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -4,6 +4,7 @@
 //! Tokens are bearer tokens created by `hexflow token create`; only their
 //! SHA-256 is stored, in the ledger database.
 
+use crate::vocab::audience;
 use std::sync::Arc;
 
 use axum::Json;
@@ -81,9 +82,9 @@ async fn require(state: &AppState, headers: &HeaderMap, role: Role) -> Result<To
 /// audience (planners, tourism) or an admin token.
 pub async fn may_read(state: &AppState, headers: &HeaderMap, audience: &str) -> Result<(), Problem> {
     match audience {
-        "public" => Ok(()),
-        "planners" => require(state, headers, Role::Planner).await.map(|_| ()),
-        "tourism" => require(state, headers, Role::Tourism).await.map(|_| ()),
+        audience::PUBLIC => Ok(()),
+        audience::PLANNERS => require(state, headers, Role::Planner).await.map(|_| ()),
+        audience::TOURISM => require(state, headers, Role::Tourism).await.map(|_| ()),
         _ => require(state, headers, Role::Admin).await.map(|_| ()),
     }
 }

@@ -1,6 +1,7 @@
 //! Public read-only routes: datasets, releases, values, series, maps,
 //! tiles and the ledger.
 
+use crate::vocab::audience;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -125,7 +126,7 @@ pub async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
-    let audience = q.audience.clone().unwrap_or_else(|| "public".into());
+    let audience = q.audience.clone().unwrap_or_else(|| audience::PUBLIC.into());
     super::admin::may_read(&state, &headers, &audience).await?;
     if let Some(d) = &q.dataset {
         state.dataset(d)?;
@@ -207,7 +208,7 @@ pub async fn manifest(
 
 /// Whether a release may sit in shared caches.
 fn is_public(data: &ReleaseData) -> bool {
-    data.manifest.spec.audience == "public"
+    data.manifest.spec.audience == audience::PUBLIC
 }
 
 /// `?bin=` checked against the release.

@@ -9,6 +9,7 @@
 //! * flows: origin–destination between zones over a period and hour band;
 //! * forecast: a zone's next days with prediction intervals and a backtest.
 
+use crate::vocab::audience;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -43,7 +44,7 @@ fn releases(
     let mut by_window: BTreeMap<(NaiveDate, NaiveDate, Option<u8>), ReleaseSummary> = BTreeMap::new();
     for r in index
         .iter()
-        .filter(|r| r.dataset == dataset && r.audience == "public")
+        .filter(|r| r.dataset == dataset && r.audience == audience::PUBLIC)
         .filter(|r| r.metric == metric && r.unit == unit && r.bin == bin)
         .filter(|r| r.from >= range.0 && r.to <= range.1)
     {
@@ -112,7 +113,7 @@ fn missing_for(ds: &Dataset, what: &str, (metric, unit, bins): (Metric, Unit, &[
             .policy
             .spec
             .audiences
-            .get("public")
+            .get(audience::PUBLIC)
             .map_or(0, |a| a.min_delay_days);
         missing(
             what,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone as _, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use polars::prelude::*;
 use rand::{SeedableRng, rngs::Xoshiro256PlusPlus};
 use rand_distr::{Distribution, Poisson};
@@ -134,11 +134,17 @@ pub fn simulate(
     if from > to {
         return Err(SimulateError::EmptyWindow { from, to });
     }
-    let spec = grid.spec.simulation.clone().unwrap_or(SimulationSpec {
-        devices: 100 * grid.cells.len() as u32,
-        tourists_peak: 0,
-        calendar: None,
-    });
+    let spec = match &grid.spec.simulation {
+        Some(t) => SimulationSpec::deserialize(toml::Value::Table(t.clone())).map_err(|e| GridError::Spec {
+            path: grid.dir.join("grid.toml"),
+            reason: format!("[simulation]: {e}"),
+        })?,
+        None => SimulationSpec {
+            devices: 100 * grid.cells.len() as u32,
+            tourists_peak: 0,
+            calendar: None,
+        },
+    };
     let cal = match &spec.calendar {
         Some(p) => CalendarFile::load(&grid.dir.join(p))?,
         None => CalendarFile::default(),
@@ -427,18 +433,7 @@ impl DayContext<'_> {
     }
 }
 
-/// The instant a local day starts (the first valid local time of the day,
-/// which is midnight everywhere DST changes at night).
-pub fn local_midnight(tz: chrono_tz::Tz, day: NaiveDate) -> DateTime<Utc> {
-    let mut naive = day.and_hms_opt(0, 0, 0).unwrap_or_default();
-    for _ in 0..4 {
-        if let Some(t) = tz.from_local_datetime(&naive).earliest() {
-            return t.with_timezone(&Utc);
-        }
-        naive += chrono::Duration::hours(1);
-    }
-    Utc.from_utc_datetime(&naive)
-}
+pub use crate::vocab::local_midnight;
 
 impl MonthBuffer {
     fn write(&self, grid: &Grid, out: &Path, format: Format) -> Result<Vec<SimFile>, SimulateError> {

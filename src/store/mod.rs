@@ -36,53 +36,7 @@ use crate::{table, util};
 /// Store schema version written in `catalog.json`.
 pub const CATALOG_VERSION: u32 = 1;
 
-/// What a table of counts measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// `cell_id, bin_start, devices`
-    Footfall,
-    /// `origin_cell_id, dest_cell_id, bin_start, trips`
-    Flows,
-}
-
-impl Metric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Footfall => "footfall",
-            Metric::Flows => "flows",
-        }
-    }
-
-    /// Key columns of the store schema, `bin_start` last.
-    pub fn key_columns(self) -> &'static [&'static str] {
-        match self {
-            Metric::Footfall => &["cell_id", "bin_start"],
-            Metric::Flows => &["origin_cell_id", "dest_cell_id", "bin_start"],
-        }
-    }
-
-    /// The count column.
-    pub fn value_column(self) -> &'static str {
-        match self {
-            Metric::Footfall => "devices",
-            Metric::Flows => "trips",
-        }
-    }
-
-    /// Every column of the operator format and of the store, in order.
-    pub fn columns(self) -> Vec<&'static str> {
-        let mut c = self.key_columns().to_vec();
-        c.push(self.value_column());
-        c
-    }
-}
-
-impl std::fmt::Display for Metric {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::vocab::Metric;
 
 /// Errors of the count store.
 #[derive(Debug, thiserror::Error)]
