@@ -467,3 +467,278 @@ mod tests {
         assert!((h.value - 50.0).abs() < 1e-6, "{h:?}");
     }
 }
+
+// ------------------------------------------------------------ typed answers
+//
+// Each view is a pure function of published series that returns a
+// serialisable struct: the HTTP handlers parse, gather the series, call and
+// answer `Json`; the charts draw the same structs, so a renamed field is a
+// compile error, not a chart of zeros.
+
+/// Where a view's numbers come from, and that it cost nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Source {
+    pub releases: usize,
+    pub first_release: Option<String>,
+    pub last_release: Option<String>,
+    pub rho_per_day_of_source: f64,
+    pub epsilon_per_day_of_source: Option<f64>,
+    pub cost_of_this_view: f64,
+    pub note: &'static str,
+    pub values_used: &'static str,
+}
+
+impl Source {
+    /// From the releases used, oldest first: (id, ρ per day, ε per day).
+    pub fn of(used: &[(String, f64, f64)]) -> Self {
+        Self {
+            releases: used.len(),
+            first_release: used.first().map(|r| r.0.clone()),
+            last_release: used.last().map(|r| r.0.clone()),
+            rho_per_day_of_source: used.first().map_or(0.0, |r| r.1),
+            epsilon_per_day_of_source: used.first().map(|r| r.2),
+            cost_of_this_view: 0.0,
+            note: "computed from published releases (post-processing): this view spent no privacy budget",
+            values_used: "each release value's unbiased estimate (the `estimate` column), not the rounded value clamped at 0, so that sums and means are unbiased",
+        }
+    }
+}
+
+/// A day's value and its 95 % bar.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DayValue {
+    pub day: NaiveDate,
+    pub value: f64,
+    pub ci95: f64,
+}
+
+impl From<&Point> for DayValue {
+    fn from(p: &Point) -> Self {
+        Self {
+            day: p.day,
+            value: p.value,
+            ci95: Z95 * p.noise_sd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeekdayMean {
+    pub weekday: &'static str,
+    pub mean: Option<f64>,
+    pub ci95: Option<f64>,
+    pub days: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MonthMean {
+    pub month: u32,
+    pub mean: f64,
+    pub ci95: f64,
+    pub days: usize,
+}
+
+/// `GET /views/seasonality`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeasonalityView {
+    pub zone: String,
+    pub unit: String,
+    pub daily: Vec<DayValue>,
+    pub weekday_profile: Vec<WeekdayMean>,
+    /// Year → its months, side by side for year-over-year reading.
+    pub months_by_year: BTreeMap<i32, Vec<MonthMean>>,
+    pub baseline: String,
+    pub standing_out: Vec<Excess>,
+    pub source: Source,
+}
+
+/// A zone's daily series, its profiles and the days standing out.
+pub fn seasonality(
+    zone: &str,
+    unit: String,
+    points: &[Point],
+    weeks: i64,
+    holidays: &HashSet<NaiveDate>,
+    source: Source,
+) -> SeasonalityView {
+    let names = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let weekday_profile = names
+        .iter()
+        .zip(weekday_profile(points))
+        .map(|(d, m)| WeekdayMean {
+            weekday: d,
+            mean: m.map(|m| m.mean),
+            ci95: m.map(|m| m.ci95),
+            days: m.map(|m| m.n),
+        })
+        .collect();
+    let mut months_by_year: BTreeMap<i32, Vec<MonthMean>> = BTreeMap::new();
+    for ((y, m), v) in month_profile(points) {
+        months_by_year.entry(y).or_default().push(MonthMean {
+            month: m,
+            mean: v.mean,
+            ci95: v.ci95,
+            days: v.n,
+        });
+    }
+    SeasonalityView {
+        zone: zone.to_string(),
+        unit,
+        daily: points.iter().map(DayValue::from).collect(),
+        weekday_profile,
+        months_by_year,
+        baseline: format!("mean of the same weekday {weeks} weeks before and after, public holidays left out"),
+        standing_out: excesses(points, weeks, holidays)
+            .into_iter()
+            .filter(|e| e.stands_out)
+            .collect(),
+        source,
+    }
+}
+
+/// `GET /views/forecast`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForecastView {
+    pub zone: String,
+    pub unit: String,
+    /// The last 8 weeks published.
+    pub recent: Vec<DayValue>,
+    pub forecast: Forecast,
+    pub source: Source,
+}
+
+/// The next `horizon` days of a zone; `None` with too little history.
+pub fn forecast_view(
+    zone: &str,
+    unit: String,
+    points: &[Point],
+    holidays: &HashSet<NaiveDate>,
+    horizon: usize,
+    source: Source,
+) -> Option<ForecastView> {
+    let forecast = forecast(points, holidays, horizon)?;
+    let skip = points.len().saturating_sub(56);
+    Some(ForecastView {
+        zone: zone.to_string(),
+        unit,
+        recent: points[skip..].iter().map(DayValue::from).collect(),
+        forecast,
+        source,
+    })
+}
+
+/// (local hour, value, 95 % bar) of each hourly bin of a day.
+pub type Hours = Vec<(u32, f64, f64)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EventHour {
+    pub hour: u32,
+    pub value: f64,
+    pub ci95: f64,
+    pub baseline: f64,
+    pub baseline_ci95: f64,
+    pub excess: f64,
+    pub excess_ci95: f64,
+    pub stands_out: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EventTotal {
+    pub value: f64,
+    pub ci95: f64,
+    pub baseline: f64,
+    pub baseline_ci95: f64,
+    pub excess: f64,
+    pub excess_ci95: f64,
+}
+
+/// `GET /views/event`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventView {
+    pub date: NaiveDate,
+    pub weekday: String,
+    /// Hexes summed (0 for a zone release).
+    pub hexes: usize,
+    /// Their resolution (none for a zone release).
+    pub res: Option<u8>,
+    pub baseline_days: usize,
+    pub unit: String,
+    pub hours: Vec<EventHour>,
+    pub day_total: EventTotal,
+    pub source: Source,
+}
+
+/// A day's hours against the same hours of earlier same weekdays. Days
+/// with a clock change have 23 or 25 hourly bins: hours are matched by
+/// local hour, a repeated hour (autumn) is left out, and totals cover the
+/// matched hours only, so the change never shows as an excess.
+pub fn event(
+    date: NaiveDate,
+    (hexes, res): (usize, Option<u8>),
+    unit: String,
+    day: Hours,
+    base: Vec<Hours>,
+    source: Source,
+) -> EventView {
+    let mut seen = HashSet::new();
+    let day: Hours = day.into_iter().filter(|(h, _, _)| seen.insert(*h)).collect();
+    let base: Vec<Hours> = base
+        .into_iter()
+        .map(|b| {
+            let mut seen = HashSet::new();
+            b.into_iter()
+                .filter(|(h, _, _)| seen.insert(*h) && day.iter().any(|d| d.0 == *h))
+                .collect()
+        })
+        .collect();
+    let day: Hours = day
+        .into_iter()
+        .filter(|(h, _, _)| base.iter().all(|b| b.iter().any(|x| x.0 == *h)))
+        .collect();
+    let n = base.len().max(1) as f64;
+    let hours = day
+        .iter()
+        .map(|(hour, v, ci)| {
+            let same: Vec<(f64, f64)> = base
+                .iter()
+                .filter_map(|b| b.iter().find(|x| x.0 == *hour).map(|x| (x.1, x.2)))
+                .collect();
+            let k = same.len().max(1) as f64;
+            let m = same.iter().map(|x| x.0).sum::<f64>() / k;
+            let m_ci = same.iter().map(|x| x.1 * x.1).sum::<f64>().sqrt() / k;
+            let ex_ci = (ci * ci + m_ci * m_ci).sqrt();
+            EventHour {
+                hour: *hour,
+                value: *v,
+                ci95: *ci,
+                baseline: m,
+                baseline_ci95: m_ci,
+                excess: v - m,
+                excess_ci95: ex_ci,
+                stands_out: (v - m).abs() > ex_ci,
+            }
+        })
+        .collect();
+    let total: f64 = day.iter().map(|x| x.1).sum();
+    let total_ci = day.iter().map(|x| x.2 * x.2).sum::<f64>().sqrt();
+    let base_total: f64 = base.iter().map(|b| b.iter().map(|x| x.1).sum::<f64>()).sum::<f64>() / n;
+    let base_ci = base.iter().flatten().map(|x| x.2 * x.2).sum::<f64>().sqrt() / n;
+    EventView {
+        date,
+        weekday: date.weekday().to_string(),
+        hexes,
+        res,
+        baseline_days: base.len(),
+        unit,
+        hours,
+        day_total: EventTotal {
+            value: total,
+            ci95: total_ci,
+            baseline: base_total,
+            baseline_ci95: base_ci,
+            excess: total - base_total,
+            excess_ci95: (total_ci * total_ci + base_ci * base_ci).sqrt(),
+        },
+        source,
+    }
+}

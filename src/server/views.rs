@@ -27,7 +27,7 @@ use super::{AppState, Dataset, Problem, blocking, no_cache};
 use crate::privacy::Bin;
 use crate::release::Unit;
 use crate::store::Metric;
-use crate::views::{self, Point, Z95};
+use crate::views::{self, Hours, Point, Z95};
 
 /// The public releases of a kind, oldest first, within `[from, to]`.
 fn releases(
@@ -72,18 +72,9 @@ fn load_all(state: &AppState, list: &[ReleaseSummary]) -> Result<Vec<Arc<Release
 
 /// What a view was computed from: ids, ρ per day, and the statement that
 /// computing it cost nothing more.
-fn provenance(list: &[ReleaseSummary]) -> Value {
-    let rho: f64 = list.first().map(|r| r.rho).unwrap_or(0.0);
-    json!({
-        "releases": list.len(),
-        "first_release": list.first().map(|r| &r.release_id),
-        "last_release": list.last().map(|r| &r.release_id),
-        "rho_per_day_of_source": rho,
-        "epsilon_per_day_of_source": list.first().map(|r| r.epsilon),
-        "cost_of_this_view": 0.0,
-        "note": "computed from published releases (post-processing): this view spent no privacy budget",
-        "values_used": "each release value's unbiased estimate (the `estimate` column), not the rounded value clamped at 0, so that sums and means are unbiased",
-    })
+fn provenance(list: &[ReleaseSummary]) -> views::Source {
+    let used: Vec<(String, f64, f64)> = list.iter().map(|r| (r.release_id.clone(), r.rho, r.epsilon)).collect();
+    views::Source::of(&used)
 }
 
 fn missing(what: &str, hint: &str) -> Problem {
@@ -219,40 +210,17 @@ pub async fn seasonality(
     let st = state.clone();
     let body = blocking(move || {
         let (points, list) = zone_series(&st, &ds, &q.zone)?;
-        let weekday = views::weekday_profile(&points);
-        let months = views::month_profile(&points);
-        let ex = views::excesses(&points, weeks, &holidays(&ds));
-        let standing_out: Vec<&views::Excess> = ex.iter().filter(|e| e.stands_out).collect();
-        let daily: Vec<Value> = points
-            .iter()
-            .map(|p| json!({"day": p.day, "value": p.value, "ci95": Z95 * p.noise_sd}))
-            .collect();
-        let weekday_json: Vec<Value> = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-            .iter()
-            .zip(&weekday)
-            .map(|(d, m)| json!({"weekday": d, "mean": m.map(|m| m.mean), "ci95": m.map(|m| m.ci95), "days": m.map(|m| m.n)}))
-            .collect();
-        // Year over year: months of each year side by side.
-        let mut years: BTreeMap<i32, Vec<Value>> = BTreeMap::new();
-        for ((y, m), v) in &months {
-            years
-                .entry(*y)
-                .or_default()
-                .push(json!({"month": m, "mean": v.mean, "ci95": v.ci95, "days": v.n}));
-        }
-        Ok(json!({
-            "zone": q.zone,
-            "unit": zone_day_unit(&ds),
-            "daily": daily,
-            "weekday_profile": weekday_json,
-            "months_by_year": years,
-            "baseline": format!("mean of the same weekday {weeks} weeks before and after, public holidays left out"),
-            "standing_out": standing_out,
-            "source": provenance(&list),
-        }))
+        Ok(views::seasonality(
+            &q.zone,
+            zone_day_unit(&ds),
+            &points,
+            weeks,
+            &holidays(&ds),
+            provenance(&list),
+        ))
     })
     .await?;
-    respond(&state, q_format, body, Chart::Seasonality).await
+    respond(&state, q_format, body, |v| chart_png(Chart::Seasonality(v))).await
 }
 
 pub async fn forecast(
@@ -269,25 +237,24 @@ pub async fn forecast(
     let st = state.clone();
     let body = blocking(move || {
         let (points, list) = zone_series(&st, &ds, &q.zone)?;
-        let holidays = holidays(&ds);
-        let f = views::forecast(&points, &holidays, horizon).ok_or_else(|| {
+        views::forecast_view(
+            &q.zone,
+            zone_day_unit(&ds),
+            &points,
+            &holidays(&ds),
+            horizon,
+            provenance(&list),
+        )
+        .ok_or_else(|| {
             Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too little history",
                 "a forecast needs at least 21 published days",
             )
-        })?;
-        let recent: Vec<Value> = points
-            .iter()
-            .rev()
-            .take(56)
-            .rev()
-            .map(|p| json!({"day": p.day, "value": p.value, "ci95": Z95 * p.noise_sd}))
-            .collect();
-        Ok(json!({"zone": q.zone, "unit": zone_day_unit(&ds), "recent": recent, "forecast": f, "source": provenance(&list)}))
+        })
     })
     .await?;
-    respond(&state, q_format, body, Chart::Forecast).await
+    respond(&state, q_format, body, |v| chart_png(Chart::Forecast(v))).await
 }
 
 /// The unit of a daily zone series: a sum of the day's operator bins.
@@ -334,7 +301,7 @@ pub async fn event(
     let q_format = format(q.format.as_deref())?;
     let st = state.clone();
     let body = blocking(move || event_view(&st, &ds, &q, weeks)).await?;
-    respond(&state, q_format, body, Chart::Event).await
+    respond(&state, q_format, body, |v| chart_png(Chart::Event(v))).await
 }
 
 /// `?weeks=` of a baseline: 4 by default, 1 to 12.
@@ -355,19 +322,25 @@ fn format(f: Option<&str>) -> Result<bool, Problem> {
     }
 }
 
+/// A view to draw.
 #[derive(Clone, Copy)]
-enum Chart {
-    Seasonality,
-    Event,
-    Forecast,
+enum Chart<'a> {
+    Seasonality(&'a views::SeasonalityView),
+    Event(&'a views::EventView),
+    Forecast(&'a views::ForecastView),
 }
 
 /// JSON, or the view drawn as a chart with its privacy statement.
-async fn respond(state: &AppState, png: bool, body: Value, chart: Chart) -> Result<Response, Problem> {
+async fn respond<T: serde::Serialize + Send + 'static>(
+    state: &AppState,
+    png: bool,
+    body: T,
+    draw: fn(&T) -> Result<Vec<u8>, Problem>,
+) -> Result<Response, Problem> {
     if !png {
         return Ok((no_cache(), Json(body)).into_response());
     }
-    let bytes = super::rendering(state, move || chart_png(&body, chart)).await?;
+    let bytes = super::rendering(state, move || draw(&body)).await?;
     Ok((
         no_cache(),
         [(
@@ -379,103 +352,86 @@ async fn respond(state: &AppState, png: bool, body: Value, chart: Chart) -> Resu
         .into_response())
 }
 
-fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
+fn chart_png(chart: Chart) -> Result<Vec<u8>, Problem> {
     use crate::render::{ChartText, Line, OKABE_ITO, chart_png};
-    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
-    let day_x = |v: &Value| {
-        v.as_str()
-            .and_then(|s| s.parse::<NaiveDate>().ok())
-            .map(|d| f64::from(d.num_days_from_ce()))
-            .unwrap_or(0.0)
-    };
+    let day_x = |d: NaiveDate| f64::from(d.num_days_from_ce());
     let day_label = |x: f64| {
         NaiveDate::from_num_days_from_ce_opt(x.round() as i32)
             .map(|d| d.format("%d %b %y").to_string())
             .unwrap_or_default()
     };
+    let (source, unit) = match chart {
+        Chart::Seasonality(v) => (&v.source, &v.unit),
+        Chart::Event(v) => (&v.source, &v.unit),
+        Chart::Forecast(v) => (&v.source, &v.unit),
+    };
     let cost = format!(
         "From {} public releases at ρ = {} per day (ε = {:.2}); this view cost nothing more. Bands: 95 % intervals of the DP noise.",
-        body["source"]["releases"],
-        crate::render::human_number(body["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0), 4),
-        body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
+        source.releases,
+        crate::render::human_number(source.rho_per_day_of_source, 4),
+        source.epsilon_per_day_of_source.unwrap_or(0.0)
     );
+    let days = |d: &[views::DayValue]| d.iter().map(|p| (day_x(p.day), p.value, p.ci95)).collect();
     type Labeller = Box<dyn Fn(f64) -> String>;
     let (title, lines, label): (String, Vec<Line>, Labeller) = match chart {
-        Chart::Seasonality => (
-            format!("Zone {}: daily footfall", body["zone"].as_str().unwrap_or("")),
+        Chart::Seasonality(v) => (
+            format!("Zone {}: daily footfall", v.zone),
             vec![Line {
-                label: body["unit"].as_str().unwrap_or("per day").to_string(),
+                label: v.unit.clone(),
                 colour: OKABE_ITO[0],
-                points: body["daily"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| (day_x(&p["day"]), f(p, "value"), f(p, "ci95")))
-                    .collect(),
+                points: days(&v.daily),
             }],
             Box::new(day_label),
         ),
-        Chart::Forecast => (
-            format!("Zone {}: the next days", body["zone"].as_str().unwrap_or("")),
+        Chart::Forecast(v) => (
+            format!("Zone {}: the next days", v.zone),
             vec![
                 Line {
                     label: "published".into(),
                     colour: OKABE_ITO[0],
-                    points: body["recent"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|p| (day_x(&p["day"]), f(p, "value"), f(p, "ci95")))
-                        .collect(),
+                    points: days(&v.recent),
                 },
                 Line {
                     label: "forecast (95 % prediction interval)".into(),
                     colour: OKABE_ITO[1],
-                    points: body["forecast"]["days"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|p| (day_x(&p["day"]), f(p, "value"), (f(p, "hi") - f(p, "lo")) / 2.0))
+                    points: v
+                        .forecast
+                        .days
+                        .iter()
+                        .map(|p| (day_x(p.day), p.value, (p.hi - p.lo) / 2.0))
                         .collect(),
                 },
             ],
             Box::new(day_label),
         ),
-        Chart::Event => {
-            let hours: Vec<&Value> = body["hours"].as_array().into_iter().flatten().collect();
-            (
-                format!(
-                    "{} ({}) against the same weekday of {} weeks before",
-                    body["date"].as_str().unwrap_or(""),
-                    body["weekday"].as_str().unwrap_or(""),
-                    body["baseline_days"]
-                ),
-                vec![
-                    Line {
-                        label: "that day".into(),
-                        colour: OKABE_ITO[1],
-                        points: hours
-                            .iter()
-                            .map(|h| (f(h, "hour"), f(h, "value"), f(h, "ci95")))
-                            .collect(),
-                    },
-                    Line {
-                        label: "baseline".into(),
-                        colour: OKABE_ITO[0],
-                        points: hours
-                            .iter()
-                            .map(|h| (f(h, "hour"), f(h, "baseline"), f(h, "baseline_ci95")))
-                            .collect(),
-                    },
-                ],
-                Box::new(|x: f64| format!("{:02}h", x.round() as i64)),
-            )
-        }
+        Chart::Event(v) => (
+            format!(
+                "{} ({}) against the same weekday of {} weeks before",
+                v.date, v.weekday, v.baseline_days
+            ),
+            vec![
+                Line {
+                    label: "that day".into(),
+                    colour: OKABE_ITO[1],
+                    points: v.hours.iter().map(|h| (f64::from(h.hour), h.value, h.ci95)).collect(),
+                },
+                Line {
+                    label: "baseline".into(),
+                    colour: OKABE_ITO[0],
+                    points: v
+                        .hours
+                        .iter()
+                        .map(|h| (f64::from(h.hour), h.baseline, h.baseline_ci95))
+                        .collect(),
+                },
+            ],
+            Box::new(|x: f64| format!("{:02}h", x.round() as i64)),
+        ),
     };
     chart_png(
         &ChartText {
             title: &title,
-            y_label: body["unit"].as_str().unwrap_or(""),
+            y_label: unit,
             caption: &cost,
         },
         &lines,
@@ -484,9 +440,6 @@ fn chart_png(body: &Value, chart: Chart) -> Result<Vec<u8>, Problem> {
     )
     .map_err(|e| Problem::internal("chart", e))
 }
-
-/// (local hour, value, ci95) of each bin of a day.
-type Hours = Vec<(u32, f64, f64)>;
 
 /// What the event view sums: hexes of an hourly hex release, or one zone
 /// of an hourly zone release.
@@ -569,7 +522,7 @@ fn published_hourly_res(state: &AppState, ds: &Dataset) -> Result<Option<u8>, Pr
     Ok(list.iter().filter_map(|r| r.res).max())
 }
 
-fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Result<Value, Problem> {
+fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Result<views::EventView, Problem> {
     let grid = &ds.releaser.grid;
     let parse_hexes = |list: &str| -> Result<HashSet<CellIndex>, Problem> {
         list.split(',')
@@ -694,55 +647,19 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
     if base.is_empty() {
         return Err(missing("hourly footfall", "no earlier same weekday is published"));
     }
-    // Daylight-saving days have 23 or 25 hourly bins: hours are matched by
-    // local hour, a repeated hour (autumn) is left out, and totals cover
-    // the matched hours only, so the clock change never shows as an excess.
-    let mut seen = HashSet::new();
-    let day: Hours = day.into_iter().filter(|(h, _, _)| seen.insert(*h)).collect();
-    let base: Vec<Hours> = base
-        .into_iter()
-        .map(|b| {
-            let mut seen = HashSet::new();
-            b.into_iter()
-                .filter(|(h, _, _)| seen.insert(*h) && day.iter().any(|d| d.0 == *h))
-                .collect()
-        })
-        .collect();
-    let day: Hours = day
-        .into_iter()
-        .filter(|(h, _, _)| base.iter().all(|b| b.iter().any(|x| x.0 == *h)))
-        .collect();
-    let n = base.len() as f64;
-    let hours: Vec<Value> = day
-        .iter()
-        .map(|(hour, v, ci)| {
-            let same: Vec<(f64, f64)> = base
-                .iter()
-                .filter_map(|b| b.iter().find(|x| x.0 == *hour).map(|x| (x.1, x.2)))
-                .collect();
-            let m = same.iter().map(|x| x.0).sum::<f64>() / same.len().max(1) as f64;
-            let m_ci = same.iter().map(|x| x.1 * x.1).sum::<f64>().sqrt() / same.len().max(1) as f64;
-            let ex_ci = (ci * ci + m_ci * m_ci).sqrt();
-            json!({"hour": hour, "value": v, "ci95": ci, "baseline": m, "baseline_ci95": m_ci,
-                   "excess": v - m, "excess_ci95": ex_ci, "stands_out": (v - m).abs() > ex_ci})
-        })
-        .collect();
-    let total: f64 = day.iter().map(|x| x.1).sum();
-    let total_ci = day.iter().map(|x| x.2 * x.2).sum::<f64>().sqrt();
-    let base_total: f64 = base.iter().map(|b| b.iter().map(|x| x.1).sum::<f64>()).sum::<f64>() / n;
-    let base_ci = base.iter().flatten().map(|x| x.2 * x.2).sum::<f64>().sqrt() / n;
-    Ok(json!({
-        "date": q.date,
-        "weekday": q.date.weekday().to_string(),
-        "hexes": match &area { Area::Hexes(_, h) => h.len(), Area::Zone(_) => 0 },
-        "res": match &area { Area::Hexes(r, _) => Some(*r), Area::Zone(_) => None },
-        "baseline_days": base.len(),
-        "unit": format!("{} summed over the area per hour", ds.releaser.policy.spec.unit_name),
-        "hours": hours,
-        "day_total": {"value": total, "ci95": total_ci, "baseline": base_total, "baseline_ci95": base_ci,
-                      "excess": total - base_total, "excess_ci95": (total_ci * total_ci + base_ci * base_ci).sqrt()},
-        "source": provenance(&sources),
-    }))
+    let (hexes, res) = match &area {
+        Area::Hexes(r, h) => (h.len(), Some(*r)),
+        Area::Zone(_) => (0, None),
+    };
+    let unit = format!("{} summed over the area per hour", ds.releaser.policy.spec.unit_name);
+    Ok(views::event(
+        q.date,
+        (hexes, res),
+        unit,
+        day,
+        base,
+        provenance(&sources),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
