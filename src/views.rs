@@ -742,3 +742,110 @@ pub fn event(
         source,
     }
 }
+
+/// One origin–destination flow and its 95 % bar.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flow {
+    pub origin: String,
+    pub origin_name: String,
+    pub dest: String,
+    pub dest_name: String,
+    pub trips: f64,
+    pub ci95: f64,
+}
+
+/// A zone's trips out and in, with their 95 % bars.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ZoneTotal {
+    pub zone: String,
+    pub name: String,
+    pub out: f64,
+    pub out_ci95: f64,
+    #[serde(rename = "in")]
+    pub inn: f64,
+    pub in_ci95: f64,
+}
+
+/// `GET /views/flows`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowsView {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// Local hours summed, `[start, end)`.
+    pub hours: [u32; 2],
+    pub weekdays_only: bool,
+    /// The flows used: `1h` or `1d`.
+    pub bin: crate::vocab::Bin,
+    pub bins_used: usize,
+    pub unit: String,
+    pub largest: Vec<Flow>,
+    pub totals: Vec<ZoneTotal>,
+    pub source: Source,
+}
+
+/// What the flows view adds up: per (origin, dest) pair of `zones`
+/// (origin-major), the sum of the estimates and of their noise variances.
+pub struct FlowSums {
+    /// (id, name) of each zone.
+    pub zones: Vec<(String, String)>,
+    pub sum: Vec<f64>,
+    pub var: Vec<f64>,
+    pub bins_used: usize,
+}
+
+/// The `top` largest flows and every zone's in/out totals.
+pub fn flows(
+    (from, to): (NaiveDate, NaiveDate),
+    (hours, weekdays_only, bin): ([u32; 2], bool, crate::vocab::Bin),
+    s: &FlowSums,
+    top: usize,
+    source: Source,
+) -> FlowsView {
+    let z = s.zones.len();
+    let mut pairs: Vec<usize> = (0..z * z).collect();
+    pairs.sort_by(|a, b| s.sum[*b].total_cmp(&s.sum[*a]));
+    let largest = pairs
+        .iter()
+        .take(top)
+        .map(|&i| Flow {
+            origin: s.zones[i / z].0.clone(),
+            origin_name: s.zones[i / z].1.clone(),
+            dest: s.zones[i % z].0.clone(),
+            dest_name: s.zones[i % z].1.clone(),
+            trips: s.sum[i],
+            ci95: Z95 * s.var[i].sqrt(),
+        })
+        .collect();
+    let totals = (0..z)
+        .map(|a| {
+            let out: f64 = (0..z).map(|b| s.sum[a * z + b]).sum();
+            let out_v: f64 = (0..z).map(|b| s.var[a * z + b]).sum();
+            let inn: f64 = (0..z).map(|b| s.sum[b * z + a]).sum();
+            let in_v: f64 = (0..z).map(|b| s.var[b * z + a]).sum();
+            ZoneTotal {
+                zone: s.zones[a].0.clone(),
+                name: s.zones[a].1.clone(),
+                out,
+                out_ci95: Z95 * out_v.sqrt(),
+                inn,
+                in_ci95: Z95 * in_v.sqrt(),
+            }
+        })
+        .collect();
+    FlowsView {
+        from,
+        to,
+        hours,
+        weekdays_only,
+        bin,
+        bins_used: s.bins_used,
+        unit: if bin == crate::vocab::Bin::Hour {
+            "trips summed over the period and hour band".into()
+        } else {
+            "trips summed over the period (daily flows)".into()
+        },
+        largest,
+        totals,
+        source,
+    }
+}

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{Datelike, Duration, NaiveDate, Timelike};
 use h3o::CellIndex;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::data::{Key, ReleaseData, ReleaseSummary};
 use super::{AppState, Dataset, Problem, blocking, no_cache};
@@ -790,36 +789,23 @@ pub async fn flows(
             .iter()
             .map(|x| (x.id.as_str(), x.name.as_str()))
             .collect();
-        let name = |i: usize| names.get(zone_ids[i].as_str()).copied().unwrap_or(zone_ids[i].as_str());
-        let mut pairs: Vec<usize> = (0..z * z).collect();
-        pairs.sort_by(|a, b| sum[*b].total_cmp(&sum[*a]));
-        let largest: Vec<Value> = pairs
+        let zones = zone_ids
             .iter()
-            .take(top)
-            .map(|&i| {
-                json!({"origin": zone_ids[i / z], "origin_name": name(i / z), "dest": zone_ids[i % z],
-                       "dest_name": name(i % z), "trips": sum[i], "ci95": Z95 * var[i].sqrt()})
-            })
+            .map(|id| (id.clone(), names.get(id.as_str()).copied().unwrap_or(id).to_string()))
             .collect();
-        let totals: Vec<Value> = (0..z)
-            .map(|a| {
-                let out: f64 = (0..z).map(|b| sum[a * z + b]).sum();
-                let out_v: f64 = (0..z).map(|b| var[a * z + b]).sum();
-                let inn: f64 = (0..z).map(|b| sum[b * z + a]).sum();
-                let in_v: f64 = (0..z).map(|b| var[b * z + a]).sum();
-                json!({"zone": zone_ids[a], "name": name(a), "out": out, "out_ci95": Z95 * out_v.sqrt(),
-                       "in": inn, "in_ci95": Z95 * in_v.sqrt()})
-            })
-            .collect();
-        Ok(json!({
-            "from": from, "to": to, "hours": [h0, h1], "weekdays_only": q.weekdays,
-            "bin": bin,
-            "bins_used": bins_used,
-            "unit": if bin == Bin::Hour { "trips summed over the period and hour band" } else { "trips summed over the period (daily flows)" },
-            "largest": largest,
-            "totals": totals,
-            "source": provenance(&list),
-        }))
+        let sums = views::FlowSums {
+            zones,
+            sum,
+            var,
+            bins_used,
+        };
+        Ok(views::flows(
+            (from, to),
+            ([h0, h1], q.weekdays, bin),
+            &sums,
+            top,
+            provenance(&list),
+        ))
     })
     .await?;
     if !png {
@@ -837,7 +823,7 @@ pub async fn flows(
         .into_response())
 }
 
-fn flow_map(ds: &Dataset, body: &Value) -> Result<Vec<u8>, Problem> {
+fn flow_map(ds: &Dataset, v: &views::FlowsView) -> Result<Vec<u8>, Problem> {
     use geo::Centroid;
     let grid = &ds.releaser.grid;
     let centre: HashMap<&str, (f64, f64)> = grid
@@ -845,29 +831,24 @@ fn flow_map(ds: &Dataset, body: &Value) -> Result<Vec<u8>, Problem> {
         .iter()
         .filter_map(|z| z.area.centroid().map(|c| (z.id.as_str(), (c.x(), c.y()))))
         .collect();
-    let lines: Vec<crate::render::FlowLine> = body["largest"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let lines: Vec<crate::render::FlowLine> = v
+        .largest
+        .iter()
         .filter_map(|f| {
             Some(crate::render::FlowLine {
-                from: *centre.get(f["origin"].as_str()?)?,
-                to: *centre.get(f["dest"].as_str()?)?,
-                trips: f["trips"].as_f64()?,
+                from: *centre.get(f.origin.as_str())?,
+                to: *centre.get(f.dest.as_str())?,
+                trips: f.trips,
             })
         })
         .collect();
     let title = format!(
         "Largest flows between zones, {} to {}, {}–{} h{}",
-        body["from"].as_str().unwrap_or(""),
-        body["to"].as_str().unwrap_or(""),
-        body["hours"][0],
-        body["hours"][1],
-        if body["weekdays_only"] == json!(true) {
-            ", weekdays"
-        } else {
-            ""
-        }
+        v.from,
+        v.to,
+        v.hours[0],
+        v.hours[1],
+        if v.weekdays_only { ", weekdays" } else { "" }
     );
     let caption = vec![
         format!(
@@ -876,9 +857,9 @@ fn flow_map(ds: &Dataset, body: &Value) -> Result<Vec<u8>, Problem> {
         ),
         format!(
             "From {} public releases at ρ = {} per day (ε = {:.2}); this view cost nothing more. Error bars: see the JSON.",
-            body["source"]["releases"],
-            crate::render::human_number(body["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0), 4),
-            body["source"]["epsilon_per_day_of_source"].as_f64().unwrap_or(0.0)
+            v.source.releases,
+            crate::render::human_number(v.source.rho_per_day_of_source, 4),
+            v.source.epsilon_per_day_of_source.unwrap_or(0.0)
         ),
     ];
     crate::render::flow_map_png(grid, &lines, &title, &caption).map_err(|e| Problem::internal("flow map", e))
