@@ -270,3 +270,99 @@ async fn a_southern_city_goes_from_its_own_files_to_served_views() {
     assert_eq!(answers[4].1["to"], "2025-12-31");
     assert_eq!(answers[4].1["from"], "2025-12-04");
 }
+
+#[test]
+fn init_refuses_bad_inputs_with_the_file_and_what_to_change_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inp = dir.path().join("in");
+    fs::create_dir_all(&inp).expect("mkdir");
+    inputs(&inp);
+    let p = |n: &str| inp.join(n).display().to_string();
+    let cells = fs::read_to_string(inp.join("cells.csv")).expect("cells");
+    let zones = fs::read_to_string(inp.join("zones.geojson")).expect("zones");
+    // Westbank widened eastwards by 0.01°: overlaps Eastbank.
+    let mid = LON0 + 0.03;
+    let west = zones.split(",{\"type\":\"Feature\"").next().expect("first").to_string();
+    let wide_west = west.replace(&format!("[{mid},"), &format!("[{},", mid + 0.01));
+    fs::write(inp.join("overlap.geojson"), zones.replacen(&west, &wide_west, 1)).expect("write");
+    let west_only = zones.split(",{\"type\":\"Feature\"").next().expect("first").to_string() + "]}";
+    fs::write(inp.join("gap.geojson"), west_only).expect("write");
+    fs::write(inp.join("far.csv"), format!("{cells}FAR-0,FAR,-33.86,151.21,,,\n")).expect("write");
+    fs::write(
+        inp.join("extra.csv"),
+        cells
+            .replacen("range_m\n", "range_m,owner\n", 1)
+            .replace(",,\n", ",,,x\n"),
+    )
+    .expect("write");
+    fs::write(
+        inp.join("point.geojson"),
+        "{\"type\":\"Point\",\"coordinates\":[144.9,-37.8]}",
+    )
+    .expect("write");
+    let out = dir.path().join("out");
+    let cases: [(&[&str], &str); 5] = [
+        (&["--zones", &p("overlap.geojson")], "overlap by"),
+        (&["--zones", &p("gap.geojson")], "in no zone"),
+        (&["--cells", &p("far.csv")], "line 18: cell FAR-0"),
+        (&["--cells", &p("extra.csv")], "unknown column \"owner\""),
+        (&["--area", &p("point.geojson")], "expected a Polygon or MultiPolygon"),
+    ];
+    for (extra, reason) in cases {
+        let mut args = vec!["init", "--name", "bad", "--out", out.to_str().expect("utf8")];
+        let mut given = std::collections::HashSet::new();
+        for pair in extra.chunks(2) {
+            given.insert(pair[0]);
+            args.extend_from_slice(pair);
+        }
+        let (c, a) = (p("cells.csv"), p("area.geojson"));
+        if !given.contains("--cells") {
+            args.extend_from_slice(&["--cells", &c]);
+        }
+        if !given.contains("--area") {
+            args.extend_from_slice(&["--area", &a]);
+        }
+        let o = Command::new(BIN).args(&args).output().expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{reason}: must be refused");
+        assert!(err.contains(reason), "expected {reason:?} in {err}");
+        assert!(
+            !out.exists() || fs::read_dir(out.join("grids")).map(|d| d.count()).unwrap_or(0) == 0,
+            "{reason}: init left files behind"
+        );
+    }
+    // A policy moved away from its grid names itself and the path it tried.
+    let o = run(
+        dir.path(),
+        &[
+            "init",
+            "--name",
+            "good",
+            "--cells",
+            &p("cells.csv"),
+            "--area",
+            &p("area.geojson"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ],
+    );
+    assert!(o.status.success());
+    let moved = dir.path().join("elsewhere.toml");
+    fs::copy(out.join("privacy-budgets/good.toml"), &moved).expect("copy");
+    let o = Command::new(BIN)
+        .args([
+            "--data-dir",
+            dir.path().join("d").to_str().expect("utf8"),
+            "ledger",
+            "--policy",
+            moved.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("elsewhere.toml") && err.contains("holds no grid.toml"),
+        "{err}"
+    );
+}

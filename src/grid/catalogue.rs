@@ -62,6 +62,19 @@ impl<'a> Rows<'a> {
             source,
         })?;
         let names = table::column_names(&df);
+        // An unknown column is a typo or a different export: refuse it, as
+        // ingest refuses one in a delivery (grid files are public, so the
+        // name may be quoted).
+        if let Some(extra) = names
+            .iter()
+            .find(|n| !required.contains(&n.as_str()) && !optional.contains(&n.as_str()))
+        {
+            let known: Vec<&str> = required.iter().chain(optional).copied().collect();
+            return Err(GridError::InvalidFile {
+                path: path.to_path_buf(),
+                reason: format!("unknown column {extra:?} (the columns are {known:?}); remove or rename it"),
+            });
+        }
         let mut columns = Vec::new();
         for name in required.iter().chain(optional) {
             match df.column(name) {
