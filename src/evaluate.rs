@@ -88,17 +88,19 @@ pub struct ForecastFigures {
     pub coverage95: f64,
 }
 
-async fn get(state: &Arc<AppState>, uri: &str) -> Result<Value> {
+/// A view through the real router, read back into its typed answer (a
+/// renamed field fails here instead of reading as zero).
+async fn get<T: serde::de::DeserializeOwned>(state: &Arc<AppState>, uri: &str) -> Result<T> {
     let resp = crate::server::router(state.clone())
         .oneshot(Request::get(uri).body(Body::empty())?)
         .await?;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
-    let v: Value = serde_json::from_slice(&bytes)?;
     if !status.is_success() {
+        let v: Value = serde_json::from_slice(&bytes)?;
         bail!("{uri}: {}", v["detail"]);
     }
-    Ok(v)
+    serde_json::from_slice(&bytes).with_context(|| format!("{uri}: not the view's typed answer"))
 }
 
 fn pearson(a: &[f64], b: &[f64]) -> f64 {
@@ -195,17 +197,15 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
             if *day < first + chrono::Duration::weeks(4) {
                 continue;
             }
-            let v = get(
+            let v: crate::views::EventView = get(
                 &state,
                 &format!("/api/v1/views/event?date={day}&hex={}&weeks=4", hexes.join(",")),
             )
             .await?;
             let (mut ex, mut var) = (0.0, 0.0);
-            for h in v["hours"].as_array().into_iter().flatten() {
-                if h["hour"].as_u64().unwrap_or(0) >= 17 {
-                    ex += h["excess"].as_f64().unwrap_or(0.0);
-                    var += h["excess_ci95"].as_f64().unwrap_or(0.0).powi(2);
-                }
+            for h in v.hours.iter().filter(|h| h.hour >= 17) {
+                ex += h.excess;
+                var += h.excess_ci95.powi(2);
             }
             let ci = var.sqrt();
             scored.push((*day, ex / ci.max(1e-9), ex > ci));
@@ -269,29 +269,28 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     let mut profile_rho = 0.0;
     rt.block_on(async {
         for (zi, zone) in w_zone.keys.iter().enumerate() {
-            let s = get(&state, &format!("/api/v1/views/seasonality?zone={zone}")).await?;
-            profile_rho = s["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0);
+            let s: crate::views::SeasonalityView =
+                get(&state, &format!("/api/v1/views/seasonality?zone={zone}")).await?;
+            profile_rho = s.source.rho_per_day_of_source;
             let truth: Vec<(NaiveDate, f64)> = true_daily
                 .range((zi, NaiveDate::MIN)..=(zi, NaiveDate::MAX))
                 .map(|((_, d), v)| (*d, *v))
                 .collect();
             let (w0, m0) = (dp_w.len(), dp_m.len());
-            for (w, p) in s["weekday_profile"].as_array().into_iter().flatten().enumerate() {
+            for (w, p) in s.weekday_profile.iter().enumerate() {
                 let wd = Weekday::try_from(w as u8).unwrap_or(Weekday::Mon);
                 let t: Vec<f64> = truth.iter().filter(|(d, _)| d.weekday() == wd).map(|x| x.1).collect();
-                dp_w.push(p["mean"].as_f64().unwrap_or(0.0));
+                dp_w.push(p.mean.unwrap_or(0.0));
                 tr_w.push(t.iter().sum::<f64>() / t.len().max(1) as f64);
             }
-            for (year, months) in s["months_by_year"].as_object().into_iter().flatten() {
-                for m in months.as_array().into_iter().flatten() {
-                    let month = m["month"].as_u64().unwrap_or(0) as u32;
-                    let y: i32 = year.parse().unwrap_or(0);
+            for (y, months) in &s.months_by_year {
+                for m in months {
                     let t: Vec<f64> = truth
                         .iter()
-                        .filter(|(d, _)| d.year() == y && d.month() == month)
+                        .filter(|(d, _)| d.year() == *y && d.month() == m.month)
                         .map(|x| x.1)
                         .collect();
-                    dp_m.push(m["mean"].as_f64().unwrap_or(0.0));
+                    dp_m.push(m.mean);
                     tr_m.push(t.iter().sum::<f64>() / t.len().max(1) as f64);
                 }
             }
@@ -301,21 +300,15 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
                     v[from..].iter_mut().for_each(|x| *x /= mean);
                 }
             }
-            let f = get(&state, &format!("/api/v1/views/forecast?zone={zone}&days=14")).await?;
-            let b = &f["forecast"]["backtest"];
+            let f: crate::views::ForecastView =
+                get(&state, &format!("/api/v1/views/forecast?zone={zone}&days=14")).await?;
             // The level from the published series: a figure that needs no
             // truth should not be derived from it.
-            let daily: Vec<f64> = s["daily"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d["value"].as_f64())
-                .collect();
-            let level = daily.iter().sum::<f64>() / daily.len().max(1) as f64;
-            if level > 0.0 {
-                rel_mae.0 += b["mae_model"].as_f64().unwrap_or(0.0) / level;
-                rel_mae.1 += b["mae_seasonal_naive"].as_f64().unwrap_or(0.0) / level;
-                rel_mae.2 += b["coverage95"].as_f64().unwrap_or(0.0);
+            let level = s.daily.iter().map(|d| d.value).sum::<f64>() / s.daily.len().max(1) as f64;
+            if let (true, Some(b)) = (level > 0.0, f.forecast.backtest) {
+                rel_mae.0 += b.mae_model / level;
+                rel_mae.1 += b.mae_seasonal_naive / level;
+                rel_mae.2 += b.coverage95;
                 rel_mae.3 += 1;
             }
         }
@@ -383,18 +376,15 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
             }
         }
     }
-    let fl = rt.block_on(get(
+    let fl: crate::views::FlowsView = rt.block_on(get(
         &state,
         &format!("/api/v1/views/flows?from={march_from}&to={march_to}&hours=7-9&weekdays=true&top=500"),
     ))?;
     let pos: HashMap<&str, usize> = w_zone.keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
     let mut dp_pairs = vec![0.0f64; z * z];
-    for p in fl["largest"].as_array().into_iter().flatten() {
-        if let (Some(o), Some(d)) = (
-            p["origin"].as_str().and_then(|o| pos.get(o)),
-            p["dest"].as_str().and_then(|d| pos.get(d)),
-        ) {
-            dp_pairs[o * z + d] = p["trips"].as_f64().unwrap_or(0.0);
+    for p in &fl.largest {
+        if let (Some(o), Some(d)) = (pos.get(p.origin.as_str()), pos.get(p.dest.as_str())) {
+            dp_pairs[o * z + d] = p.trips;
         }
     }
     let top = |v: &[f64]| -> HashSet<usize> {
@@ -407,7 +397,7 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
         pairs: z * z,
         spearman: pearson(&ranks(&dp_pairs), &ranks(&true_pairs)),
         top10_overlap: top(&dp_pairs).intersection(&top(&true_pairs)).count() as f64 / 10.0,
-        rho_per_day_of_source: fl["source"]["rho_per_day_of_source"].as_f64().unwrap_or(0.0),
+        rho_per_day_of_source: fl.source.rho_per_day_of_source,
     };
     Ok(Report {
         dataset: ds,

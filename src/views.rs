@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Datelike, Duration, NaiveDate};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// z of a two-sided 95 % interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
@@ -32,7 +32,7 @@ pub fn noise_sd_of_ci95(
 }
 
 /// One published value of a series and the sd of its noise.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     pub day: NaiveDate,
     pub value: f64,
@@ -41,7 +41,7 @@ pub struct Point {
 
 /// A mean over points with its 95 % interval (DP noise only: the points
 /// are treated as fixed quantities measured with independent noise).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Mean {
     pub mean: f64,
     pub ci95: f64,
@@ -87,7 +87,7 @@ pub fn month_profile(points: &[Point]) -> BTreeMap<(i32, u32), Mean> {
 }
 
 /// A day against its seasonal baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Excess {
     pub day: NaiveDate,
     pub value: f64,
@@ -162,7 +162,7 @@ pub fn excesses(points: &[Point], weeks: i64, holidays: &HashSet<NaiveDate>) -> 
 }
 
 /// A day of a forecast.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ForecastDay {
     pub day: NaiveDate,
     pub value: f64,
@@ -175,7 +175,7 @@ pub struct ForecastDay {
 
 /// Errors of the model and of a seasonal-naive baseline (same weekday one
 /// week earlier) on rolling origins over the last weeks of the series.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Backtest {
     pub origins: usize,
     pub horizon_days: usize,
@@ -186,9 +186,9 @@ pub struct Backtest {
     pub coverage95: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Forecast {
-    pub model: &'static str,
+    pub model: String,
     pub days: Vec<ForecastDay>,
     pub backtest: Option<Backtest>,
 }
@@ -320,7 +320,7 @@ pub fn forecast(history: &[Point], holidays: &HashSet<NaiveDate>, horizon: usize
         })
         .collect();
     Some(Forecast {
-        model: "level of the last 6 weeks × weekday factor × holiday factor (× same week a year earlier when known); interval adds DP noise variance to the residual variance",
+        model: "level of the last 6 weeks × weekday factor × holiday factor (× same week a year earlier when known); interval adds DP noise variance to the residual variance".into(),
         days,
         backtest: backtest(history, holidays, horizon, 8),
     })
@@ -476,7 +476,7 @@ mod tests {
 // compile error, not a chart of zeros.
 
 /// Where a view's numbers come from, and that it cost nothing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     pub releases: usize,
     pub first_release: Option<String>,
@@ -484,8 +484,8 @@ pub struct Source {
     pub rho_per_day_of_source: f64,
     pub epsilon_per_day_of_source: Option<f64>,
     pub cost_of_this_view: f64,
-    pub note: &'static str,
-    pub values_used: &'static str,
+    pub note: String,
+    pub values_used: String,
 }
 
 impl Source {
@@ -498,14 +498,14 @@ impl Source {
             rho_per_day_of_source: used.first().map_or(0.0, |r| r.1),
             epsilon_per_day_of_source: used.first().map(|r| r.2),
             cost_of_this_view: 0.0,
-            note: "computed from published releases (post-processing): this view spent no privacy budget",
-            values_used: "each release value's unbiased estimate (the `estimate` column), not the rounded value clamped at 0, so that sums and means are unbiased",
+            note: "computed from published releases (post-processing): this view spent no privacy budget".into(),
+            values_used: "each release value's unbiased estimate (the `estimate` column), not the rounded value clamped at 0, so that sums and means are unbiased".into(),
         }
     }
 }
 
 /// A day's value and its 95 % bar.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DayValue {
     pub day: NaiveDate,
     pub value: f64,
@@ -522,15 +522,15 @@ impl From<&Point> for DayValue {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeekdayMean {
-    pub weekday: &'static str,
+    pub weekday: String,
     pub mean: Option<f64>,
     pub ci95: Option<f64>,
     pub days: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MonthMean {
     pub month: u32,
     pub mean: f64,
@@ -539,7 +539,7 @@ pub struct MonthMean {
 }
 
 /// `GET /views/seasonality`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeasonalityView {
     pub zone: String,
     pub unit: String,
@@ -566,7 +566,7 @@ pub fn seasonality(
         .iter()
         .zip(weekday_profile(points))
         .map(|(d, m)| WeekdayMean {
-            weekday: d,
+            weekday: d.to_string(),
             mean: m.map(|m| m.mean),
             ci95: m.map(|m| m.ci95),
             days: m.map(|m| m.n),
@@ -597,7 +597,7 @@ pub fn seasonality(
 }
 
 /// `GET /views/forecast`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForecastView {
     pub zone: String,
     pub unit: String,
@@ -630,7 +630,7 @@ pub fn forecast_view(
 /// (local hour, value, 95 % bar) of each hourly bin of a day.
 pub type Hours = Vec<(u32, f64, f64)>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EventHour {
     pub hour: u32,
     pub value: f64,
@@ -642,7 +642,7 @@ pub struct EventHour {
     pub stands_out: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EventTotal {
     pub value: f64,
     pub ci95: f64,
@@ -653,7 +653,7 @@ pub struct EventTotal {
 }
 
 /// `GET /views/event`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventView {
     pub date: NaiveDate,
     pub weekday: String,
@@ -744,7 +744,7 @@ pub fn event(
 }
 
 /// One origin–destination flow and its 95 % bar.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flow {
     pub origin: String,
     pub origin_name: String,
@@ -755,7 +755,7 @@ pub struct Flow {
 }
 
 /// A zone's trips out and in, with their 95 % bars.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ZoneTotal {
     pub zone: String,
     pub name: String,
@@ -767,7 +767,7 @@ pub struct ZoneTotal {
 }
 
 /// `GET /views/flows`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowsView {
     pub from: NaiveDate,
     pub to: NaiveDate,

@@ -248,6 +248,14 @@ pub fn choose_placement(
     (placement, ExpectedError { cell: Some(cell), hex })
 }
 
+/// How a release's noise is placed and calibrated, and what it costs.
+struct NoisePlan {
+    placement: Placement,
+    calibrated: Calibrated,
+    sensitivity: Sensitivity,
+    expected: ExpectedError,
+}
+
 /// The output bins of a release window and the instant the window ends.
 pub struct Window {
     /// Start of each output bin.
@@ -404,24 +412,7 @@ impl Releaser {
         max_values: usize,
     ) -> Result<Outcome, ReleaseError> {
         spec.check(&self.policy, today)?;
-        let mut context = format!(
-            "{}|{}",
-            serde_json::to_string(&self.policy.spec.privacy.bounds()).unwrap_or_default(),
-            self.grid_key
-        );
-        if spec.unit == Unit::Zone {
-            if self.grid.zones.is_empty() {
-                return Err(ReleaseError::NoZones {
-                    grid: self.grid.name().to_string(),
-                });
-            }
-            // Zone weights also depend on the zones' geometry.
-            let zones = self.grid.dir.join("zones.geojson");
-            let hash = util::sha256_file(&zones).map_err(|source| ReleaseError::Io { path: zones, source })?;
-            context.push('|');
-            context.push_str(&hash);
-        }
-        let id = spec.release_id(&context);
+        let id = self.release_id(spec)?;
         let dir = self.dir(&id);
         // One release at a time per dataset, across threads and processes:
         // two identical requests must not both draw noise for one charge
@@ -453,14 +444,12 @@ impl Releaser {
             self.grid.resolution(spec.res)?;
         }
         let weights = self.weights_for(spec.unit, spec.res)?;
-        let n_keys = weights.keys.len();
         let window = window(&self.grid, spec.bin, spec.from, spec.to);
-        let bins = &window.bins;
-        let n_keys = match spec.metric {
-            Metric::Footfall => n_keys,
-            Metric::Flows => n_keys * n_keys,
+        let keys = match spec.metric {
+            Metric::Footfall => weights.keys.len(),
+            Metric::Flows => weights.keys.len() * weights.keys.len(),
         };
-        let values = n_keys * bins.len();
+        let values = keys * window.bins.len();
         let max = max_values.min(spec::MAX_VALUES);
         if values > max {
             return Err(ReleaseError::TooLarge { values, max });
@@ -478,18 +467,81 @@ impl Releaser {
                 first: *first,
             });
         }
+        let noise = self.noise_plan(spec, &weights, window.bins.len(), values)?;
+        // Commit the charge before any noisy value exists.
+        let status = self.charge(spec, &id, &noise.calibrated)?;
+        // A retry after a crash: values of the crashed run were never
+        // published; drop any half-written copy so that only one draw of this
+        // release can ever exist, then draw afresh.
+        self.remove_partial(&id);
+        util::failpoint("release:before-noise");
+        let bars = self.value_bars(spec, &weights, &noise);
+        let (placement, calibrated) = (noise.placement, &noise.calibrated);
+        let noisy = match spec.metric {
+            Metric::Footfall => {
+                let counts = Self::footfall_counts(&store, &catalog, spec, &weights, &window)?;
+                Self::noisy_footfall(&weights, window.bins.len(), &counts, placement, calibrated, &bars)?
+            }
+            Metric::Flows => Self::flow_values(&store, &catalog, spec, &weights, &window, calibrated, &bars)?,
+        };
+        let manifest = self.write(
+            spec,
+            &id,
+            &weights,
+            &window.bins,
+            (placement, noise.sensitivity),
+            calibrated,
+            noise.expected,
+            spec.days(),
+            noisy,
+            &bars,
+        )?;
+        util::failpoint("release:after-store");
+        self.with_ledger(|ledger| ledger.mark_published(&id))?;
+        Ok(Outcome { status, dir, manifest })
+    }
 
-        // Calibrate both placements from public parameters; keep the one
-        // with the smaller expected total squared error.
+    /// The release id of `spec` on this policy and grid (zone releases
+    /// also hash the zones' geometry).
+    fn release_id(&self, spec: &ReleaseSpec) -> Result<String, ReleaseError> {
+        let mut context = format!(
+            "{}|{}",
+            serde_json::to_string(&self.policy.spec.privacy.bounds()).unwrap_or_default(),
+            self.grid_key
+        );
+        if spec.unit == Unit::Zone {
+            if self.grid.zones.is_empty() {
+                return Err(ReleaseError::NoZones {
+                    grid: self.grid.name().to_string(),
+                });
+            }
+            let zones = self.grid.dir.join("zones.geojson");
+            let hash = util::sha256_file(&zones).map_err(|source| ReleaseError::Io { path: zones, source })?;
+            context.push('|');
+            context.push_str(&hash);
+        }
+        Ok(spec.release_id(&context))
+    }
+
+    /// Calibrates both placements from public parameters and keeps the one
+    /// with the smaller expected total squared error ([`choose_placement`]);
+    /// flows have one placement.
+    fn noise_plan(
+        &self,
+        spec: &ReleaseSpec,
+        weights: &Weights,
+        bins: usize,
+        values: usize,
+    ) -> Result<NoisePlan, ReleaseError> {
         let bounds = self.policy.spec.privacy.bounds();
-        let rows = &weights.rows;
-        let w2_max = rows
+        let w2_max = weights
+            .rows
             .values()
             .map(|r| r.iter().map(|e| e.weight * e.weight).sum::<f64>().sqrt())
             .fold(0.0, f64::max);
         let sum_w2: f64 = weights.entries.iter().map(|e| e.weight * e.weight).sum();
         let per_bin = spec.bin.max_operator_bins(self.grid.spec.bin_len_s);
-        let (placement, calibrated, sens, expected) = match spec.metric {
+        Ok(match spec.metric {
             Metric::Footfall => {
                 let s_cell = sensitivity::footfall(&bounds, per_bin, Placement::Cell, w2_max);
                 let s_hex = sensitivity::footfall(&bounds, per_bin, Placement::Hex, w2_max);
@@ -502,29 +554,42 @@ impl Releaser {
                     .map(|e| e.hex)
                     .collect::<std::collections::BTreeSet<_>>()
                     .len();
-                let (p, e) = choose_placement(bins.len(), covered, sum_w2, cell.noise_sd(), hex.noise_sd());
-                match p {
-                    Placement::Cell => (Placement::Cell, cell, s_cell, e),
-                    Placement::Hex => (Placement::Hex, hex, s_hex, e),
+                let (placement, expected) = choose_placement(bins, covered, sum_w2, cell.noise_sd(), hex.noise_sd());
+                let (calibrated, sensitivity) = match placement {
+                    Placement::Cell => (cell, s_cell),
+                    Placement::Hex => (hex, s_hex),
+                };
+                NoisePlan {
+                    placement,
+                    calibrated,
+                    sensitivity,
+                    expected,
                 }
             }
             Metric::Flows => {
                 let s = sensitivity::flows(&bounds, w2_max);
                 let c = mechanism::calibrate(spec.budget, &s)?;
-                let e = ExpectedError {
-                    cell: None,
-                    hex: values as f64 * c.noise_sd().powi(2),
-                };
-                (Placement::Hex, c, s, e)
+                NoisePlan {
+                    placement: Placement::Hex,
+                    expected: ExpectedError {
+                        cell: None,
+                        hex: values as f64 * c.noise_sd().powi(2),
+                    },
+                    calibrated: c,
+                    sensitivity: s,
+                }
             }
-        };
+        })
+    }
 
-        // Commit the charge before any noisy value exists.
+    /// Charges every day of the window (one transaction, before any noise):
+    /// a new charge, or the finishing of one a crash left unpublished.
+    fn charge(&self, spec: &ReleaseSpec, id: &str, calibrated: &Calibrated) -> Result<Status, ReleaseError> {
         let days = spec.days();
         let audience = &self.policy.spec.audiences[&spec.audience];
         let charge = self.with_ledger(|ledger| {
             ledger.charge(&ChargeRequest {
-                release_id: &id,
+                release_id: id,
                 dataset: self.policy.dataset(),
                 audience: &spec.audience,
                 days: &days,
@@ -534,34 +599,33 @@ impl Releaser {
                 spec_json: &spec.canonical(),
             })
         })?;
-        let status = match charge {
-            Charge::New => Status::New,
-            Charge::Existing(ReleaseState::Published, _) => {
-                return Err(ReleaseError::PublishedButMissing { id, dir });
-            }
+        match charge {
+            Charge::New => Ok(Status::New),
+            Charge::Existing(ReleaseState::Published, _) => Err(ReleaseError::PublishedButMissing {
+                id: id.to_string(),
+                dir: self.dir(id),
+            }),
             Charge::Existing(ReleaseState::Charged, charged) => {
                 if crate::privacy::ledger::to_units_up(calibrated.rho) > crate::privacy::ledger::to_units_up(charged) {
                     return Err(ReleaseError::ChargeMismatch {
-                        id,
+                        id: id.to_string(),
                         charged,
                         needed: calibrated.rho,
                     });
                 }
-                Status::Finished
+                Ok(Status::Finished)
             }
-        };
+        }
+    }
 
-        // A retry after a crash: values of the crashed run were never
-        // published; drop any half-written copy so that only one draw of this
-        // release can ever exist, then draw afresh.
-        self.remove_partial(&id);
-        util::failpoint("release:before-noise");
-        let key_bars = self.bars(spec.unit, spec.res, &weights, placement, &calibrated);
-        let bars: Vec<Bar> = match spec.metric {
+    /// The error bar of every value of a bin: per key, and for flows per
+    /// pair (covered when both ends are).
+    fn value_bars(&self, spec: &ReleaseSpec, weights: &Weights, noise: &NoisePlan) -> Vec<Bar> {
+        let key_bars = self.bars(spec.unit, spec.res, weights, noise.placement, &noise.calibrated);
+        match spec.metric {
             Metric::Footfall => key_bars,
-            // A flow is covered when both its ends are.
             Metric::Flows => {
-                let one = errorbar::float_draw(calibrated.mechanism, calibrated.scale);
+                let one = errorbar::float_draw(noise.calibrated.mechanism, noise.calibrated.scale);
                 let z = key_bars.len();
                 (0..z * z)
                     .map(|i| {
@@ -573,29 +637,7 @@ impl Releaser {
                     })
                     .collect()
             }
-        };
-        let noisy = match spec.metric {
-            Metric::Footfall => {
-                let counts = Self::footfall_counts(&store, &catalog, spec, &weights, &window)?;
-                Self::noisy_footfall(&weights, bins.len(), &counts, placement, &calibrated, &bars)?
-            }
-            Metric::Flows => Self::flow_values(&store, &catalog, spec, &weights, &window, &calibrated, &bars)?,
-        };
-        let manifest = self.write(
-            spec,
-            &id,
-            &weights,
-            bins,
-            (placement, sens),
-            &calibrated,
-            expected,
-            days,
-            noisy,
-            &bars,
-        )?;
-        util::failpoint("release:after-store");
-        self.with_ledger(|ledger| ledger.mark_published(&id))?;
-        Ok(Outcome { status, dir, manifest })
+        }
     }
 
     /// Deletes temporary folders of earlier, unfinished runs of `id`.
