@@ -53,44 +53,79 @@ impl DatasetArg {
     }
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArg,
+    /// Whose budget pays: public, planners, tourism (see the policy).
+    #[arg(long)]
+    pub audience: String,
+    #[arg(long, value_enum)]
+    pub metric: MetricArg,
+    /// H3 resolution of the hexes (footfall) or zones (flows, ≤ 7).
+    #[arg(long, required_unless_present = "zones", conflicts_with = "zones")]
+    pub res: Option<u8>,
+    /// Key the values by the grid's named zones (zones.geojson) instead of hexes.
+    #[arg(long)]
+    pub zones: bool,
+    /// Output bin: 1h, 1d, 1w or 1mo.
+    #[arg(long)]
+    pub bin: crate::privacy::Bin,
+    #[arg(long)]
+    pub from: NaiveDate,
+    #[arg(long)]
+    pub to: NaiveDate,
+    /// ρ of a Gaussian (zCDP) release.
+    #[arg(long, conflicts_with = "epsilon", required_unless_present = "epsilon")]
+    pub rho: Option<f64>,
+    /// ε of a Laplace (pure DP) release, charged as ρ = ε²/2.
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitCmdArgs {
+    /// Dataset and grid name (lowercase letters, digits, '-', '_').
+    #[arg(long)]
+    pub name: String,
+    /// Cell catalogue: cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m.
+    #[arg(long)]
+    pub cells: PathBuf,
+    /// Study area: a GeoJSON Polygon or MultiPolygon (or a Feature/FeatureCollection of one).
+    #[arg(long)]
+    pub area: PathBuf,
+    /// Named zones (districts): FeatureCollection with zone_id and name.
+    #[arg(long)]
+    pub zones: Option<PathBuf>,
+    /// Explicit coverage polygons, property cell_id.
+    #[arg(long)]
+    pub coverage: Option<PathBuf>,
+    /// Public holidays: date,name.
+    #[arg(long)]
+    pub holidays: Option<PathBuf>,
+    /// IANA timezone of the local day (default: that of the cells' centroid).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// Length of one operator bin (s).
+    #[arg(long = "bin-len", default_value_t = 3600)]
+    pub bin_len_s: u32,
+    /// What the operator counts (plural), used in every label.
+    #[arg(long = "unit-name", default_value = "devices")]
+    pub unit_name: String,
+    /// Folder that receives grids/NAME/ and privacy-budgets/NAME.toml.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a city: a grid folder and a complete, commented policy from a
     /// cells CSV and an area GeoJSON (every input checked).
-    Init {
-        /// Dataset and grid name (lowercase letters, digits, '-', '_').
-        #[arg(long)]
-        name: String,
-        /// Cell catalogue: cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m.
-        #[arg(long)]
-        cells: PathBuf,
-        /// Study area: a GeoJSON Polygon or MultiPolygon (or a Feature/FeatureCollection of one).
-        #[arg(long)]
-        area: PathBuf,
-        /// Named zones (districts): FeatureCollection with zone_id and name.
-        #[arg(long)]
-        zones: Option<PathBuf>,
-        /// Explicit coverage polygons, property cell_id.
-        #[arg(long)]
-        coverage: Option<PathBuf>,
-        /// Public holidays: date,name.
-        #[arg(long)]
-        holidays: Option<PathBuf>,
-        /// IANA timezone of the local day (default: that of the cells' centroid).
-        #[arg(long)]
-        timezone: Option<String>,
-        /// Length of one operator bin (s).
-        #[arg(long = "bin-len", default_value_t = 3600)]
-        bin_len_s: u32,
-        /// What the operator counts (plural), used in every label.
-        #[arg(long = "unit-name", default_value = "devices")]
-        unit_name: String,
-        /// Folder that receives grids/NAME/ and privacy-budgets/NAME.toml.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Init(InitCmdArgs),
     /// Write deterministic synthetic operator deliveries for a grid.
     Simulate {
         /// Grid folder (holds grid.toml, cells.csv, ...).
@@ -132,36 +167,7 @@ pub enum Command {
         json: bool,
     },
     /// Make (or fetch) one differentially private release.
-    Release {
-        #[command(flatten)]
-        dataset: DatasetArg,
-        /// Whose budget pays: public, planners, tourism (see the policy).
-        #[arg(long)]
-        audience: String,
-        #[arg(long, value_enum)]
-        metric: MetricArg,
-        /// H3 resolution of the hexes (footfall) or zones (flows, ≤ 7).
-        #[arg(long, required_unless_present = "zones", conflicts_with = "zones")]
-        res: Option<u8>,
-        /// Key the values by the grid's named zones (zones.geojson) instead of hexes.
-        #[arg(long)]
-        zones: bool,
-        /// Output bin: 1h, 1d, 1w or 1mo.
-        #[arg(long)]
-        bin: crate::privacy::Bin,
-        #[arg(long)]
-        from: NaiveDate,
-        #[arg(long)]
-        to: NaiveDate,
-        /// ρ of a Gaussian (zCDP) release.
-        #[arg(long, conflicts_with = "epsilon", required_unless_present = "epsilon")]
-        rho: Option<f64>,
-        /// ε of a Laplace (pure DP) release, charged as ρ = ε²/2.
-        #[arg(long)]
-        epsilon: Option<f64>,
-        #[arg(long)]
-        json: bool,
-    },
+    Release(ReleaseArgs),
     /// Run the policy's publication plan for every day with data.
     Publish {
         #[command(flatten)]
@@ -389,132 +395,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             IngestOptions { correction },
             json,
         ),
-        Command::Store { dataset, json } => {
-            let policy = dataset.load(&args.policies_dir)?;
-            let store = CountStore::new(&data_dir, policy.dataset());
-            // Held until the files of this catalog have been read.
-            let _readers = store.read_guard()?;
-            let catalog = store.catalog()?;
-            let summary = store.summary(&catalog)?;
-            if json {
-                print_json(&serde_json::json!({
-                    "dataset": policy.dataset(), "root": store.root(),
-                    "deliveries": catalog.deliveries.len(), "metrics": summary,
-                }))?;
-            } else {
-                print_store(policy.dataset(), &store, &catalog, &summary);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Release {
-            dataset,
-            audience,
-            metric,
-            res,
-            zones,
-            bin,
-            from,
-            to,
-            rho,
-            epsilon,
-            json,
-        } => {
-            let policy = dataset.load(&args.policies_dir)?;
-            let budget = match (rho, epsilon) {
-                (_, Some(e)) => crate::privacy::mechanism::Budget::Epsilon(e),
-                (Some(r), None) => crate::privacy::mechanism::Budget::Rho(r),
-                (None, None) => bail!("give --rho or --epsilon"),
-            };
-            let spec = crate::release::ReleaseSpec {
-                dataset: policy.dataset().to_string(),
-                audience,
-                metric: metric.into(),
-                unit: if zones {
-                    crate::release::Unit::Zone
-                } else {
-                    crate::release::Unit::Hex
-                },
-                res: res.unwrap_or(0),
-                bin,
-                from,
-                to,
-                budget,
-            };
-            let releaser = crate::release::Releaser::new(policy, &data_dir)?;
-            let outcome = releaser.release(&spec, releaser.today())?;
-            if json {
-                print_json(&outcome)?;
-            } else {
-                print_release(&outcome);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Publish { dataset, json } => {
-            let policy = dataset.load(&args.policies_dir)?;
-            let releaser = crate::release::Releaser::new(policy, &data_dir)?;
-            let report = crate::release::publish::publish(&releaser, &data_dir)?;
-            if json {
-                print_json(&report)?;
-            } else {
-                out!(
-                    "published {} new releases ({} already stored, {} days not yet old enough), {:.4} ρ spent",
-                    report.new,
-                    report.stored,
-                    report.too_recent,
-                    report.rho_spent
-                );
-                for f in &report.refused {
-                    out!("  refused: {f}");
-                }
-            }
-            Ok(if report.refused.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Ledger { dataset, json } => {
-            let policy = dataset.load(&args.policies_dir)?;
-            let ledger = crate::release::Releaser::ledger(&data_dir)?;
-            let spend = ledger.spend(policy.dataset())?;
-            let releases = ledger.releases(policy.dataset())?;
-            let caps: std::collections::BTreeMap<&str, f64> = policy
-                .spec
-                .audiences
-                .iter()
-                .map(|(k, a)| (k.as_str(), a.rho_per_day))
-                .collect();
-            if json {
-                print_json(&serde_json::json!({
-                    "dataset": policy.dataset(),
-                    "rho_per_day_cap": policy.spec.privacy.rho_per_day_cap,
-                    "audience_caps": caps,
-                    "days": spend,
-                    "releases": releases,
-                }))?;
-            } else {
-                out!(
-                    "ledger of {} (dataset cap {} ρ per day; audience caps {:?})",
-                    policy.dataset(),
-                    policy.spec.privacy.rho_per_day_cap,
-                    caps
-                );
-                for s in &spend {
-                    let cap = caps.get(s.audience.as_str()).copied().unwrap_or(0.0);
-                    out!(
-                        "  {} {:<9} spent {:.6} ρ of {:.6} ({:.6} left) in {} release(s)",
-                        s.day,
-                        s.audience,
-                        s.rho_spent,
-                        cap,
-                        (cap - s.rho_spent).max(0.0),
-                        s.releases
-                    );
-                }
-                out!("  {} releases charged", releases.len());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Store { dataset, json } => store_cmd(&args.policies_dir, &data_dir, dataset, json),
+        Command::Release(a) => release_cmd(&args.policies_dir, &data_dir, a),
+        Command::Publish { dataset, json } => publish_cmd(&args.policies_dir, &data_dir, dataset, json),
+        Command::Ledger { dataset, json } => ledger_cmd(&args.policies_dir, &data_dir, dataset, json),
         Command::Demo {
             addr,
             no_serve,
@@ -535,54 +419,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             serve_policies(vec![policy], &data_dir, &serve)
         }
-        Command::Evaluate { dataset, json } => {
-            let r = crate::evaluate::run(dataset.load(&args.policies_dir)?, &data_dir)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                let e = &r.events;
-                out!(
-                    "events ({}, {} hexes, {} days scored, ρ {} per day): recall of the {} match evenings among the top {}: {:.0} % ({} false alarms there); {} match evenings and {} other days stand out from the noise (95 %)",
-                    e.area,
-                    e.hexes,
-                    e.days_scored,
-                    e.rho_per_day_of_source,
-                    e.match_days,
-                    e.match_days,
-                    100.0 * e.recall_at_k,
-                    e.false_alarms_at_k,
-                    e.matches_flagged,
-                    e.false_alarms
-                );
-                let p = &r.profiles;
-                out!(
-                    "profiles ({} zones, ρ {} per day): correlation of each zone's profile shape with the truth {:.4} (weekday means), {:.4} (month means)",
-                    p.zones,
-                    p.rho_per_day_of_source,
-                    p.weekday_correlation,
-                    p.month_correlation
-                );
-                let f = &r.flows;
-                out!(
-                    "flows ({}, {} pairs, ρ {} per day): Spearman {:.3}, top-10 overlap {:.0} %",
-                    f.period,
-                    f.pairs,
-                    f.rho_per_day_of_source,
-                    f.spearman,
-                    100.0 * f.top10_overlap
-                );
-                let c = &r.forecast;
-                out!(
-                    "forecast ({} zones, {} days ahead, backtest): MAE {:.1} % of the level vs {:.1} % for seasonal-naive; 95 % intervals held {:.0} %",
-                    c.zones,
-                    c.horizon_days,
-                    100.0 * c.relative_mae_model,
-                    100.0 * c.relative_mae_seasonal_naive,
-                    100.0 * c.coverage95
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Evaluate { dataset, json } => evaluate_cmd(&args.policies_dir, &data_dir, dataset, json),
         Command::Serve { serve } => {
             let policies = crate::server::load_policies(&args.policies_dir, &data_dir)?;
             serve_policies(policies, &data_dir, &serve)
@@ -603,83 +440,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             out!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init {
-            name,
-            cells,
-            area,
-            zones,
-            coverage,
-            holidays,
-            timezone,
-            bin_len_s,
-            unit_name,
-            out,
-            json,
-        } => {
-            let report = crate::init::init(&crate::init::InitArgs {
-                name,
-                cells,
-                area,
-                zones,
-                coverage,
-                holidays,
-                timezone,
-                bin_len_s,
-                unit_name,
-                out,
-            })?;
-            if json {
-                print_json(&report)?;
-            } else {
-                out!(
-                    "wrote {} and {}
-  {} cells on {} sites ({} outside the area), {:.1} km², sites {:.0} m apart (dense part; median {:.0} m)
-  timezone {} ({})
-  resolutions {:?}; {} zones; {} holidays
-  publication plan: {}
-next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish and serve",
-                    report.grid_dir.display(),
-                    report.policy.display(),
-                    report.cells,
-                    report.sites,
-                    report.cells_outside_area,
-                    report.area_km2,
-                    report.site_spacing_p10_m,
-                    report.site_spacing_median_m,
-                    report.timezone,
-                    report.timezone_source,
-                    report.resolutions,
-                    report.zones,
-                    report.holidays,
-                    report
-                        .publication
-                        .iter()
-                        .map(|p| format!(
-                            "{} {} {}",
-                            p.metric,
-                            if p.unit == crate::release::Unit::Zone {
-                                "zones".to_string()
-                            } else {
-                                format!("res {}", p.res)
-                            },
-                            p.bin.as_str()
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    report
-                        .policy
-                        .parent()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    report
-                        .policy
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Init(a) => init_cmd(a),
         Command::Bench { grid, month, res, json } => {
             let report = crate::bench::run(&grid, month, &res)?;
             if json {
@@ -690,6 +451,265 @@ next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish a
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn store_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
+    let policy = dataset.load(policies_dir)?;
+    let store = CountStore::new(data_dir, policy.dataset());
+    // Held until the files of this catalog have been read.
+    let _readers = store.read_guard()?;
+    let catalog = store.catalog()?;
+    let summary = store.summary(&catalog)?;
+    if json {
+        print_json(&serde_json::json!({
+            "dataset": policy.dataset(), "root": store.root(),
+            "deliveries": catalog.deliveries.len(), "metrics": summary,
+        }))?;
+    } else {
+        print_store(policy.dataset(), &store, &catalog, &summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<ExitCode> {
+    let ReleaseArgs {
+        dataset,
+        audience,
+        metric,
+        res,
+        zones,
+        bin,
+        from,
+        to,
+        rho,
+        epsilon,
+        json,
+    } = a;
+    let policy = dataset.load(policies_dir)?;
+    let budget = match (rho, epsilon) {
+        (_, Some(e)) => crate::privacy::mechanism::Budget::Epsilon(e),
+        (Some(r), None) => crate::privacy::mechanism::Budget::Rho(r),
+        (None, None) => bail!("give --rho or --epsilon"),
+    };
+    let spec = crate::release::ReleaseSpec {
+        dataset: policy.dataset().to_string(),
+        audience,
+        metric: metric.into(),
+        unit: if zones {
+            crate::release::Unit::Zone
+        } else {
+            crate::release::Unit::Hex
+        },
+        res: res.unwrap_or(0),
+        bin,
+        from,
+        to,
+        budget,
+    };
+    let releaser = crate::release::Releaser::new(policy, data_dir)?;
+    let outcome = releaser.release(&spec, releaser.today())?;
+    if json {
+        print_json(&outcome)?;
+    } else {
+        print_release(&outcome);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
+    let policy = dataset.load(policies_dir)?;
+    let releaser = crate::release::Releaser::new(policy, data_dir)?;
+    let report = crate::release::publish::publish(&releaser, data_dir)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        out!(
+            "published {} new releases ({} already stored, {} days not yet old enough), {:.4} ρ spent",
+            report.new,
+            report.stored,
+            report.too_recent,
+            report.rho_spent
+        );
+        for f in &report.refused {
+            out!("  refused: {f}");
+        }
+    }
+    Ok(if report.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn ledger_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
+    let policy = dataset.load(policies_dir)?;
+    let ledger = crate::release::Releaser::ledger(data_dir)?;
+    let spend = ledger.spend(policy.dataset())?;
+    let releases = ledger.releases(policy.dataset())?;
+    let caps: std::collections::BTreeMap<&str, f64> = policy
+        .spec
+        .audiences
+        .iter()
+        .map(|(k, a)| (k.as_str(), a.rho_per_day))
+        .collect();
+    if json {
+        print_json(&serde_json::json!({
+            "dataset": policy.dataset(),
+            "rho_per_day_cap": policy.spec.privacy.rho_per_day_cap,
+            "audience_caps": caps,
+            "days": spend,
+            "releases": releases,
+        }))?;
+    } else {
+        out!(
+            "ledger of {} (dataset cap {} ρ per day; audience caps {:?})",
+            policy.dataset(),
+            policy.spec.privacy.rho_per_day_cap,
+            caps
+        );
+        for s in &spend {
+            let cap = caps.get(s.audience.as_str()).copied().unwrap_or(0.0);
+            out!(
+                "  {} {:<9} spent {:.6} ρ of {:.6} ({:.6} left) in {} release(s)",
+                s.day,
+                s.audience,
+                s.rho_spent,
+                cap,
+                (cap - s.rho_spent).max(0.0),
+                s.releases
+            );
+        }
+        out!("  {} releases charged", releases.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
+    let r = crate::evaluate::run(dataset.load(policies_dir)?, data_dir)?;
+    if json {
+        print_json(&r)?;
+    } else {
+        let e = &r.events;
+        out!(
+            "events ({}, {} hexes, {} days scored, ρ {} per day): recall of the {} match evenings among the top {}: {:.0} % ({} false alarms there); {} match evenings and {} other days stand out from the noise (95 %)",
+            e.area,
+            e.hexes,
+            e.days_scored,
+            e.rho_per_day_of_source,
+            e.match_days,
+            e.match_days,
+            100.0 * e.recall_at_k,
+            e.false_alarms_at_k,
+            e.matches_flagged,
+            e.false_alarms
+        );
+        let p = &r.profiles;
+        out!(
+            "profiles ({} zones, ρ {} per day): correlation of each zone's profile shape with the truth {:.4} (weekday means), {:.4} (month means)",
+            p.zones,
+            p.rho_per_day_of_source,
+            p.weekday_correlation,
+            p.month_correlation
+        );
+        let f = &r.flows;
+        out!(
+            "flows ({}, {} pairs, ρ {} per day): Spearman {:.3}, top-10 overlap {:.0} %",
+            f.period,
+            f.pairs,
+            f.rho_per_day_of_source,
+            f.spearman,
+            100.0 * f.top10_overlap
+        );
+        let c = &r.forecast;
+        out!(
+            "forecast ({} zones, {} days ahead, backtest): MAE {:.1} % of the level vs {:.1} % for seasonal-naive; 95 % intervals held {:.0} %",
+            c.zones,
+            c.horizon_days,
+            100.0 * c.relative_mae_model,
+            100.0 * c.relative_mae_seasonal_naive,
+            100.0 * c.coverage95
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_cmd(a: InitCmdArgs) -> Result<ExitCode> {
+    let InitCmdArgs {
+        name,
+        cells,
+        area,
+        zones,
+        coverage,
+        holidays,
+        timezone,
+        bin_len_s,
+        unit_name,
+        out,
+        json,
+    } = a;
+    let report = crate::init::init(&crate::init::InitArgs {
+        name,
+        cells,
+        area,
+        zones,
+        coverage,
+        holidays,
+        timezone,
+        bin_len_s,
+        unit_name,
+        out,
+    })?;
+    if json {
+        print_json(&report)?;
+    } else {
+        out!(
+            "wrote {} and {}
+  {} cells on {} sites ({} outside the area), {:.1} km², sites {:.0} m apart (dense part; median {:.0} m)
+  timezone {} ({})
+  resolutions {:?}; {} zones; {} holidays
+  publication plan: {}
+next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish and serve",
+            report.grid_dir.display(),
+            report.policy.display(),
+            report.cells,
+            report.sites,
+            report.cells_outside_area,
+            report.area_km2,
+            report.site_spacing_p10_m,
+            report.site_spacing_median_m,
+            report.timezone,
+            report.timezone_source,
+            report.resolutions,
+            report.zones,
+            report.holidays,
+            report
+                .publication
+                .iter()
+                .map(|p| format!(
+                    "{} {} {}",
+                    p.metric,
+                    if p.unit == crate::release::Unit::Zone {
+                        "zones".to_string()
+                    } else {
+                        format!("res {}", p.res)
+                    },
+                    p.bin.as_str()
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            report
+                .policy
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            report
+                .policy
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]
