@@ -13,7 +13,7 @@ use chrono::{Datelike, Duration, NaiveDate};
 use serde::{Deserialize, Serialize};
 
 /// z of a two-sided 95 % interval.
-pub const Z95: f64 = 1.959_963_984_540_054;
+pub use crate::privacy::errorbar::Z95;
 
 /// The sd of the noise behind a published 95 % error bar: b·ln 20 for
 /// Laplace noise on hexes (σ = b√2), 1.96 σ otherwise (Gaussian noise, or

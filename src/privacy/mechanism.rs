@@ -130,19 +130,12 @@ pub struct Calibrated {
 impl Calibrated {
     /// Standard deviation of one noise draw.
     pub fn noise_sd(&self) -> f64 {
-        match self.mechanism {
-            Mechanism::GaussianZcdp => self.scale,
-            Mechanism::LaplacePure => self.scale * std::f64::consts::SQRT_2,
-        }
+        super::errorbar::float_draw(self.mechanism, self.scale).sd
     }
 
     /// Half-width of the 95 % interval of one noise draw.
     pub fn ci95(&self) -> f64 {
-        match self.mechanism {
-            Mechanism::GaussianZcdp => 1.959_963_984_540_054 * self.scale,
-            // P(|L| > t) = exp(-t/b) = 0.05.
-            Mechanism::LaplacePure => self.scale * 20f64.ln(),
-        }
+        super::errorbar::float_draw(self.mechanism, self.scale).half_width
     }
 
     /// ε at `delta` for a zCDP release (OpenDP's conversion); the pure ε for
