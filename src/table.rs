@@ -8,14 +8,26 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-/// Reads a CSV file with a header, every column as `String`.
-pub fn read_csv_as_strings(path: &Path) -> PolarsResult<DataFrame> {
+/// A header row, every column as `String`, ragged rows refused.
+fn text_csv() -> CsvReadOptions {
     CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
         .with_raise_if_empty(false)
         .map_parse_options(|o| o.with_truncate_ragged_lines(false))
+}
+
+/// Reads a CSV file with a header, every column as `String`.
+pub fn read_csv_as_strings(path: &Path) -> PolarsResult<DataFrame> {
+    text_csv()
         .try_into_reader_with_file_path(Some(path.to_path_buf()))?
+        .finish()
+}
+
+/// Parses CSV bytes (a header line first) like [`read_csv_as_strings`].
+pub fn read_csv_bytes_as_strings(bytes: Vec<u8>) -> PolarsResult<DataFrame> {
+    text_csv()
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
         .finish()
 }
 

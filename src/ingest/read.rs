@@ -228,14 +228,7 @@ impl DeliveryReader {
 
 /// Parses CSV bytes with a header row, every column as text.
 fn parse_csv(path: &Path, bytes: Vec<u8>) -> Result<DataFrame, IngestError> {
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_raise_if_empty(false)
-        .map_parse_options(|o| o.with_truncate_ragged_lines(false))
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-        .finish()
-        .map_err(|e| unreadable(path, "CSV", &csv_reason(&e)))
+    crate::table::read_csv_bytes_as_strings(bytes).map_err(|e| unreadable(path, "CSV", &csv_reason(&e)))
 }
 
 /// Why polars could not parse CSV, in words that never quote the file.
