@@ -45,18 +45,38 @@ pub enum InitError {
     Policy(#[from] crate::policy::PolicyError),
 }
 
-/// What `init` is given.
-#[derive(Debug, Clone)]
+/// What `init` is given (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct InitArgs {
+    /// Dataset and grid name (lowercase letters, digits, '-', '_').
+    #[arg(long)]
     pub name: String,
+    /// Cell catalogue: cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m.
+    #[arg(long)]
     pub cells: PathBuf,
+    /// Study area: a GeoJSON Polygon or MultiPolygon (or a Feature/FeatureCollection of one).
+    #[arg(long)]
     pub area: PathBuf,
+    /// Named zones (districts): FeatureCollection with zone_id and name.
+    #[arg(long)]
     pub zones: Option<PathBuf>,
+    /// Explicit coverage polygons, property cell_id.
+    #[arg(long)]
     pub coverage: Option<PathBuf>,
+    /// Public holidays: date,name.
+    #[arg(long)]
     pub holidays: Option<PathBuf>,
+    /// IANA timezone of the local day (default: that of the cells' centroid).
+    #[arg(long)]
     pub timezone: Option<String>,
+    /// Length of one operator bin (s).
+    #[arg(long = "bin-len", default_value_t = 3600)]
     pub bin_len_s: u32,
+    /// What the operator counts (plural), used in every label.
+    #[arg(long = "unit-name", default_value = "devices")]
     pub unit_name: String,
+    /// Folder that receives grids/NAME/ and privacy-budgets/NAME.toml.
+    #[arg(long, default_value = ".")]
     pub out: PathBuf,
 }
 
