@@ -55,6 +55,24 @@ fn releases(
     Ok(by_window.into_values().collect())
 }
 
+/// Every public release of a kind of this dataset, oldest first.
+fn published(
+    state: &AppState,
+    ds: &Dataset,
+    metric: Metric,
+    unit: Unit,
+    bin: Bin,
+) -> Result<Vec<ReleaseSummary>, Problem> {
+    releases(
+        state,
+        ds.releaser.policy.dataset(),
+        metric,
+        unit,
+        bin,
+        (NaiveDate::MIN, NaiveDate::MAX),
+    )
+}
+
 fn load_all(state: &AppState, list: &[ReleaseSummary]) -> Result<Vec<Arc<ReleaseData>>, Problem> {
     list.iter()
         .map(|r| {
@@ -151,14 +169,7 @@ fn zone_index(data: &ReleaseData, zone: &str) -> Result<u32, Problem> {
 /// The daily series of one zone from daily zone footfall releases.
 fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>, Vec<ReleaseSummary>), Problem> {
     need_zones(ds)?;
-    let list = releases(
-        state,
-        ds.releaser.policy.dataset(),
-        Metric::Footfall,
-        Unit::Zone,
-        Bin::Day,
-        (NaiveDate::MIN, NaiveDate::MAX),
-    )?;
+    let list = published(state, ds, Metric::Footfall, Unit::Zone, Bin::Day)?;
     if list.is_empty() {
         return Err(missing_for(
             ds,
@@ -509,15 +520,7 @@ fn day_hours(
 
 /// The finest resolution of the public hourly hex footfall, if any.
 fn published_hourly_res(state: &AppState, ds: &Dataset) -> Result<Option<u8>, Problem> {
-    let all = (NaiveDate::MIN, NaiveDate::MAX);
-    let list = releases(
-        state,
-        ds.releaser.policy.dataset(),
-        Metric::Footfall,
-        Unit::Hex,
-        Bin::Hour,
-        all,
-    )?;
+    let list = published(state, ds, Metric::Footfall, Unit::Hex, Bin::Hour)?;
     Ok(list.iter().filter_map(|r| r.res).max())
 }
 
@@ -587,15 +590,7 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
             })?;
             // Hourly zone releases answer exactly; else the hexes whose
             // centre lies in the zone.
-            let all = (NaiveDate::MIN, NaiveDate::MAX);
-            let by_zone = releases(
-                state,
-                ds.releaser.policy.dataset(),
-                Metric::Footfall,
-                Unit::Zone,
-                Bin::Hour,
-                all,
-            )?;
+            let by_zone = published(state, ds, Metric::Footfall, Unit::Zone, Bin::Hour)?;
             if q.res.is_none() && !by_zone.is_empty() {
                 Area::Zone(z.clone())
             } else {
@@ -706,12 +701,10 @@ pub async fn flows(
     let st = state.clone();
     let ds2 = ds.clone();
     let body = blocking(move || {
-        let dataset = ds.releaser.policy.dataset();
-        let all = (NaiveDate::MIN, NaiveDate::MAX);
         // Hourly flows when the plan makes them, else daily ones.
-        let hourly = releases(&st, dataset, Metric::Flows, Unit::Zone, Bin::Hour, all)?;
+        let hourly = published(&st, &ds, Metric::Flows, Unit::Zone, Bin::Hour)?;
         let (bin, available) = if hourly.is_empty() {
-            (Bin::Day, releases(&st, dataset, Metric::Flows, Unit::Zone, Bin::Day, all)?)
+            (Bin::Day, published(&st, &ds, Metric::Flows, Unit::Zone, Bin::Day)?)
         } else {
             (Bin::Hour, hourly)
         };
