@@ -118,6 +118,9 @@ pub struct Ingestor {
     pub grid: Grid,
     pub store: CountStore,
     data_dir: PathBuf,
+    /// Whether this ingestor already tidied the store: once per process is
+    /// enough (a restart re-offers every delivery, each already ingested).
+    tidied: std::sync::atomic::AtomicBool,
 }
 
 impl Ingestor {
@@ -129,6 +132,7 @@ impl Ingestor {
             grid,
             store,
             data_dir: data_dir.to_path_buf(),
+            tidied: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -166,7 +170,9 @@ impl Ingestor {
         // A retry after a crash stops here too, so it tidies what the crash
         // left (when no other writer or reader is busy).
         if let Some(d) = self.store.catalog().map_err(store_err)?.delivery(&sha256) {
-            self.store.tidy().map_err(store_err)?;
+            if !self.tidied.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                self.store.tidy().map_err(store_err)?;
+            }
             return Ok(already(report, d, started));
         }
 

@@ -50,10 +50,6 @@ impl Rejections {
             *self.unlisted.entry((r.column, r.reason)).or_default() += 1;
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
 }
 
 /// A column as delivered, normalised to what validation needs.
