@@ -71,6 +71,13 @@ pub struct ReleaseArgs {
     /// Output bin: 1h, 1d, 1w or 1mo.
     #[arg(long)]
     pub bin: crate::privacy::Bin,
+    /// Presence: the period of the day (a name of the policy's
+    /// [presence.periods], e.g. day or night).
+    #[arg(long)]
+    pub period: Option<String>,
+    /// Presence: split the values by none, segment or segment,origin.
+    #[arg(long)]
+    pub by: Option<crate::vocab::By>,
     #[arg(long)]
     pub from: NaiveDate,
     #[arg(long)]
@@ -216,10 +223,11 @@ pub enum Command {
 }
 
 /// `--metric`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MetricArg {
     Footfall,
     Flows,
+    Presence,
 }
 
 impl From<MetricArg> for crate::store::Metric {
@@ -227,6 +235,7 @@ impl From<MetricArg> for crate::store::Metric {
         match m {
             MetricArg::Footfall => crate::store::Metric::Footfall,
             MetricArg::Flows => crate::store::Metric::Flows,
+            MetricArg::Presence => crate::store::Metric::Presence,
         }
     }
 }
@@ -451,6 +460,8 @@ fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<E
         res,
         zones,
         bin,
+        period,
+        by,
         from,
         to,
         rho,
@@ -474,6 +485,8 @@ fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<E
         },
         res: res.unwrap_or(0),
         bin,
+        by: by.or((metric == MetricArg::Presence).then_some(crate::vocab::By::Segment)),
+        period,
         from,
         to,
         budget,

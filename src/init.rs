@@ -341,6 +341,8 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
         unit: Unit::Hex,
         res: public_finest,
         bin: Bin::Hour,
+        period: None,
+        by: None,
         rho: 0.1,
     }];
     if !zone_list.is_empty() {
@@ -349,6 +351,8 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             unit: Unit::Zone,
             res: 0,
             bin: Bin::Day,
+            period: None,
+            by: None,
             rho: 0.04,
         });
         // Hourly flows while the pairs stay few; daily beyond.
@@ -358,6 +362,8 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             unit: Unit::Zone,
             res: 0,
             bin: flows_bin,
+            period: None,
+            by: None,
             rho: 0.04,
         });
     }
@@ -367,6 +373,8 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             unit: Unit::Hex,
             res: coarsest as u8,
             bin: Bin::Day,
+            period: None,
+            by: None,
             rho: 0.02,
         });
     }
@@ -550,6 +558,7 @@ fn write(args: &InitArgs, plan: &Plan, grid_dir: &Path, policy_path: &Path) -> R
             (crate::store::Metric::Footfall, crate::release::Unit::Hex, _) => "the city-wide daily picture",
             (crate::store::Metric::Footfall, crate::release::Unit::Zone, _) => "seasonality and forecasts per zone",
             (crate::store::Metric::Flows, _, _) => "flows between zones",
+            (crate::store::Metric::Presence, _, _) => "people present per zone and segment",
         };
         let _ = writeln!(p, "\n# {why}.\n[[publication]]");
         let _ = writeln!(p, "metric = \"{}\"", item.metric);
@@ -561,7 +570,14 @@ fn write(args: &InitArgs, plan: &Plan, grid_dir: &Path, policy_path: &Path) -> R
                 let _ = writeln!(p, "res = {}", item.res);
             }
         }
-        let _ = writeln!(p, "bin = \"{}\"\nrho = {}", item.bin.as_str(), item.rho);
+        let _ = writeln!(p, "bin = \"{}\"", item.bin.as_str());
+        if let Some(period) = &item.period {
+            let _ = writeln!(p, "period = \"{period}\"");
+        }
+        if let Some(by) = item.by {
+            let _ = writeln!(p, "by = \"{}\"", by.as_str());
+        }
+        let _ = writeln!(p, "rho = {}", item.rho);
     }
     crate::util::write_atomic(policy_path, p.as_bytes()).map_err(io(policy_path))?;
     Ok(())

@@ -79,6 +79,177 @@ pub struct AudienceSpec {
     pub min_delay_days: u32,
 }
 
+/// `[presence.periods.<name>]`: a part of the local day, `from` inclusive,
+/// `to` exclusive ("08:00" to "20:00"; `to = "24:00"` ends at midnight).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodSpec {
+    pub from: String,
+    pub to: String,
+}
+
+/// `[presence]`: the public lists a presence delivery is keyed by, and
+/// the expansion factors that turn devices into estimated people.
+///
+/// Everything here is public: the key set of every presence release is
+/// built from these lists, never from the data.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSpec {
+    /// Day-parts; the operator attributes each device to at most one cell
+    /// per period and day.
+    pub periods: std::collections::BTreeMap<String, PeriodSpec>,
+    /// Segments, in display order (e.g. resident, tourist, excursionist).
+    pub segments: Vec<String>,
+    /// Published origin groups, each with the origin codes it gathers
+    /// (French départements into regions, a country into itself). A code
+    /// the operator may deliver is a member of some group or `other`;
+    /// codes in no group are published under the group `other`.
+    pub origins: std::collections::BTreeMap<String, Vec<String>>,
+    /// Largest believable `devices` for one cell, day, period, segment
+    /// and origin.
+    pub max_devices_per_cell_day: u32,
+    /// Operator's devices per person of each segment (market share, or
+    /// roaming share for foreign visitors): people = devices / factor.
+    #[serde(default)]
+    pub expansion: std::collections::BTreeMap<String, f64>,
+    /// Factors per zone id that replace `expansion` in that zone (zone
+    /// releases only).
+    #[serde(default)]
+    pub expansion_by_zone: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
+}
+
+/// The origin group of codes in no named group.
+pub const OTHER_ORIGIN: &str = "other";
+
+impl PresenceSpec {
+    /// The published origin groups: the named ones, then `other` unless a
+    /// named group already holds the code `other`.
+    pub fn origin_groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self.origins.keys().cloned().collect();
+        if self.group_of(OTHER_ORIGIN) == OTHER_ORIGIN && !groups.iter().any(|g| g == OTHER_ORIGIN) {
+            groups.push(OTHER_ORIGIN.into());
+        }
+        groups
+    }
+
+    /// The group an accepted code is published under.
+    pub fn group_of<'a>(&'a self, code: &str) -> &'a str {
+        self.origins
+            .iter()
+            .find(|(_, codes)| codes.iter().any(|c| c == code))
+            .map_or(OTHER_ORIGIN, |(g, _)| g.as_str())
+    }
+
+    /// Whether the operator may deliver `code`.
+    pub fn accepts_origin(&self, code: &str) -> bool {
+        code == OTHER_ORIGIN || self.origins.values().any(|codes| codes.iter().any(|c| c == code))
+    }
+
+    /// The expansion factor of `segment` (in `zone`, if it has its own).
+    pub fn factor(&self, segment: &str, zone: Option<&str>) -> Option<f64> {
+        zone.and_then(|z| self.expansion_by_zone.get(z))
+            .and_then(|f| f.get(segment))
+            .or_else(|| self.expansion.get(segment))
+            .copied()
+    }
+
+    /// A period's bounds in seconds after local midnight.
+    pub fn period_bounds(&self, name: &str) -> Option<(u32, u32)> {
+        let p = self.periods.get(name)?;
+        Some((parse_hhmm(&p.from)?, parse_hhmm(&p.to)?))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= 40 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if self.periods.is_empty() {
+            return Err("presence.periods must name at least one period (e.g. day and night)".into());
+        }
+        for (name, p) in &self.periods {
+            if !name_ok(name) || name == crate::vocab::ALL_GROUPS {
+                return Err(format!(
+                    "presence.periods.{name}: a period name is 1 to 40 ASCII letters, digits, '-' or '_' (and not \"all\")"
+                ));
+            }
+            match (parse_hhmm(&p.from), parse_hhmm(&p.to)) {
+                (Some(a), Some(b)) if a < b => {}
+                _ => {
+                    return Err(format!(
+                        "presence.periods.{name}: from = {:?} and to = {:?} must be HH:MM times with from before to in one day (a period does not wrap past midnight)",
+                        p.from, p.to
+                    ));
+                }
+            }
+        }
+        if self.segments.is_empty() {
+            return Err("presence.segments must list at least one segment".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.segments {
+            if !name_ok(s) || s == crate::vocab::ALL_GROUPS || !seen.insert(s) {
+                return Err(format!(
+                    "presence.segments: {s:?} is listed twice, is \"all\" or is not 1 to 40 ASCII letters, digits, '-' or '_'"
+                ));
+            }
+        }
+        let mut owner: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+        for (group, codes) in &self.origins {
+            if group.trim().is_empty() || group.len() > 60 || group == crate::vocab::ALL_GROUPS {
+                return Err(format!(
+                    "presence.origins: group {group:?} needs a name of 1 to 60 characters other than \"all\""
+                ));
+            }
+            if codes.is_empty() {
+                return Err(format!("presence.origins.{group:?} lists no origin code"));
+            }
+            for c in codes {
+                if c.trim().is_empty() || c.len() > 20 || c.contains(',') {
+                    return Err(format!("presence.origins.{group:?}: {c:?} is not an origin code"));
+                }
+                if let Some(other) = owner.insert(c, group) {
+                    return Err(format!(
+                        "presence.origins: code {c:?} is in both {other:?} and {group:?}; a code is published in one group"
+                    ));
+                }
+            }
+        }
+        if self.periods.len() > 255 || self.segments.len() > 255 || owner.len() >= 65_535 {
+            return Err("presence: at most 255 periods, 255 segments and 65,534 origin codes".into());
+        }
+        if self.max_devices_per_cell_day == 0 {
+            return Err("presence.max_devices_per_cell_day must be positive".into());
+        }
+        let factors = self.expansion.iter().map(|(s, f)| (None, s, f)).chain(
+            self.expansion_by_zone
+                .iter()
+                .flat_map(|(z, m)| m.iter().map(move |(s, f)| (Some(z), s, f))),
+        );
+        for (zone, segment, f) in factors {
+            let at = zone
+                .map(|z| format!("expansion_by_zone.{z:?}"))
+                .unwrap_or("expansion".into());
+            if !self.segments.contains(segment) {
+                return Err(format!("presence.{at}.{segment}: not a segment of presence.segments"));
+            }
+            if !(f.is_finite() && *f > 0.0 && *f <= 1.0) {
+                return Err(format!(
+                    "presence.{at}.{segment} = {f} must be a share of people in (0, 1] (the operator's devices per person)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// "HH:MM" (00:00 to 24:00) in seconds after midnight.
+fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 || h == 24 && m == 0).then_some(h * 3600 + m * 60)
+}
+
 /// `[[publication]]`: a standing public release made for every day.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +261,11 @@ pub struct StandingRelease {
     #[serde(default)]
     pub res: u8,
     pub bin: crate::privacy::Bin,
+    /// Presence only: the period and the split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<crate::vocab::By>,
     pub rho: f64,
 }
 
@@ -116,6 +292,9 @@ pub struct PolicySpec {
     pub audiences: std::collections::BTreeMap<String, AudienceSpec>,
     #[serde(default)]
     pub publication: Vec<StandingRelease>,
+    /// Presence deliveries and releases need it.
+    #[serde(default)]
+    pub presence: Option<PresenceSpec>,
 }
 
 fn default_unit_name() -> String {
@@ -201,6 +380,25 @@ impl Policy {
         for (i, r) in spec.publication.iter().enumerate() {
             if let Err(e) = crate::privacy::mechanism::Budget::Rho(r.rho).check() {
                 return Err(invalid(format!("publication[{i}].{e}")));
+            }
+        }
+        if let Some(p) = &spec.presence {
+            p.check().map_err(invalid)?;
+        }
+        for (i, r) in spec.publication.iter().enumerate() {
+            let presence = r.metric == crate::vocab::Metric::Presence;
+            if presence != r.period.is_some() || (!presence && r.by.is_some()) {
+                return Err(invalid(format!(
+                    "publication[{i}]: period (and by) are for presence releases only, and a presence release needs a period"
+                )));
+            }
+            if let Some(period) = &r.period {
+                let known = spec.presence.as_ref().is_some_and(|p| p.periods.contains_key(period));
+                if !known {
+                    return Err(invalid(format!(
+                        "publication[{i}].period = {period:?} is not a period of [presence.periods]"
+                    )));
+                }
             }
         }
         let planned: f64 = spec.publication.iter().map(|r| r.rho).sum();

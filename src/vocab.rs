@@ -29,6 +29,9 @@ pub enum Metric {
     Footfall,
     /// `origin_cell_id, dest_cell_id, bin_start, trips`
     Flows,
+    /// `cell_id, day, period, segment, origin, devices`: each device
+    /// attributed, per local day and period, to at most one cell.
+    Presence,
 }
 
 impl Metric {
@@ -36,14 +39,20 @@ impl Metric {
         match self {
             Metric::Footfall => "footfall",
             Metric::Flows => "flows",
+            Metric::Presence => "presence",
         }
     }
 
-    /// Key columns of the store schema, `bin_start` last.
+    /// Every metric, in the store's order.
+    pub const ALL: [Metric; 3] = [Metric::Footfall, Metric::Flows, Metric::Presence];
+
+    /// Key columns of the store schema: the time column (`bin_start`, or
+    /// the local `day` of presence) last.
     pub fn key_columns(self) -> &'static [&'static str] {
         match self {
             Metric::Footfall => &["cell_id", "bin_start"],
             Metric::Flows => &["origin_cell_id", "dest_cell_id", "bin_start"],
+            Metric::Presence => &["cell_id", "period", "segment", "origin", "day"],
         }
     }
 
@@ -52,10 +61,19 @@ impl Metric {
         match self {
             Metric::Footfall => "devices",
             Metric::Flows => "trips",
+            Metric::Presence => "devices",
         }
     }
 
-    /// Every column of the operator format and of the store, in order.
+    /// The columns of the operator's format, in its documented order.
+    pub fn operator_columns(self) -> Vec<&'static str> {
+        match self {
+            Metric::Presence => vec!["cell_id", "day", "period", "segment", "origin", "devices"],
+            m => m.columns(),
+        }
+    }
+
+    /// Every column of the store, keys then count.
     pub fn columns(self) -> Vec<&'static str> {
         let mut c = self.key_columns().to_vec();
         c.push(self.value_column());
@@ -68,6 +86,46 @@ impl std::fmt::Display for Metric {
         f.write_str(self.as_str())
     }
 }
+
+/// How a presence release splits its values: by nothing (one value per
+/// place), by segment, or by segment and origin group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum By {
+    #[serde(rename = "none")]
+    Nothing,
+    #[default]
+    #[serde(rename = "segment")]
+    Segment,
+    #[serde(rename = "segment,origin")]
+    SegmentOrigin,
+}
+
+impl By {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Nothing => "none",
+            By::Segment => "segment",
+            By::SegmentOrigin => "segment,origin",
+        }
+    }
+}
+
+impl std::str::FromStr for By {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.replace(' ', "").as_str() {
+            "none" => Ok(By::Nothing),
+            "segment" => Ok(By::Segment),
+            "segment,origin" | "origin,segment" => Ok(By::SegmentOrigin),
+            other => Err(format!(
+                "unknown --by {other:?} (expected none, segment or segment,origin)"
+            )),
+        }
+    }
+}
+
+/// The segment and origin labels of values that are not split by them.
+pub const ALL_GROUPS: &str = "all";
 
 /// Output bin length of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

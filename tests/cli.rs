@@ -255,7 +255,7 @@ fn a_file_with_one_bad_row_among_many_lands_nothing() {
 fn schema_problems_are_named() {
     let env = Env::new();
     let cases = [
-        ("missing.csv", "cell_id,devices\nA-1,3\n", "neither footfall"),
+        ("missing.csv", "cell_id,devices\nA-1,3\n", "the header is not footfall"),
         (
             "extra.csv",
             "cell_id,bin_start,devices,imsi\nA-1,2025-03-12T00:00:00+01:00,3,x\n",

@@ -181,12 +181,27 @@ impl Ingestor {
         let metric = detect_metric(path, &reader.names)?;
         report.metric = Some(metric);
         let progress = crate::cli_progress(reader.bytes, "validating");
+        let presence = match metric {
+            Metric::Presence => Some(validate::PresenceKeys::new(
+                self.policy.spec.presence.as_ref().ok_or_else(|| IngestError::Schema {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "a presence file, but policy {} has no [presence] section naming its periods, segments and origins",
+                        self.policy.path.display()
+                    ),
+                })?,
+            )),
+            _ => None,
+        };
         let mut validator = Validator::new(&self.grid, &self.policy.spec.ingest, reader.first_line);
         let mut valid = validate::Validated::default();
         let mut rejections = validate::Rejections::default();
         while let Some(df) = reader.next_batch()? {
             let columns = normalise_columns(path, &df, metric)?;
-            validator.run(metric, &columns, df.height(), &mut valid, &mut rejections);
+            match &presence {
+                Some(keys) => validator.run_presence(keys, &columns, df.height(), &mut valid, &mut rejections),
+                None => validator.run(metric, &columns, df.height(), &mut valid, &mut rejections),
+            }
             report.rows += df.height();
             progress.set_position(reader.consumed());
         }
@@ -211,7 +226,11 @@ impl Ingestor {
             });
         }
 
-        let frames = self.day_frames(metric, valid).map_err(|source| IngestError::Store {
+        let frames = match &presence {
+            Some(keys) => self.presence_frames(keys, valid),
+            None => self.day_frames(metric, valid),
+        }
+        .map_err(|source| IngestError::Store {
             path: path.to_path_buf(),
             source: StoreError::Polars {
                 path: path.to_path_buf(),
@@ -296,13 +315,58 @@ impl Ingestor {
                     bin_start.into(),
                     values.into(),
                 ])?,
-                Metric::Flows => DataFrame::new_infer_height(vec![
+                // Presence rows go through `presence_frames`.
+                Metric::Flows | Metric::Presence => DataFrame::new_infer_height(vec![
                     cell_series("origin_cell_id", &v.cell).into(),
                     cell_series("dest_cell_id", &v.dest).into(),
                     bin_start.into(),
                     values.into(),
                 ])?,
             };
+            out.insert(day, df);
+        }
+        Ok(out)
+    }
+
+    /// [`Ingestor::day_frames`] for presence: one frame per local day in the
+    /// store schema (`cell_id, period, segment, origin, day, devices`),
+    /// sorted by cell, period, segment and origin.
+    fn presence_frames(
+        &self,
+        keys: &validate::PresenceKeys,
+        v: validate::Validated,
+    ) -> PolarsResult<BTreeMap<NaiveDate, DataFrame>> {
+        let mut by_day: BTreeMap<NaiveDate, Vec<usize>> = BTreeMap::new();
+        for (i, d) in v.day.iter().enumerate() {
+            by_day.entry(*d).or_default().push(i);
+        }
+        let ids = &self.grid.cells;
+        let segments = &keys.spec.segments;
+        let mut out = BTreeMap::new();
+        for (day, mut idx) in by_day {
+            idx.sort_by_key(|&i| (v.cell[i], v.period[i], v.segment[i], v.origin[i]));
+            let text = |name: &str, values: Vec<&str>| polars::prelude::Column::new(name.into(), values);
+            let days = DateChunked::from_naive_date("day".into(), idx.iter().map(|_| day)).into_column();
+            let df = DataFrame::new_infer_height(vec![
+                text(
+                    "cell_id",
+                    idx.iter().map(|&i| ids[v.cell[i] as usize].cell_id.as_str()).collect(),
+                ),
+                text(
+                    "period",
+                    idx.iter().map(|&i| keys.periods[v.period[i] as usize]).collect(),
+                ),
+                text(
+                    "segment",
+                    idx.iter().map(|&i| segments[v.segment[i] as usize].as_str()).collect(),
+                ),
+                text(
+                    "origin",
+                    idx.iter().map(|&i| keys.origins[v.origin[i] as usize]).collect(),
+                ),
+                days,
+                UInt32Chunked::from_vec("devices".into(), idx.iter().map(|&i| v.value[i]).collect()).into_column(),
+            ])?;
             out.insert(day, df);
         }
         Ok(out)
@@ -367,23 +431,28 @@ fn already(mut report: FileReport, d: &Delivery, started: Instant) -> FileReport
 /// fields are a cell id, a timestamp and a count.
 fn detect_metric(path: &Path, names: &[String]) -> Result<Metric, IngestError> {
     let has = |cols: &[&str]| cols.iter().all(|c| names.iter().any(|n| n == c));
-    let known =
-        |n: &String| Metric::Footfall.columns().contains(&n.as_str()) || Metric::Flows.columns().contains(&n.as_str());
+    let known = |n: &String| Metric::ALL.iter().any(|m| m.columns().contains(&n.as_str()));
     let schema = |reason: String| IngestError::Schema {
         path: path.to_path_buf(),
         reason,
     };
     let metric = if has(&Metric::Flows.columns()) {
         Metric::Flows
+    } else if has(&Metric::Presence.columns()) {
+        Metric::Presence
     } else if has(&Metric::Footfall.columns()) {
         Metric::Footfall
     } else {
         let known_names: Vec<&str> = names.iter().filter(|n| known(n)).map(String::as_str).collect();
         let others = names.len() - known_names.len();
-        let (footfall, flows) = (Metric::Footfall.columns(), Metric::Flows.columns());
+        let (footfall, flows, presence) = (
+            Metric::Footfall.columns(),
+            Metric::Flows.columns(),
+            Metric::Presence.operator_columns(),
+        );
         return Err(schema(if known_names.is_empty() {
             format!(
-                "the first line is not a header row: none of its {} fields is a column name (footfall: {footfall:?}, flows: {flows:?}); add the header as the first line",
+                "the first line is not a header row: none of its {} fields is a column name (footfall: {footfall:?}, flows: {flows:?}, presence: {presence:?}); add the header as the first line",
                 names.len()
             )
         } else {
@@ -392,10 +461,12 @@ fn detect_metric(path: &Path, names: &[String]) -> Result<Metric, IngestError> {
             } else {
                 String::new()
             };
-            format!("the header is neither footfall ({footfall:?}) nor flows ({flows:?}): it has {known_names:?}{rest}")
+            format!(
+                "the header is not footfall ({footfall:?}), flows ({flows:?}) or presence ({presence:?}): it has {known_names:?}{rest}"
+            )
         }));
     };
-    let expected = metric.columns();
+    let expected = metric.operator_columns();
     if let Some(pos) = names.iter().position(|n| !expected.contains(&n.as_str())) {
         return Err(schema(format!(
             "field {} of the header is not a column of a {metric} file (not shown: it may be data); expected exactly {expected:?}",
@@ -413,6 +484,9 @@ fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<
         path: path.to_path_buf(),
         reason,
     };
+    if metric == Metric::Presence {
+        return normalise_presence(path, df);
+    }
     let n_keys = metric.key_columns().len() - 1;
     let mut out = Vec::new();
     for (k, name) in metric.columns().into_iter().enumerate() {
@@ -485,6 +559,69 @@ fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<
                         .clone(),
                 ),
                 _ => return Err(bad_type()),
+            }
+        };
+        out.push(normalised);
+    }
+    Ok(out)
+}
+
+/// [`normalise_columns`] for presence, in [`Metric::Presence`]'s column
+/// order: every key as text (a Parquet date as YYYY-MM-DD), the count as
+/// an integer.
+fn normalise_presence(path: &Path, df: &DataFrame) -> Result<Vec<Column>, IngestError> {
+    let schema_err = |reason: String| IngestError::Schema {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut out = Vec::new();
+    for name in Metric::Presence.columns() {
+        let col = df
+            .column(name)
+            .map_err(|e| schema_err(e.to_string()))?
+            .as_materialized_series()
+            .rechunk();
+        let dtype = col.dtype().clone();
+        let as_text = |c: &Series| -> Result<Column, IngestError> {
+            Ok(Column::Text(
+                c.cast(&DataType::String)
+                    .map_err(|e| schema_err(e.to_string()))?
+                    .str()
+                    .map_err(|e| schema_err(e.to_string()))?
+                    .clone(),
+            ))
+        };
+        let normalised = match (name, &dtype) {
+            ("devices", DataType::String) => as_text(&col)?,
+            ("devices", d) if d.is_integer() => Column::Int(
+                col.cast(&DataType::Int64)
+                    .map_err(|e| schema_err(e.to_string()))?
+                    .i64()
+                    .map_err(|e| schema_err(e.to_string()))?
+                    .clone(),
+            ),
+            ("day", DataType::Datetime(..)) => {
+                return Err(schema_err(
+                    "column day is a timestamp; presence is keyed by the local date (YYYY-MM-DD text or a Parquet date)"
+                        .into(),
+                ));
+            }
+            ("day", DataType::String | DataType::Date) => as_text(&col)?,
+            ("devices" | "day", _) => {
+                return Err(schema_err(format!(
+                    "column {name} has type {dtype}, which hexflow cannot read as {}",
+                    if name == "day" {
+                        "a local date"
+                    } else {
+                        "a whole-number count"
+                    }
+                )));
+            }
+            (_, d) if *d == DataType::String || d.is_integer() => as_text(&col)?,
+            _ => {
+                return Err(schema_err(format!(
+                    "column {name} has type {dtype}, which hexflow cannot read as a code"
+                )));
             }
         };
         out.push(normalised);

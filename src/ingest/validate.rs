@@ -6,7 +6,7 @@
 //! count's raw text only goes to the quarantine file, which stays inside
 //! the data dir with the count store.
 
-use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use polars::prelude::*;
 
 use crate::grid::Grid;
@@ -108,6 +108,35 @@ pub struct Validated {
     pub bin_start_s: Vec<i64>,
     pub day: Vec<NaiveDate>,
     pub value: Vec<u32>,
+    /// Presence only: indexes into [`PresenceKeys`]' lists.
+    pub period: Vec<u16>,
+    pub segment: Vec<u16>,
+    pub origin: Vec<u32>,
+}
+
+/// The public lists a presence row is checked against, with positions.
+pub struct PresenceKeys<'a> {
+    pub spec: &'a crate::policy::PresenceSpec,
+    pub periods: Vec<&'a str>,
+    pub origins: Vec<&'a str>,
+}
+
+impl<'a> PresenceKeys<'a> {
+    pub fn new(spec: &'a crate::policy::PresenceSpec) -> Self {
+        let mut origins: Vec<&str> = spec.origins.values().flatten().map(String::as_str).collect();
+        if !origins.contains(&crate::policy::OTHER_ORIGIN) {
+            origins.push(crate::policy::OTHER_ORIGIN);
+        }
+        Self {
+            spec,
+            periods: spec.periods.keys().map(String::as_str).collect(),
+            origins,
+        }
+    }
+
+    fn position(list: &[&str], v: &str) -> Option<usize> {
+        list.iter().position(|x| *x == v)
+    }
 }
 
 /// Per-file validation context.
@@ -122,7 +151,8 @@ pub struct Validator<'a> {
     /// PlHashMap: polars' fast hasher; SipHash cost a third of ingest time.
     instants: PlHashMap<i64, Result<NaiveDate, String>>,
     /// (cell, dest, bin, line) of every valid row so far, for the
-    /// duplicate check at the end ([`Validator::finish`]).
+    /// duplicate check at the end ([`Validator::finish`]); presence packs
+    /// (period, segment, origin) into `dest` and the day into `bin`.
     keys: Vec<(u32, u32, i64, u32)>,
     /// Rows validated so far (batches continue the line numbers).
     rows_seen: usize,
@@ -161,7 +191,10 @@ impl<'a> Validator<'a> {
         let names = metric.columns();
         let views: Vec<View> = columns.iter().map(View::of).collect();
         let value_limit = match metric {
-            Metric::Footfall => (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin"),
+            // Presence rows go through `run_presence`.
+            Metric::Footfall | Metric::Presence => {
+                (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin")
+            }
             Metric::Flows => (self.limits.max_trips_per_pair_bin, "ingest.max_trips_per_pair_bin"),
         };
         let n_keys = names.len() - 2;
@@ -207,6 +240,84 @@ impl<'a> Validator<'a> {
             out.bin_start_s.push(bin_s);
             out.day.push(day);
             out.value.push(value);
+        }
+    }
+
+    /// [`Validator::run`] for presence: columns in [`Metric::Presence`]'s
+    /// order (cell, period, segment, origin, day, devices). Codes outside
+    /// the policy's public lists are never quoted in a reason (a swapped
+    /// column would show a count); the quarantine file has them.
+    pub fn run_presence(
+        &mut self,
+        keys: &PresenceKeys,
+        columns: &[Column],
+        height: usize,
+        out: &mut Validated,
+        rejections: &mut Rejections,
+    ) {
+        let names = Metric::Presence.columns();
+        let views: Vec<View> = columns.iter().map(View::of).collect();
+        let limit = (keys.spec.max_devices_per_cell_day, "presence.max_devices_per_cell_day");
+        let first = self.rows_seen;
+        self.rows_seen += height;
+        let today = self.now.with_timezone(&self.grid.tz).date_naive();
+        for i in 0..height {
+            let line = first + i + self.line_offset;
+            let mut row_ok = true;
+            let mut reject = |k: usize, reason: String| {
+                if row_ok {
+                    rejections.rows += 1;
+                }
+                rejections.push(Rejection {
+                    line,
+                    column: names[k].to_string(),
+                    reason,
+                    value: views[k].raw(i),
+                });
+                row_ok = false;
+            };
+            let cell = self.cell(views[0].text(i)).map_err(|r| reject(0, r)).ok();
+            let listed = |k: usize, list: &[&str], what: &str, policy_key: &str| {
+                let v = views[k].text(i).ok_or_else(|| format!("empty {what}"))?;
+                PresenceKeys::position(list, v).ok_or_else(|| {
+                    format!("unknown {what} (not in the policy's {policy_key}; the value is in the quarantine file)")
+                })
+            };
+            let segments: Vec<&str> = keys.spec.segments.iter().map(String::as_str).collect();
+            let period = listed(1, &keys.periods, "period", "presence.periods")
+                .map_err(|r| reject(1, r))
+                .ok();
+            let segment = listed(2, &segments, "segment", "presence.segments")
+                .map_err(|r| reject(2, r))
+                .ok();
+            let origin = listed(
+                3,
+                &keys.origins,
+                "origin",
+                "presence.origins (codes of no group are delivered as \"other\")",
+            )
+            .map_err(|r| reject(3, r))
+            .ok();
+            let day = local_day(views[4].text(i), self.limits, today, &self.grid.spec.timezone)
+                .map_err(|r| reject(4, r))
+                .ok();
+            let value = count(&views[5], i, limit).map_err(|r| reject(5, r)).ok();
+            let (Some(cell), Some(p), Some(s), Some(o), Some(day), Some(value), true) =
+                (cell, period, segment, origin, day, value, row_ok)
+            else {
+                continue;
+            };
+            // (period, segment, origin) fit in 32 bits: ≤ 255 periods and
+            // segments (policy names), ≤ 65,535 origin codes.
+            let packed = ((p as u32) << 24) | ((s as u32) << 16) | o as u32;
+            self.keys
+                .push((cell, packed, i64::from(day.num_days_from_ce()), line as u32));
+            out.cell.push(cell);
+            out.day.push(day);
+            out.value.push(value);
+            out.period.push(p as u16);
+            out.segment.push(s as u16);
+            out.origin.push(o as u32);
         }
     }
 
@@ -268,6 +379,32 @@ impl<'a> Validator<'a> {
             .clone()?;
         Ok((secs, day))
     }
+}
+
+/// A presence `day`: a local date, old enough to be plausible and over.
+fn local_day(raw: Option<&str>, limits: &IngestLimits, today: NaiveDate, tz: &str) -> Result<NaiveDate, String> {
+    let raw = raw.ok_or("empty day")?;
+    let day = match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        Ok(d) if raw.len() == 10 => d,
+        _ if raw.len() > 10 && NaiveDate::parse_from_str(&raw[..10], "%Y-%m-%d").is_ok() => {
+            return Err(format!(
+                "day is a timestamp, not a local date: presence counts whole local days of {tz}, written YYYY-MM-DD"
+            ));
+        }
+        _ => return Err("not a date (expected the local day as YYYY-MM-DD)".into()),
+    };
+    if day < limits.earliest_day {
+        return Err(format!(
+            "day {day} is before the earliest plausible day {} (policy ingest.earliest_day)",
+            limits.earliest_day
+        ));
+    }
+    if day >= today {
+        return Err(format!(
+            "day {day} is not a whole local day yet (today in {tz} is {today}): presence is delivered once a day is over"
+        ));
+    }
+    Ok(day)
 }
 
 /// Parses an RFC 3339 timestamp that carries an offset.

@@ -24,6 +24,16 @@
 //! device-day makes at most `T` trips, possibly all in one bin and pair, so
 //! `L1 = T` and `L2 = T·w²` (`w = 1` when zones are the cells' own zones).
 //!
+//! **Presence** (devices per cell, period, segment and origin group, in
+//! daily or longer output bins): the operator attributes a device, for
+//! each period of a local day, to at most one cell, and the whole
+//! device-day to one segment and one origin. One device-day therefore
+//! adds 1 to at most one coordinate per period, all in the one output bin
+//! holding its day: for `p` periods in a release, `L1 = p` and `L2 = √p`
+//! (cells); spread by W, each period adds a row `W_c` (L1 ≤ 1, L2 ≤ w), so
+//! `L1 = p` and `L2 = √p·w` (hexes, zones). The bin length does not enter:
+//! unlike footfall, a longer bin adds days, and a device-day is one day.
+//!
 //! Every bound is checked against brute force on tiny grids in the tests.
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +97,19 @@ pub fn flows(bounds: &Bounds, w_l2_max: f64) -> Sensitivity {
     Sensitivity {
         l1: t,
         l2: t * w_l2_max * w_l2_max,
+    }
+}
+
+/// Sensitivity of a presence release of `periods` periods (1 for one
+/// period, 2 for day and night together) under `placement`.
+pub fn presence(periods: u32, placement: Placement, w_l2_max: f64) -> Sensitivity {
+    let p = f64::from(periods.max(1));
+    match placement {
+        Placement::Cell => Sensitivity { l1: p, l2: p.sqrt() },
+        Placement::Hex => Sensitivity {
+            l1: p,
+            l2: p.sqrt() * w_l2_max,
+        },
     }
 }
 
@@ -252,6 +275,71 @@ mod tests {
                 l1 <= s.l1 + 1e-12 && l2 <= s.l2 + 1e-12,
                 "T={t_max}: {l1} {l2} vs {s:?}"
             );
+        }
+    }
+
+    #[test]
+    fn presence_bounds_hold_for_every_attribution_and_cell_bounds_are_tight() {
+        // A device-day: one segment and one origin group for the day, and
+        // per period either absent or in one of 3 cells. Values are keyed
+        // by (day, period, segment, origin, cell); output bins of 1 or 2
+        // days; neighbours differ by one device-day on one day.
+        let w = w();
+        let w2 = w.iter().map(|r| norms(r).1).fold(0.0, f64::max);
+        let (n_cells, n_seg, n_orig, n_days) = (3usize, 2usize, 2usize, 2usize);
+        for periods in 1..=3usize {
+            for days_per_bin in [1usize, 2] {
+                let n_out = n_days / days_per_bin;
+                let groups = n_seg * n_orig;
+                let (mut cell_l1, mut cell_l2, mut hex_l1, mut hex_l2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+                // Every choice of day, segment, origin and per-period cell
+                // (n_cells + 1 choices each: a cell or absent).
+                let per_period = (n_cells + 1).pow(periods as u32);
+                for day in 0..n_days {
+                    for g in 0..groups {
+                        for code in 0..per_period {
+                            let mut cells = vec![0.0; n_out * periods * groups * n_cells];
+                            let mut hexes = vec![0.0; n_out * periods * groups * 4];
+                            let mut rest = code;
+                            for p in 0..periods {
+                                let choice = rest % (n_cells + 1);
+                                rest /= n_cells + 1;
+                                if choice == n_cells {
+                                    continue;
+                                }
+                                let slot = ((day / days_per_bin) * periods + p) * groups + g;
+                                cells[slot * n_cells + choice] += 1.0;
+                                for h in 0..4 {
+                                    hexes[slot * 4 + h] += w[choice][h];
+                                }
+                            }
+                            let (l1, l2) = norms(&cells);
+                            cell_l1 = cell_l1.max(l1);
+                            cell_l2 = cell_l2.max(l2);
+                            let (l1, l2) = norms(&hexes);
+                            hex_l1 = hex_l1.max(l1);
+                            hex_l2 = hex_l2.max(l2);
+                        }
+                    }
+                }
+                let sc = presence(periods as u32, Placement::Cell, w2);
+                let sh = presence(periods as u32, Placement::Hex, w2);
+                let ctx = format!("periods={periods} days/bin={days_per_bin}");
+                assert!(
+                    cell_l1 <= sc.l1 + 1e-12 && cell_l2 <= sc.l2 + 1e-12,
+                    "{ctx}: {cell_l1} {cell_l2} vs {sc:?}"
+                );
+                assert!(
+                    hex_l1 <= sh.l1 + 1e-12 && hex_l2 <= sh.l2 + 1e-12,
+                    "{ctx}: {hex_l1} {hex_l2} vs {sh:?}"
+                );
+                assert!(
+                    (cell_l1 - sc.l1).abs() < 1e-12 && (cell_l2 - sc.l2).abs() < 1e-12,
+                    "{ctx}: not tight"
+                );
+                // The hex bound is attained too: the cell of largest ‖W_c‖₂ in every period.
+                assert!((hex_l2 - sh.l2).abs() < 1e-12, "{ctx}: hex L2 {hex_l2} vs {}", sh.l2);
+            }
         }
     }
 }

@@ -109,6 +109,12 @@ pub fn value_unit(
     };
     match metric {
         Metric::Flows => format!("trips per {key} pair per {per}"),
+        // One value per device and day: a longer bin adds days.
+        Metric::Presence if bin == Bin::Day => format!("{unit_name} present per {key} per {per}"),
+        Metric::Presence => {
+            let singular = unit_name.strip_suffix('s').unwrap_or(unit_name);
+            format!("{singular}-days present per {key} per {per}")
+        }
         Metric::Footfall => {
             // An output bin of one operator bin counts distinct units;
             // longer bins add the operator bins' counts up.
@@ -160,13 +166,51 @@ pub struct Manifest {
     pub display_threshold: f64,
     /// How `ci95` was computed.
     pub ci95_method: String,
+    /// Presence releases: the period, the groups and the expansion factors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceManifest>,
     pub opendp_version: String,
     pub hexflow_version: String,
     pub values_sha256: String,
     pub created_at: DateTime<Utc>,
 }
 
-/// What `release` returns.
+/// What a presence release's values are split by, and how its devices
+/// become estimated people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceManifest {
+    pub period: String,
+    /// Local times of the period ("08:00", "20:00").
+    pub period_from: String,
+    pub period_to: String,
+    /// (segment, origin group) of each group of values, in the values'
+    /// order; `all` where the release does not split by it.
+    pub groups: Vec<(String, String)>,
+    /// Origin group → the delivered codes it gathers (`other`: every
+    /// accepted code in no named group).
+    pub origin_groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Devices per person of each segment; `people = estimate / factor`.
+    pub expansion: std::collections::BTreeMap<String, f64>,
+    pub expansion_by_zone: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
+    /// How `people` and `people_ci95` were computed.
+    pub people_method: String,
+}
+
+/// The (segment, origin group) groups of a presence release, in order.
+pub fn presence_groups(p: &crate::policy::PresenceSpec, by: crate::vocab::By) -> Vec<(String, String)> {
+    use crate::vocab::{ALL_GROUPS, By};
+    let all = || ALL_GROUPS.to_string();
+    match by {
+        By::Nothing => vec![(all(), all())],
+        By::Segment => p.segments.iter().map(|s| (s.clone(), all())).collect(),
+        By::SegmentOrigin => p
+            .segments
+            .iter()
+            .flat_map(|s| p.origin_groups().into_iter().map(move |g| (s.clone(), g)))
+            .collect(),
+    }
+}
+
 /// What a release request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -445,9 +489,11 @@ impl Releaser {
         }
         let weights = self.weights_for(spec.unit, spec.res)?;
         let window = window(&self.grid, spec.bin, spec.from, spec.to);
+        let groups = self.groups(spec);
         let keys = match spec.metric {
             Metric::Footfall => weights.keys.len(),
             Metric::Flows => weights.keys.len() * weights.keys.len(),
+            Metric::Presence => weights.keys.len() * groups.len(),
         };
         let values = keys * window.bins.len();
         let max = max_values.min(spec::MAX_VALUES);
@@ -467,7 +513,7 @@ impl Releaser {
                 first: *first,
             });
         }
-        let noise = self.noise_plan(spec, &weights, window.bins.len(), values)?;
+        let noise = self.noise_plan(spec, &weights, window.bins.len() * groups.len().max(1), values)?;
         // Commit the charge before any noisy value exists.
         let status = self.charge(spec, &id, &noise.calibrated)?;
         // A retry after a crash: values of the crashed run were never
@@ -483,6 +529,11 @@ impl Releaser {
                 Self::noisy_footfall(&weights, window.bins.len(), &counts, placement, calibrated, &bars)?
             }
             Metric::Flows => Self::flow_values(&store, &catalog, spec, &weights, &window, calibrated, &bars)?,
+            Metric::Presence => {
+                let counts = self.presence_counts(&store, &catalog, spec, &weights, &window, &groups)?;
+                let n = window.bins.len() * groups.len();
+                Self::noisy_footfall(&weights, n, &counts, placement, calibrated, &bars)?
+            }
         };
         let manifest = self.write(
             spec,
@@ -525,7 +576,8 @@ impl Releaser {
 
     /// Calibrates both placements from public parameters and keeps the one
     /// with the smaller expected total squared error ([`choose_placement`]);
-    /// flows have one placement.
+    /// flows have one placement. `bins` counts every (bin, group) slice of
+    /// presence values.
     fn noise_plan(
         &self,
         spec: &ReleaseSpec,
@@ -542,9 +594,19 @@ impl Releaser {
         let sum_w2: f64 = weights.entries.iter().map(|e| e.weight * e.weight).sum();
         let per_bin = spec.bin.max_operator_bins(self.grid.spec.bin_len_s);
         Ok(match spec.metric {
-            Metric::Footfall => {
-                let s_cell = sensitivity::footfall(&bounds, per_bin, Placement::Cell, w2_max);
-                let s_hex = sensitivity::footfall(&bounds, per_bin, Placement::Hex, w2_max);
+            Metric::Footfall | Metric::Presence => {
+                let (s_cell, s_hex) = if spec.metric == Metric::Presence {
+                    // One period per release.
+                    (
+                        sensitivity::presence(1, Placement::Cell, w2_max),
+                        sensitivity::presence(1, Placement::Hex, w2_max),
+                    )
+                } else {
+                    (
+                        sensitivity::footfall(&bounds, per_bin, Placement::Cell, w2_max),
+                        sensitivity::footfall(&bounds, per_bin, Placement::Hex, w2_max),
+                    )
+                };
                 let cell = mechanism::calibrate(spec.budget, &s_cell)?;
                 let hex = mechanism::calibrate(spec.budget, &s_hex)?;
                 // Keys no cell reaches get no noise in either placement.
@@ -624,6 +686,11 @@ impl Releaser {
         let key_bars = self.bars(spec.unit, spec.res, weights, noise.placement, &noise.calibrated);
         match spec.metric {
             Metric::Footfall => key_bars,
+            // The same bar for a key in every (segment, origin) group.
+            Metric::Presence => {
+                let n = self.groups(spec).len();
+                (0..n).flat_map(|_| key_bars.iter().copied()).collect()
+            }
             Metric::Flows => {
                 let one = errorbar::float_draw(noise.calibrated.mechanism, noise.calibrated.scale);
                 let z = key_bars.len();
@@ -683,6 +750,122 @@ impl Releaser {
                 if let Some(b) = bin_of(bins, window_end, t) {
                     counts[b * n_cells + ci] += i64::from(v);
                 }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The manifest's presence section (none for other metrics).
+    fn presence_manifest(&self, spec: &ReleaseSpec, groups: &[(String, String)]) -> Option<PresenceManifest> {
+        let p = self
+            .policy
+            .spec
+            .presence
+            .as_ref()
+            .filter(|_| spec.metric == Metric::Presence)?;
+        let period = spec.period.clone()?;
+        let bounds = p.periods.get(&period)?;
+        let mut origin_groups: std::collections::BTreeMap<String, Vec<String>> = p.origins.clone();
+        if !origin_groups.contains_key(crate::policy::OTHER_ORIGIN)
+            && p.group_of(crate::policy::OTHER_ORIGIN) == crate::policy::OTHER_ORIGIN
+        {
+            origin_groups.insert(
+                crate::policy::OTHER_ORIGIN.into(),
+                vec![crate::policy::OTHER_ORIGIN.into()],
+            );
+        }
+        Some(PresenceManifest {
+            period_from: bounds.from.clone(),
+            period_to: bounds.to.clone(),
+            period,
+            groups: groups.to_vec(),
+            origin_groups,
+            expansion: p.expansion.clone(),
+            expansion_by_zone: p.expansion_by_zone.clone(),
+            people_method: "people = estimate / factor and people_ci95 = estimate_ci95 / factor, with the factor of the value's segment (the zone's own where the policy gives one); null where the policy gives no factor, or, for values of all segments, where the segments' factors differ".into(),
+        })
+    }
+
+    /// The (segment, origin group) groups of a spec's values: one `all`
+    /// group for other metrics.
+    pub fn groups(&self, spec: &ReleaseSpec) -> Vec<(String, String)> {
+        match (&self.policy.spec.presence, spec.metric) {
+            (Some(p), Metric::Presence) => presence_groups(p, spec.by.unwrap_or_default()),
+            _ => vec![(crate::vocab::ALL_GROUPS.into(), crate::vocab::ALL_GROUPS.into())],
+        }
+    }
+
+    /// Presence counts of the spec's period per (bin, group, cell)
+    /// (`counts[(b * groups + g) * cells + c]`), every day of a bin added.
+    fn presence_counts(
+        &self,
+        store: &CountStore,
+        catalog: &crate::store::Catalog,
+        spec: &ReleaseSpec,
+        weights: &Weights,
+        window: &Window,
+        groups: &[(String, String)],
+    ) -> Result<Vec<i64>, ReleaseError> {
+        use crate::vocab::{ALL_GROUPS, By};
+        let n_cells = weights.cell_ids.len();
+        let n_groups = groups.len();
+        let mut counts = vec![0i64; n_cells * window.bins.len() * n_groups];
+        let Some(p) = &self.policy.spec.presence else {
+            return Ok(counts);
+        };
+        let by = spec.by.unwrap_or_default();
+        let group_pos: HashMap<(&str, &str), usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (s, o))| ((s.as_str(), o.as_str()), i))
+            .collect();
+        let cell_pos: HashMap<&str, usize> = weights
+            .cell_ids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let period = spec.period.as_deref().unwrap_or_default();
+        let perr = polars_err(store);
+        for day in spec.days() {
+            let Some(df) = store.read_day(catalog, Metric::Presence, day)? else {
+                continue;
+            };
+            let Some(b) = bin_of(
+                &window.bins,
+                window.end,
+                crate::vocab::local_midnight(self.grid.tz, day),
+            ) else {
+                continue;
+            };
+            let text = |name: &str| -> Result<StringChunked, ReleaseError> {
+                Ok(df.column(name).map_err(perr)?.str().map_err(perr)?.clone())
+            };
+            let (cells, periods, segments, origins) =
+                (text("cell_id")?, text("period")?, text("segment")?, text("origin")?);
+            let devices = df.column("devices").map_err(perr)?.u32().map_err(perr)?.clone();
+            let rows = cells
+                .iter()
+                .zip(periods.iter())
+                .zip(segments.iter())
+                .zip(origins.iter())
+                .zip(devices.iter());
+            for ((((cell, per), seg), origin), v) in rows {
+                let (Some(cell), Some(per), Some(seg), Some(origin), Some(v)) = (cell, per, seg, origin, v) else {
+                    continue;
+                };
+                if per != period {
+                    continue;
+                }
+                let key = match by {
+                    By::Nothing => (ALL_GROUPS, ALL_GROUPS),
+                    By::Segment => (seg, ALL_GROUPS),
+                    By::SegmentOrigin => (seg, p.group_of(origin)),
+                };
+                let (Some(ci), Some(g)) = (cell_pos.get(cell), group_pos.get(&key)) else {
+                    continue;
+                };
+                counts[(b * n_groups + g) * n_cells + ci] += i64::from(v);
             }
         }
         Ok(counts)
@@ -884,6 +1067,7 @@ impl Releaser {
         // behind: the guard deletes the temporary folder unless disarmed.
         let mut guard = TmpGuard(Some(tmp.clone()));
         let hex_ids = &w.keys;
+        let groups = self.groups(spec);
         let n = noisy.len();
         let micros: Vec<i64> = bins.iter().map(|b| b.timestamp_micros()).collect();
         let (keys_per_bin, key_cols): (usize, Vec<Column>) = match spec.metric {
@@ -895,6 +1079,28 @@ impl Releaser {
                         w.key_column.into(),
                         (0..n).map(|i| hex_ids[i % k].as_str()).collect::<Vec<_>>(),
                     )],
+                )
+            }
+            Metric::Presence => {
+                let (k, g) = (hex_ids.len(), groups.len());
+                let period = spec.period.clone().unwrap_or_default();
+                (
+                    k * g,
+                    vec![
+                        Column::new(
+                            w.key_column.into(),
+                            (0..n).map(|i| hex_ids[i % k].as_str()).collect::<Vec<_>>(),
+                        ),
+                        Column::new("period".into(), vec![period.as_str(); n]),
+                        Column::new(
+                            "segment".into(),
+                            (0..n).map(|i| groups[(i / k) % g].0.as_str()).collect::<Vec<_>>(),
+                        ),
+                        Column::new(
+                            "origin".into(),
+                            (0..n).map(|i| groups[(i / k) % g].1.as_str()).collect::<Vec<_>>(),
+                        ),
+                    ],
                 )
             }
             Metric::Flows => {
@@ -964,6 +1170,36 @@ impl Releaser {
             "noise_sd".into(),
             (0..n).map(|i| bar(i).sd).collect::<Vec<_>>(),
         ));
+        let presence = self.presence_manifest(spec, &groups);
+        if let (Some(p), Some(_)) = (&self.policy.spec.presence, &presence) {
+            // Estimated people: the noisy devices over the public factor of
+            // the value's segment (and zone); post-processing only.
+            let k = hex_ids.len();
+            let factor = |i: usize| {
+                let (segment, _) = &groups[(i / k) % groups.len()];
+                let zone = (spec.unit == Unit::Zone).then(|| hex_ids[i % k].as_str());
+                if segment == crate::vocab::ALL_GROUPS {
+                    // One factor for every segment, or none.
+                    let fs: Vec<Option<f64>> = p.segments.iter().map(|s| p.factor(s, zone)).collect();
+                    fs.windows(2)
+                        .all(|x| x[0] == x[1])
+                        .then(|| fs.first().copied().flatten())
+                        .flatten()
+                } else {
+                    p.factor(segment, zone)
+                }
+            };
+            cols.push(Column::new(
+                "people".into(),
+                (0..n).map(|i| factor(i).map(|f| noisy[i] / f)).collect::<Vec<_>>(),
+            ));
+            cols.push(Column::new(
+                "people_ci95".into(),
+                (0..n)
+                    .map(|i| factor(i).map(|f| up(bar(i).half_width / f)))
+                    .collect::<Vec<_>>(),
+            ));
+        }
         let values_path = tmp.join("values.parquet");
         let mut df = DataFrame::new_infer_height(cols).map_err(|source| ReleaseError::Polars {
             path: values_path.clone(),
@@ -1024,6 +1260,7 @@ impl Releaser {
                     }
                 },
             },
+            presence,
             opendp_version: OPENDP_VERSION.into(),
             hexflow_version: env!("CARGO_PKG_VERSION").into(),
             values_sha256,

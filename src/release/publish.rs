@@ -71,6 +71,10 @@ pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, Re
                 unit: plan.unit,
                 res: plan.res,
                 bin: plan.bin,
+                period: plan.period.clone(),
+                by: plan
+                    .by
+                    .or((plan.metric == crate::store::Metric::Presence).then_some(crate::vocab::By::Segment)),
                 from,
                 to,
                 budget: Budget::Rho(plan.rho),
@@ -83,10 +87,13 @@ pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, Re
                 }
                 Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => report.too_recent += 1,
                 Err(e) => report.refused.push(format!(
-                    "{} {} res {} {}..{}: {e}",
+                    "{} {} {} {}..{}: {e}",
                     plan.metric,
                     plan.bin.as_str(),
-                    plan.res,
+                    match plan.unit {
+                        super::Unit::Zone => "zones".to_string(),
+                        super::Unit::Hex => format!("res {}", plan.res),
+                    },
                     from,
                     to
                 )),

@@ -29,12 +29,19 @@ pub struct ReleaseSpec {
     /// 0 for named zones.
     pub res: u8,
     pub bin: Bin,
+    /// Presence only: the period of the day (a name of the policy's
+    /// `[presence.periods]`) and how values are split. Left out of the
+    /// canonical JSON of other metrics, so their ids never change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<By>,
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub budget: Budget,
 }
 
-pub use crate::vocab::Unit;
+pub use crate::vocab::{By, Unit};
 
 /// Why a release is refused before any data is touched.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -81,6 +88,8 @@ pub enum SpecError {
         min: f64,
         max: f64,
     },
+    #[error("{0}")]
+    Presence(String),
     #[error("the spec names dataset {spec:?} but the policy is for {policy:?}")]
     WrongDataset { spec: String, policy: String },
 }
@@ -103,6 +112,46 @@ impl ReleaseSpec {
     /// Every local day the window touches (each is charged).
     pub fn days(&self) -> Vec<NaiveDate> {
         self.from.iter_days().take_while(|d| *d <= self.to).collect()
+    }
+
+    /// Presence needs a period of the policy, a split and daily or longer
+    /// bins; other metrics have neither period nor split.
+    fn check_presence(&self, policy: &Policy) -> Result<(), SpecError> {
+        let err = |s: String| Err(SpecError::Presence(s));
+        if self.metric != Metric::Presence {
+            if self.period.is_some() || self.by.is_some() {
+                return err(format!(
+                    "period and by are for presence releases only (asked {})",
+                    self.metric
+                ));
+            }
+            return Ok(());
+        }
+        let Some(p) = &policy.spec.presence else {
+            return err(format!(
+                "policy {} has no [presence] section: no presence releases for dataset {}",
+                policy.path.display(),
+                policy.dataset()
+            ));
+        };
+        let periods: Vec<&String> = p.periods.keys().collect();
+        match &self.period {
+            None => return err(format!("a presence release needs a period: one of {periods:?}")),
+            Some(name) if !p.periods.contains_key(name) => {
+                return err(format!("unknown period {name:?}: the policy names {periods:?}"));
+            }
+            Some(_) => {}
+        }
+        if self.by.is_none() {
+            return err("a presence release needs by: none, segment or segment,origin".into());
+        }
+        if self.bin == Bin::Hour {
+            return err(
+                "presence counts each device once per period and local day: its bins are 1d, 1w or 1mo (asked 1h)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Checks the request against the policy's purpose limits; `today` is
@@ -155,6 +204,7 @@ impl ReleaseSpec {
             }
             _ => {}
         }
+        self.check_presence(policy)?;
         if self.unit == Unit::Zone && self.res != 0 {
             return Err(SpecError::ZoneWithResolution(self.res));
         }

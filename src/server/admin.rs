@@ -100,6 +100,11 @@ pub struct QueryBody {
     #[serde(default)]
     res: u8,
     bin: crate::privacy::Bin,
+    /// Presence: the period and the split (segment by default).
+    #[serde(default)]
+    period: Option<String>,
+    #[serde(default)]
+    by: Option<crate::vocab::By>,
     from: NaiveDate,
     to: NaiveDate,
     rho: Option<f64>,
@@ -144,6 +149,10 @@ pub async fn query(
         unit: q.unit,
         res: q.res,
         bin: q.bin,
+        by: q
+            .by
+            .or((q.metric == Metric::Presence).then_some(crate::vocab::By::Segment)),
+        period: q.period,
         from: q.from,
         to: q.to,
         budget,

@@ -139,6 +139,16 @@ pub struct ReleaseData {
     pub keys: Vec<Key>,
     /// Ids of the named zones of a zone release (empty otherwise).
     pub zone_ids: Vec<String>,
+    /// Places (hexes, zones or pairs) per group: `keys` repeats them once
+    /// per (segment, origin) group of a presence release.
+    pub places: usize,
+    /// The (segment, origin group) of each group; one `all` group for
+    /// footfall and flows. Key `k` is in group `k / places`.
+    pub groups: Vec<(String, String)>,
+    /// Presence: estimated people and their bar, where the policy gave a
+    /// factor (`None` in the outer option for other metrics).
+    pub people: Option<Vec<Option<f64>>>,
+    pub people_ci95: Option<Vec<Option<f64>>>,
     /// Rounded and clamped at 0, for display; `ci95` is its error bar.
     pub value: Vec<i64>,
     pub ci95: Vec<f64>,
@@ -203,8 +213,27 @@ impl ReleaseData {
                 .collect()
         };
         let mut zone_ids = Vec::new();
+        let groups = match &manifest.presence {
+            Some(p) if !p.groups.is_empty() && k % p.groups.len() == 0 => p.groups.clone(),
+            Some(p) => {
+                return Err(corrupt(format!(
+                    "{k} keys per bin do not split into the manifest's {} groups",
+                    p.groups.len()
+                )));
+            }
+            None => vec![(
+                crate::vocab::ALL_GROUPS.to_string(),
+                crate::vocab::ALL_GROUPS.to_string(),
+            )],
+        };
+        let places = k / groups.len();
         let keys: Vec<Key> = match (manifest.spec.metric, manifest.spec.unit) {
-            (Metric::Footfall, Unit::Hex) => hex("hex_id")?.into_iter().map(Key::Hex).collect(),
+            (Metric::Footfall | Metric::Presence, Unit::Hex) => hex("hex_id")?.into_iter().map(Key::Hex).collect(),
+            (Metric::Presence, Unit::Zone) => {
+                zone_ids = text("zone_id")?;
+                zone_ids.truncate(places);
+                (0..k).map(|i| Key::Zone((i % places) as u32)).collect()
+            }
             (Metric::Flows, Unit::Hex) => hex("origin")?
                 .into_iter()
                 .zip(hex("dest")?)
@@ -281,6 +310,13 @@ impl ReleaseData {
                 .map(|c| crate::views::noise_sd_of_ci95(manifest.placement, manifest.mechanism, *c))
                 .collect()
         });
+        let optional = |name: &str| -> Result<Option<Vec<Option<f64>>>, Problem> {
+            match df.column(name) {
+                Err(_) => Ok(None),
+                Ok(c) => Ok(Some(c.f64().map_err(p)?.iter().collect())),
+            }
+        };
+        let (people, people_ci95) = (optional("people")?, optional("people_ci95")?);
         let covered: Vec<bool> = match df.column("covered") {
             Ok(c) => c.bool().map_err(p)?.iter().map(|v| v.unwrap_or(false)).collect(),
             Err(_) => ci95.iter().map(|c| *c > 0.0).collect(),
@@ -313,6 +349,10 @@ impl ReleaseData {
             bins,
             keys,
             zone_ids,
+            places,
+            groups,
+            people,
+            people_ci95,
             value,
             ci95,
             low,

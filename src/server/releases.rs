@@ -321,21 +321,38 @@ pub async fn values(
     Ok(resp)
 }
 
-fn key_fields(data: &ReleaseData, key: Key) -> Vec<(&'static str, String)> {
+/// The key columns of value `i`: the place, and for presence the period,
+/// segment and origin group.
+fn key_fields(data: &ReleaseData, i: usize) -> Vec<(&'static str, String)> {
     let zone = |i: u32| data.zone_ids.get(i as usize).cloned().unwrap_or_default();
-    match key {
+    let k = data.keys.len().max(1);
+    let mut fields = match data.keys[i % k] {
         Key::Hex(h) => vec![("hex_id", h.to_string())],
         Key::Pair(o, d) => vec![("origin", o.to_string()), ("dest", d.to_string())],
         Key::Zone(z) => vec![("zone_id", zone(z))],
         Key::ZonePair(o, d) => vec![("origin", zone(o)), ("dest", zone(d))],
+    };
+    if let Some(p) = &data.manifest.presence {
+        let (segment, origin) = &data.groups[(i % k) / data.places.max(1)];
+        fields.push(("period", p.period.clone()));
+        fields.push(("segment", segment.clone()));
+        fields.push(("origin", origin.clone()));
     }
+    fields
+}
+
+/// Presence: (people, people_ci95) of value `i` (`None`s without a factor).
+fn people_of(data: &ReleaseData, i: usize) -> Option<(Option<f64>, Option<f64>)> {
+    let people = data.people.as_ref()?.get(i).copied().flatten();
+    let ci = data.people_ci95.as_ref().and_then(|c| c.get(i).copied().flatten());
+    Some((people, ci))
 }
 
 fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
     let k = data.keys.len();
     let mut row = serde_json::Map::new();
     row.insert("bin_start".into(), json!(data.bins[i / k]));
-    for (name, v) in key_fields(data, data.keys[i % k]) {
+    for (name, v) in key_fields(data, i) {
         row.insert(name.into(), json!(v));
     }
     row.insert("value".into(), json!(data.value[i]));
@@ -345,6 +362,10 @@ fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
     row.insert("estimate".into(), json!(round_to(data.estimate[i], 3)));
     row.insert("estimate_ci95".into(), json!(data.estimate_ci95[i]));
     row.insert("noise_sd".into(), json!(round_to(data.noise_sd[i], 4)));
+    if let Some((people, ci)) = people_of(data, i) {
+        row.insert("people".into(), json!(people.map(|p| round_to(p, 1))));
+        row.insert("people_ci95".into(), json!(ci));
+    }
     row
 }
 
@@ -374,19 +395,26 @@ fn values_json(data: &ReleaseData, range: std::ops::Range<usize>, unit: &str) ->
 
 fn values_csv(data: &ReleaseData, range: std::ops::Range<usize>) -> Vec<u8> {
     let k = data.keys.len();
-    let header: Vec<&str> = data
-        .keys
-        .first()
-        .map(|key| key_fields(data, *key).into_iter().map(|(n, _)| n).collect())
-        .unwrap_or_default();
+    let header: Vec<&str> = if data.keys.is_empty() {
+        Vec::new()
+    } else {
+        key_fields(data, 0).into_iter().map(|(n, _)| n).collect()
+    };
+    let with_people = data.people.is_some();
     let mut out = format!(
-        "{},bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd\n",
-        header.join(",")
+        "{},bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd{}\n",
+        header.join(","),
+        if with_people { ",people,people_ci95" } else { "" }
     );
+    let opt = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
     for i in range {
-        let key: Vec<String> = key_fields(data, data.keys[i % k]).into_iter().map(|(_, v)| v).collect();
+        let key: Vec<String> = key_fields(data, i).into_iter().map(|(_, v)| v).collect();
+        let people = match people_of(data, i) {
+            Some((p, ci)) => format!(",{},{}", opt(p.map(|p| round_to(p, 1))), opt(ci)),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{}{people}\n",
             key.join(","),
             data.bins[i / k].to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             data.value[i],
@@ -455,14 +483,14 @@ fn values_geojson(
 fn values_parquet(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
     let k = data.keys.len();
     let err = |e: PolarsError| Problem::internal("values", e);
-    let names: Vec<&str> = data
-        .keys
-        .first()
-        .map(|key| key_fields(data, *key).into_iter().map(|(n, _)| n).collect())
-        .unwrap_or_default();
+    let names: Vec<&str> = if data.keys.is_empty() {
+        Vec::new()
+    } else {
+        key_fields(data, 0).into_iter().map(|(n, _)| n).collect()
+    };
     let mut key_cols: Vec<Vec<String>> = vec![Vec::with_capacity(range.len()); names.len()];
     for i in range.clone() {
-        for (c, (_, v)) in key_fields(data, data.keys[i % k]).into_iter().enumerate() {
+        for (c, (_, v)) in key_fields(data, i).into_iter().enumerate() {
             key_cols[c].push(v);
         }
     }
@@ -485,7 +513,11 @@ fn values_parquet(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<V
     cols.push(Column::new("covered".into(), &data.covered[range.clone()]));
     cols.push(Column::new("estimate".into(), &data.estimate[range.clone()]));
     cols.push(Column::new("estimate_ci95".into(), &data.estimate_ci95[range.clone()]));
-    cols.push(Column::new("noise_sd".into(), &data.noise_sd[range]));
+    cols.push(Column::new("noise_sd".into(), &data.noise_sd[range.clone()]));
+    if let (Some(people), Some(ci)) = (&data.people, &data.people_ci95) {
+        cols.push(Column::new("people".into(), &people[range.clone()]));
+        cols.push(Column::new("people_ci95".into(), &ci[range]));
+    }
     let mut df = DataFrame::new_infer_height(cols).map_err(err)?;
     let mut out = Vec::new();
     ParquetWriter::new(&mut out)
@@ -641,7 +673,7 @@ fn footfall_only(data: &ReleaseData) -> Result<(), Problem> {
         Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "not a footfall release",
-            "maps and tiles draw hex footfall; flows and zone releases are served as values and in the views",
+            "maps and tiles draw hex footfall; flows, presence and zone releases are served as values and in the views",
         ))
     }
 }

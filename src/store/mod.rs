@@ -257,7 +257,7 @@ impl CountStore {
         let Some(_no_readers) = self.no_readers()? else {
             return Ok(removed);
         };
-        for metric in [Metric::Footfall, Metric::Flows] {
+        for metric in Metric::ALL {
             let mdir = self.root.join(metric.as_str());
             let Ok(days) = std::fs::read_dir(&mdir) else { continue };
             for day_entry in days.flatten() {
@@ -457,7 +457,7 @@ impl CountStore {
     /// Per-metric totals, from the catalog and Parquet footers only.
     pub fn summary(&self, catalog: &Catalog) -> Result<Vec<MetricSummary>, StoreError> {
         let mut out = Vec::new();
-        for metric in [Metric::Footfall, Metric::Flows] {
+        for metric in Metric::ALL {
             let days = catalog.partitions.get(&metric);
             let mut rows = 0;
             let mut bytes = 0;
@@ -524,6 +524,14 @@ fn describe_key(df: &DataFrame, metric: Metric) -> String {
                 .and_then(|v| v.get(0))
                 .and_then(DateTime::<Utc>::from_timestamp_micros)
                 .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            DataType::Date => col
+                .as_materialized_series()
+                .to_physical_repr()
+                .i32()
+                .ok()
+                .and_then(|v| v.get(0))
+                .and_then(|d| NaiveDate::from_num_days_from_ce_opt(d + 719_163))
+                .map(|d| d.to_string()),
             _ => None,
         };
         if let Some(t) = text {
