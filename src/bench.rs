@@ -80,7 +80,7 @@ pub fn run(grid_dir: &Path, month: NaiveDate, resolutions: &[u8]) -> Result<Benc
     let mut ratios = [0.0; 2];
     for (k, format) in [Format::Csv, Format::Parquet].into_iter().enumerate() {
         let out = tmp.join(format!("deliveries-{k}"));
-        let report = simulate::simulate(&grid, first, last, &out, format, 7)?;
+        let report = simulate::simulate(&grid, first, last, &out, format, 7, None)?;
         let file: PathBuf = report
             .files
             .iter()

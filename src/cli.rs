@@ -123,6 +123,10 @@ pub enum Command {
         format: Format,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// A policy with a [presence] section: also write presence
+        /// deliveries (its periods, segments and origin codes).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -304,21 +308,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
             out,
             format,
             seed,
+            policy,
             json,
         } => {
             let grid = Grid::load(&grid)?;
-            let report = simulate::simulate(&grid, from, to, &out, format, seed)?;
+            let policy = policy.as_deref().map(Policy::load).transpose()?;
+            let presence = match &policy {
+                Some(p) => Some(p.spec.presence.as_ref().with_context(|| {
+                    format!(
+                        "{}: no [presence] section, so no presence deliveries to simulate",
+                        p.path.display()
+                    )
+                })?),
+                None => None,
+            };
+            let report = simulate::simulate(&grid, from, to, &out, format, seed, presence)?;
             if json {
                 print_json(&report)?;
             } else {
                 out!(
-                    "simulated {} {}..{} (seed {}): {} footfall rows, {} flow rows in {} files, {} matches and {} cruise calls injected; truth in {} ({:.1} s)",
+                    "simulated {} {}..{} (seed {}): {} footfall rows, {} flow rows, {} presence rows in {} files, {} matches and {} cruise calls injected; truth in {} ({:.1} s)",
                     report.grid,
                     report.from,
                     report.to,
                     report.seed,
                     report.footfall_rows,
                     report.flows_rows,
+                    report.presence_rows,
                     report.files.len(),
                     report.matches,
                     report.cruise_calls,
@@ -859,14 +875,30 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
     let ingestor = Ingestor::new(policy.clone(), data_dir)?;
     let grid = &ingestor.grid;
     let deliveries = data_dir.join("deliveries").join(policy.dataset());
-    let marker = deliveries.join(format!("simulated-{from}-{to}.json"));
+    // v2: presence deliveries, and day trippers in the footfall.
+    let marker = deliveries.join(format!("simulated-v2-{from}-{to}.json"));
+    if deliveries.join(format!("simulated-{from}-{to}.json")).exists() && !marker.exists() {
+        bail!(
+            "{} holds deliveries simulated by an earlier hexflow (without presence); remove {} (or give another --data-dir) to simulate them afresh",
+            deliveries.display(),
+            data_dir.display()
+        );
+    }
     if !marker.exists() {
         eprintln!(
             "simulating {} deliveries {from}..{to} into {} ...",
             grid.name(),
             deliveries.display()
         );
-        let report = simulate::simulate(grid, from, to, &deliveries, Format::Parquet, 1)?;
+        let report = simulate::simulate(
+            grid,
+            from,
+            to,
+            &deliveries,
+            Format::Parquet,
+            1,
+            policy.spec.presence.as_ref(),
+        )?;
         crate::util::write_atomic(&marker, &serde_json::to_vec_pretty(&report)?)?;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&deliveries)?

@@ -363,3 +363,54 @@ fn presence_specs_outside_the_policy_are_refused_before_any_charge() {
         "a refused spec was charged"
     );
 }
+
+#[test]
+fn simulated_presence_ingests_as_is_and_its_truth_adds_up_to_the_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = policy();
+    let grid = policy.load_grid().expect("grid");
+    let sim = dir.path().join("sim");
+    let report = hexflow::simulate::simulate(
+        &grid,
+        "2025-07-05".parse().expect("from"),
+        "2025-07-06".parse().expect("to"),
+        &sim,
+        hexflow::simulate::Format::Csv,
+        3,
+        policy.spec.presence.as_ref(),
+    )
+    .expect("simulate");
+    assert!(report.presence_rows > 0);
+    let file = sim.join("presence-2025-07.csv");
+    let text = std::fs::read_to_string(&file).expect("presence file");
+    let p = policy.spec.presence.as_ref().expect("presence");
+    let mut sums: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (day, period, segment, origin, devices) = (f[1], f[2], f[3], f[4], f[5]);
+        assert!(p.accepts_origin(origin), "{origin} is not in the policy's lists");
+        // Day visitors are, by definition, not there at night.
+        assert!(!(segment == "excursionist" && period == "night"), "{line}");
+        assert!(segment != "resident" || origin == "local", "{line}");
+        *sums.entry((day.into(), period.into(), segment.into())).or_default() += devices.parse::<u64>().expect("count");
+    }
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sim.join("events.json")).expect("events")).expect("json");
+    let daily = truth["presence_daily"].as_array().expect("presence_daily");
+    assert_eq!(daily.len(), sums.len());
+    for t in daily {
+        let key = (
+            t["day"].as_str().expect("day").to_string(),
+            t["period"].as_str().expect("period").to_string(),
+            t["segment"].as_str().expect("segment").to_string(),
+        );
+        assert_eq!(t["devices"].as_u64(), sums.get(&key).copied(), "{key:?}");
+    }
+    // Residents at night: the grid's 2,000 devices less those away on
+    // holiday (4-22 %), Poisson around that (6σ ≈ 270).
+    let night = sums[&("2025-07-05".to_string(), "night".to_string(), "resident".to_string())] as f64;
+    assert!((1400.0..2100.0).contains(&night), "{night}");
+    // The delivery lands whole.
+    let out = ingest(&dir.path().join("data"), &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -48,6 +48,7 @@ fn build_with(policy: &str, to: &str, expected_new: usize) -> Fixture {
         &sim,
         hexflow::simulate::Format::Csv,
         7,
+        policy.spec.presence.as_ref(),
     )
     .expect("simulate");
     let mut deliveries: Vec<PathBuf> = std::fs::read_dir(&sim)

@@ -9,6 +9,7 @@
 
 pub mod calendar;
 pub mod model;
+pub mod visitors;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use polars::prelude::*;
-use rand::{SeedableRng, rngs::Xoshiro256PlusPlus};
+use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
 use rand_distr::{Distribution, Poisson};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,7 @@ pub struct SimulationReport {
     pub files: Vec<SimFile>,
     pub footfall_rows: usize,
     pub flows_rows: usize,
+    pub presence_rows: usize,
     pub matches: usize,
     pub cruise_calls: usize,
     pub truth: PathBuf,
@@ -109,6 +111,41 @@ pub struct Truth {
     pub school_holidays: Vec<calendar::HolidayPeriod>,
     /// Plain-words description of the rhythms built into the model.
     pub model: Vec<&'static str>,
+    /// Presence delivered, per local day, period and segment (devices over
+    /// all cells): what the presence releases should recover.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub presence_daily: Vec<PresenceTotal>,
+    /// Presence per month, period, segment and the policy's origin group
+    /// (device-days: the sum over the month's days).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub presence_monthly_origins: Vec<OriginTotal>,
+}
+
+/// Devices present in one period of one day, in one segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PresenceTotal {
+    pub day: NaiveDate,
+    pub period: String,
+    pub segment: String,
+    pub devices: u64,
+}
+
+/// Device-days of one month, period, segment and origin group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OriginTotal {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub period: String,
+    pub segment: String,
+    pub origin: String,
+    pub devices: u64,
+}
+
+/// Truth accumulated while presence is simulated.
+#[derive(Default)]
+struct PresenceTruth {
+    daily: BTreeMap<(NaiveDate, String, String), u64>,
+    monthly: BTreeMap<(String, String, String, String), u64>,
 }
 
 const MODEL_NOTES: &[&str] = &[
@@ -119,6 +156,8 @@ const MODEL_NOTES: &[&str] = &[
     "matches: extra devices at the stadium from two bins before kick-off to two after (35/90/100/95/30 %), trips towards the stadium before and away after",
     "cruise calls: passengers ashore 07:00-19:00, at the terminal early and late, sightseeing in between",
     "a device present in the area is seen in an hour with probability 0.5 at night to 0.95 by day, in 1.3 cells on average; counts are Poisson around the expectation",
+    "regional day trippers (excursionists): 20 % of the tourism peak, more on free days and in summer, in town 10:00-18:00 where tourists go by day",
+    "presence (with a policy's [presence]): per period, each device in the cell where the period's hours put it most; residents (local) from the hourly mix, tourists by origin (French départements by a gravity law, a dozen countries with their own seasons), excursionists from the region, cruise passengers (foreign excursionists) and match-goers from outside the city (regional excursionists); codes outside the policy's lists are delivered as 'other'",
 ];
 
 /// Simulates `[from, to]` (local days, inclusive) for `grid` into `out`.
@@ -129,6 +168,7 @@ pub fn simulate(
     out: &Path,
     format: Format,
     seed: u64,
+    presence: Option<&crate::policy::PresenceSpec>,
 ) -> Result<SimulationReport, SimulateError> {
     let started = Instant::now();
     if from > to {
@@ -202,6 +242,7 @@ pub fn simulate(
         source,
     })?;
     let mut files = Vec::new();
+    let mut presence_truth = PresenceTruth::default();
     let mut month = MonthBuffer::default();
     let mut current: Option<(i32, u32)> = None;
     let progress = crate::cli_progress((to - from).num_days() as u64 + 1, "simulating");
@@ -216,6 +257,17 @@ pub fn simulate(
         let todays_match = matches.iter().find(|m| m.date == day);
         let todays_cruise = cruises.iter().find(|c| c.date == day);
         ctx.day(day, kind, todays_match, todays_cruise, seed, &mut month);
+        if let Some(p) = presence {
+            ctx.presence(
+                day,
+                kind,
+                (todays_match, todays_cruise),
+                seed,
+                p,
+                &mut month,
+                &mut presence_truth,
+            );
+        }
         month.label = format!("{:04}-{:02}", ym.0, ym.1);
         progress.inc(1);
     }
@@ -246,6 +298,27 @@ pub fn simulate(
             .cloned()
             .collect(),
         model: MODEL_NOTES.to_vec(),
+        presence_daily: presence_truth
+            .daily
+            .into_iter()
+            .map(|((day, period, segment), devices)| PresenceTotal {
+                day,
+                period,
+                segment,
+                devices,
+            })
+            .collect(),
+        presence_monthly_origins: presence_truth
+            .monthly
+            .into_iter()
+            .map(|((month, period, segment, origin), devices)| OriginTotal {
+                month,
+                period,
+                segment,
+                origin,
+                devices,
+            })
+            .collect(),
     };
     let json = serde_json::to_vec_pretty(&truth).map_err(|e| SimulateError::Io {
         path: truth_path.clone(),
@@ -264,6 +337,7 @@ pub fn simulate(
         devices: spec.devices,
         footfall_rows: count(crate::store::Metric::Footfall),
         flows_rows: count(crate::store::Metric::Flows),
+        presence_rows: count(crate::store::Metric::Presence),
         files,
         matches: matches.len(),
         cruise_calls: cruises.len(),
@@ -294,6 +368,8 @@ struct MonthBuffer {
     flow_dest: Vec<u32>,
     flow_bin: Vec<u32>,
     flow_trips: Vec<u32>,
+    /// Presence rows: (cell, day label, period, segment, origin code, devices).
+    presence: Vec<(u32, String, String, &'static str, &'static str, u32)>,
 }
 
 fn poisson(rng: &mut Xoshiro256PlusPlus, mean: f64) -> u32 {
@@ -322,6 +398,7 @@ impl DayContext<'_> {
         let s = self.spatial;
         let n = self.grid.cells.len();
         let tourists = self.tourists_peak * model::tourist_level(kind);
+        let trippers = visitors::day_trippers(kind, self.tourists_peak);
         let mut t = start.timestamp();
         let mut prev_shares: Option<model::Shares> = None;
         let mut lambda = vec![0.0f64; n];
@@ -349,6 +426,7 @@ impl DayContext<'_> {
                         + sh.evening * s.evening[c]
                         + sh.leisure * ((1.0 - coast) * s.leisure_town[c] + coast * s.leisure_coast[c]));
                 let visitors = tourists * (out_share * s.tourist_day[c] + (1.0 - out_share) * s.tourist_night[c])
+                    + trippers * visitors::day_trip_presence(h) * s.tourist_day[c]
                     + match_devices * s.stadium[c]
                     + cruise_devices * (at_terminal * s.cruise[c] + (1.0 - at_terminal) * s.tourist_day[c]);
                 *l = seen * (residents + visitors);
@@ -433,6 +511,120 @@ impl DayContext<'_> {
     }
 }
 
+impl DayContext<'_> {
+    /// Presence rows of one day: for each period of the policy, every
+    /// population attributed to cells by the period's mix
+    /// ([`visitors::PeriodMix`]), split by segment and origin; codes the
+    /// policy does not list are delivered as `other`, as an operator must.
+    #[expect(clippy::too_many_arguments, reason = "one call site; the day's events and the truth")]
+    fn presence(
+        &self,
+        day: NaiveDate,
+        kind: DayKind,
+        (game, cruise): (Option<&Match>, Option<&CruiseCall>),
+        seed: u64,
+        spec: &crate::policy::PresenceSpec,
+        buf: &mut MonthBuffer,
+        truth: &mut PresenceTruth,
+    ) {
+        use visitors::{EXCURSIONIST, LOCAL, RESIDENT, TOURIST};
+        let day_number = day.num_days_from_ce() as u64;
+        // A stream of its own: footfall and flows draw what they drew before.
+        let mut rng =
+            Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ day_number ^ 0x5052_4553);
+        let s = self.spatial;
+        let n = self.grid.cells.len();
+        let segment = |name: &'static str| spec.segments.iter().any(|x| x == name).then_some(name);
+        let code = |c: &'static str| {
+            if spec.accepts_origin(c) {
+                c
+            } else {
+                crate::policy::OTHER_ORIGIN
+            }
+        };
+        let tourists = self.tourists_peak * model::tourist_level(kind);
+        let trippers = visitors::day_trippers(kind, self.tourists_peak);
+        let label = day.format("%Y-%m-%d").to_string();
+        let month = day.format("%Y-%m").to_string();
+        for period in spec.periods.keys() {
+            let Some((from_s, to_s)) = spec.period_bounds(period) else {
+                continue;
+            };
+            let (from_h, to_h) = (f64::from(from_s) / 3600.0, f64::from(to_s) / 3600.0);
+            let mix = visitors::PeriodMix::new(s, kind, from_h, to_h);
+            let mut counts: BTreeMap<(u32, &'static str, &'static str), u32> = BTreeMap::new();
+            // Residents: one Poisson count per cell.
+            if let Some(seg) = segment(RESIDENT) {
+                let r = self.residents * mix.residents_present;
+                for c in 0..n {
+                    let v = poisson(&mut rng, r * mix.residents[c]);
+                    if v > 0 {
+                        *counts.entry((c as u32, seg, code(LOCAL))).or_default() += v;
+                    }
+                }
+            }
+            // Visitors: a Poisson number per origin, each placed in a cell
+            // drawn from the population's distribution.
+            let mut groups: Vec<(&'static str, Vec<(&'static str, f64)>, Vec<f64>)> = Vec::new();
+            if let Some(seg) = segment(TOURIST) {
+                groups.push((seg, visitors::tourist_origins(kind, tourists), mix.tourists.clone()));
+            }
+            if let Some(seg) = segment(EXCURSIONIST) {
+                if visitors::overlaps(from_h, to_h, 10.0, 18.0) {
+                    let o = visitors::split(trippers, visitors::regional_origins());
+                    groups.push((seg, o, mix.day_trippers.clone()));
+                }
+                if let Some(c) = cruise.filter(|_| visitors::overlaps(from_h, to_h, 8.0, 18.0)) {
+                    let o = visitors::split(f64::from(c.extra_devices), visitors::cruise_origins());
+                    let dist: Vec<f64> = (0..n).map(|i| 0.3 * s.cruise[i] + 0.7 * s.tourist_day[i]).collect();
+                    groups.push((seg, o, dist));
+                }
+                if let Some(m) = game {
+                    let k = f64::from(m.kickoff.hour()) + f64::from(m.kickoff.minute()) / 60.0;
+                    if visitors::overlaps(from_h, to_h, k - 2.0, k + 2.0) {
+                        // Half the crowd comes from outside the city.
+                        let o = visitors::split(0.5 * f64::from(m.extra_devices), visitors::regional_origins());
+                        groups.push((seg, o, s.stadium.clone()));
+                    }
+                }
+            }
+            for (seg, origins, dist) in groups {
+                let cumulative: Vec<f64> = dist
+                    .iter()
+                    .scan(0.0, |acc, x| {
+                        *acc += x;
+                        Some(*acc)
+                    })
+                    .collect();
+                let total = cumulative.last().copied().unwrap_or(0.0);
+                if total <= 0.0 {
+                    continue;
+                }
+                for (origin, mean) in origins {
+                    for _ in 0..poisson(&mut rng, mean) {
+                        let u = rng.random::<f64>() * total;
+                        let c = cumulative.partition_point(|x| *x <= u).min(n - 1);
+                        *counts.entry((c as u32, seg, code(origin))).or_default() += 1;
+                    }
+                }
+            }
+            for ((cell, seg, origin), v) in counts {
+                buf.presence.push((cell, label.clone(), period.clone(), seg, origin, v));
+                *truth.daily.entry((day, period.clone(), seg.to_string())).or_default() += u64::from(v);
+                *truth
+                    .monthly
+                    .entry((
+                        month.clone(),
+                        period.clone(),
+                        seg.to_string(),
+                        spec.group_of(origin).to_string(),
+                    ))
+                    .or_default() += u64::from(v);
+            }
+        }
+    }
+}
+
 pub use crate::vocab::local_midnight;
 
 impl MonthBuffer {
@@ -473,6 +665,26 @@ impl MonthBuffer {
             "trips" => &self.flow_trips,
         )
         .map_err(polars_err(&flow_path))?;
+        if !self.presence.is_empty() {
+            let path = out.join(format!("presence-{}.{ext}", self.label));
+            let p = &self.presence;
+            let mut df = df!(
+                "cell_id" => p.iter().map(|r| ids[r.0 as usize]).collect::<Vec<_>>(),
+                "day" => p.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+                "period" => p.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+                "segment" => p.iter().map(|r| r.3).collect::<Vec<_>>(),
+                "origin" => p.iter().map(|r| r.4).collect::<Vec<_>>(),
+                "devices" => p.iter().map(|r| r.5).collect::<Vec<_>>(),
+            )
+            .map_err(polars_err(&path))?;
+            write_frame(&path, &mut df, format)?;
+            written.push(SimFile {
+                path,
+                metric: crate::store::Metric::Presence,
+                month: self.label.clone(),
+                rows: df.height(),
+            });
+        }
         if flows.height() > 0 {
             write_frame(&flow_path, &mut flows, format)?;
             written.push(SimFile {

@@ -182,13 +182,13 @@ impl DayKind {
 }
 
 /// A smooth step from 0 (before `a`) to 1 (after `b`).
-fn ramp(x: f64, a: f64, b: f64) -> f64 {
+pub(super) fn ramp(x: f64, a: f64, b: f64) -> f64 {
     let t = ((x - a) / (b - a)).clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
 }
 
 /// A Gaussian bump of height 1 centred on `c` with width `w`.
-fn bump(x: f64, c: f64, w: f64) -> f64 {
+pub(super) fn bump(x: f64, c: f64, w: f64) -> f64 {
     (-((x - c) / w).powi(2)).exp()
 }
 
