@@ -214,7 +214,7 @@ impl ReleaseData {
         };
         let mut zone_ids = Vec::new();
         let groups = match &manifest.presence {
-            Some(p) if !p.groups.is_empty() && k % p.groups.len() == 0 => p.groups.clone(),
+            Some(p) if !p.groups.is_empty() && k.is_multiple_of(p.groups.len()) => p.groups.clone(),
             Some(p) => {
                 return Err(corrupt(format!(
                     "{k} keys per bin do not split into the manifest's {} groups",

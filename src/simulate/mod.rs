@@ -511,6 +511,10 @@ impl DayContext<'_> {
     }
 }
 
+/// A segment, its expected devices by origin code and their distribution
+/// over cells.
+type VisitorGroup = (&'static str, Vec<(&'static str, f64)>, Vec<f64>);
+
 impl DayContext<'_> {
     /// Presence rows of one day: for each period of the policy, every
     /// population attributed to cells by the period's mix
@@ -565,7 +569,7 @@ impl DayContext<'_> {
             }
             // Visitors: a Poisson number per origin, each placed in a cell
             // drawn from the population's distribution.
-            let mut groups: Vec<(&'static str, Vec<(&'static str, f64)>, Vec<f64>)> = Vec::new();
+            let mut groups: Vec<VisitorGroup> = Vec::new();
             if let Some(seg) = segment(TOURIST) {
                 groups.push((seg, visitors::tourist_origins(kind, tourists), mix.tourists.clone()));
             }
