@@ -849,3 +849,502 @@ pub fn flows(
         source,
     }
 }
+
+// ----- People and visitors (presence releases) -----
+
+/// One published presence value: devices of a segment (and origin group)
+/// in a zone or the city on a day (or month), the sd of its noise, and the
+/// public expansion factor of its segment if the policy gives one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresencePoint {
+    /// The day, or the first day of a monthly value.
+    pub day: NaiveDate,
+    pub segment: String,
+    pub origin: String,
+    pub value: f64,
+    pub noise_sd: f64,
+    pub factor: Option<f64>,
+}
+
+/// A sum of presence values with its 95 % bar, in devices and, where every
+/// term has an expansion factor, in estimated people (independent noises:
+/// variances add).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Figure {
+    pub devices: f64,
+    pub devices_ci95: f64,
+    pub people: Option<f64>,
+    pub people_ci95: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    devices: f64,
+    var: f64,
+    people: f64,
+    people_var: f64,
+    /// Every term had a factor.
+    all_factored: bool,
+    terms: usize,
+}
+
+impl Tally {
+    fn add(&mut self, p: &PresencePoint) {
+        if self.terms == 0 {
+            self.all_factored = true;
+        }
+        self.terms += 1;
+        self.devices += p.value;
+        self.var += p.noise_sd * p.noise_sd;
+        match p.factor {
+            Some(f) if f > 0.0 => {
+                self.people += p.value / f;
+                self.people_var += (p.noise_sd / f).powi(2);
+            }
+            _ => self.all_factored = false,
+        }
+    }
+
+    fn figure(&self) -> Figure {
+        let people = self.all_factored && self.terms > 0;
+        Figure {
+            devices: self.devices,
+            devices_ci95: Z95 * self.var.sqrt(),
+            people: people.then_some(self.people),
+            people_ci95: people.then(|| Z95 * self.people_var.sqrt()),
+        }
+    }
+}
+
+fn tally<'a>(points: impl IntoIterator<Item = &'a PresencePoint>) -> Figure {
+    let mut t = Tally::default();
+    for p in points {
+        t.add(p);
+    }
+    t.figure()
+}
+
+/// One segment's figure on a day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentFigure {
+    pub segment: String,
+    #[serde(flatten)]
+    pub figure: Figure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitorDay {
+    pub day: NaiveDate,
+    /// People present in the day period, by segment (the policy's order).
+    pub segments: Vec<SegmentFigure>,
+    pub total: Figure,
+}
+
+/// An origin group's visitors (tourists and excursionists) in a month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OriginFigure {
+    pub origin: String,
+    #[serde(flatten)]
+    pub figure: Figure,
+    pub tourists: Figure,
+    pub excursionists: Figure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitorMonth {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Days of the month with published daily presence.
+    pub days: usize,
+    /// Overnight stays: the night-period presence of tourists summed over
+    /// the month's days (device-nights; people-nights with a factor).
+    pub nights: Figure,
+    /// Day visitors: the day-period presence of excursionists summed over
+    /// the month's days.
+    pub day_visitors: Figure,
+    /// Visitors by origin group over the month's days (day period), most
+    /// first; empty when no monthly origins release covers the month.
+    pub top_origins: Vec<OriginFigure>,
+    /// The same month a year earlier, when published: % change of nights
+    /// and day visitors with the 95 % bar of the ratio.
+    pub year_over_year: Option<YearOverYear>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct YearOverYear {
+    pub nights_change_pct: Option<f64>,
+    pub nights_change_pct_ci95: Option<f64>,
+    pub day_visitors_change_pct: Option<f64>,
+    pub day_visitors_change_pct_ci95: Option<f64>,
+}
+
+/// `GET /views/visitors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitorsView {
+    /// The zone, or `all` for the sum over every zone.
+    pub zone: String,
+    pub unit: String,
+    /// The periods the figures come from, e.g. `day 08:00–20:00`.
+    pub day_period: String,
+    pub night_period: Option<String>,
+    pub segments: Vec<String>,
+    pub daily: Vec<VisitorDay>,
+    pub monthly: Vec<VisitorMonth>,
+    /// How `people` is computed, or why it is absent.
+    pub people_method: String,
+    pub source: Source,
+}
+
+/// The segments of a tourism statistic.
+pub const TOURIST: &str = "tourist";
+pub const EXCURSIONIST: &str = "excursionist";
+
+/// The percentage change `100·(a/b − 1)` and the 95 % bar of it from the
+/// sds of `a` and `b` (delta method; none when `b` is not clearly above 0).
+pub fn change_pct(a: f64, sd_a: f64, b: f64, sd_b: f64) -> (Option<f64>, Option<f64>) {
+    if !(b > 0.0 && b > 2.0 * sd_b) {
+        return (None, None);
+    }
+    let r = a / b;
+    let sd = ((sd_a / b).powi(2) + (r * sd_b / b).powi(2)).sqrt();
+    (Some(100.0 * (r - 1.0)), Some(100.0 * Z95 * sd))
+}
+
+fn month_key(d: NaiveDate) -> String {
+    format!("{:04}-{:02}", d.year(), d.month())
+}
+
+/// What the visitors view is computed from, each series already summed
+/// over the zone(s) asked.
+pub struct VisitorSeries<'a> {
+    /// The policy's segments, in order.
+    pub segments: &'a [String],
+    /// Daily presence by segment, day period.
+    pub day: &'a [PresencePoint],
+    /// Daily presence by segment, night period.
+    pub night: &'a [PresencePoint],
+    /// Monthly presence by segment and origin group, day period.
+    pub origins: &'a [PresencePoint],
+}
+
+/// The visitors view of `zone` (its words: `unit`, the periods' labels).
+pub fn visitors(
+    zone: &str,
+    unit: String,
+    periods: (String, Option<String>),
+    series: &VisitorSeries,
+    top_n: usize,
+    source: Source,
+) -> VisitorsView {
+    let VisitorSeries {
+        segments,
+        day,
+        night,
+        origins,
+    } = *series;
+    let mut by_day: BTreeMap<NaiveDate, Vec<&PresencePoint>> = BTreeMap::new();
+    for p in day {
+        by_day.entry(p.day).or_default().push(p);
+    }
+    let daily: Vec<VisitorDay> = by_day
+        .iter()
+        .map(|(d, ps)| VisitorDay {
+            day: *d,
+            segments: segments
+                .iter()
+                .map(|s| SegmentFigure {
+                    segment: s.clone(),
+                    figure: tally(ps.iter().copied().filter(|p| &p.segment == s)),
+                })
+                .collect(),
+            total: tally(ps.iter().copied()),
+        })
+        .collect();
+    let mut months: BTreeMap<String, (std::collections::BTreeSet<NaiveDate>, Tally, Tally)> = BTreeMap::new();
+    for p in day {
+        let e = months.entry(month_key(p.day)).or_default();
+        e.0.insert(p.day);
+        if p.segment == EXCURSIONIST {
+            e.2.add(p);
+        }
+    }
+    for p in night.iter().filter(|p| p.segment == TOURIST) {
+        months.entry(month_key(p.day)).or_default().1.add(p);
+    }
+    let mut monthly: Vec<VisitorMonth> = months
+        .iter()
+        .map(|(m, (days, nights, visitors))| {
+            let mut by_origin: BTreeMap<&str, (Tally, Tally, Tally)> = BTreeMap::new();
+            for p in origins.iter().filter(|p| &month_key(p.day) == m) {
+                if p.segment != TOURIST && p.segment != EXCURSIONIST {
+                    continue;
+                }
+                let e = by_origin.entry(p.origin.as_str()).or_default();
+                e.0.add(p);
+                if p.segment == TOURIST {
+                    e.1.add(p);
+                } else {
+                    e.2.add(p);
+                }
+            }
+            let mut top: Vec<OriginFigure> = by_origin
+                .into_iter()
+                .map(|(o, (all, t, x))| OriginFigure {
+                    origin: o.to_string(),
+                    figure: all.figure(),
+                    tourists: t.figure(),
+                    excursionists: x.figure(),
+                })
+                .collect();
+            top.sort_by(|a, b| b.figure.devices.total_cmp(&a.figure.devices));
+            top.truncate(top_n);
+            VisitorMonth {
+                month: m.clone(),
+                days: days.len(),
+                nights: nights.figure(),
+                day_visitors: visitors.figure(),
+                top_origins: top,
+                year_over_year: None,
+            }
+        })
+        .collect();
+    // Year over year: the same month of the previous year, when both are
+    // published for the same number of days.
+    let by_month: BTreeMap<String, (usize, Figure, Figure)> = monthly
+        .iter()
+        .map(|m| (m.month.clone(), (m.days, m.nights, m.day_visitors)))
+        .collect();
+    for m in &mut monthly {
+        let (y, mo) = m.month.split_once('-').unwrap_or_default();
+        let before = format!("{:04}-{mo}", y.parse::<i32>().unwrap_or(0) - 1);
+        if let Some((days, nights, visitors)) = by_month.get(&before)
+            && *days == m.days
+        {
+            let sd = |f: &Figure| f.devices_ci95 / Z95;
+            let (n, n_ci) = change_pct(m.nights.devices, sd(&m.nights), nights.devices, sd(nights));
+            let (v, v_ci) = change_pct(
+                m.day_visitors.devices,
+                sd(&m.day_visitors),
+                visitors.devices,
+                sd(visitors),
+            );
+            m.year_over_year = Some(YearOverYear {
+                nights_change_pct: n,
+                nights_change_pct_ci95: n_ci,
+                day_visitors_change_pct: v,
+                day_visitors_change_pct_ci95: v_ci,
+            });
+        }
+    }
+    VisitorsView {
+        zone: zone.to_string(),
+        unit,
+        day_period: periods.0,
+        night_period: periods.1,
+        segments: segments.to_vec(),
+        daily,
+        monthly,
+        people_method: "people = devices / the policy's public expansion factor of each segment (the zone's own where given), bars scaled the same way; absent where a segment has no factor".into(),
+        source,
+    }
+}
+
+/// One day against its baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ChangeDay {
+    pub day: NaiveDate,
+    pub value: f64,
+    pub ci95: f64,
+    /// The median of the same weekday in the baseline window.
+    pub baseline: Option<f64>,
+    pub baseline_days: usize,
+    pub change_pct: Option<f64>,
+    pub change_pct_ci95: Option<f64>,
+}
+
+/// `GET /views/change`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeView {
+    pub zone: String,
+    pub unit: String,
+    pub segment: String,
+    pub baseline_from: NaiveDate,
+    pub baseline_to: NaiveDate,
+    pub baseline: String,
+    pub days: Vec<ChangeDay>,
+    pub source: Source,
+}
+
+/// The median of values with their noise sds, and the sd of the median:
+/// σ·√(π/2)/√k for k ≥ 3 values (normal approximation), the mean's for 1–2.
+fn median_with_sd(values: &mut [(f64, f64)]) -> Option<(f64, f64)> {
+    let k = values.len();
+    if k == 0 {
+        return None;
+    }
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let m = if k % 2 == 1 {
+        values[k / 2].0
+    } else {
+        0.5 * (values[k / 2 - 1].0 + values[k / 2].0)
+    };
+    let mean_var = values.iter().map(|v| v.1 * v.1).sum::<f64>() / (k * k) as f64;
+    let factor = if k >= 3 { std::f64::consts::FRAC_PI_2 } else { 1.0 };
+    Some((m, (factor * mean_var).sqrt()))
+}
+
+/// Per day of `points` within `[from, to]`: the change against the median
+/// of the same weekday among the points within the baseline window.
+pub fn change(
+    zone: &str,
+    unit: String,
+    segment: &str,
+    points: &[Point],
+    baseline_window: (NaiveDate, NaiveDate),
+    range: (NaiveDate, NaiveDate),
+    source: Source,
+) -> ChangeView {
+    let (b0, b1) = baseline_window;
+    let mut by_weekday: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
+    for p in points.iter().filter(|p| p.day >= b0 && p.day <= b1) {
+        by_weekday
+            .entry(p.day.weekday().num_days_from_monday())
+            .or_default()
+            .push((p.value, p.noise_sd));
+    }
+    let medians: BTreeMap<u32, (f64, f64, usize)> = by_weekday
+        .into_iter()
+        .filter_map(|(w, mut v)| {
+            let k = v.len();
+            median_with_sd(&mut v).map(|(m, sd)| (w, (m, sd, k)))
+        })
+        .collect();
+    let days = points
+        .iter()
+        .filter(|p| p.day >= range.0 && p.day <= range.1)
+        .map(|p| {
+            let b = medians.get(&p.day.weekday().num_days_from_monday());
+            let (pct, pct_ci) = b.map_or((None, None), |(m, sd, _)| change_pct(p.value, p.noise_sd, *m, *sd));
+            ChangeDay {
+                day: p.day,
+                value: p.value,
+                ci95: Z95 * p.noise_sd,
+                baseline: b.map(|x| x.0),
+                baseline_days: b.map_or(0, |x| x.2),
+                change_pct: pct,
+                change_pct_ci95: pct_ci,
+            }
+        })
+        .collect();
+    ChangeView {
+        zone: zone.to_string(),
+        unit,
+        segment: segment.to_string(),
+        baseline_from: b0,
+        baseline_to: b1,
+        baseline: "median of the same weekday in the baseline window, as the community mobility reports of 2020; the bar of the change holds the day's noise and the median's (σ·√(π/2)/√k for k ≥ 3 days), by the delta method".into(),
+        days,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    fn p(day: &str, segment: &str, origin: &str, value: f64, sd: f64, factor: Option<f64>) -> PresencePoint {
+        PresencePoint {
+            day: day.parse().expect("day"),
+            segment: segment.into(),
+            origin: origin.into(),
+            value,
+            noise_sd: sd,
+            factor,
+        }
+    }
+
+    #[test]
+    fn nights_are_tourists_at_night_summed_and_people_need_every_factor() {
+        let segs: Vec<String> = ["resident", "tourist", "excursionist"].map(String::from).to_vec();
+        let day = vec![
+            p("2025-07-01", "resident", "all", 1000.0, 3.0, Some(0.5)),
+            p("2025-07-01", "tourist", "all", 200.0, 4.0, Some(0.25)),
+            p("2025-07-01", "excursionist", "all", 50.0, 3.0, None),
+            p("2025-07-02", "excursionist", "all", 70.0, 4.0, None),
+        ];
+        let night = vec![
+            p("2025-07-01", "tourist", "all", 180.0, 3.0, Some(0.25)),
+            p("2025-07-02", "tourist", "all", 190.0, 4.0, Some(0.25)),
+            p("2025-07-01", "resident", "all", 990.0, 3.0, Some(0.5)),
+        ];
+        let origins = vec![
+            p("2025-07-01", "tourist", "DE", 300.0, 3.0, Some(0.25)),
+            p("2025-07-01", "excursionist", "DE", 100.0, 4.0, None),
+            p("2025-07-01", "tourist", "Bretagne", 500.0, 3.0, Some(0.25)),
+            p("2025-07-01", "resident", "local", 9000.0, 3.0, Some(0.5)),
+        ];
+        let v = visitors(
+            "1",
+            "devices".into(),
+            ("day".into(), Some("night".into())),
+            &VisitorSeries {
+                segments: &segs,
+                day: &day,
+                night: &night,
+                origins: &origins,
+            },
+            10,
+            Source::of(&[]),
+        );
+        let m = &v.monthly[0];
+        assert_eq!((m.month.as_str(), m.days), ("2025-07", 2));
+        assert_eq!(m.nights.devices, 370.0);
+        assert!((m.nights.devices_ci95 - Z95 * 5.0).abs() < 1e-9);
+        assert_eq!(m.nights.people, Some(370.0 / 0.25));
+        assert!((m.nights.people_ci95.expect("ci") - Z95 * 20.0).abs() < 1e-9);
+        assert_eq!(m.day_visitors.devices, 120.0);
+        assert_eq!(m.day_visitors.people, None, "excursionists have no factor");
+        // Visitors by origin, residents left out, most first.
+        assert_eq!(m.top_origins[0].origin, "Bretagne");
+        assert_eq!(m.top_origins[1].figure.devices, 400.0);
+        assert_eq!(m.top_origins[1].tourists.devices, 300.0);
+        assert_eq!(m.top_origins.len(), 2);
+        // Day 1 by segment, and the total has no people (one segment has
+        // no factor).
+        let d = &v.daily[0];
+        assert_eq!(d.segments[1].figure.people, Some(800.0));
+        assert_eq!(d.total.devices, 1250.0);
+        assert_eq!(d.total.people, None);
+    }
+
+    #[test]
+    fn change_is_against_the_median_of_the_same_weekday_with_the_bar_of_a_ratio() {
+        // Baseline: three Mondays 100, 120, 110 (σ 2) → median 110.
+        let pts: Vec<Point> = [
+            ("2025-01-06", 100.0),
+            ("2025-01-13", 120.0),
+            ("2025-01-20", 110.0),
+            ("2025-03-03", 55.0),
+        ]
+        .iter()
+        .map(|(d, v)| Point {
+            day: d.parse().expect("day"),
+            value: *v,
+            noise_sd: 2.0,
+        })
+        .collect();
+        let range = ("2025-03-01".parse().expect("d"), "2025-03-31".parse().expect("d"));
+        let window = ("2025-01-01".parse().expect("d"), "2025-01-31".parse().expect("d"));
+        let c = change("1", "devices".into(), "all", &pts, window, range, Source::of(&[]));
+        assert_eq!(c.days.len(), 1);
+        let d = &c.days[0];
+        assert_eq!((d.baseline, d.baseline_days), (Some(110.0), 3));
+        assert!((d.change_pct.expect("pct") + 50.0).abs() < 1e-9);
+        let sd_b = (std::f64::consts::FRAC_PI_2 * 12.0 / 9.0).sqrt();
+        let r: f64 = 0.5;
+        let expected = 100.0 * Z95 * ((2.0f64 / 110.0).powi(2) + (r * sd_b / 110.0).powi(2)).sqrt();
+        assert!((d.change_pct_ci95.expect("ci") - expected).abs() < 1e-9);
+        // No baseline weekday, no change; a baseline near 0 has no ratio.
+        assert_eq!(change_pct(5.0, 1.0, 1.0, 1.0), (None, None));
+    }
+}

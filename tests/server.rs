@@ -900,9 +900,132 @@ async fn zone_releases_are_keyed_by_the_grids_named_zones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_and_change_views_add_up_the_presence_releases_and_cost_nothing() {
+    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 5);
+    let state = state_with("tiny-zones.toml", &f.data, &[]);
+    let spent_before = get(&state, "/api/v1/ledger").await.json()["total_rho_by_audience"].clone();
+    // The published values themselves, read as any client would.
+    let list = get(&state, "/api/v1/releases?dataset=tiny&metric=presence&limit=500")
+        .await
+        .json();
+    let releases = list["releases"].as_array().expect("releases");
+    assert_eq!(releases.len(), 35 * 2);
+    // (day, period, zone, segment) → (estimate, noise_sd, people)
+    type Key = (String, String, String, String);
+    let mut published: std::collections::BTreeMap<Key, (f64, f64, Option<f64>)> = Default::default();
+    for r in releases {
+        let id = r["release_id"].as_str().expect("id");
+        let v = get(&state, &format!("/api/v1/releases/{id}/values")).await.json();
+        for row in v["rows"].as_array().expect("rows") {
+            let day = row["bin_start"].as_str().expect("bin");
+            let local = chrono::DateTime::parse_from_rfc3339(day)
+                .expect("rfc3339")
+                .with_timezone(&chrono_tz::Europe::Paris)
+                .date_naive()
+                .to_string();
+            published.insert(
+                (
+                    local,
+                    row["period"].as_str().expect("period").into(),
+                    row["zone_id"].as_str().expect("zone").into(),
+                    row["segment"].as_str().expect("segment").into(),
+                ),
+                (
+                    row["estimate"].as_f64().expect("estimate"),
+                    row["noise_sd"].as_f64().expect("sd"),
+                    row["people"].as_f64(),
+                ),
+            );
+        }
+    }
+    let v = get(&state, "/api/v1/views/visitors?zone=W").await;
+    assert_eq!(v.status, StatusCode::OK, "{}", v.text());
+    let v = v.json();
+    assert_eq!(v["segments"], json!(["resident", "tourist", "excursionist"]));
+    let daily = v["daily"].as_array().expect("daily");
+    assert_eq!(daily.len(), 35);
+    let d0 = &daily[0];
+    let day0 = d0["day"].as_str().expect("day").to_string();
+    let key = |p: &str, z: &str, s: &str| (day0.clone(), p.to_string(), z.to_string(), s.to_string());
+    let (est, sd, people) = published[&key("day", "W", "tourist")];
+    let tourist = &d0["segments"][1];
+    assert!((tourist["devices"].as_f64().expect("d") - est).abs() < 1e-3);
+    assert!((tourist["devices_ci95"].as_f64().expect("ci") - 1.959_963_984_540_054 * sd).abs() < 1e-3);
+    // Tourists have a public factor of 0.25: people = devices / 0.25.
+    assert!((tourist["people"].as_f64().expect("people") - est / 0.25).abs() < 1e-2);
+    assert!((people.expect("published people") - est / 0.25).abs() < 1e-2);
+    // Excursionists have no factor, so neither has the day's total.
+    assert!(d0["segments"][2]["people"].is_null() && d0["total"]["people"].is_null());
+    // Nights of March: tourists' night presence in W summed over March days.
+    let march = v["monthly"]
+        .as_array()
+        .expect("monthly")
+        .iter()
+        .find(|m| m["month"] == "2025-03")
+        .expect("March");
+    let (nights, var): (f64, f64) = published
+        .iter()
+        .filter(|((d, p, z, s), _)| d.starts_with("2025-03") && p == "night" && z == "W" && s == "tourist")
+        .fold((0.0, 0.0), |(a, b), (_, (e, sd, _))| (a + e, b + sd * sd));
+    assert_eq!(march["days"], 29);
+    assert!((march["nights"]["devices"].as_f64().expect("n") - nights).abs() < 1e-2);
+    assert!((march["nights"]["devices_ci95"].as_f64().expect("ci") - 1.959_963_984_540_054 * var.sqrt()).abs() < 1e-3);
+    // No monthly origins release in this plan: no origins, said by an empty list.
+    assert_eq!(march["top_origins"], json!([]));
+    // Every zone summed: W + E (zone draws are independent under zone placement).
+    let all = get(&state, "/api/v1/views/visitors").await.json();
+    let sum: f64 = ["W", "E"].iter().map(|z| published[&key("day", z, "resident")].0).sum();
+    assert!((all["daily"][0]["segments"][0]["devices"].as_f64().expect("d") - sum).abs() < 1e-2);
+    assert_eq!(all["zone"], "all");
+
+    // Change against the median of the same weekday in the first 2 weeks.
+    let c = get(
+        &state,
+        "/api/v1/views/change?zone=W&baseline_from=2025-03-03&baseline_to=2025-03-16&segment=resident",
+    )
+    .await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text());
+    let c = c.json();
+    let days = c["days"].as_array().expect("days");
+    assert_eq!(days.len(), 35 - 14);
+    for d in days {
+        let (v, b) = (d["value"].as_f64().expect("v"), d["baseline"].as_f64().expect("b"));
+        assert_eq!(d["baseline_days"], 2);
+        assert!((d["change_pct"].as_f64().expect("pct") - 100.0 * (v / b - 1.0)).abs() < 1e-9);
+        assert!(d["change_pct_ci95"].as_f64().expect("ci") > 0.0);
+    }
+    // The baseline of the first Monday after it: the median (= mean of
+    // two) of the two Mondays in the window.
+    let monday = |d: &str| published[&(d.to_string(), "day".into(), "W".into(), "resident".into())].0;
+    let b = 0.5 * (monday("2025-03-03") + monday("2025-03-10"));
+    assert!((days[0]["baseline"].as_f64().expect("b") - b).abs() < 1e-2);
+    // Refusals: an unknown segment, a baseline without data.
+    assert_eq!(
+        get(
+            &state,
+            "/api/v1/views/change?baseline_from=2025-03-03&baseline_to=2025-03-16&segment=alien"
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    let none = get(
+        &state,
+        "/api/v1/views/change?baseline_from=2024-01-01&baseline_to=2024-01-31",
+    )
+    .await;
+    assert_eq!(none.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", none.text());
+    // Post-processing: nothing was charged.
+    assert_eq!(
+        get(&state, "/api/v1/ledger").await.json()["total_rho_by_audience"],
+        spent_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_are_computed_from_public_releases_and_cost_nothing() {
     // Five weeks: hourly hex footfall, daily zone footfall, hourly zone flows.
-    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 3);
+    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 5);
     let state = state_with("tiny-zones.toml", &f.data, &[]);
     let spent_before = get(&state, "/api/v1/ledger").await.json()["total_rho_by_audience"].clone();
 
@@ -1202,7 +1325,7 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
     // Real answers, success and failure, of every route: their status and
     // content type must be documented and their JSON must validate against
     // the documented schema (regression: the document and the server drifted).
-    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 3);
+    let f = build_with("tiny-zones.toml", "2025-04-06", 35 * 5);
     let state = state_with("tiny-zones.toml", &f.data, &[]);
     let doc: Value = serde_json::from_str(hexflow::server::OPENAPI).expect("openapi");
     let admin = token(&f.data, "ops", Role::Admin);
@@ -1221,6 +1344,7 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
     let hex = pick(&|r| r["unit"] == "hex" && r["metric"] == "footfall");
     let zone = pick(&|r| r["unit"] == "zone" && r["metric"] == "footfall");
     let flows = pick(&|r| r["metric"] == "flows");
+    let presence = pick(&|r| r["metric"] == "presence");
     let site_a = h3o::LatLng::new(43.29, 5.385)
         .expect("latlng")
         .to_cell(h3o::Resolution::Eight);
@@ -1311,6 +1435,20 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
             "get",
             "/api/v1/releases/{id}/values",
             format!("/api/v1/releases/{zone}/values"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}/values",
+            format!("/api/v1/releases/{presence}/values"),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/releases/{id}",
+            format!("/api/v1/releases/{presence}"),
             None,
             None,
         ),
@@ -1453,6 +1591,41 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
             "get",
             "/api/v1/views/forecast",
             "/api/v1/views/forecast?zone=W&days=7".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/visitors",
+            "/api/v1/views/visitors?zone=W".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/visitors",
+            "/api/v1/views/visitors?top=0".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/visitors",
+            "/api/v1/views/visitors?zone=nowhere".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/change",
+            "/api/v1/views/change?zone=E&baseline_from=2025-03-03&baseline_to=2025-03-16".into(),
+            None,
+            None,
+        ),
+        (
+            "get",
+            "/api/v1/views/change",
+            "/api/v1/views/change?baseline_from=2024-01-01&baseline_to=2024-01-31".into(),
             None,
             None,
         ),

@@ -25,6 +25,11 @@ pub struct ReleaseSummary {
     /// The H3 resolution; none for a zone release.
     pub res: Option<u8>,
     pub bin: crate::privacy::Bin,
+    /// Presence: the period of the day and the split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<crate::vocab::By>,
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub rho: f64,
@@ -45,6 +50,8 @@ impl ReleaseSummary {
             unit: m.spec.unit,
             res: (m.spec.unit == Unit::Hex).then_some(m.spec.res),
             bin: m.spec.bin,
+            period: m.spec.period.clone(),
+            by: m.spec.by,
             from: m.spec.from,
             to: m.spec.to,
             rho: m.rho,

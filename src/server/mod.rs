@@ -59,6 +59,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/views/event"),
     ("get", "/api/v1/views/flows"),
     ("get", "/api/v1/views/forecast"),
+    ("get", "/api/v1/views/visitors"),
+    ("get", "/api/v1/views/change"),
     ("post", "/api/v1/queries"),
     ("post", "/api/v1/admin/ingest"),
     ("post", "/api/v1/admin/publish"),
@@ -247,6 +249,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/views/event", get(views::event))
         .route("/views/flows", get(views::flows))
         .route("/views/forecast", get(views::forecast))
+        .route("/views/visitors", get(views::visitors))
+        .route("/views/change", get(views::change))
         .route("/queries", post(admin::query))
         .route("/admin/publish", post(admin::publish))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

@@ -363,7 +363,7 @@ fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
     row.insert("estimate_ci95".into(), json!(data.estimate_ci95[i]));
     row.insert("noise_sd".into(), json!(round_to(data.noise_sd[i], 4)));
     if let Some((people, ci)) = people_of(data, i) {
-        row.insert("people".into(), json!(people.map(|p| round_to(p, 1))));
+        row.insert("people".into(), json!(people.map(|p| round_to(p, 3))));
         row.insert("people_ci95".into(), json!(ci));
     }
     row
@@ -410,7 +410,7 @@ fn values_csv(data: &ReleaseData, range: std::ops::Range<usize>) -> Vec<u8> {
     for i in range {
         let key: Vec<String> = key_fields(data, i).into_iter().map(|(_, v)| v).collect();
         let people = match people_of(data, i) {
-            Some((p, ci)) => format!(",{},{}", opt(p.map(|p| round_to(p, 1))), opt(ci)),
+            Some((p, ci)) => format!(",{},{}", opt(p.map(|p| round_to(p, 3))), opt(ci)),
             None => String::new(),
         };
         out.push_str(&format!(

@@ -7,7 +7,11 @@
 //! * event: a place's hourly footfall on a day against the same weekday of
 //!   the weeks before;
 //! * flows: origin–destination between zones over a period and hour band;
-//! * forecast: a zone's next days with prediction intervals and a backtest.
+//! * forecast: a zone's next days with prediction intervals and a backtest;
+//! * visitors: people present by segment per day, overnight stays, day
+//!   visitors and origins per month, year over year;
+//! * change: people per day against the median of the same weekday in a
+//!   baseline window.
 
 use crate::vocab::audience;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,14 +44,22 @@ fn releases(
     let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
     // One release per window: when a changed policy or grid made a second
     // release of the same days, the newest is used, so no day counts twice.
-    let mut by_window: BTreeMap<(NaiveDate, NaiveDate, Option<u8>), ReleaseSummary> = BTreeMap::new();
+    type Window = (NaiveDate, NaiveDate, Option<u8>, Option<String>, Option<&'static str>);
+    let mut by_window: BTreeMap<Window, ReleaseSummary> = BTreeMap::new();
     for r in index
         .iter()
         .filter(|r| r.dataset == dataset && r.audience == audience::PUBLIC)
         .filter(|r| r.metric == metric && r.unit == unit && r.bin == bin)
         .filter(|r| r.from >= range.0 && r.to <= range.1)
     {
-        let key = (r.from, r.to, r.res);
+        // Presence releases of one window differ by period and split.
+        let key = (
+            r.from,
+            r.to,
+            r.res,
+            r.period.clone(),
+            r.by.map(crate::vocab::By::as_str),
+        );
         if by_window.get(&key).is_none_or(|old| old.created_at < r.created_at) {
             by_window.insert(key, r.clone());
         }
@@ -265,6 +277,327 @@ pub async fn forecast(
     })
     .await?;
     respond(&state, q_format, body, |v| chart_png(Chart::Forecast(v))).await
+}
+
+// ----- People and visitors -----
+
+/// The periods a visitors view reads: the one named `day` (else the
+/// longest) and the one named `night` (else one holding 03:00), with their
+/// labels (`day 08:00–20:00`).
+fn day_and_night(p: &crate::policy::PresenceSpec) -> (String, Option<String>) {
+    let longest = p
+        .periods
+        .keys()
+        .max_by_key(|k| p.period_bounds(k).map_or(0, |(a, b)| b - a))
+        .cloned()
+        .unwrap_or_default();
+    let day = if p.periods.contains_key("day") {
+        "day".to_string()
+    } else {
+        longest
+    };
+    let night = if p.periods.contains_key("night") {
+        Some("night".to_string())
+    } else {
+        p.periods
+            .keys()
+            .find(|k| *k != &day && p.period_bounds(k).is_some_and(|(a, b)| a <= 3 * 3600 && 3 * 3600 < b))
+            .cloned()
+    };
+    (day, night)
+}
+
+fn period_label(p: &crate::policy::PresenceSpec, name: &str) -> String {
+    match p.periods.get(name) {
+        Some(b) => format!("{name} {}–{}", b.from, b.to),
+        None => name.to_string(),
+    }
+}
+
+/// The policy's presence section, or why the view cannot be made.
+fn need_presence(ds: &Dataset) -> Result<&crate::policy::PresenceSpec, Problem> {
+    need_zones(ds)?;
+    ds.releaser.policy.spec.presence.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "no presence",
+            format!(
+                "dataset {} has no [presence] section in its policy: no people, visitors or origins are published",
+                ds.releaser.policy.dataset()
+            ),
+        )
+    })
+}
+
+/// Public presence zone releases of one period, split and bin.
+fn presence_releases(
+    state: &AppState,
+    ds: &Dataset,
+    period: &str,
+    by: crate::vocab::By,
+    bin: Bin,
+) -> Result<Vec<ReleaseSummary>, Problem> {
+    Ok(published(state, ds, Metric::Presence, Unit::Zone, bin)?
+        .into_iter()
+        .filter(|r| r.period.as_deref() == Some(period) && r.by == Some(by))
+        .collect())
+}
+
+/// Every value of `list` as presence points of the zone asked, or summed
+/// over every zone (`zone = None`). A sum over zones has the sd of its
+/// noise: independent zone draws add variances; under cell placement one
+/// cell's noise reaches several zones, so the sd is σ·√Σ_c(Σ_z W_cz)².
+/// Its people figure needs one factor for the segment in every zone.
+fn presence_points(
+    state: &AppState,
+    ds: &Dataset,
+    list: &[ReleaseSummary],
+    zone: Option<&str>,
+) -> Result<Vec<views::PresencePoint>, Problem> {
+    let tz = ds.releaser.grid.tz;
+    let mut out = Vec::new();
+    for d in load_all(state, list)? {
+        let m = &d.manifest;
+        let Some(pm) = &m.presence else { continue };
+        let zones: Vec<usize> = match zone {
+            Some(z) => vec![zone_index(&d, z)? as usize],
+            None => (0..d.places).collect(),
+        };
+        let factor = |segment: &str, z: usize| {
+            let id = d.zone_ids.get(z).map(String::as_str).unwrap_or_default();
+            pm.expansion_by_zone
+                .get(id)
+                .and_then(|f| f.get(segment))
+                .or_else(|| pm.expansion.get(segment))
+                .copied()
+        };
+        let cell_sd = if zones.len() > 1 && m.placement == crate::privacy::sensitivity::Placement::Cell {
+            let w = ds
+                .releaser
+                .weights_for(Unit::Zone, 0)
+                .map_err(|e| Problem::internal("zone weights", e))?;
+            let mut by_cell: BTreeMap<u32, f64> = BTreeMap::new();
+            for e in &w.entries {
+                *by_cell.entry(e.cell).or_default() += e.weight;
+            }
+            Some(m.noise_sd * by_cell.values().map(|s| s * s).sum::<f64>().sqrt())
+        } else {
+            None
+        };
+        for b in 0..d.bins.len() {
+            let day = d.bins[b].with_timezone(&tz).date_naive();
+            let start = d.bin_range(b).start;
+            for (g, (segment, origin)) in d.groups.iter().enumerate() {
+                let idx = |z: usize| start + g * d.places + z;
+                let value: f64 = zones.iter().map(|z| d.estimate[idx(*z)]).sum();
+                let noise_sd =
+                    cell_sd.unwrap_or_else(|| zones.iter().map(|z| d.noise_sd[idx(*z)].powi(2)).sum::<f64>().sqrt());
+                let factors: Vec<Option<f64>> = zones.iter().map(|z| factor(segment, *z)).collect();
+                let factor = factors
+                    .windows(2)
+                    .all(|f| f[0] == f[1])
+                    .then(|| factors.first().copied().flatten())
+                    .flatten();
+                out.push(views::PresencePoint {
+                    day,
+                    segment: segment.clone(),
+                    origin: origin.clone(),
+                    value,
+                    noise_sd,
+                    factor,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+const PRESENCE_ITEM: &str =
+    "`metric = \"presence\"`, `unit = \"zone\"`, `bin = \"1d\"`, `period = \"<a period>\"`, `by = \"segment\"`";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorsQuery {
+    dataset: Option<String>,
+    /// A zone id; all zones summed when left out.
+    zone: Option<String>,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    /// Origins listed per month (default 10).
+    top: Option<usize>,
+}
+
+pub async fn visitors(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<VisitorsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = state.pick(q.dataset.as_ref())?.clone();
+    let top = q.top.unwrap_or(10);
+    if !(1..=100).contains(&top) {
+        return Err(Problem::bad_request("top must be in 1..=100"));
+    }
+    let range = (q.from.unwrap_or(NaiveDate::MIN), q.to.unwrap_or(NaiveDate::MAX));
+    if range.0 > range.1 {
+        return Err(Problem::bad_request("from is after to"));
+    }
+    let st = state.clone();
+    let body = blocking(move || {
+        use crate::vocab::By;
+        let p = need_presence(&ds)?;
+        let (day, night) = day_and_night(p);
+        let day_list = presence_releases(&st, &ds, &day, By::Segment, Bin::Day)?;
+        if day_list.is_empty() {
+            return Err(missing_for(
+                &ds,
+                "daily presence",
+                (Metric::Presence, Unit::Zone, &[Bin::Day]),
+                PRESENCE_ITEM,
+            ));
+        }
+        let night_list = match &night {
+            Some(n) => presence_releases(&st, &ds, n, By::Segment, Bin::Day)?,
+            None => Vec::new(),
+        };
+        let origin_list = presence_releases(&st, &ds, &day, By::SegmentOrigin, Bin::Month)?;
+        let zone = q.zone.as_deref();
+        let within = |v: Vec<views::PresencePoint>| -> Vec<views::PresencePoint> {
+            v.into_iter().filter(|p| p.day >= range.0 && p.day <= range.1).collect()
+        };
+        let day_points = within(presence_points(&st, &ds, &day_list, zone)?);
+        let night_points = within(presence_points(&st, &ds, &night_list, zone)?);
+        let origin_points = within(presence_points(&st, &ds, &origin_list, zone)?);
+        let mut used = day_list;
+        used.extend(night_list);
+        used.extend(origin_list);
+        Ok(views::visitors(
+            zone.unwrap_or(crate::vocab::ALL_GROUPS),
+            presence_unit(&ds),
+            (period_label(p, &day), night.as_deref().map(|n| period_label(p, n))),
+            &views::VisitorSeries {
+                segments: &p.segments,
+                day: &day_points,
+                night: &night_points,
+                origins: &origin_points,
+            },
+            top,
+            provenance(&used),
+        ))
+    })
+    .await?;
+    Ok((no_cache(), Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeQuery {
+    dataset: Option<String>,
+    zone: Option<String>,
+    baseline_from: NaiveDate,
+    baseline_to: NaiveDate,
+    /// Days compared (default: every published day after the baseline).
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    /// One segment, or `all` (default) for everyone present.
+    segment: Option<String>,
+    /// A period of the policy (default: the day period).
+    period: Option<String>,
+}
+
+pub async fn change(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ChangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q?;
+    let ds = state.pick(q.dataset.as_ref())?.clone();
+    if q.baseline_from > q.baseline_to || (q.baseline_to - q.baseline_from).num_days() > 366 {
+        return Err(Problem::bad_request(
+            "baseline_from must be on or before baseline_to, at most a year apart",
+        ));
+    }
+    let range = (
+        q.from.unwrap_or(q.baseline_to + Duration::days(1)),
+        q.to.unwrap_or(NaiveDate::MAX),
+    );
+    let st = state.clone();
+    let body = blocking(move || {
+        let p = need_presence(&ds)?;
+        let period = q.period.clone().unwrap_or_else(|| day_and_night(p).0);
+        if !p.periods.contains_key(&period) {
+            return Err(Problem::bad_request(format!(
+                "period {period:?} is not one of the policy's: {}",
+                p.periods.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let segment = q.segment.clone().unwrap_or_else(|| crate::vocab::ALL_GROUPS.into());
+        if segment != crate::vocab::ALL_GROUPS && !p.segments.contains(&segment) {
+            return Err(Problem::bad_request(format!(
+                "segment {segment:?} is not one of: all, {}",
+                p.segments.join(", ")
+            )));
+        }
+        let list = presence_releases(&st, &ds, &period, crate::vocab::By::Segment, Bin::Day)?;
+        if list.is_empty() {
+            return Err(missing_for(
+                &ds,
+                "daily presence",
+                (Metric::Presence, Unit::Zone, &[Bin::Day]),
+                PRESENCE_ITEM,
+            ));
+        }
+        let mut by_day: BTreeMap<NaiveDate, (f64, f64)> = BTreeMap::new();
+        for pt in presence_points(&st, &ds, &list, q.zone.as_deref())? {
+            if segment == crate::vocab::ALL_GROUPS || pt.segment == segment {
+                // Segments are separate draws: variances add.
+                let e = by_day.entry(pt.day).or_default();
+                e.0 += pt.value;
+                e.1 += pt.noise_sd * pt.noise_sd;
+            }
+        }
+        let points: Vec<Point> = by_day
+            .into_iter()
+            .map(|(day, (value, var))| Point {
+                day,
+                value,
+                noise_sd: var.sqrt(),
+            })
+            .collect();
+        if !points
+            .iter()
+            .any(|x| x.day >= q.baseline_from && x.day <= q.baseline_to)
+        {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no baseline",
+                format!(
+                    "no published presence day lies in the baseline window {}..{}",
+                    q.baseline_from, q.baseline_to
+                ),
+            ));
+        }
+        Ok(views::change(
+            q.zone.as_deref().unwrap_or(crate::vocab::ALL_GROUPS),
+            format!("{}, {}", presence_unit(&ds), period_label(p, &period)),
+            &segment,
+            &points,
+            (q.baseline_from, q.baseline_to),
+            range,
+            provenance(&list),
+        ))
+    })
+    .await?;
+    Ok((no_cache(), Json(body)).into_response())
+}
+
+/// The unit of daily presence per zone.
+fn presence_unit(ds: &Dataset) -> String {
+    crate::release::value_unit(
+        &ds.releaser.policy.spec.unit_name,
+        ds.releaser.grid.spec.bin_len_s,
+        Metric::Presence,
+        Unit::Zone,
+        Bin::Day,
+    )
 }
 
 /// The unit of a daily zone series: a sum of the day's operator bins.
