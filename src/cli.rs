@@ -585,6 +585,13 @@ fn ledger_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: b
     Ok(ExitCode::SUCCESS)
 }
 
+/// ρ as written in a policy: 0.03, not 0.029999999999999995 (a sum of
+/// floats read back from a manifest).
+fn rho_text(rho: f64) -> String {
+    let t = format!("{rho:.6}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
     let r = crate::evaluate::run(dataset.load(policies_dir)?, data_dir)?;
     if json {
@@ -596,7 +603,7 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
             e.area,
             e.hexes,
             e.days_scored,
-            e.rho_per_day_of_source,
+            rho_text(e.rho_per_day_of_source),
             e.match_days,
             e.match_days,
             100.0 * e.recall_at_k,
@@ -608,7 +615,7 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
         out!(
             "profiles ({} zones, ρ {} per day): correlation of each zone's profile shape with the truth {:.4} (weekday means), {:.4} (month means)",
             p.zones,
-            p.rho_per_day_of_source,
+            rho_text(p.rho_per_day_of_source),
             p.weekday_correlation,
             p.month_correlation
         );
@@ -617,7 +624,7 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
             "flows ({}, {} pairs, ρ {} per day): Spearman {:.3}, top-10 overlap {:.0} %",
             f.period,
             f.pairs,
-            f.rho_per_day_of_source,
+            rho_text(f.rho_per_day_of_source),
             f.spearman,
             100.0 * f.top10_overlap
         );
@@ -630,6 +637,26 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
             100.0 * c.relative_mae_seasonal_naive,
             100.0 * c.coverage95
         );
+        if let Some(v) = &r.visitors {
+            out!(
+                "visitors ({} whole months, ρ {} per day and period for daily presence, ρ {} per day for monthly origins): overnight stays off by {:.2} % on average ({:.2} % at worst), day visitors by {:.2} % ({:.2} %); top-10 origins of visitors in summer months {:.0} % right; excursionists on the {} cruise-call days ×{:.2} the other days (truth ×{:.2}); people per zone and day ({} values): correlation {:.4}, median error {:.2} % (95th percentile {:.2} %)",
+                v.months,
+                rho_text(v.rho_per_day_daily),
+                rho_text(v.rho_per_day_origins),
+                100.0 * v.nights_tourists_rel_error_mean,
+                100.0 * v.nights_tourists_rel_error_max,
+                100.0 * v.day_visitors_rel_error_mean,
+                100.0 * v.day_visitors_rel_error_max,
+                100.0 * v.top10_origins_overlap_mean,
+                v.cruise_days,
+                v.cruise_day_excursionist_ratio_dp,
+                v.cruise_day_excursionist_ratio_true,
+                v.zone_days,
+                v.zone_day_correlation,
+                100.0 * v.zone_day_rel_error_median,
+                100.0 * v.zone_day_rel_error_p95
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -33,6 +33,42 @@ pub struct Report {
     pub profiles: ProfileFigures,
     pub flows: FlowFigures,
     pub forecast: ForecastFigures,
+    /// People and visitors (policies with `[presence]`).
+    pub visitors: Option<VisitorFigures>,
+}
+
+/// How well the visitors view recovers the delivered presence (truth: the
+/// stored presence spread over the zones by the same weights).
+#[derive(Debug, Serialize)]
+pub struct VisitorFigures {
+    pub months: usize,
+    /// |DP − truth| / truth of the city's monthly overnight stays
+    /// (tourists' night presence summed over the month): mean and worst.
+    pub nights_tourists_rel_error_mean: f64,
+    pub nights_tourists_rel_error_max: f64,
+    /// The same for monthly day visitors (excursionists by day).
+    pub day_visitors_rel_error_mean: f64,
+    pub day_visitors_rel_error_max: f64,
+    /// Per summer month (June–August): share of the true 10 largest origin
+    /// groups of visitors among the DP 10 largest, and its mean.
+    pub top10_origins_overlap: BTreeMap<String, f64>,
+    pub top10_origins_overlap_mean: f64,
+    /// Mean excursionists by day on cruise-call days over other days: DP
+    /// and truth.
+    pub cruise_day_excursionist_ratio_dp: f64,
+    pub cruise_day_excursionist_ratio_true: f64,
+    pub cruise_days: usize,
+    /// People present by day per zone and day (all segments), DP against
+    /// truth: Pearson correlation, and the median and 95th percentile of
+    /// |relative error|.
+    pub zone_days: usize,
+    pub zone_day_correlation: f64,
+    pub zone_day_rel_error_median: f64,
+    pub zone_day_rel_error_p95: f64,
+    /// ρ per day that bought the daily releases (each period) and the
+    /// monthly origins release.
+    pub rho_per_day_daily: f64,
+    pub rho_per_day_origins: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -399,12 +435,210 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
         top10_overlap: top(&dp_pairs).intersection(&top(&true_pairs)).count() as f64 / 10.0,
         rho_per_day_of_source: fl.source.rho_per_day_of_source,
     };
+    let visitors = match &policy.spec.presence {
+        Some(p) => Some(visitor_figures(&rt, &state, (&store, &catalog), &w_zone, p, &truth)?),
+        None => None,
+    };
     Ok(Report {
         dataset: ds,
         events,
         profiles,
         flows,
         forecast,
+        visitors,
+    })
+}
+
+fn rel(dp: f64, truth: f64) -> f64 {
+    (dp - truth).abs() / truth.max(1.0)
+}
+
+/// [`VisitorFigures`]: the visitors view (through the router) against the
+/// stored presence spread over the zones.
+fn visitor_figures(
+    rt: &tokio::runtime::Runtime,
+    state: &Arc<AppState>,
+    (store, catalog): (&CountStore, &crate::store::Catalog),
+    w_zone: &crate::release::Weights,
+    p: &crate::policy::PresenceSpec,
+    truth: &Value,
+) -> Result<VisitorFigures> {
+    use crate::views::{EXCURSIONIST, TOURIST};
+    let cell_pos: HashMap<&str, usize> = w_zone
+        .cell_ids
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    // Truth by zone and day (day period, all segments), by month (nights of
+    // tourists, day visitors) and by month and origin group of visitors.
+    let mut zone_day: BTreeMap<(usize, NaiveDate), f64> = BTreeMap::new();
+    let mut nights: BTreeMap<String, f64> = BTreeMap::new();
+    let mut day_visitors: BTreeMap<String, f64> = BTreeMap::new();
+    let mut excursionists: BTreeMap<NaiveDate, f64> = BTreeMap::new();
+    let mut origins: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for day in CountStore::days(catalog, Metric::Presence) {
+        let Some(df) = store.read_day(catalog, Metric::Presence, day)? else {
+            continue;
+        };
+        let month = format!("{:04}-{:02}", day.year(), day.month());
+        let text = |c: &str| -> Result<Vec<Option<String>>> {
+            Ok(df.column(c)?.str()?.iter().map(|s| s.map(str::to_string)).collect())
+        };
+        let (cells, periods, segments, codes) = (text("cell_id")?, text("period")?, text("segment")?, text("origin")?);
+        let devices: Vec<Option<u32>> = df.column("devices")?.u32()?.iter().collect();
+        for i in 0..df.height() {
+            let (Some(c), Some(per), Some(seg), Some(code), Some(v)) =
+                (&cells[i], &periods[i], &segments[i], &codes[i], devices[i])
+            else {
+                continue;
+            };
+            let Some(row) = cell_pos.get(c.as_str()).and_then(|i| w_zone.rows.get(&(*i as u32))) else {
+                continue;
+            };
+            let in_zones: f64 = row.iter().map(|e| e.weight).sum::<f64>() * f64::from(v);
+            let by_day = per == "day";
+            if by_day {
+                for e in row {
+                    *zone_day.entry((e.hex as usize, day)).or_default() += e.weight * f64::from(v);
+                }
+                if seg == EXCURSIONIST {
+                    *day_visitors.entry(month.clone()).or_default() += in_zones;
+                    *excursionists.entry(day).or_default() += in_zones;
+                }
+                if seg == TOURIST || seg == EXCURSIONIST {
+                    *origins
+                        .entry(month.clone())
+                        .or_default()
+                        .entry(p.group_of(code).to_string())
+                        .or_default() += in_zones;
+                }
+            } else if per == "night" && seg == TOURIST {
+                *nights.entry(month.clone()).or_default() += in_zones;
+            }
+        }
+    }
+    let cruise_days: HashSet<NaiveDate> = truth["cruise_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["date"].as_str()?.parse().ok())
+        .collect();
+    let (view, zone_views) = rt.block_on(async {
+        let all: crate::views::VisitorsView = get(state, "/api/v1/views/visitors?top=10").await?;
+        let mut per_zone = Vec::new();
+        for zone in &w_zone.keys {
+            let v: crate::views::VisitorsView =
+                get(state, &format!("/api/v1/views/visitors?zone={zone}&top=1")).await?;
+            per_zone.push(v);
+        }
+        anyhow::Ok((all, per_zone))
+    })?;
+    let complete: Vec<&crate::views::VisitorMonth> = view
+        .monthly
+        .iter()
+        .filter(|m| {
+            let (y, mo) = m.month.split_once('-').unwrap_or_default();
+            let first = NaiveDate::from_ymd_opt(y.parse().unwrap_or(0), mo.parse().unwrap_or(0), 1);
+            first.is_some_and(|f| m.days as i64 == (f + chrono::Months::new(1) - f).num_days())
+        })
+        .collect();
+    let errors = |f: &dyn Fn(&crate::views::VisitorMonth) -> f64, t: &BTreeMap<String, f64>| -> (f64, f64) {
+        let e: Vec<f64> = complete
+            .iter()
+            .map(|m| rel(f(m), t.get(&m.month).copied().unwrap_or(0.0)))
+            .collect();
+        (
+            e.iter().sum::<f64>() / e.len().max(1) as f64,
+            e.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    let (n_mean, n_max) = errors(&|m| m.nights.devices, &nights);
+    let (v_mean, v_max) = errors(&|m| m.day_visitors.devices, &day_visitors);
+    let mut overlap = BTreeMap::new();
+    for m in complete
+        .iter()
+        .filter(|m| ["-06", "-07", "-08"].iter().any(|s| m.month.ends_with(s)))
+    {
+        let Some(t) = origins.get(&m.month) else { continue };
+        if m.top_origins.is_empty() {
+            continue;
+        }
+        let mut true_top: Vec<(&String, &f64)> = t.iter().collect();
+        true_top.sort_by(|a, b| b.1.total_cmp(a.1));
+        let true_top: HashSet<&str> = true_top.iter().take(10).map(|x| x.0.as_str()).collect();
+        let hits = m
+            .top_origins
+            .iter()
+            .filter(|o| true_top.contains(o.origin.as_str()))
+            .count();
+        overlap.insert(m.month.clone(), hits as f64 / 10.0);
+    }
+    let mean_by = |cruise: bool, f: &dyn Fn(NaiveDate) -> Option<f64>| -> f64 {
+        let v: Vec<f64> = view
+            .daily
+            .iter()
+            .filter(|d| cruise_days.contains(&d.day) == cruise)
+            .filter_map(|d| f(d.day))
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let dp_exc = |d: NaiveDate| {
+        view.daily
+            .iter()
+            .find(|x| x.day == d)
+            .and_then(|x| x.segments.iter().find(|s| s.segment == EXCURSIONIST))
+            .map(|s| s.figure.devices)
+    };
+    let true_exc = |d: NaiveDate| excursionists.get(&d).copied();
+    let (mut dp, mut tr) = (Vec::new(), Vec::new());
+    for (zi, v) in zone_views.iter().enumerate() {
+        for d in &v.daily {
+            if let Some(t) = zone_day.get(&(zi, d.day)) {
+                dp.push(d.total.devices);
+                tr.push(*t);
+            }
+        }
+    }
+    let mut rel_errors: Vec<f64> = dp.iter().zip(&tr).map(|(a, b)| rel(*a, *b)).collect();
+    rel_errors.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        rel_errors
+            .get(((rel_errors.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let rho_of = |period: &str, by: crate::vocab::By, bin: crate::privacy::Bin| {
+        p.periods.contains_key(period).then_some(())?;
+        let index = state.index.read().ok()?;
+        index
+            .iter()
+            .find(|r| {
+                r.metric == Metric::Presence
+                    && r.period.as_deref() == Some(period)
+                    && r.by == Some(by)
+                    && r.bin == bin
+                    && r.audience == crate::vocab::audience::PUBLIC
+            })
+            .map(|r| r.rho)
+    };
+    Ok(VisitorFigures {
+        months: complete.len(),
+        nights_tourists_rel_error_mean: n_mean,
+        nights_tourists_rel_error_max: n_max,
+        day_visitors_rel_error_mean: v_mean,
+        day_visitors_rel_error_max: v_max,
+        top10_origins_overlap_mean: overlap.values().sum::<f64>() / overlap.len().max(1) as f64,
+        top10_origins_overlap: overlap,
+        cruise_day_excursionist_ratio_dp: mean_by(true, &dp_exc) / mean_by(false, &dp_exc).max(1e-9),
+        cruise_day_excursionist_ratio_true: mean_by(true, &true_exc) / mean_by(false, &true_exc).max(1e-9),
+        cruise_days: view.daily.iter().filter(|d| cruise_days.contains(&d.day)).count(),
+        zone_days: dp.len(),
+        zone_day_correlation: pearson(&dp, &tr),
+        zone_day_rel_error_median: pct(0.5),
+        zone_day_rel_error_p95: pct(0.95),
+        rho_per_day_daily: rho_of("day", crate::vocab::By::Segment, crate::privacy::Bin::Day).unwrap_or(0.0),
+        rho_per_day_origins: rho_of("day", crate::vocab::By::SegmentOrigin, crate::privacy::Bin::Month).unwrap_or(0.0),
     })
 }
 

@@ -546,6 +546,12 @@ fn write(args: &InitArgs, plan: &Plan, grid_dir: &Path, policy_path: &Path) -> R
         "# The public sees the standing releases below, two days after the fact.\n[audiences.public]\nrho_per_day = 0.2\nfinest_res = {}\nshortest_bin = \"1h\"\nmin_delay_days = 2\n\n# Planners ask their own questions with a token, the day after.\n[audiences.planners]\nrho_per_day = 0.2\nfinest_res = {}\nshortest_bin = \"1h\"\nmin_delay_days = 1\n\n# The tourism office follows seasons: daily bins, a week after.\n[audiences.tourism]\nrho_per_day = 0.1\nfinest_res = {}\nshortest_bin = \"1d\"\nmin_delay_days = 7\n",
         plan.public_finest, plan.planners_finest, plan.public_finest
     );
+    // Presence needs lists only the operator and the city can agree on:
+    // written as a commented template, never switched on by a guess.
+    let _ = writeln!(
+        p,
+        "# People, not device-hours: uncomment when the operator delivers presence\n# (`cell_id,day,period,segment,origin,devices`: each device in one cell per\n# period and local day, the device-day in one segment and one origin). The\n# lists are public and are the key set of every presence release; an origin\n# not listed is delivered as \"other\".\n# [presence]\n# segments = [\"resident\", \"tourist\", \"excursionist\"]\n# max_devices_per_cell_day = 100000\n# [presence.periods]\n# day = {{ from = \"08:00\", to = \"20:00\" }}\n# night = {{ from = \"00:00\", to = \"06:00\" }}\n# [presence.origins]\n# local = [\"local\"]\n# \"Abroad\" = [\"DE\", \"GB\", \"IT\", \"ES\", \"US\"]\n# [presence.expansion]   # the operator's share of each segment's people\n# resident = 0.35\n"
+    );
     let _ = writeln!(
         p,
         "# Standing public releases made by `hexflow publish` for every day with\n# data; together at most the public's daily ρ. They serve every view the\n# inputs allow:"

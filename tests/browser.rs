@@ -297,4 +297,26 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
          for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0 && (px[i] < 200 || px[i + 2] < 200)) n++;
          return n;");
     assert!(inked.as_u64().unwrap_or(0) > 500, "the spend chart is drawn ({inked})");
+
+    // The views page: visitors by segment, drawn in the page, in estimated
+    // people, and in devices after the switch.
+    d.call("POST", "/url", json!({ "url": format!("{url}views") }));
+    d.wait_for(
+        "return document.getElementById('visitors').dataset.state === 'ready'",
+        "the visitors view",
+    );
+    let drawn = d.js("return document.querySelectorAll('#visitors-chart svg polygon').length");
+    assert_eq!(
+        drawn,
+        json!(3),
+        "one band per segment (residents, tourists, day visitors)"
+    );
+    let people = d.js("return document.getElementById('visitors-summary').textContent");
+    assert!(people.as_str().unwrap_or("").contains("residents"), "{people}");
+    let months = d.js("return document.querySelectorAll('#visitors-months-body tr').length");
+    assert!(months.as_u64().unwrap_or(0) >= 1, "{months} month rows");
+    d.js("const m = document.getElementById('visitors-measure');
+         m.value = 'devices'; m.dispatchEvent(new Event('change')); return true;");
+    let devices = d.js("return document.getElementById('visitors-summary').textContent");
+    assert_ne!(people, devices, "the devices/people switch changes the figures");
 }

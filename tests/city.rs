@@ -168,6 +168,22 @@ async fn a_southern_city_goes_from_its_own_files_to_served_views() {
     assert!(!report["resolutions"].as_array().expect("res").is_empty());
     let policies = out.join("privacy-budgets");
     let pol = policies.to_str().expect("utf8");
+    // The presence template init writes (commented out: only the operator
+    // and the city can fill its lists) is a valid section once uncommented.
+    let text = fs::read_to_string(policies.join("southbank.toml")).expect("policy");
+    let start = text.find("# [presence]").expect("a presence template");
+    let section: Vec<&str> = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| &l[2..])
+        .collect();
+    let trial = policies.join("trial.toml");
+    fs::write(&trial, format!("{text}\n{}\n", section.join("\n"))).expect("write");
+    let loaded = hexflow::policy::Policy::load(&trial).expect("the uncommented template loads");
+    let presence = loaded.spec.presence.expect("presence");
+    assert_eq!(presence.segments, ["resident", "tourist", "excursionist"]);
+    assert_eq!(presence.period_bounds("night"), Some((0, 6 * 3600)));
+    fs::remove_file(&trial).expect("remove");
 
     // 2. ingest a year of hourly counts, 3. run the plan.
     let holidays: Vec<NaiveDate> = hexflow::grid::catalogue::read_holidays(&inp.join("holidays.csv"))

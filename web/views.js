@@ -33,6 +33,7 @@ const state = {
 
 /** Per section: its elements, request sequence and abort controller. */
 const sections = {
+  visitors: { label: "Visitors", png: false },
   season: { label: "Seasonality", png: true },
   event: { label: "Event versus baseline", png: true },
   flows: { label: "Flows", png: false },
@@ -598,11 +599,188 @@ function renderForecast(d, zone) {
   }
 }
 
+// ------------------------------------------------------------ 0. visitors
+
+const visitorsUi = {
+  zone: $("visitors-zone"),
+  measure: $("visitors-measure"),
+  summary: $("visitors-summary"),
+  chart: $("visitors-chart"),
+  legend: $("visitors-legend"),
+  unit: $("visitors-unit"),
+  monthsBody: $("visitors-months-body"),
+  originsMonth: $("visitors-origins-month"),
+  originsBody: $("visitors-origins-body"),
+  last: null,
+};
+
+/** Colour-blind-safe colours of the segments (Okabe–Ito), in the policy's order. */
+const SEGMENT_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00"];
+const SEGMENT_WORDS = { resident: "residents", tourist: "tourists", excursionist: "day visitors" };
+const segWord = (s) => SEGMENT_WORDS[s] || s;
+
+/** The figure in the chosen measure: people where published, else devices. */
+function measured(f) {
+  const people = visitorsUi.measure.value === "people" && f && f.people !== null && f.people !== undefined;
+  return people
+    ? { v: f.people, ci: f.people_ci95, people: true }
+    : { v: f ? f.devices : NaN, ci: f ? f.devices_ci95 : NaN, people: false };
+}
+
+function loadVisitors() {
+  const zone = visitorsUi.zone.value;
+  const params = zone ? { zone } : {};
+  return load(sections.visitors, {
+    path: "/api/v1/views/visitors",
+    params,
+    what: `the visitors of ${zone ? zoneName(zone) : "every zone"}`,
+    alt: "",
+    render: (d) => {
+      visitorsUi.last = d;
+      renderVisitors(d);
+    },
+  });
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, ...kids) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  for (const k of kids) e.append(k);
+  return e;
+}
+
+/** Stacked daily segments as an SVG chart that scales with the page. */
+function visitorsChart(d) {
+  const days = d.daily || [];
+  const segs = d.segments || [];
+  // Drawn at the container's own width, so text stays readable on a phone.
+  const W = Math.max(300, Math.round(visitorsUi.chart.clientWidth || 1000));
+  const H = Math.round(Math.min(340, Math.max(200, W * 0.32)));
+  const L = 64, R = 10, T = 10, B = 28;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, "aria-hidden": "true" });
+  if (!days.length) return root;
+  const stacks = days.map((x) => {
+    let acc = 0;
+    return segs.map((s) => {
+      const f = (x.segments || []).find((y) => y.segment === s);
+      const v = Math.max(0, measured(f).v || 0);
+      const lo = acc;
+      acc += v;
+      return [lo, acc];
+    });
+  });
+  const top = Math.max(1, ...stacks.map((st) => (st.length ? st[st.length - 1][1] : 0)));
+  const x = (i) => L + ((W - L - R) * (i + 0.5)) / days.length;
+  const y = (v) => T + (H - T - B) * (1 - v / top);
+  for (let k = segs.length - 1; k >= 0; k--) {
+    const upper = stacks.map((st, i) => `${x(i).toFixed(1)},${y(st[k][1]).toFixed(1)}`);
+    const lower = stacks.map((st, i) => `${x(i).toFixed(1)},${y(st[k][0]).toFixed(1)}`).reverse();
+    root.append(svg("polygon", { points: [...upper, ...lower].join(" "), fill: SEGMENT_COLOURS[k % SEGMENT_COLOURS.length], opacity: 0.85 }));
+  }
+  // Axis: 0, the top and month starts.
+  for (const v of [0, top / 2, top]) {
+    root.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#c8ccd2", "stroke-width": 1 }));
+    const t = svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 13, fill: "#333" });
+    t.textContent = n0(v);
+    root.append(t);
+  }
+  days.forEach((dd, i) => {
+    if (dd.day.endsWith("-01") || i === 0) {
+      const t = svg("text", { x: x(i), y: H - 8, "font-size": 13, fill: "#333" });
+      t.textContent = MONTHS[Number(dd.day.slice(5, 7)) - 1] || dd.day;
+      root.append(t);
+    }
+  });
+  return root;
+}
+
+function renderVisitors(d) {
+  const days = d.daily || [];
+  const segs = d.segments || [];
+  const anyPeople = days.some((x) => x.total && x.total.people !== null);
+  const unitWord = visitorsUi.measure.value === "people" ? "estimated people (devices where a segment has no published factor)" : "devices";
+  visitorsUi.unit.textContent = `(${unitWord}; ${d.night_period ? `nights: tourists present in the ${d.night_period} period, summed over days` : "no night period"})`;
+  setChildren(visitorsUi.chart, visitorsChart(d));
+  const where = d.zone === "all" ? "every zone" : zoneLabel(d.zone);
+  visitorsUi.chart.setAttribute(
+    "aria-label",
+    days.length
+      ? `Stacked daily chart of people present in ${where} in the ${d.day_period} period, from ${fmtDay(days[0].day)} to ${fmtDay(days[days.length - 1].day)}, by segment: ${segs.map(segWord).join(", ")}.`
+      : "No published day.",
+  );
+  const swatch = (k) => {
+    const e = el("span", { class: "swatch" });
+    e.style.background = SEGMENT_COLOURS[k % SEGMENT_COLOURS.length];
+    return e;
+  };
+  setChildren(
+    visitorsUi.legend,
+    ...segs.flatMap((s, k) => [swatch(k), ` ${segWord(s)}  `]),
+    `· per day, ${d.day_period} period · ${unitWord}`,
+  );
+  const last = days[days.length - 1];
+  if (last) {
+    const parts = (last.segments || []).map((f) => {
+      const m = measured(f);
+      return `${pm(m.v, m.ci)} ${segWord(f.segment)}`;
+    });
+    visitorsUi.summary.textContent = `${fmtDay(last.day)} in ${where}: ${parts.join(", ")}.` +
+      (anyPeople || visitorsUi.measure.value === "devices" ? "" : " No expansion factor is published: figures are devices.");
+  } else {
+    visitorsUi.summary.textContent = "No published day.";
+  }
+  const months = d.monthly || [];
+  setChildren(
+    visitorsUi.monthsBody,
+    months.length
+      ? months.map((m) => {
+        const n = measured(m.nights);
+        const v = measured(m.day_visitors);
+        const yoy = m.year_over_year;
+        const yoyText = yoy && yoy.nights_change_pct !== null
+          ? `nights ${yoy.nights_change_pct >= 0 ? "+" : "−"}${fmtNum(Math.abs(yoy.nights_change_pct), 1)} % ± ${fmtNum(yoy.nights_change_pct_ci95, 1)}`
+          : "–";
+        return el("tr", {},
+          el("th", { scope: "row" }, `${MONTHS[Number(m.month.slice(5, 7)) - 1]} ${m.month.slice(0, 4)}`),
+          numCell(fmtInt(m.days)),
+          numCell(n0(n.v)), numCell(n0(n.ci)),
+          numCell(n0(v.v)), numCell(n0(v.ci)),
+          numCell(yoyText));
+      })
+      : emptyRow(7, "No published month."),
+  );
+  // Origins of the latest month that has them.
+  const withOrigins = months.filter((m) => (m.top_origins || []).length);
+  const om = withOrigins[withOrigins.length - 1];
+  if (!om) {
+    visitorsUi.originsMonth.textContent = "(no monthly origins release published yet)";
+    setChildren(visitorsUi.originsBody, emptyRow(5, "Origins are published once a whole month is over."));
+    return;
+  }
+  visitorsUi.originsMonth.textContent = `(${MONTHS[Number(om.month.slice(5, 7)) - 1]} ${om.month.slice(0, 4)}, ${d.day_period} period; visitor-days)`;
+  const max = Math.max(1, ...om.top_origins.map((o) => measured(o).v + measured(o).ci));
+  setChildren(
+    visitorsUi.originsBody,
+    om.top_origins.map((o, i) => {
+      const m = measured(o);
+      return el("tr", {},
+        numCell(String(i + 1), "rank"),
+        el("td", { class: "flow-pair" }, el("span", { class: "flow-names" }, o.origin), flowBar({ trips: m.v, ci95: m.ci }, max)),
+        numCell(n0(measured(o.tourists).v)),
+        numCell(n0(measured(o.excursionists).v)),
+        numCell(pm(m.v, m.ci)));
+    }),
+  );
+}
+
 // ------------------------------------------------------------ start
 
 function fillZones(zones) {
   const opts = () => zones.map((z) => el("option", { value: z.zone_id }, z.name ? `${z.name} (${z.zone_id})` : z.zone_id));
   const wanted = zones[0].zone_id;
+  setChildren(visitorsUi.zone, el("option", { value: "" }, "All zones"), ...opts());
+  visitorsUi.zone.value = "";
   for (const select of [season.zone, evUi.zone, forecast.zone]) {
     setChildren(select, opts());
     select.value = wanted;
@@ -625,12 +803,22 @@ async function start() {
   const loads = [];
   if (zones.length) {
     fillZones(zones);
+    onSubmit(sections.visitors, loadVisitors);
+    // The measure redraws what is loaded; no new request.
+    visitorsUi.measure.addEventListener("change", () => {
+      if (visitorsUi.last) renderVisitors(visitorsUi.last);
+    });
+    let resizeTimer = 0;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => visitorsUi.last && setChildren(visitorsUi.chart, visitorsChart(visitorsUi.last)), 150);
+    });
     onSubmit(sections.season, loadSeasonality);
     onSubmit(sections.event, loadEvent);
     onSubmit(sections.forecast, loadForecast);
-    loads.push(loadSeasonality(), loadEvent());
+    loads.push(loadVisitors(), loadSeasonality(), loadEvent());
   } else {
-    for (const key of ["season", "event", "forecast"]) {
+    for (const key of ["visitors", "season", "event", "forecast"]) {
       const sec = sections[key];
       for (const c of sec.form.elements) c.disabled = true;
       sec.out.hidden = true;
