@@ -281,6 +281,36 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
     let after = tip.split('±').nth(1).unwrap_or("").trim_start();
     assert!(after.starts_with(|c: char| c.is_ascii_digit()), "error bar in {tip:?}");
 
+    // People per zone: the Show picker switches the map to presence by day,
+    // everyone summed, then to tourists only; the URL keeps the choice.
+    d.js("const m = document.getElementById('metric'); m.value = 'presence:day';
+         m.dispatchEvent(new Event('change')); return true;");
+    d.wait_for(
+        "return window.hexflow.ready === true && window.hexflow.release.metric === 'presence'",
+        "the people map",
+    );
+    let zones = d.js("return window.hexflow.features.filter(f => f.properties.zone_id).length");
+    assert_eq!(zones, json!(16), "the 16 arrondissements");
+    let everyone = d.js("return window.hexflow.features.reduce((a, f) => a + f.properties.estimate, 0)");
+    d.js("const s = document.getElementById('segment'); s.value = 'tourist';
+         s.dispatchEvent(new Event('change')); return true;");
+    d.wait_for(
+        "return window.hexflow.ready === true && window.hexflow.features.length > 0
+           && window.hexflow.features.every(f => f.properties.segment === 'tourist')",
+        "the tourists' map",
+    );
+    let tourists = d.js("return window.hexflow.features.reduce((a, f) => a + f.properties.estimate, 0)");
+    assert!(
+        tourists.as_f64().unwrap_or(f64::MAX) < 0.5 * everyone.as_f64().unwrap_or(0.0),
+        "tourists {tourists} vs everyone {everyone}"
+    );
+    let hash = d.js("return location.hash");
+    let hash = hash.as_str().unwrap_or("");
+    assert!(
+        hash.contains("show=presence%3Aday") && hash.contains("who=tourist"),
+        "{hash}"
+    );
+
     // The transparency page charts the ledger and lists the releases.
     d.call("POST", "/url", json!({ "url": format!("{url}transparency") }));
     let rows = d.wait_for(

@@ -17,10 +17,20 @@ export class ApiError extends Error {
  * an ApiError whose message is the problem+json `detail` (or its title, or
  * the HTTP status when the body is not a problem document).
  */
+/** An API token typed into the page: kept in this module's memory only
+ * (never stored), sent on every API request while set. */
+let bearer = null;
+export function setToken(token) {
+  bearer = token && token.trim() ? token.trim() : null;
+}
+export const hasToken = () => bearer !== null;
+
 export async function api(path, { signal } = {}) {
   let resp;
+  const headers = { Accept: "application/json" };
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
   try {
-    resp = await fetch(path, { headers: { Accept: "application/json" }, signal });
+    resp = await fetch(path, { headers, signal });
   } catch (e) {
     if (e && e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the hexflow server (${path}): check your connection and reload`);

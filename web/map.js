@@ -8,7 +8,7 @@ import {
   viridisCss, LOW_GREY, project, pointInPolygon,
   fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
   BIN_NAMES, localMidnightUtc, daysBetween, addDays,
-  pickDataset, showDatasetTitle,
+  pickDataset, showDatasetTitle, setToken,
 } from "/web/common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -19,6 +19,13 @@ const plain = (x) => (Number.isFinite(x) ? String(Math.round(x)) : "–");
 
 const ui = {
   form: $("controls"),
+  metric: $("metric"),
+  segment: $("segment"),
+  segmentField: $("segment-field"),
+  tokenForm: $("token-form"),
+  token: $("token"),
+  audience: $("audience"),
+  tokenForget: $("token-forget"),
   res: $("res"),
   date: $("date"),
   dayPrev: $("day-prev"),
@@ -69,6 +76,14 @@ const BACKGROUND = "#f2f3ef";
 
 const state = {
   ds: null,
+  /** `footfall`, or `presence:<period>` (people per zone by period). */
+  metric: "footfall",
+  /** Presence: a segment, or `all` (the segments summed). */
+  segment: "all",
+  /** Whose releases are listed (other than public: with a token). */
+  audience: "public",
+  /** zone_id → name. */
+  zoneNames: new Map(),
   tz: "UTC",
   /** Study area: polygons as rings of [u, v] world coordinates. */
   area: [],
@@ -148,17 +163,24 @@ function parseHash() {
   if (/^\d{1,2}$/.test(p.get("res") || "")) out.res = Number(p.get("res"));
   if (p.get("release")) out.release = p.get("release");
   if (/^\d+$/.test(p.get("bin") || "")) out.bin = Number(p.get("bin"));
+  if (/^(footfall|presence:[\w-]+)$/.test(p.get("show") || "")) out.metric = p.get("show");
+  if (/^[\w-]+$/.test(p.get("who") || "")) out.segment = p.get("who");
   return out;
 }
+
+const isPresence = () => state.metric.startsWith("presence:");
+const presencePeriod = () => state.metric.slice("presence:".length);
 
 function writeHash() {
   if (!state.release) return;
   const p = new URLSearchParams({
+    show: state.metric,
     date: ui.date.value,
     res: ui.res.value,
     release: state.release.release_id,
     bin: String(state.bin),
   });
+  if (isPresence()) p.set("who", state.segment);
   history.replaceState(null, "", `${location.pathname}${location.search}#${p}`);
 }
 
@@ -454,15 +476,23 @@ function unitText() {
   return (state.meta && state.meta.unit) || "devices per hex";
 }
 
+/** "hex 881f…" or "zone 1er arrondissement (13201)". */
+function placeName(hx) {
+  if (!hx.zone) return `hex ${hx.id}`;
+  const name = state.zoneNames.get(hx.id);
+  return name && name !== hx.id ? `${name} (${hx.id})` : `zone ${hx.id}`;
+}
+
 function tooltipText(hx) {
   const ci = plain(Math.round(hx.ci95));
   if (!hx.covered) {
-    return `hex ${hx.id} · no coverage: no cell reaches this hex, so no device can be counted here`;
+    return `${placeName(hx)} · no coverage: no cell reaches it, so no device can be counted here`;
   }
   if (hx.low) {
-    return `hex ${hx.id} · below threshold (${plain(hx.value)} ± ${ci} — too uncertain to show)`;
+    return `${placeName(hx)} · below threshold (${plain(hx.value)} ± ${ci} — too uncertain to show)`;
   }
-  return `hex ${hx.id} · ${plain(hx.value)} ± ${ci} ${unitText()}`;
+  const who = isPresence() && state.segment !== "all" ? ` (${state.segment})` : "";
+  return `${placeName(hx)} · ${plain(hx.value)} ± ${ci} ${unitText()}${who}`;
 }
 
 function updateHover(x, y) {
@@ -759,12 +789,23 @@ async function loadArea(dataset) {
 // ------------------------------------------------------------ releases
 
 function releasesUrl(params) {
-  return apiUrl("/api/v1/releases", { dataset: state.ds.dataset, metric: "footfall", ...params });
+  const what = isPresence() ? { metric: "presence", unit: "zone" } : { metric: "footfall" };
+  return apiUrl("/api/v1/releases", { dataset: state.ds.dataset, audience: state.audience, ...what, ...params });
 }
 
-/** First and last public footfall day at `res` and the last hourly day. */
-async function spanOf(res) {
-  if (state.spans.has(res)) return state.spans.get(res);
+/** Whether a listed release is what the "Show" picker asks for. */
+function shown(r) {
+  if (!isPresence()) return r.metric === "footfall";
+  // People by segment (or not split): origins are for the views page.
+  return r.metric === "presence" && r.period === presencePeriod() && r.by !== "segment,origin";
+}
+
+/** First and last published day at `res` (any zone for presence) and the
+ * last hourly day, for the current "Show" picker and audience. */
+async function spanOf(resArg) {
+  const res = isPresence() ? undefined : resArg;
+  const key = `${state.audience}|${state.metric}|${res ?? "zones"}`;
+  if (state.spans.has(key)) return state.spans.get(key);
   const first = await api(releasesUrl({ res, limit: 1 }));
   const span = { total: first.total, first: null, last: null, lastHourly: null };
   if (first.total > 0) {
@@ -779,11 +820,14 @@ async function spanOf(res) {
       span.lastHourly = h.releases[0] ? h.releases[0].to : null;
     }
   }
-  state.spans.set(res, span);
+  state.spans.set(key, span);
   return span;
 }
 
 function releaseLabel(r) {
+  if (r.metric === "presence") {
+    return `${BIN_NAMES[r.bin] || r.bin} people (${r.period}) per zone · ${fmtWindow(r.from, r.to)}`;
+  }
   return `${BIN_NAMES[r.bin] || r.bin} res ${r.res} · ${fmtWindow(r.from, r.to)}`;
 }
 
@@ -795,7 +839,7 @@ function setDateRange(span) {
 /** Reloads the release list for the chosen day and resolution. */
 async function loadReleases(preferId, preferBin) {
   const seq = ++state.listSeq;
-  const res = Number(ui.res.value);
+  const res = isPresence() ? undefined : Number(ui.res.value);
   const day = ui.date.value;
   stopPlay();
   if (!day || !/^\d{4}-\d{2}-\d{2}$/.test(day)) {
@@ -818,7 +862,7 @@ async function loadReleases(preferId, preferBin) {
   if (seq !== state.listSeq) return;
   setDateRange(span);
   const releases = (list.releases || [])
-    .filter((r) => r.metric === "footfall")
+    .filter(shown)
     .sort((a, b) => (BIN_ORDER[a.bin] ?? 9) - (BIN_ORDER[b.bin] ?? 9) || a.from.localeCompare(b.from));
   state.releases = releases;
   const labels = new Map();
@@ -832,10 +876,11 @@ async function loadReleases(preferId, preferBin) {
   );
   ui.release.disabled = releases.length === 0;
   if (!releases.length) {
+    const what = isPresence() ? `${state.audience} people releases (${presencePeriod()})` : `${state.audience} footfall releases at resolution ${res}`;
     const range = span && span.first
-      ? ` Public footfall releases at resolution ${res} cover ${fmtWindow(span.first, span.last)}.`
-      : ` There is no public footfall release at resolution ${res} yet.`;
-    setStatus(`No releases for this day: nothing public covers ${day} at resolution ${res}.${range}`, "empty");
+      ? ` The ${what} cover ${fmtWindow(span.first, span.last)}.`
+      : ` There are no ${what} yet.`;
+    setStatus(`No releases for this day: nothing covers ${day}.${range}`, "empty");
     showEmpty(null);
     return;
   }
@@ -944,12 +989,47 @@ async function selectRelease(summary, wantedBin) {
 
 // ------------------------------------------------------------ bins
 
+/**
+ * Presence features (one per zone and segment) as one feature per zone:
+ * the chosen segment, or every segment summed (sums of unbiased
+ * estimates; independent noises, so the bars add in quadrature).
+ */
+function presenceFeatures(features, segment, threshold) {
+  const byZone = new Map();
+  for (const f of features) {
+    const p = f.properties || {};
+    if (segment !== "all" && p.segment !== segment) continue;
+    const z = byZone.get(p.zone_id) || { f, est: 0, var: 0, covered: false };
+    z.est += Number(p.estimate);
+    z.var += Number(p.estimate_ci95) ** 2;
+    z.covered = z.covered || Boolean(p.covered);
+    byZone.set(p.zone_id, z);
+  }
+  return [...byZone.values()].map((z) => ({
+    type: "Feature",
+    geometry: z.f.geometry,
+    properties: {
+      ...z.f.properties,
+      segment,
+      value: Math.max(0, Math.round(z.est)),
+      estimate: z.est,
+      ci95: Math.sqrt(z.var) + 0.5,
+      covered: z.covered,
+      low: z.covered && Number.isFinite(threshold) && z.est < threshold,
+    },
+  }));
+}
+
 function parseBin(fc) {
   const hexes = [];
-  for (const f of fc.features || []) {
+  const features = isPresence()
+    ? presenceFeatures(fc.features || [], state.segment, state.meta && state.meta.display_threshold)
+    : fc.features || [];
+  for (const f of features) {
     const p = f.properties || {};
     const g = f.geometry;
-    if (!g || !p.hex_id) continue;
+    const id = p.hex_id || p.zone_id;
+    if (!g || !id) continue;
     const polys = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
     for (const poly of polys) {
       const rings = poly.map((ring) => ring.map(([lon, lat]) => project(lon, lat)));
@@ -974,7 +1054,8 @@ function parseBin(fc) {
         }
       }
       hexes.push({
-        id: String(p.hex_id),
+        id: String(id),
+        zone: !p.hex_id,
         value: Number(p.value),
         ci95: Number(p.ci95),
         low: Boolean(p.low),
@@ -988,11 +1069,11 @@ function parseBin(fc) {
       });
     }
   }
-  return { hexes, features: fc.features || [] };
+  return { hexes, features };
 }
 
 function fetchBin(release, k) {
-  const key = `${release.release_id}/${k}`;
+  const key = `${release.release_id}/${k}/${state.segment}`;
   let p = state.binCache.get(key);
   if (!p) {
     p = api(`/api/v1/releases/${encodeURIComponent(release.release_id)}/values?format=geojson&bin=${k}`).then(parseBin);
@@ -1025,7 +1106,14 @@ async function showBin(k) {
     return;
   }
   if (seq !== state.binSeq || release !== state.release) return;
-  const max = state.meta && state.meta.scale_max > 0 ? state.meta.scale_max : 1;
+  let max = state.meta && state.meta.scale_max > 0 ? state.meta.scale_max : 1;
+  if (isPresence()) {
+    // The release's scale spans every segment; the map shows one segment
+    // or their sum: scale on what is drawn.
+    const vals = data.hexes.filter((h) => h.covered && !h.low).map((h) => h.value);
+    max = Math.max(1, ...vals);
+    renderLegend({ ...state.meta, scale_max: max });
+  }
   for (const hx of data.hexes) {
     hx.fill = !hx.covered ? NO_COVERAGE : hx.low ? LOW_GREY : viridisCss(hx.value / max);
   }
@@ -1116,9 +1204,11 @@ function renderLegend(meta) {
   ui.legendLowText.textContent = Number.isFinite(thr)
     ? `below ${fmtNum(thr, 1)}: too uncertain to show (not on the scale)`
     : "below the display threshold: too uncertain to show";
-  ui.legendNote.textContent = max > 0
-    ? `One scale for every bin of this release, so colours compare across the slider. Its top, ${digits ? fmtNum(max, 1) : plain(max)}, is the 99th percentile of the values shown; higher values share the top colour.`
-    : "No value of this release is above the display threshold.";
+  ui.legendNote.textContent = max <= 0
+    ? "No value of this release is above the display threshold."
+    : isPresence()
+      ? `Its top, ${plain(max)}, is the largest zone shown: one person counts once a day (in the zone where the period's hours kept them most), not once an hour.`
+      : `One scale for every bin of this release, so colours compare across the slider. Its top, ${digits ? fmtNum(max, 1) : plain(max)}, is the 99th percentile of the values shown; higher values share the top colour.`;
 }
 
 function mechanismText(m) {
@@ -1171,8 +1261,10 @@ function renderSummary(label) {
   const uncovered = state.hexes.filter((h) => !h.covered).length;
   let top = null;
   for (const h of shown) if (!top || h.value > top.value) top = h;
-  const parts = [`Footfall map, ${label}: ${state.hexes.length} hexes`];
-  if (top) parts.push(`highest ${plain(top.value)} ± ${plain(Math.round(top.ci95))} ${unitText()} at hex ${top.id}`);
+  const what = isPresence() ? `People map (${presencePeriod()}, ${state.segment === "all" ? "everyone" : state.segment})` : "Footfall map";
+  const places = isPresence() ? "zones" : "hexes";
+  const parts = [`${what}, ${label}: ${state.hexes.length} ${places}`];
+  if (top) parts.push(`highest ${plain(top.value)} ± ${plain(Math.round(top.ci95))} ${unitText()} at ${placeName(top)}`);
   if (low) parts.push(`${low} below the display threshold`);
   if (uncovered) parts.push(`${uncovered} without coverage`);
   ui.canvas.setAttribute("aria-label", `${parts.join("; ")}. Details in the table of busiest hexes.`);
@@ -1185,7 +1277,7 @@ function renderTop() {
     .slice(0, 10)
     .map((h) =>
       el("tr", {},
-        el("td", { class: "mono" }, h.id),
+        el("td", { class: h.zone ? null : "mono" }, h.zone ? placeName(h) : h.id),
         el("td", { class: "num" }, plain(h.value)),
         el("td", { class: "num" }, `± ${plain(Math.round(h.ci95))}`)));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "3" }, "No hex is above the display threshold in this bin.")));
@@ -1211,8 +1303,10 @@ function setLinks(release, k) {
   const base = `/api/v1/releases/${encodeURIComponent(release.release_id)}`;
   setLink(ui.csv, `${base}/values?format=csv&bin=${k}`, `${release.release_id}-${k}.csv`);
   setLink(ui.geojson, `${base}/values?format=geojson&bin=${k}`, `${release.release_id}-${k}.geojson`);
-  setLink(ui.png, `${base}/map.png?bin=${k}`);
-  setLink(ui.tilejson, `${base}/tilejson.json?bin=${k}`);
+  // Maps and tiles draw hex footfall only.
+  const hexMap = release.metric === "footfall";
+  setLink(ui.png, hexMap ? `${base}/map.png?bin=${k}` : null);
+  setLink(ui.tilejson, hexMap ? `${base}/tilejson.json?bin=${k}` : null);
   setLink(ui.allCsv, `${base}/values?format=csv`, `${release.release_id}-all.csv`);
   setLink(ui.manifestLink, base);
 }
@@ -1222,6 +1316,50 @@ function setLinks(release, k) {
 ui.form.addEventListener("submit", (e) => e.preventDefault());
 ui.date.addEventListener("change", () => loadReleases());
 ui.res.addEventListener("change", () => loadReleases());
+
+/** The "Show" picker: footfall on hexes, or people per zone by period. */
+async function changeMetric(metric, segment) {
+  state.metric = metric;
+  const presence = isPresence();
+  ui.segmentField.hidden = !presence;
+  if (presence) {
+    state.segment = [...ui.segment.options].some((o) => o.value === segment) ? segment : "all";
+    ui.segment.value = state.segment;
+  }
+  ui.res.disabled = presence;
+  state.binCache.clear();
+  const span = await spanOf(Number(ui.res.value));
+  setDateRange(span);
+  if (!ui.date.value || (span.last && ui.date.value > span.last) || (span.first && ui.date.value < span.first)) {
+    ui.date.value = span.last || ui.date.value;
+  }
+  await loadReleases();
+}
+ui.metric.addEventListener("change", () => changeMetric(ui.metric.value, state.segment));
+ui.segment.addEventListener("change", () => {
+  state.segment = ui.segment.value;
+  if (state.release) selectRelease(state.release, state.bin);
+});
+
+// A token reaches its audience's releases; it lives in memory only.
+ui.tokenForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  setToken(ui.token.value);
+  state.audience = ui.token.value.trim() ? ui.audience.value : "public";
+  if (!ui.token.value.trim()) ui.audience.value = "public";
+  state.spans.clear();
+  state.binCache.clear();
+  changeMetric(state.metric, state.segment).catch((err) => showError(err, "Cannot list the releases"));
+});
+ui.tokenForget.addEventListener("click", () => {
+  setToken(null);
+  ui.token.value = "";
+  ui.audience.value = "public";
+  state.audience = "public";
+  state.spans.clear();
+  state.binCache.clear();
+  changeMetric(state.metric, state.segment).catch((err) => showError(err, "Cannot list the releases"));
+});
 ui.release.addEventListener("change", () => {
   const r = state.releases.find((x) => x.release_id === ui.release.value);
   if (r) selectRelease(r);
@@ -1245,6 +1383,18 @@ async function start() {
   state.tz = dataset.timezone || "UTC";
   showDatasetTitle(dataset);
   const areaP = loadArea(dataset.dataset).catch((e) => showError(e, "Cannot load the study area"));
+  for (const z of Array.isArray(dataset.zones) ? dataset.zones : []) state.zoneNames.set(z.zone_id, z.name || z.zone_id);
+  // People per zone, by period, where the policy publishes presence.
+  const presence = dataset.presence;
+  const planned = new Set((dataset.publication || []).filter((p) => p.metric === "presence").map((p) => p.period));
+  if (presence && presence.periods) {
+    for (const [name, b] of Object.entries(presence.periods)) {
+      if (!planned.has(name)) continue;
+      ui.metric.append(el("option", { value: `presence:${name}` }, `People per zone, ${name} (${b.from}–${b.to})`));
+    }
+    for (const s of presence.segments || []) ui.segment.append(el("option", { value: s }, s));
+  }
+  ui.metric.disabled = ui.metric.options.length < 2;
 
   // Resolutions with public footfall releases.
   const resolutions = Array.isArray(dataset.resolutions) ? dataset.resolutions : [];
@@ -1278,6 +1428,17 @@ async function start() {
   const span = await spanOf(wantRes);
   setDateRange(span);
   ui.date.value = state.initialHash.date || span.lastHourly || span.last || "";
+  const wanted = state.initialHash.metric;
+  if (wanted && wanted !== "footfall" && [...ui.metric.options].some((o) => o.value === wanted)) {
+    ui.metric.value = wanted;
+    state.metric = wanted;
+    ui.segmentField.hidden = false;
+    ui.res.disabled = true;
+    if ([...ui.segment.options].some((o) => o.value === state.initialHash.segment)) {
+      state.segment = state.initialHash.segment;
+      ui.segment.value = state.segment;
+    }
+  }
   await loadReleases(state.initialHash.release, state.initialHash.bin);
 }
 

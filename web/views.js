@@ -642,6 +642,17 @@ function loadVisitors() {
   });
 }
 
+/** "1.12 M", "84.3 k", "950": axis labels that fit their margin. */
+function compact(v) {
+  if (v >= 1e6) return `${fmtNum(v / 1e6, 2)} M`;
+  if (v >= 1e4) return `${fmtNum(v / 1e3, 1)} k`;
+  return n0(v);
+}
+
+/** A count for display: the unbiased estimate can be slightly negative
+ * (noise around a true 0); a table shows it as 0, sums keep the estimate. */
+const shownCount = (x) => n0(Math.max(0, x));
+
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs = {}, ...kids) {
   const e = document.createElementNS(SVG, tag);
@@ -682,7 +693,7 @@ function visitorsChart(d) {
   for (const v of [0, top / 2, top]) {
     root.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#c8ccd2", "stroke-width": 1 }));
     const t = svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 13, fill: "#333" });
-    t.textContent = n0(v);
+    t.textContent = compact(v);
     root.append(t);
   }
   days.forEach((dd, i) => {
@@ -767,8 +778,8 @@ function renderVisitors(d) {
       return el("tr", {},
         numCell(String(i + 1), "rank"),
         el("td", { class: "flow-pair" }, el("span", { class: "flow-names" }, o.origin), flowBar({ trips: m.v, ci95: m.ci }, max)),
-        numCell(n0(measured(o.tourists).v)),
-        numCell(n0(measured(o.excursionists).v)),
+        numCell(shownCount(measured(o.tourists).v)),
+        numCell(shownCount(measured(o.excursionists).v)),
         numCell(pm(m.v, m.ci)));
     }),
   );

@@ -143,12 +143,18 @@ impl Calibrated {
     pub fn epsilon_at(&self, delta: f64) -> Result<f64, MechanismError> {
         match self.mechanism {
             Mechanism::LaplacePure => Ok(self.epsilon_pure.unwrap_or(f64::INFINITY)),
-            Mechanism::GaussianZcdp => <ZeroConcentratedDivergence as ConcentratedMeasure>::convert(self.rho)
-                .map_err(odp)?
-                .epsilon(delta)
-                .map_err(odp),
+            Mechanism::GaussianZcdp => zcdp_epsilon(self.rho, delta),
         }
     }
+}
+
+/// ε at `delta` of a zCDP guarantee of `rho` (OpenDP's conversion): what
+/// several releases of one day cost together, their ρ added.
+pub fn zcdp_epsilon(rho: f64, delta: f64) -> Result<f64, MechanismError> {
+    <ZeroConcentratedDivergence as ConcentratedMeasure>::convert(rho)
+        .map_err(odp)?
+        .epsilon(delta)
+        .map_err(odp)
 }
 
 /// The cost OpenDP's privacy map gives for `scale` and the sensitivity.

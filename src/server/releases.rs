@@ -78,6 +78,9 @@ pub async fn datasets(State(state): State<Arc<AppState>>) -> Response {
                     "min_delay_days": a.min_delay_days,
                 }))).collect::<serde_json::Map<_, _>>(),
                 "publication": p.spec.publication,
+                // The public lists of presence (periods, segments, origin
+                // groups, expansion factors), or null.
+                "presence": p.spec.presence,
                 "zones": g.zones.iter().map(|z| json!({"zone_id": z.id, "name": z.name})).collect::<Vec<_>>(),
             })
         })

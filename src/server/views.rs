@@ -467,9 +467,19 @@ pub async fn visitors(
         let day_points = within(presence_points(&st, &ds, &day_list, zone)?);
         let night_points = within(presence_points(&st, &ds, &night_list, zone)?);
         let origin_points = within(presence_points(&st, &ds, &origin_list, zone)?);
+        // Three kinds of release, each charged on every day: the view rests
+        // on their ρ added up.
+        let rho: f64 = [&day_list, &night_list, &origin_list]
+            .iter()
+            .filter_map(|l| l.first().map(|r| r.rho))
+            .sum();
         let mut used = day_list;
         used.extend(night_list);
         used.extend(origin_list);
+        let mut source = provenance(&used);
+        source.rho_per_day_of_source = rho;
+        source.epsilon_per_day_of_source =
+            crate::privacy::mechanism::zcdp_epsilon(rho, ds.releaser.policy.spec.privacy.delta).ok();
         Ok(views::visitors(
             zone.unwrap_or(crate::vocab::ALL_GROUPS),
             presence_unit(&ds),
@@ -481,7 +491,7 @@ pub async fn visitors(
                 origins: &origin_points,
             },
             top,
-            provenance(&used),
+            source,
         ))
     })
     .await?;
