@@ -414,3 +414,76 @@ fn simulated_presence_ingests_as_is_and_its_truth_adds_up_to_the_delivery() {
     let out = ingest(&dir.path().join("data"), &file);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_parquet_delivery_with_a_date_column_lands_and_hexes_are_released_without_split() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let day: chrono::NaiveDate = "2025-03-12".parse().expect("day");
+    let cells = ["A-1", "A-2", "B-0", "C-1"];
+    let n = cells.len() * 2;
+    let mut df = df!(
+        "cell_id" => cells.iter().flat_map(|c| [*c, *c]).collect::<Vec<_>>(),
+        "day" => DateChunked::from_naive_date("day".into(), std::iter::repeat_n(day, n)).into_series(),
+        "period" => std::iter::repeat_n("day", n).collect::<Vec<_>>(),
+        "segment" => (0..n).map(|i| if i % 2 == 0 { "resident" } else { "tourist" }).collect::<Vec<_>>(),
+        "origin" => (0..n).map(|i| if i % 2 == 0 { "local" } else { "DE" }).collect::<Vec<_>>(),
+        "devices" => (0..n as u32).map(|i| 500 + i).collect::<Vec<_>>(),
+    )
+    .expect("frame");
+    let file = dir.path().join("presence.parquet");
+    let mut f = std::fs::File::create(&file).expect("create");
+    hexflow::table::write_parquet(&mut df, &mut f).expect("write parquet");
+    drop(f);
+    let out = ingest(&data, &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let releaser = Releaser::new(policy(), &data).expect("releaser");
+    let mut s = spec(By::Nothing, "1d", "2025-03-12", "2025-03-12", 0.1);
+    s.unit = Unit::Hex;
+    s.res = 8;
+    let o = releaser.release(&s, today()).expect("release");
+    let w = releaser.weights(8).expect("weights");
+    assert_eq!(o.manifest.keys, w.keys.len(), "one value per hex, segments summed");
+    let w2_max = w
+        .rows
+        .values()
+        .map(|r| r.iter().map(|e| e.weight * e.weight).sum::<f64>().sqrt())
+        .fold(0.0, f64::max);
+    let l2 = o.manifest.sensitivity.l2;
+    assert!(l2 == 1.0 || (l2 - w2_max).abs() < 1e-12, "{l2} vs 1 or {w2_max}");
+    let values = hexflow::table::read_parquet(&o.dir.join("values.parquet")).expect("values");
+    let seg = values.column("segment").expect("segment").str().expect("str").clone();
+    assert!(seg.iter().all(|s| s == Some("all")));
+    // Residents and tourists have different factors, excursionists none:
+    // no single factor turns the sum into people.
+    assert_eq!(values.column("people").expect("people").null_count(), values.height());
+    // The sum over hexes recovers what the cells put into them (a cell
+    // outside the area puts nothing): within 6 sd of the summed noise
+    // (independent draws on at most max(hexes, cells) values; false
+    // failure < 2e-9).
+    let est: f64 = values
+        .column("estimate")
+        .expect("e")
+        .f64()
+        .expect("f64")
+        .iter()
+        .flatten()
+        .sum();
+    let truth: f64 = cells
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let count = f64::from(500 + 2 * k as u32) + f64::from(501 + 2 * k as u32);
+            let pos = w.cell_ids.iter().position(|x| x == c).expect("cell") as u32;
+            count
+                * w.rows
+                    .get(&pos)
+                    .map_or(0.0, |r| r.iter().map(|e| e.weight).sum::<f64>())
+        })
+        .sum();
+    let n_noise = w.keys.len().max(w.cell_ids.len()) as f64;
+    let bound = 6.0 * o.manifest.noise_sd * n_noise.sqrt();
+    assert!((est - truth).abs() < bound, "{est} vs {truth} ± {bound}");
+}
