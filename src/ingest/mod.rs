@@ -490,11 +490,7 @@ fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<
     let n_keys = metric.key_columns().len() - 1;
     let mut out = Vec::new();
     for (k, name) in metric.columns().into_iter().enumerate() {
-        let col = df
-            .column(name)
-            .map_err(|e| schema_err(e.to_string()))?
-            .as_materialized_series()
-            .rechunk();
+        let col = column_of(df, name).map_err(schema_err)?;
         let dtype = col.dtype().clone();
         let bad_type = || {
             schema_err(format!(
@@ -566,6 +562,15 @@ fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<
     Ok(out)
 }
 
+/// A delivered column in one chunk (validation reads it row by row).
+fn column_of(df: &DataFrame, name: &str) -> Result<Series, String> {
+    Ok(df
+        .column(name)
+        .map_err(|e| e.to_string())?
+        .as_materialized_series()
+        .rechunk())
+}
+
 /// [`normalise_columns`] for presence, in [`Metric::Presence`]'s column
 /// order: every key as text (a Parquet date as YYYY-MM-DD), the count as
 /// an integer.
@@ -576,11 +581,7 @@ fn normalise_presence(path: &Path, df: &DataFrame) -> Result<Vec<Column>, Ingest
     };
     let mut out = Vec::new();
     for name in Metric::Presence.columns() {
-        let col = df
-            .column(name)
-            .map_err(|e| schema_err(e.to_string()))?
-            .as_materialized_series()
-            .rechunk();
+        let col = column_of(df, name).map_err(schema_err)?;
         let dtype = col.dtype().clone();
         let as_text = |c: &Series| -> Result<Column, IngestError> {
             Ok(Column::Text(

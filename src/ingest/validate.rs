@@ -99,6 +99,49 @@ impl<'c> View<'c> {
     }
 }
 
+/// The checks of one row: each rejected value is recorded, the row is
+/// counted once however many of its values are wrong.
+struct RowCheck<'a, 'c> {
+    rejections: &'a mut Rejections,
+    names: &'a [&'static str],
+    views: &'a [View<'c>],
+    line: usize,
+    i: usize,
+    ok: bool,
+}
+
+impl<'a, 'c> RowCheck<'a, 'c> {
+    fn new(
+        rejections: &'a mut Rejections,
+        names: &'a [&'static str],
+        views: &'a [View<'c>],
+        line: usize,
+        i: usize,
+    ) -> Self {
+        Self {
+            rejections,
+            names,
+            views,
+            line,
+            i,
+            ok: true,
+        }
+    }
+
+    fn reject(&mut self, k: usize, reason: String) {
+        if self.ok {
+            self.rejections.rows += 1;
+        }
+        self.rejections.push(Rejection {
+            line: self.line,
+            column: self.names[k].to_string(),
+            reason,
+            value: self.views[k].raw(self.i),
+        });
+        self.ok = false;
+    }
+}
+
 /// Valid rows, in file order, ready to be grouped by day.
 #[derive(Debug, Default)]
 pub struct Validated {
@@ -201,34 +244,22 @@ impl<'a> Validator<'a> {
         let first = self.rows_seen;
         self.rows_seen += height;
         for i in 0..height {
-            let line = first + i + self.line_offset;
-            let mut row_ok = true;
-            let mut reject = |k: usize, reason: String| {
-                if row_ok {
-                    rejections.rows += 1;
-                }
-                rejections.push(Rejection {
-                    line,
-                    column: names[k].to_string(),
-                    reason,
-                    value: views[k].raw(i),
-                });
-                row_ok = false;
-            };
+            let mut row = RowCheck::new(rejections, &names, &views, first + i + self.line_offset, i);
             let mut cells = [0u32; 2];
             for (k, cell) in cells.iter_mut().enumerate().take(n_keys) {
                 match self.cell(views[k].text(i)) {
                     Ok(c) => *cell = c,
-                    Err(reason) => reject(k, reason),
+                    Err(reason) => row.reject(k, reason),
                 }
             }
             let bin = self
                 .instant(&views[n_keys], i)
-                .map_err(|reason| reject(n_keys, reason))
+                .map_err(|reason| row.reject(n_keys, reason))
                 .ok();
             let value = count(&views[n_keys + 1], i, value_limit)
-                .map_err(|reason| reject(n_keys + 1, reason))
+                .map_err(|reason| row.reject(n_keys + 1, reason))
                 .ok();
+            let (line, row_ok) = (row.line, row.ok);
             let (Some((bin_s, day)), Some(value), true) = (bin, value, row_ok) else {
                 continue;
             };
@@ -262,21 +293,8 @@ impl<'a> Validator<'a> {
         self.rows_seen += height;
         let today = self.now.with_timezone(&self.grid.tz).date_naive();
         for i in 0..height {
-            let line = first + i + self.line_offset;
-            let mut row_ok = true;
-            let mut reject = |k: usize, reason: String| {
-                if row_ok {
-                    rejections.rows += 1;
-                }
-                rejections.push(Rejection {
-                    line,
-                    column: names[k].to_string(),
-                    reason,
-                    value: views[k].raw(i),
-                });
-                row_ok = false;
-            };
-            let cell = self.cell(views[0].text(i)).map_err(|r| reject(0, r)).ok();
+            let mut row = RowCheck::new(rejections, &names, &views, first + i + self.line_offset, i);
+            let cell = self.cell(views[0].text(i)).map_err(|r| row.reject(0, r)).ok();
             let listed = |k: usize, list: &[&str], what: &str, policy_key: &str| {
                 let v = views[k].text(i).ok_or_else(|| format!("empty {what}"))?;
                 PresenceKeys::position(list, v).ok_or_else(|| {
@@ -285,10 +303,10 @@ impl<'a> Validator<'a> {
             };
             let segments: Vec<&str> = keys.spec.segments.iter().map(String::as_str).collect();
             let period = listed(1, &keys.periods, "period", "presence.periods")
-                .map_err(|r| reject(1, r))
+                .map_err(|r| row.reject(1, r))
                 .ok();
             let segment = listed(2, &segments, "segment", "presence.segments")
-                .map_err(|r| reject(2, r))
+                .map_err(|r| row.reject(2, r))
                 .ok();
             let origin = listed(
                 3,
@@ -296,12 +314,13 @@ impl<'a> Validator<'a> {
                 "origin",
                 "presence.origins (codes of no group are delivered as \"other\")",
             )
-            .map_err(|r| reject(3, r))
+            .map_err(|r| row.reject(3, r))
             .ok();
             let day = local_day(views[4].text(i), self.limits, today, &self.grid.spec.timezone)
-                .map_err(|r| reject(4, r))
+                .map_err(|r| row.reject(4, r))
                 .ok();
-            let value = count(&views[5], i, limit).map_err(|r| reject(5, r)).ok();
+            let value = count(&views[5], i, limit).map_err(|r| row.reject(5, r)).ok();
+            let (line, row_ok) = (row.line, row.ok);
             let (Some(cell), Some(p), Some(s), Some(o), Some(day), Some(value), true) =
                 (cell, period, segment, origin, day, value, row_ok)
             else {
