@@ -311,6 +311,47 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
         "{hash}"
     );
 
+    // The tourism office's token reaches its own releases: a query paid
+    // from its budget, then the token box (which keeps the token in the
+    // page's memory only).
+    let out = Command::new(env!("CARGO_BIN_EXE_hexflow"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["token", "create", "--role", "tourism", "--name", "tourism-office"])
+        .output()
+        .expect("token create");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(token.starts_with("hxf_"), "{token}");
+    let status = d.call(
+        "POST",
+        "/execute/async",
+        json!({"script": "const done = arguments[arguments.length - 1];
+            fetch('/api/v1/queries', {method: 'POST', headers: {'Content-Type': 'application/json',
+              Authorization: 'Bearer ' + arguments[0]}, body: JSON.stringify({dataset: 'marseille',
+              metric: 'presence', unit: 'zone', bin: '1d', period: 'day', from: '2025-03-04',
+              to: '2025-03-04', rho: 0.01})}).then(r => done(r.status), e => done(String(e)));",
+            "args": [token]}),
+    );
+    assert_eq!(status, json!(201), "the tourism office's query");
+    d.call(
+        "POST",
+        "/execute/sync",
+        json!({"script": "document.getElementById('date').value = '2025-03-04';
+            document.getElementById('token').value = arguments[0];
+            document.getElementById('audience').value = 'tourism';
+            document.getElementById('token-form').requestSubmit(); return true;",
+            "args": [token]}),
+    );
+    d.wait_for(
+        "return window.hexflow.ready === true && window.hexflow.release.audience === 'tourism'",
+        "the tourism office's own release on the map",
+    );
+    let kept = d.js("return JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie");
+    assert!(
+        !kept.as_str().unwrap_or("").contains(&token),
+        "the page stored the token"
+    );
+
     // The transparency page charts the ledger and lists the releases.
     d.call("POST", "/url", json!({ "url": format!("{url}transparency") }));
     let rows = d.wait_for(
