@@ -143,15 +143,17 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32), transparent: Option<RGBColor>) -> 
             }
             Some(key) => {
                 enc.set_color(png::ColorType::Rgba);
+                // Transparent pixels are (0, 0, 0, 0): a resampling client
+                // blends their colour in, and the key's magenta showed as
+                // fringes along every edge.
                 let rgba: Vec<u8> = rgb
                     .chunks_exact(3)
                     .flat_map(|p| {
-                        let a = if (p[0], p[1], p[2]) == (key.0, key.1, key.2) {
-                            0
+                        if (p[0], p[1], p[2]) == (key.0, key.1, key.2) {
+                            [0, 0, 0, 0]
                         } else {
-                            210
-                        };
-                        [p[0], p[1], p[2], a]
+                            [p[0], p[1], p[2], 210]
+                        }
                     })
                     .collect();
                 enc.write_header()?.write_image_data(&rgba)?;
@@ -395,11 +397,20 @@ fn draw_legend<DB: DrawingBackend>(
 /// An XYZ tile (`z/x/y`, 256 px, Web Mercator), transparent where no hex is.
 pub fn tile_png(hexes: &[HexValue], max: f64, (z, x, y): (u8, u32, u32)) -> Result<Vec<u8>, RenderError> {
     let n = TILE_PX;
-    let mut buf = vec![0u8; (n * n * 3) as usize];
+    // Drawn with a margin and cropped: plotters clips a hex's outline onto
+    // the drawing area's border, which drew a 1-px line along every tile's
+    // edge (a grid over the map). With the margin, the border lies outside
+    // what is kept, and a tile's edge pixels equal its neighbour's.
+    let m = TILE_MARGIN_PX;
+    let w = n + 2 * m;
+    let mut buf = vec![0u8; (w * w * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (n, n)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, (w, w)).into_drawing_area();
         root.fill(&KEY).map_err(draw_err)?;
-        let (ox, oy) = (f64::from(x) * f64::from(n), f64::from(y) * f64::from(n));
+        let (ox, oy) = (
+            f64::from(x) * f64::from(n) - f64::from(m),
+            f64::from(y) * f64::from(n) - f64::from(m),
+        );
         let px = |lon: f64, lat: f64| {
             let (gx, gy) = mercator_px(lon, lat, f64::from(z));
             ((gx - ox).round() as i32, (gy - oy).round() as i32)
@@ -407,8 +418,18 @@ pub fn tile_png(hexes: &[HexValue], max: f64, (z, x, y): (u8, u32, u32)) -> Resu
         draw_hexes(&root, hexes, max, &px)?;
         root.present().map_err(draw_err)?;
     }
-    encode_png(&buf, (n, n), Some(KEY))
+    let row = (w * 3) as usize;
+    let cropped: Vec<u8> = (m..m + n)
+        .flat_map(|r| {
+            let start = r as usize * row + (m * 3) as usize;
+            buf[start..start + (n * 3) as usize].to_vec()
+        })
+        .collect();
+    encode_png(&cropped, (n, n), Some(KEY))
 }
+
+/// Pixels drawn around a tile and cropped away.
+const TILE_MARGIN_PX: u32 = 8;
 
 /// One line of a chart, with its 95 % band.
 pub struct Line {

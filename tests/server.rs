@@ -528,6 +528,54 @@ async fn maps_and_tiles_are_pngs_with_coloured_hexes() {
         template.contains(&format!("/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin=9")),
         "{template}"
     );
+    // Bounds hold every hex of the release: clients that respect them cut
+    // no edge hex.
+    let b: Vec<f64> = tj["bounds"]
+        .as_array()
+        .expect("bounds")
+        .iter()
+        .map(|x| x.as_f64().expect("f64"))
+        .collect();
+    let fc = get(state, &format!("/api/v1/releases/{id}/values?format=geojson&bin=9"))
+        .await
+        .json();
+    let mut touches = [false; 4];
+    for f in fc["features"].as_array().expect("features") {
+        for p in f["geometry"]["coordinates"][0].as_array().expect("ring") {
+            let (lon, lat) = (p[0].as_f64().expect("lon"), p[1].as_f64().expect("lat"));
+            assert!(lon >= b[0] - 1e-9 && lat >= b[1] - 1e-9 && lon <= b[2] + 1e-9 && lat <= b[3] + 1e-9);
+            for (k, edge) in [lon - b[0], lat - b[1], b[2] - lon, b[3] - lat].iter().enumerate() {
+                touches[k] |= edge.abs() < 1e-9;
+            }
+        }
+    }
+    assert_eq!(touches, [true; 4], "the bounds are the hexes' extent, not larger");
+    // Behind a TLS-terminating proxy the tile URLs say https.
+    let tj_uri = format!("/api/v1/releases/{id}/tilejson.json?bin=9");
+    let tls = get_with(
+        state,
+        &tj_uri,
+        header::HeaderName::from_static("x-forwarded-proto"),
+        "https",
+    )
+    .await
+    .json();
+    assert!(tls["tiles"][0].as_str().expect("url").starts_with("https://"), "{tls}");
+    let fwd = get_with(
+        state,
+        &tj_uri,
+        header::FORWARDED,
+        "for=192.0.2.1;proto=https;host=maps.example.org",
+    )
+    .await
+    .json();
+    assert!(
+        fwd["tiles"][0]
+            .as_str()
+            .expect("url")
+            .starts_with("https://maps.example.org/api/v1/"),
+        "{fwd}"
+    );
     let (x, y) = hexflow::render::mercator_px(5.385, 43.29, 14.0);
     let (tx, ty) = ((x / 256.0) as u32, (y / 256.0) as u32);
     let tile = get(state, &format!("/api/v1/releases/{id}/tiles/14/{tx}/{ty}.png?bin=9")).await;
@@ -536,10 +584,70 @@ async fn maps_and_tiles_are_pngs_with_coloured_hexes() {
     assert_eq!((w, h, ct), (256, 256, png::ColorType::Rgba));
     let opaque = px.chunks_exact(4).filter(|p| p[3] > 0).count();
     assert!(opaque > 1000, "{opaque}");
-    // Far away (the Atlantic): fully transparent.
+    // Far away (the Atlantic): fully transparent, and transparent pixels
+    // carry no colour (a resampling client would blend it in).
     let far = get(state, &format!("/api/v1/releases/{id}/tiles/14/100/100.png?bin=9")).await;
-    let (_, _, _, px) = decode_png(&far.body);
-    assert!(px.chunks_exact(4).all(|p| p[3] == 0));
+    let (_, _, _, far_px) = decode_png(&far.body);
+    assert!(far_px.chunks_exact(4).all(|p| p == [0, 0, 0, 0]));
+    // No seam: pixels across the border of two neighbouring tiles, and a
+    // tile's edge pixels with their inner neighbours, are as often equal as
+    // two neighbouring pixels inside a tile (hex outlines cross both alike).
+    let (_, _, _, right) = decode_png(
+        &get(
+            state,
+            &format!("/api/v1/releases/{id}/tiles/14/{}/{ty}.png?bin=9", tx + 1),
+        )
+        .await
+        .body,
+    );
+    let (_, _, _, below) = decode_png(
+        &get(
+            state,
+            &format!("/api/v1/releases/{id}/tiles/14/{tx}/{}.png?bin=9", ty + 1),
+        )
+        .await
+        .body,
+    );
+    fn at(img: &[u8], col: usize, row: usize) -> &[u8] {
+        &img[(row * 256 + col) * 4..(row * 256 + col) * 4 + 4]
+    }
+    // Share of equal pixels among opaque pairs of columns (or rows).
+    let equal = |a: &[u8], ca: usize, b: &[u8], cb: usize, cols: bool| {
+        let pairs: Vec<(&[u8], &[u8])> = (0..256)
+            .map(|k| {
+                if cols {
+                    (at(a, ca, k), at(b, cb, k))
+                } else {
+                    (at(a, k, ca), at(b, k, cb))
+                }
+            })
+            .filter(|(p, q)| p[3] > 0 && q[3] > 0)
+            .collect();
+        assert!(pairs.len() > 40, "only {} opaque pairs", pairs.len());
+        pairs.iter().filter(|(p, q)| p == q).count() as f64 / pairs.len() as f64
+    };
+    for (cols, next) in [(true, &right), (false, &below)] {
+        let inside = equal(&px, 253, &px, 254, cols).min(equal(next, 1, next, 2, cols));
+        let across = equal(&px, 255, next, 0, cols);
+        let edges = equal(&px, 254, &px, 255, cols).min(equal(next, 0, next, 1, cols));
+        let what = if cols { "columns" } else { "rows" };
+        assert!(
+            across >= inside - 0.05,
+            "{what}: {across:.2} equal across the border vs {inside:.2} inside"
+        );
+        assert!(
+            edges >= inside - 0.05,
+            "{what}: {edges:.2} equal at the edges vs {inside:.2} inside"
+        );
+    }
+    for cols in [true, false] {
+        let (edge, inner) = (equal(&px, 0, &px, 1, cols), equal(&px, 1, &px, 2, cols));
+        assert!(
+            edge >= inner - 0.05,
+            "first {}: {edge:.2} vs {inner:.2}",
+            if cols { "columns" } else { "rows" }
+        );
+    }
     get(state, &format!("/api/v1/releases/{id}/tiles/30/0/0.png"))
         .await
         .problem(StatusCode::NOT_FOUND);
@@ -786,17 +894,39 @@ async fn health_metrics_cors_and_the_viewer() {
     );
     assert!(text.contains("hexflow_releases 3"), "{text}");
     assert!(!text.contains(&id), "route templates, not ids, label the metrics");
-    // CORS: off by default, on for the configured origin only.
-    let plain = get_with(state, "/api/v1/releases", header::ORIGIN, "https://maps.example.org").await;
-    assert!(plain.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    // CORS: public release content is open to any page by default (map
+    // clients load it by URL); the rest is off unless configured.
+    for uri in [
+        "/api/v1/releases".to_string(),
+        "/api/v1/datasets".to_string(),
+        format!("/api/v1/releases/{id}"),
+        format!("/api/v1/releases/{id}/values?bin=0"),
+        format!("/api/v1/releases/{id}/tilejson.json"),
+    ] {
+        let a = get_with(state, &uri, header::ORIGIN, "https://maps.example.org").await;
+        assert_eq!(a.header(header::ACCESS_CONTROL_ALLOW_ORIGIN), "*", "{uri}");
+    }
+    for uri in ["/api/v1/ledger", "/api/v1/views/flows", "/healthz"] {
+        let a = get_with(state, uri, header::ORIGIN, "https://maps.example.org").await;
+        assert!(a.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "{uri}");
+    }
+    // A request with a token is never answered for any origin.
+    let with_token = get_with(state, "/api/v1/releases", header::AUTHORIZATION, "Bearer hxf_nope").await;
+    assert!(with_token.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     let open = self::state(&f.data, &["https://maps.example.org"]);
-    let ok = get_with(&open, "/api/v1/releases", header::ORIGIN, "https://maps.example.org").await;
+    let ok = get_with(&open, "/api/v1/ledger", header::ORIGIN, "https://maps.example.org").await;
     assert_eq!(
         ok.header(header::ACCESS_CONTROL_ALLOW_ORIGIN),
         "https://maps.example.org"
     );
-    let other = get_with(&open, "/api/v1/releases", header::ORIGIN, "https://evil.example").await;
+    let other = get_with(&open, "/api/v1/ledger", header::ORIGIN, "https://evil.example").await;
     assert!(other.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    // The configured origin keeps its own answer on release routes (one header).
+    let mine = get_with(&open, "/api/v1/releases", header::ORIGIN, "https://maps.example.org").await;
+    assert_eq!(
+        mine.headers.get_all(header::ACCESS_CONTROL_ALLOW_ORIGIN).iter().count(),
+        1
+    );
     // The viewer.
     let page = get(state, "/").await;
     assert_eq!(page.status, StatusCode::OK);

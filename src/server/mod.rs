@@ -270,7 +270,38 @@ pub fn router(state: Arc<AppState>) -> Router {
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
         app = app.layer(cors);
     }
-    app.with_state(state)
+    // Outermost, so that it sees what `--cors-origin` decided.
+    app.layer(axum::middleware::from_fn(public_release_cors))
+        .with_state(state)
+}
+
+/// Public, immutable release content is safe to share with any page:
+/// MapLibre, deck.gl or kepler.gl-by-URL load it without an administrator
+/// having to name their origin. Only for requests without a token, answered
+/// with success and not marked private; everything else (queries, admin,
+/// views, the ledger) follows `--cors-origin`.
+async fn public_release_cors(req: Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let release_route = path == "/api/v1/releases"
+        || path.starts_with("/api/v1/releases/")
+        || path == "/api/v1/datasets"
+        || (path.starts_with("/api/v1/datasets/") && path.ends_with("/area"));
+    let open = release_route
+        && matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+        && !req.headers().contains_key(header::AUTHORIZATION);
+    let mut resp = next.run(req).await;
+    let private = resp
+        .headers()
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("private"));
+    let ok = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
+    if open && ok && !private && !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("ETag"));
+    }
+    resp
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

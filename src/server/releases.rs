@@ -798,6 +798,55 @@ pub struct BinQuery {
     bin: Option<usize>,
 }
 
+/// The scheme and host a client used, behind a TLS-terminating proxy too:
+/// `Forwarded` (RFC 7239) first, then `X-Forwarded-Proto`/`-Host`, then
+/// `Host` over plain HTTP.
+pub fn base_url(headers: &HeaderMap) -> String {
+    let text = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let mut proto = None;
+    let mut host = None;
+    if let Some(fwd) = text("forwarded") {
+        // The first hop's element: the client's view of the URL.
+        for pair in fwd.split(',').next().unwrap_or_default().split(';') {
+            let (k, v) = pair.split_once('=').unwrap_or_default();
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "proto" => proto = Some(v.to_string()),
+                "host" => host = Some(v.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let first = |v: &str| v.split(',').next().unwrap_or_default().trim().to_string();
+    proto = proto.or_else(|| text("x-forwarded-proto").map(first));
+    host = host.or_else(|| text("x-forwarded-host").map(first));
+    let host = host
+        .or_else(|| text("host").map(str::to_string))
+        .unwrap_or_else(|| "localhost".into());
+    let proto = match proto.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("https") => "https",
+        _ => "http",
+    };
+    // A host with anything but host and port characters is not used in a URL.
+    let host = if host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
+        host
+    } else {
+        "localhost".into()
+    };
+    format!("{proto}://{host}")
+}
+
+/// [west, south, east, north] of the covered hexes of a release.
+fn hex_extent(data: &ReleaseData) -> Option<[f64; 4]> {
+    let mut b = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+    for ring in data.boundaries.values() {
+        for (lon, lat) in ring {
+            b = [b[0].min(*lon), b[1].min(*lat), b[2].max(*lon), b[3].max(*lat)];
+        }
+    }
+    b[0].is_finite().then_some(b)
+}
+
 pub async fn tilejson(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -809,15 +858,11 @@ pub async fn tilejson(
     let ds = state.dataset(&data.manifest.spec.dataset)?;
     let base = match &state.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
-        None => format!(
-            "http://{}",
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost")
-        ),
+        None => base_url(&headers),
     };
-    let bbox = crate::grid::bbox(&ds.releaser.grid.area);
+    // The hexes' extent, not the study area's box: clients that respect
+    // `bounds` would cut the hexes that reach past the area's edge.
+    let bbox = hex_extent(&data).unwrap_or_else(|| crate::grid::bbox(&ds.releaser.grid.area));
     let m = &data.manifest;
     let doc = json!({
         "tilejson": "3.0.0",
