@@ -310,15 +310,20 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
     assert_eq!(csv.header(header::CONTENT_TYPE), "text/csv; charset=utf-8");
     assert!(csv.header(header::CONTENT_DISPOSITION).contains(".csv"));
     let text = csv.text();
+    // RFC 4180: CRLF line ends.
+    assert_eq!(text.matches("\r\n").count(), keys + 1, "CRLF line ends");
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("hex_id,bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd")
+        Some("hex_id,lon,lat,bin_start,local_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd")
     );
-    let csv_values: Vec<i64> = lines
-        .map(|l| l.split(',').nth(2).expect("value").parse().expect("int"))
-        .collect();
+    let rows_csv: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let csv_values: Vec<i64> = rows_csv.iter().map(|r| r[5].parse().expect("int")).collect();
     assert_eq!(csv_values, json_values);
+    // The local start with its offset (Paris in March: +01:00), beside UTC.
+    assert_eq!(rows_csv[0][3], "2025-03-03T02:00:00Z");
+    assert_eq!(rows_csv[0][4], "2025-03-03T03:00:00+01:00");
+    assert_eq!(rows[0]["local_start"], "2025-03-03T03:00:00+01:00");
     // GeoJSON: closed hexagon rings, RFC 7946 (lon, lat) inside the grid.
     let g = get(state, &format!("/api/v1/releases/{id}/values?format=geojson&bin=3")).await;
     assert_eq!(g.header(header::CONTENT_TYPE), "application/geo+json");
@@ -338,10 +343,43 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
     let p = get(state, &format!("/api/v1/releases/{id}/values?format=parquet")).await;
     assert_eq!(p.header(header::CONTENT_TYPE), "application/vnd.apache.parquet");
     use polars::prelude::SerReader as _;
+    // Plain types for every reader: text is `large_string` in the embedded
+    // Arrow schema (decoded as an Arrow reader does), not `string_view`.
+    {
+        use base64::Engine as _;
+        let meta = polars_parquet::read::read_metadata(&mut std::io::Cursor::new(&p.body)).expect("metadata");
+        let encoded = meta
+            .key_value_metadata()
+            .iter()
+            .flatten()
+            .find(|kv| kv.key == "ARROW:schema")
+            .and_then(|kv| kv.value.clone())
+            .expect("an Arrow schema");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("base64");
+        let (schema, ..) = polars_arrow::io::ipc::read::deserialize_schema(&bytes[8..]).expect("schema");
+        for (name, field) in schema.iter() {
+            let t = format!("{:?}", field.dtype);
+            assert!(!t.contains("View"), "{name}: {t}");
+        }
+        assert_eq!(
+            format!("{:?}", schema.get("hex_id").expect("hex_id").dtype),
+            "LargeUtf8"
+        );
+    }
     let df = polars::prelude::ParquetReader::new(std::io::Cursor::new(p.body))
         .finish()
         .expect("parquet");
     assert_eq!(df.height(), stored.height());
+    assert_eq!(
+        df.column("hex_id").expect("hex_id").dtype(),
+        &polars::prelude::DataType::String
+    );
+    assert!(matches!(
+        df.column("bin_start").expect("bin_start").dtype(),
+        polars::prelude::DataType::Datetime(_, Some(_))
+    ));
     let served: Vec<i64> = df
         .column("value")
         .expect("v")
@@ -1010,9 +1048,29 @@ async fn zone_releases_are_keyed_by_the_grids_named_zones() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "origin,dest,bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd"
+        "origin,dest,origin_name,dest_name,origin_lon,origin_lat,dest_lon,dest_lat,bin_start,local_start,local_date,value,ci95,low,covered,estimate,estimate_ci95,noise_sd"
     );
     assert_eq!(lines.len(), 5);
+    // Names and centroids for arc layers; the local date of a daily bin.
+    let first: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(&first[..4], &["W", "W", "West", "West"]);
+    let lon: f64 = first[4].parse().expect("lon");
+    assert!((5.37..5.385).contains(&lon), "{lon}");
+    assert_eq!(first[10], "2025-03-03");
+    // A flow within one zone has no line: a Point at its centre.
+    let gj = get_with(
+        &state,
+        &format!("/api/v1/releases/{fid}/values?format=geojson&bin=0"),
+        header::AUTHORIZATION,
+        &auth,
+    )
+    .await
+    .json();
+    for f in gj["features"].as_array().expect("features") {
+        let same = f["properties"]["origin"] == f["properties"]["dest"];
+        let kind = f["geometry"]["type"].as_str().expect("type");
+        assert_eq!(kind, if same { "Point" } else { "LineString" }, "{f}");
+    }
     // A resolution with zones is a contradiction, said so.
     let mut both = spec.clone();
     both["res"] = json!(8);

@@ -142,6 +142,8 @@ pub enum Key {
 /// A release's values in memory, bin-major (`value[b * keys + k]`).
 pub struct ReleaseData {
     pub manifest: Manifest,
+    /// The local time of the release's grid (local starts and dates).
+    pub tz: chrono_tz::Tz,
     pub bins: Vec<DateTime<Utc>>,
     pub keys: Vec<Key>,
     /// Ids of the named zones of a zone release (empty otherwise).
@@ -352,6 +354,7 @@ impl ReleaseData {
             }
         }
         Ok(Self {
+            tz: manifest.timezone.parse().unwrap_or(chrono_tz::UTC),
             manifest,
             bins,
             keys,

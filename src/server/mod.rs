@@ -15,6 +15,7 @@ mod admin;
 mod data;
 mod metrics;
 mod releases;
+mod rows;
 mod views;
 mod web;
 

@@ -11,12 +11,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
 use h3o::CellIndex;
-use polars::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::data::{Key, ReleaseData, ReleaseSummary};
-use super::{AppState, Problem, blocking, immutable, no_cache};
+use super::{AppState, Problem, blocking, immutable, no_cache, rows};
 use crate::privacy::sensitivity::Placement;
 use crate::render::{self, HexValue, MapText};
 use crate::store::Metric;
@@ -308,11 +307,14 @@ pub async fn values(
             is_public(&data),
         ),
         ctype,
-        || match format {
-            Format::Json => values_json(&data, range, &unit),
-            Format::Csv => Ok(values_csv(&data, range)),
-            Format::Geojson => values_geojson(&data, &ds.releaser.grid, range),
-            Format::Parquet => values_parquet(&data, range),
+        || {
+            let places = rows::Places::of(&ds.releaser.grid);
+            match format {
+                Format::Json => values_json(&data, &places, range, &unit),
+                Format::Csv => Ok(rows::csv(&data, &places, range)),
+                Format::Geojson => values_geojson(&data, &ds.releaser.grid, &places, range),
+                Format::Parquet => rows::parquet(&data, &places, range),
+            }
         },
     );
     let name = format!("attachment; filename=\"{id}-{bin_s}.{ext}\"");
@@ -324,65 +326,18 @@ pub async fn values(
     Ok(resp)
 }
 
-/// The key columns of value `i`: the place, and for presence the period,
-/// segment and origin group.
-fn key_fields(data: &ReleaseData, i: usize) -> Vec<(&'static str, String)> {
-    let zone = |i: u32| data.zone_ids.get(i as usize).cloned().unwrap_or_default();
-    let k = data.keys.len().max(1);
-    let mut fields = match data.keys[i % k] {
-        Key::Hex(h) => vec![("hex_id", h.to_string())],
-        Key::Pair(o, d) => vec![("origin", o.to_string()), ("dest", d.to_string())],
-        Key::Zone(z) => vec![("zone_id", zone(z))],
-        Key::ZonePair(o, d) => vec![("origin", zone(o)), ("dest", zone(d))],
-    };
-    if let Some(p) = &data.manifest.presence {
-        let (segment, origin) = &data.groups[(i % k) / data.places.max(1)];
-        fields.push(("period", p.period.clone()));
-        fields.push(("segment", segment.clone()));
-        fields.push(("origin", origin.clone()));
-    }
-    fields
-}
-
-/// Presence: (people, people_ci95) of value `i` (`None`s without a factor).
-fn people_of(data: &ReleaseData, i: usize) -> Option<(Option<f64>, Option<f64>)> {
-    let people = data.people.as_ref()?.get(i).copied().flatten();
-    let ci = data.people_ci95.as_ref().and_then(|c| c.get(i).copied().flatten());
-    Some((people, ci))
-}
-
-fn row_json(data: &ReleaseData, i: usize) -> serde_json::Map<String, Value> {
-    let k = data.keys.len();
-    let mut row = serde_json::Map::new();
-    row.insert("bin_start".into(), json!(data.bins[i / k]));
-    for (name, v) in key_fields(data, i) {
-        row.insert(name.into(), json!(v));
-    }
-    row.insert("value".into(), json!(data.value[i]));
-    row.insert("ci95".into(), json!(data.ci95[i]));
-    row.insert("low".into(), json!(data.low[i]));
-    row.insert("covered".into(), json!(data.covered[i]));
-    row.insert("estimate".into(), json!(round_to(data.estimate[i], 3)));
-    row.insert("estimate_ci95".into(), json!(data.estimate_ci95[i]));
-    row.insert("noise_sd".into(), json!(round_to(data.noise_sd[i], 4)));
-    if let Some((people, ci)) = people_of(data, i) {
-        row.insert("people".into(), json!(people.map(|p| round_to(p, 3))));
-        row.insert("people_ci95".into(), json!(ci));
-    }
-    row
-}
-
-/// `x` with `digits` decimals (JSON and CSV: full f64 precision is noise).
-fn round_to(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
-fn values_json(data: &ReleaseData, range: std::ops::Range<usize>, unit: &str) -> Result<Vec<u8>, Problem> {
+fn values_json(
+    data: &ReleaseData,
+    places: &rows::Places,
+    range: std::ops::Range<usize>,
+    unit: &str,
+) -> Result<Vec<u8>, Problem> {
     let m = &data.manifest;
     let k = data.keys.len();
     let bins: Vec<_> = (range.start / k..range.end.div_ceil(k)).map(|b| data.bins[b]).collect();
-    let rows: Vec<Value> = range.map(|i| Value::Object(row_json(data, i))).collect();
+    let rows: Vec<Value> = range
+        .map(|i| Value::Object(rows::json_row(rows::row(data, places, i))))
+        .collect();
     serde_json::to_vec(&json!({
         "release_id": m.release_id,
         "metric": m.spec.metric,
@@ -396,42 +351,6 @@ fn values_json(data: &ReleaseData, range: std::ops::Range<usize>, unit: &str) ->
     .map_err(|e| Problem::internal("values", e))
 }
 
-fn values_csv(data: &ReleaseData, range: std::ops::Range<usize>) -> Vec<u8> {
-    let k = data.keys.len();
-    let header: Vec<&str> = if data.keys.is_empty() {
-        Vec::new()
-    } else {
-        key_fields(data, 0).into_iter().map(|(n, _)| n).collect()
-    };
-    let with_people = data.people.is_some();
-    let mut out = format!(
-        "{},bin_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd{}\n",
-        header.join(","),
-        if with_people { ",people,people_ci95" } else { "" }
-    );
-    let opt = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
-    for i in range {
-        let key: Vec<String> = key_fields(data, i).into_iter().map(|(_, v)| v).collect();
-        let people = match people_of(data, i) {
-            Some((p, ci)) => format!(",{},{}", opt(p.map(|p| round_to(p, 3))), opt(ci)),
-            None => String::new(),
-        };
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}{people}\n",
-            key.join(","),
-            data.bins[i / k].to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            data.value[i],
-            data.ci95[i],
-            data.low[i],
-            data.covered[i],
-            round_to(data.estimate[i], 3),
-            data.estimate_ci95[i],
-            round_to(data.noise_sd[i], 4),
-        ));
-    }
-    out.into_bytes()
-}
-
 /// An RFC 7946 ring: counter-clockwise (H3's order), closed.
 fn ring(b: &[(f64, f64)]) -> Vec<[f64; 2]> {
     let mut r: Vec<[f64; 2]> = b.iter().map(|(x, y)| [*x, *y]).collect();
@@ -439,11 +358,6 @@ fn ring(b: &[(f64, f64)]) -> Vec<[f64; 2]> {
         r.push(f);
     }
     r
-}
-
-fn centre(c: CellIndex) -> [f64; 2] {
-    let ll = h3o::LatLng::from(c);
-    [ll.lng(), ll.lat()]
 }
 
 /// GeoJSON geometry of a named zone, and its centroid.
@@ -456,9 +370,13 @@ fn zone_geometry(grid: &crate::grid::Grid, id: &str) -> (Value, [f64; 2]) {
     (geometry_json(&z.area), c)
 }
 
+/// GeoJSON: hexes and zones as polygons, flows as lines between the
+/// centres; a flow within one zone (or hex) has no line to draw and is a
+/// Point at its centre (a zero-length LineString is invalid for GEOS).
 fn values_geojson(
     data: &ReleaseData,
     grid: &crate::grid::Grid,
+    places: &rows::Places,
     range: std::ops::Range<usize>,
 ) -> Result<Vec<u8>, Problem> {
     let k = data.keys.len();
@@ -468,66 +386,26 @@ fn values_geojson(
         .map(|id| (id.as_str(), zone_geometry(grid, id)))
         .collect();
     let zone = |i: u32| &zones[data.zone_ids[i as usize].as_str()];
+    let line = |a: [f64; 2], b: [f64; 2]| {
+        if a == b {
+            json!({"type": "Point", "coordinates": a})
+        } else {
+            json!({"type": "LineString", "coordinates": [a, b]})
+        }
+    };
     let features: Vec<Value> = range
         .map(|i| {
             let geometry = match data.keys[i % k] {
                 Key::Hex(h) => json!({"type": "Polygon", "coordinates": [ring(&data.boundaries[&h])]}),
-                Key::Pair(o, d) => json!({"type": "LineString", "coordinates": [centre(o), centre(d)]}),
+                Key::Pair(o, d) => line(rows::cell_centre(o), rows::cell_centre(d)),
                 Key::Zone(z) => zone(z).0.clone(),
-                Key::ZonePair(o, d) => json!({"type": "LineString", "coordinates": [zone(o).1, zone(d).1]}),
+                Key::ZonePair(o, d) => line(zone(o).1, zone(d).1),
             };
-            json!({"type": "Feature", "geometry": geometry, "properties": row_json(data, i)})
+            json!({"type": "Feature", "geometry": geometry, "properties": rows::json_row(rows::row(data, places, i))})
         })
         .collect();
     serde_json::to_vec(&json!({"type": "FeatureCollection", "features": features}))
         .map_err(|e| Problem::internal("values", e))
-}
-
-fn values_parquet(data: &ReleaseData, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
-    let k = data.keys.len();
-    let err = |e: PolarsError| Problem::internal("values", e);
-    let names: Vec<&str> = if data.keys.is_empty() {
-        Vec::new()
-    } else {
-        key_fields(data, 0).into_iter().map(|(n, _)| n).collect()
-    };
-    let mut key_cols: Vec<Vec<String>> = vec![Vec::with_capacity(range.len()); names.len()];
-    for i in range.clone() {
-        for (c, (_, v)) in key_fields(data, i).into_iter().enumerate() {
-            key_cols[c].push(v);
-        }
-    }
-    let mut cols: Vec<Column> = names
-        .iter()
-        .zip(key_cols)
-        .map(|(n, v)| Column::new((*n).into(), v))
-        .collect();
-    cols.push(
-        Int64Chunked::from_vec(
-            "bin_start".into(),
-            range.clone().map(|i| data.bins[i / k].timestamp_micros()).collect(),
-        )
-        .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
-        .into_column(),
-    );
-    cols.push(Column::new("value".into(), &data.value[range.clone()]));
-    cols.push(Column::new("ci95".into(), &data.ci95[range.clone()]));
-    cols.push(Column::new("low".into(), &data.low[range.clone()]));
-    cols.push(Column::new("covered".into(), &data.covered[range.clone()]));
-    cols.push(Column::new("estimate".into(), &data.estimate[range.clone()]));
-    cols.push(Column::new("estimate_ci95".into(), &data.estimate_ci95[range.clone()]));
-    cols.push(Column::new("noise_sd".into(), &data.noise_sd[range.clone()]));
-    if let (Some(people), Some(ci)) = (&data.people, &data.people_ci95) {
-        cols.push(Column::new("people".into(), &people[range.clone()]));
-        cols.push(Column::new("people_ci95".into(), &ci[range]));
-    }
-    let mut df = DataFrame::new_infer_height(cols).map_err(err)?;
-    let mut out = Vec::new();
-    ParquetWriter::new(&mut out)
-        .with_compression(ParquetCompression::Zstd(None))
-        .finish(&mut df)
-        .map_err(err)?;
-    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -595,7 +473,7 @@ pub async fn series(
             let r = data.bin_range(b);
             // Sums of estimates are unbiased; sums of clamped values are not.
             let v: f64 = set.iter().map(|(_, i)| data.estimate[r.start + i]).sum();
-            json!({"bin_start": data.bins[b], "value": round_to(v, 2), "ci95": (ci_sum[b] * 100.0).ceil() / 100.0})
+            json!({"bin_start": data.bins[b], "value": rows::round_to(v, 2), "ci95": (ci_sum[b] * 100.0).ceil() / 100.0})
         })
         .collect();
     let hex_list: Vec<String> = set.iter().map(|(h, _)| h.to_string()).collect();
