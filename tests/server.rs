@@ -239,6 +239,21 @@ async fn releases_are_listed_filtered_and_described_by_their_manifest() {
         .json();
     assert_eq!(one["total"], 1);
     assert_eq!(get(state, "/api/v1/releases?res=9").await.json()["total"], 0);
+    // A window: every release overlapping it.
+    let two = get(state, "/api/v1/releases?from=2025-03-04&to=2025-03-05")
+        .await
+        .json();
+    assert_eq!(two["total"], 2);
+    assert_eq!(two["releases"][0]["from"], "2025-03-04");
+    // A malformed parameter is told in terms of what it takes.
+    let d = get(state, "/api/v1/releases?res=x")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert!(d.contains("res must be an H3 resolution"), "{d}");
+    let d = get(state, "/api/v1/releases?from=14/07/2025")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert!(d.contains("from must be a date, YYYY-MM-DD"), "{d}");
     let r = &one["releases"][0];
     assert_eq!(r["audience"], "public");
     assert_eq!(r["bins"], 24);
@@ -396,9 +411,35 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
     get(state, &format!("/api/v1/releases/{id}/values?format=xml"))
         .await
         .problem(StatusCode::BAD_REQUEST);
-    get(state, &format!("/api/v1/releases/{id}/values?bin=-1"))
+    let d = get(state, &format!("/api/v1/releases/{id}/values?bin=-1"))
         .await
         .problem(StatusCode::BAD_REQUEST);
+    assert!(d.contains("expected a bin number"), "{d}");
+    // A bin by instant, local time or local date: the bin holding it.
+    let rows_of = |v: Value| v["rows"].clone();
+    let by_number = rows_of(get(state, &format!("/api/v1/releases/{id}/values?bin=3")).await.json());
+    for asked in [
+        "2025-03-03T03:00:00%2B01:00",
+        "2025-03-03T02:59:59Z",
+        "2025-03-03T03:30",
+        "2025-03-03T03:00:00",
+    ] {
+        let by_time = get(state, &format!("/api/v1/releases/{id}/values?bin={asked}")).await;
+        // (02:59:59 UTC is 03:59:59 in Paris: still bin 3.)
+        assert_eq!(by_time.status, StatusCode::OK, "{asked}: {}", by_time.text());
+        assert_eq!(rows_of(by_time.json()), by_number, "{asked}");
+    }
+    let midnight = get(state, &format!("/api/v1/releases/{id}/values?bin=2025-03-03"))
+        .await
+        .json();
+    assert_eq!(
+        rows_of(midnight),
+        rows_of(get(state, &format!("/api/v1/releases/{id}/values?bin=0")).await.json())
+    );
+    let late = get(state, &format!("/api/v1/releases/{id}/values?bin=2025-03-04T00:00"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(late.contains("after the release's last bin"), "{late}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -812,6 +853,17 @@ async fn planner_queries_need_a_token_are_charged_once_and_respect_the_policy() 
     let d = post_json(&state, "/api/v1/queries", Some(&planner), &no_data).await;
     assert!(d.problem(StatusCode::UNPROCESSABLE_ENTITY).contains("no footfall data"));
     assert!((spent(&state).await - 0.1).abs() < 1e-6, "refusals cost nothing");
+    // A query in ε is answered in ε (and its ρ = ε²/2).
+    let mut in_eps = spec.clone();
+    in_eps.as_object_mut().expect("object").remove("rho");
+    in_eps["epsilon"] = json!(0.3);
+    in_eps["res"] = json!(7);
+    let e = post_json(&state, "/api/v1/queries", Some(&planner), &in_eps).await;
+    assert_eq!(e.status, StatusCode::CREATED, "{}", e.text());
+    let e = e.json();
+    let eps = e["epsilon_charged"].as_f64().expect("epsilon_charged");
+    assert!(eps > 0.29 && eps <= 0.3 + 1e-12, "{eps}");
+    assert!((e["rho_charged"].as_f64().expect("rho") - eps * eps / 2.0).abs() < 1e-9);
     // A body over the limit.
     let huge = json!({"dataset": "x".repeat(100_000)});
     post_json(&state, "/api/v1/queries", Some(&planner), &huge)

@@ -137,6 +137,7 @@ pub async fn query(
     let token = bearer(&state, &headers).await?;
     let Json(q) = body?;
     let ds = state.dataset(&q.dataset)?.clone();
+    let spec_epsilon = q.epsilon;
     let budget = match (q.rho, q.epsilon) {
         (Some(r), None) => Budget::Rho(r),
         (None, Some(e)) => Budget::Epsilon(e),
@@ -177,6 +178,13 @@ pub async fn query(
         "status": outcome.status,
         "release_id": id,
         "rho_charged": if outcome.status == crate::release::Status::New { outcome.manifest.rho } else { 0.0 },
+        // A query in ε is answered in ε too (pure DP; ρ = ε²/2 is what the
+        // ledger adds up).
+        "epsilon_charged": match (outcome.status, spec_epsilon) {
+            (crate::release::Status::New, Some(_)) => Some(outcome.manifest.epsilon),
+            (_, Some(_)) => Some(0.0),
+            _ => None,
+        },
         "manifest": outcome.manifest,
         "links": {
             "manifest": format!("/api/v1/releases/{id}"),

@@ -583,7 +583,37 @@ impl IntoResponse for Problem {
 
 impl From<axum::extract::rejection::QueryRejection> for Problem {
     fn from(e: axum::extract::rejection::QueryRejection) -> Self {
-        Problem::bad_request(format!("query string: {}", e.body_text()))
+        Problem::bad_request(query_problem(&e.body_text()))
+    }
+}
+
+/// A query-string error in terms of what the parameter takes, not of the
+/// parser ("invalid digit found in string").
+fn query_problem(text: &str) -> String {
+    let msg = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let expected = |field: &str| -> Option<&'static str> {
+        Some(match field {
+            "res" => "an H3 resolution, a whole number from 0 to 15",
+            "from" | "to" | "day" | "date" | "baseline_from" | "baseline_to" => "a date, YYYY-MM-DD",
+            "limit" | "offset" | "weeks" | "days" | "top" | "width" => "a whole number",
+            "metric" => "footfall, flows or presence",
+            "unit" => "hex or zone",
+            "bin" => "1h, 1d, 1w or 1mo (a release list) or a bin number, instant or local time (a release's values)",
+            "format" => "json, csv, geojson or parquet (png for views)",
+            "weekdays" | "correction" => "true or false",
+            _ => return None,
+        })
+    };
+    match msg.split_once(": ") {
+        Some((field, _)) if expected(field).is_some() => {
+            format!(
+                "query parameter {field} must be {}",
+                expected(field).unwrap_or_default()
+            )
+        }
+        _ => format!("query string: {msg}"),
     }
 }
 

@@ -117,6 +117,10 @@ pub struct ListQuery {
     bin: Option<crate::privacy::Bin>,
     /// Releases whose window contains this local day.
     day: Option<NaiveDate>,
+    /// Releases whose window ends on or after `from` and starts on or
+    /// before `to` (any overlap).
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
     audience: Option<String>,
     limit: Option<usize>,
     offset: Option<usize>,
@@ -147,6 +151,7 @@ pub async fn list(
         .filter(|r| q.res.is_none_or(|x| r.res == Some(x)))
         .filter(|r| q.bin.is_none_or(|b| r.bin == b))
         .filter(|r| q.day.is_none_or(|d| r.from <= d && d <= r.to))
+        .filter(|r| q.from.is_none_or(|d| r.to >= d) && q.to.is_none_or(|d| r.from <= d))
         .collect();
     let total = matching.len();
     let offset = q.offset.unwrap_or(0);
@@ -213,19 +218,72 @@ fn is_public(data: &ReleaseData) -> bool {
     data.manifest.spec.audience == audience::PUBLIC
 }
 
-/// `?bin=` checked against the release.
-fn bin_index(data: &ReleaseData, bin: Option<usize>) -> Result<Option<usize>, Problem> {
-    match bin {
-        Some(b) if b >= data.bins.len() => Err(Problem::new(
+/// `?bin=`: the bin's number (0-based, as everywhere: values, maps,
+/// tiles, the viewer), or the bin holding an instant with offset
+/// (`2025-07-14T10:00:00+02:00`), a local date-time in the release's
+/// timezone (`2025-07-14T10:00`) or a local date (`2025-07-14`, its
+/// midnight).
+fn bin_index(data: &ReleaseData, bin: Option<&str>) -> Result<Option<usize>, Problem> {
+    let Some(raw) = bin.map(str::trim) else {
+        return Ok(None);
+    };
+    let n = data.bins.len();
+    let unknown = |what: String| {
+        Problem::new(
             StatusCode::NOT_FOUND,
             "unknown bin",
-            format!(
-                "bin {b} does not exist: this release has {} bins, numbered 0..{}",
-                data.bins.len(),
-                data.bins.len() - 1
-            ),
-        )),
-        b => Ok(b),
+            format!("{what}: this release has {n} bins, numbered 0..{}", n.saturating_sub(1)),
+        )
+    };
+    if let Ok(b) = raw.parse::<usize>() {
+        return if b < n {
+            Ok(Some(b))
+        } else {
+            Err(unknown(format!("bin {b} does not exist")))
+        };
+    }
+    let tz = data.tz;
+    let instant = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        t.with_timezone(&chrono::Utc)
+    } else if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        crate::vocab::local_midnight(tz, d)
+    } else {
+        let local = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+            .iter()
+            .find_map(|f| chrono::NaiveDateTime::parse_from_str(raw, f).ok())
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "bin={raw:?}: expected a bin number (0..{}), an instant with offset (2025-07-14T10:00:00+02:00), a local time in {} (2025-07-14T10:00) or a local date (2025-07-14)",
+                    n.saturating_sub(1),
+                    data.manifest.timezone
+                ))
+            })?;
+        use chrono::TimeZone as _;
+        match tz.from_local_datetime(&local) {
+            chrono::LocalResult::Single(t) => t.with_timezone(&chrono::Utc),
+            chrono::LocalResult::Ambiguous(a, b) => {
+                return Err(Problem::bad_request(format!(
+                    "bin={raw:?} happens twice in {} (the clocks go back): give the offset, {} or {}",
+                    data.manifest.timezone,
+                    a.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                    b.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+                )));
+            }
+            chrono::LocalResult::None => {
+                return Err(Problem::bad_request(format!(
+                    "bin={raw:?} does not exist in {} (the clocks go forward over it)",
+                    data.manifest.timezone
+                )));
+            }
+        }
+    };
+    // The bin holding the instant: from its start to the next bin's, the
+    // last one to the end of the release's last local day.
+    let end = crate::vocab::local_midnight(tz, data.manifest.spec.to.succ_opt().unwrap_or(data.manifest.spec.to));
+    match data.bins.partition_point(|s| *s <= instant) {
+        0 => Err(unknown(format!("{raw} is before the release's first bin"))),
+        _ if instant >= end => Err(unknown(format!("{raw} is after the release's last bin"))),
+        i => Ok(Some(i - 1)),
     }
 }
 
@@ -261,7 +319,7 @@ pub enum Format {
 #[serde(deny_unknown_fields)]
 pub struct ValuesQuery {
     format: Option<Format>,
-    bin: Option<usize>,
+    bin: Option<String>,
 }
 
 pub async fn values(
@@ -273,7 +331,7 @@ pub async fn values(
     let (Path(id), Query(q)) = (path?, q?);
     let data = load(&state, &headers, &id).await?;
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
-    let bin = bin_index(&data, q.bin)?;
+    let bin = bin_index(&data, q.bin.as_deref())?;
     let format = q.format.unwrap_or_default();
     let range = match bin {
         Some(b) => data.bin_range(b),
@@ -565,7 +623,7 @@ async fn hex_bin(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     id: &str,
-    bin: Option<usize>,
+    bin: Option<&str>,
 ) -> Result<(Arc<ReleaseData>, usize), Problem> {
     let data = load(state, headers, id).await?;
     footfall_only(&data)?;
@@ -594,7 +652,7 @@ async fn png_once(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MapQuery {
-    bin: Option<usize>,
+    bin: Option<String>,
     width: Option<u32>,
 }
 
@@ -605,7 +663,7 @@ pub async fn map_png(
     q: Result<Query<MapQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
-    let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
     let width = render::map_width(q.width.unwrap_or(1000));
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let parts = [
@@ -631,12 +689,12 @@ pub async fn map_png(
         let unit = unit_of_dataset(&ds, m);
         let caption = vec![
             format!(
-                "{} – {} ({}) · bin {} of {} · H3 resolution {}",
-                start.format("%a %d %b %Y %H:%M"),
-                end.map(|e| e.format("%H:%M").to_string()).unwrap_or_else(|| "end".into()),
+                "{} – {} ({}) · bin {} of 0–{} · H3 resolution {}",
+                start.format("%a %d %b %Y %H:%M %:z"),
+                end.map(|e| e.format("%H:%M %:z").to_string()).unwrap_or_else(|| "end".into()),
                 m.timezone,
-                b + 1,
-                data.bins.len(),
+                b,
+                data.bins.len() - 1,
                 m.spec.res
             ),
             format!(
@@ -673,7 +731,7 @@ pub async fn map_png(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinQuery {
-    bin: Option<usize>,
+    bin: Option<String>,
 }
 
 /// The scheme and host a client used, behind a TLS-terminating proxy too:
@@ -732,7 +790,7 @@ pub async fn tilejson(
     q: Result<Query<BinQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
-    let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
     let ds = state.dataset(&data.manifest.spec.dataset)?;
     let base = match &state.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
@@ -786,7 +844,7 @@ pub async fn tile(
             ),
         ));
     }
-    let (data, b) = hex_bin(&state, &headers, &id, q.bin).await?;
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
     let parts = [
         "tile".to_string(),
         id.clone(),
