@@ -281,6 +281,50 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
     let after = tip.split('±').nth(1).unwrap_or("").trim_start();
     assert!(after.starts_with(|c: char| c.is_ascii_digit()), "error bar in {tip:?}");
 
+    // Deep links: the URL holds the state and restores it, on load, when
+    // the fragment changes in the tab, and on Back.
+    let link = d.js("return location.href");
+    let link = link.as_str().expect("href").to_string();
+    assert!(link.contains("bin=9") && link.contains("z="), "{link}");
+    let at_bin = |b: u32| link.replace("bin=9", &format!("bin={b}"));
+    d.call("POST", "/url", json!({ "url": at_bin(4) }));
+    d.wait_for(
+        "return window.hexflow && window.hexflow.ready === true && document.body.dataset.bin === '4'",
+        "bin 4 from the link",
+    );
+    d.js(&format!(
+        "location.hash = {:?}; return true;",
+        at_bin(7).split_once('#').map(|x| x.1).unwrap_or("")
+    ));
+    d.wait_for(
+        "return document.body.dataset.bin === '7'",
+        "bin 7 after the fragment changed",
+    );
+    d.js("history.back(); return true;");
+    d.wait_for("return document.body.dataset.bin === '4'", "bin 4 again after Back");
+    // The autumn day's 25 hours have 25 distinct labels, with offsets.
+    let labels = d.call(
+        "POST",
+        "/execute/async",
+        json!({"script": "const done = arguments[arguments.length - 1];
+            import('/web/common.js').then(m => {
+              const t0 = Date.parse('2025-10-25T22:00:00Z');
+              done(Array.from({length: 25}, (_, k) => m.fmtBinRange(new Date(t0 + k * 3600e3).toISOString(), '1h', 'Europe/Paris')));
+            }, e => done(String(e)));", "args": []}),
+    );
+    let labels: Vec<String> = labels
+        .as_array()
+        .unwrap_or_else(|| panic!("labels: {labels}"))
+        .iter()
+        .map(|l| l.as_str().unwrap_or("").to_string())
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+    assert_eq!(distinct.len(), 25, "{labels:?}");
+    assert!(
+        labels[2].contains("02:00–03:00 +02:00") && labels[3].contains("02:00–03:00 +01:00"),
+        "{labels:?}"
+    );
+
     // People per zone: the Show picker switches the map to presence by day,
     // everyone summed, then to tourists only; the URL keeps the choice.
     d.js("const m = document.getElementById('metric'); m.value = 'presence:day';

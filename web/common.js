@@ -299,13 +299,39 @@ export function addDays(isoDay, n) {
  * ("1h", "1d", "1w", "1mo") in `tz`, e.g.
  * "Tue 4 Mar 2025, 08:00–09:00 Europe/Paris".
  */
+/** The UTC offset of `date` in `tz`, "+02:00". */
+export function fmtOffset(date, tz) {
+  const name = new Intl.DateTimeFormat("en-GB", { timeZone: tz, timeZoneName: "longOffset" })
+    .formatToParts(date)
+    .find((p) => p.type === "timeZoneName");
+  const m = /GMT([+-]\d{2}):?(\d{2})?/.exec(name ? name.value : "");
+  return m ? `${m[1]}:${m[2] || "00"}` : "+00:00";
+}
+
+/** "HH:MM" plus `minutes`, on a 24-hour clock. */
+function addClock(hhmm, minutes) {
+  const [h, m] = hhmm.split(":").map(Number);
+  const t = (((h * 60 + m + minutes) % 1440) + 1440) % 1440;
+  return `${String(Math.floor(t / 60)).padStart(2, "0")}:${String(t % 60).padStart(2, "0")}`;
+}
+
 export function fmtBinRange(startIso, bin, tz) {
   const start = new Date(startIso);
   if (Number.isNaN(start.getTime())) return "";
   switch (bin) {
     case "1h": {
+      // On a day the clocks change, each hour says its offset: the autumn
+      // day has two hours from 02:00 (+02:00, then +01:00), the spring day
+      // none from 02:00. An hour is shown in its start's offset.
+      const day = localIsoDay(start, tz);
+      const dayStart = new Date(localMidnightUtc(day, tz));
+      const dayEnd = new Date(localMidnightUtc(addDays(day, 1), tz));
+      const from = fmtLocalTime(start, tz);
+      if (fmtOffset(dayStart, tz) !== fmtOffset(dayEnd, tz)) {
+        return `${fmtLocalDay(start, tz)}, ${from}–${addClock(from, 60)} ${fmtOffset(start, tz)} ${tz}`;
+      }
       const end = new Date(start.getTime() + 3600 * 1000);
-      return `${fmtLocalDay(start, tz)}, ${fmtLocalTime(start, tz)}–${fmtLocalTime(end, tz)} ${tz}`;
+      return `${fmtLocalDay(start, tz)}, ${from}–${fmtLocalTime(end, tz)} ${tz}`;
     }
     case "1d":
       return `${fmtLocalDay(start, tz)}, whole day ${tz}`;

@@ -115,6 +115,13 @@ const state = {
   basemap: "",
   tiles: new Map(),
   tileErrors: 0,
+  /** The hex or zone a tap selected (in the URL as `sel`). */
+  selected: null,
+  /** The last fragment written, and what its history entry shows. */
+  writtenHash: "",
+  historyKey: "",
+  /** While a fragment is applied, its history entry is rewritten, not added. */
+  applying: false,
   /** The hex under the pointer / keyboard probe, and where. */
   hover: null,
   hoverAt: null,
@@ -165,23 +172,115 @@ function parseHash() {
   if (/^\d+$/.test(p.get("bin") || "")) out.bin = Number(p.get("bin"));
   if (/^(footfall|presence:[\w-]+)$/.test(p.get("show") || "")) out.metric = p.get("show");
   if (/^[\w-]+$/.test(p.get("who") || "")) out.segment = p.get("who");
+  // The view: zoom and centre in Web Mercator world units (0–1).
+  const z = Number(p.get("z"));
+  const u = Number(p.get("u"));
+  const v = Number(p.get("v"));
+  if ([z, u, v].every(Number.isFinite) && p.get("z") !== null && u >= 0 && u <= 1 && v >= 0 && v <= 1) {
+    out.view = { z: Math.min(MAX_ZOOM, Math.max(0, z)), u, v };
+  }
+  if (/^[\w-]{1,32}$/.test(p.get("sel") || "")) out.selected = p.get("sel");
   return out;
 }
 
 const isPresence = () => state.metric.startsWith("presence:");
 const presencePeriod = () => state.metric.slice("presence:".length);
 
-function writeHash() {
-  if (!state.release) return;
+/** The page state as a URL fragment. */
+function hashOf() {
   const p = new URLSearchParams({
     show: state.metric,
     date: ui.date.value,
     res: ui.res.value,
     release: state.release.release_id,
     bin: String(state.bin),
+    z: state.view.z.toFixed(2),
+    u: state.view.u.toFixed(6),
+    v: state.view.v.toFixed(6),
   });
   if (isPresence()) p.set("who", state.segment);
-  history.replaceState(null, "", `${location.pathname}${location.search}#${p}`);
+  if (state.selected) p.set("sel", state.selected);
+  return `#${p}`;
+}
+
+/**
+ * Writes the state into the URL: a new history entry when the release or
+ * day changes (so Back returns to the previous one), the same entry for a
+ * new bin, view or selection (playing must not flood the history).
+ */
+function writeHash() {
+  if (!state.release) return;
+  const hash = hashOf();
+  if (hash === location.hash) return;
+  const key = `${state.release.release_id}|${ui.date.value}|${state.metric}|${state.segment}`;
+  const url = `${location.pathname}${location.search}${hash}`;
+  if (!state.applying && state.historyKey && state.historyKey !== key) history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
+  state.historyKey = key;
+  state.writtenHash = hash;
+}
+
+let viewHashTimer = 0;
+/** The view in the URL, once panning or zooming pauses. */
+function writeViewSoon() {
+  clearTimeout(viewHashTimer);
+  viewHashTimer = setTimeout(writeHash, 400);
+}
+
+/**
+ * Applies a URL fragment the user typed, pasted, or went Back/Forward to:
+ * every part of the state it names (show, who, resolution, day, release,
+ * bin, view, selected hex).
+ */
+async function applyHash() {
+  if (location.hash === state.writtenHash) return;
+  state.applying = true;
+  try {
+    await applyHashNow();
+  } finally {
+    state.applying = false;
+  }
+}
+
+async function applyHashNow() {
+  const h = parseHash();
+  state.writtenHash = location.hash;
+  if (h.view) {
+    state.view = { ...h.view };
+    state.fitted = true;
+  }
+  state.selected = h.selected || null;
+  const metric = h.metric && [...ui.metric.options].some((o) => o.value === h.metric) ? h.metric : "footfall";
+  const segment = h.segment || "all";
+  if (metric !== state.metric || (metric !== "footfall" && segment !== state.segment)) {
+    ui.metric.value = metric;
+    if (h.date) ui.date.value = h.date;
+    await changeMetric(metric, segment);
+  }
+  if (!isPresence() && h.res && [...ui.res.options].some((o) => o.value === String(h.res))) ui.res.value = String(h.res);
+  const sameRelease = state.release && h.release === state.release.release_id && (!h.date || h.date === ui.date.value);
+  if (sameRelease && Number.isInteger(h.bin) && h.bin !== state.bin) {
+    await showBin(Math.min(h.bin, Number(ui.slider.max)));
+  } else if (!sameRelease) {
+    if (h.date) ui.date.value = h.date;
+    await loadReleases(h.release, h.bin);
+  } else {
+    afterViewChange();
+    showSelected();
+  }
+}
+window.addEventListener("hashchange", () => applyHash().catch((e) => showError(e, "Cannot open this link")));
+window.addEventListener("popstate", () => applyHash().catch((e) => showError(e, "Cannot open this link")));
+
+/** The tooltip of the hex (or zone) named in the URL, when it is drawn. */
+function showSelected() {
+  if (!state.selected) return;
+  const hx = state.hexes.find((h) => h.id === state.selected);
+  if (!hx) return;
+  const [x, y] = toScreen(hx.c[0], hx.c[1]);
+  if (x < 0 || y < 0 || x > state.size.w || y > state.size.h) return;
+  state.probe = false;
+  updateHover(x, y);
 }
 
 // ------------------------------------------------------------ view maths
@@ -231,6 +330,7 @@ function afterViewChange() {
   if (state.probe) probeCentre();
   else if (state.hover && state.hoverAt) updateHover(state.hoverAt[0], state.hoverAt[1]);
   scheduleDraw();
+  if (state.release) writeViewSoon();
 }
 
 /** Fits the study area (or the dataset's bbox) in the canvas. */
@@ -599,9 +699,12 @@ function endPointer(e) {
   if (pointers.size === 0 && drag) {
     lastDragMoved = drag.moved;
     if (!drag.moved && e.type === "pointerup") {
-      // A tap (or click) shows the value under it.
+      // A tap (or click) shows the value under it and selects it (kept in
+      // the URL, so a link opens on the same hex).
       const [x, y] = canvasPoint(e);
       updateHover(x, y);
+      state.selected = state.hover ? state.hover.id : null;
+      writeViewSoon();
     }
     drag = null;
     ui.canvas.classList.remove("dragging");
@@ -889,7 +992,9 @@ async function loadReleases(preferId, preferBin) {
     releases.find((r) => r.bin === "1h") ||
     releases[0];
   ui.release.value = chosen.release_id;
-  await selectRelease(chosen, chosen.release_id === preferId ? preferBin : undefined);
+  // A bin asked without a release (`#bin=2`) applies to the release shown.
+  const bin = chosen.release_id === preferId || !preferId ? preferBin : undefined;
+  await selectRelease(chosen, bin);
 }
 
 /** Clears the map to the study area only (no release shown). */
@@ -1144,6 +1249,7 @@ async function showBin(k) {
   hooks.ready = true;
   document.body.dataset.state = "ready";
   document.body.dataset.bin = String(k);
+  showSelected();
   writeHash();
   if (state.playing) {
     const bins = Number(ui.slider.max) + 1;
@@ -1414,6 +1520,11 @@ async function start() {
   state.fitted = false;
   resizeCanvas();
   fitView();
+  if (state.initialHash.view) {
+    state.view = { ...state.initialHash.view };
+    afterViewChange();
+  }
+  state.selected = state.initialHash.selected || null;
   if (!available.length) {
     setChildren(ui.res, el("option", { value: "" }, "none"));
     ui.res.disabled = true;
