@@ -281,6 +281,11 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
     let after = tip.split('±').nth(1).unwrap_or("").trim_start();
     assert!(after.starts_with(|c: char| c.is_ascii_digit()), "error bar in {tip:?}");
 
+    // The busiest hexes are named by the nearest landmark and their zone.
+    let top = d.js("return document.querySelector('#top-body tr td').textContent");
+    let top = top.as_str().unwrap_or("");
+    assert!(top.contains("near ") || top.contains("arrondissement"), "{top}");
+
     // Deep links: the URL holds the state and restores it, on load, when
     // the fragment changes in the tab, and on Back.
     let link = d.js("return location.href");

@@ -1083,6 +1083,28 @@ async fn zone_releases_are_keyed_by_the_grids_named_zones() {
     .await
     .json();
     assert_eq!(g["features"][0]["geometry"]["type"], "MultiPolygon");
+    // The area names its zones, each with a label point inside it.
+    let area = get(&state, "/api/v1/datasets/tiny/area").await.json();
+    let zones: Vec<&Value> = area["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .filter(|f| f["properties"]["kind"] == "zone")
+        .collect();
+    assert_eq!(zones.len(), 2);
+    for z in zones {
+        let name = z["properties"]["name"].as_str().expect("name");
+        assert!(name == "West" || name == "East", "{name}");
+        let p = &z["properties"]["label_point"];
+        let (lon, lat) = (p[0].as_f64().expect("lon"), p[1].as_f64().expect("lat"));
+        let ring = z["geometry"]["coordinates"][0][0].as_array().expect("ring");
+        let xs: Vec<f64> = ring.iter().map(|c| c[0].as_f64().expect("x")).collect();
+        let ys: Vec<f64> = ring.iter().map(|c| c[1].as_f64().expect("y")).collect();
+        let inside = |v: f64, a: &[f64]| {
+            a.iter().cloned().fold(f64::MAX, f64::min) < v && v < a.iter().cloned().fold(f64::MIN, f64::max)
+        };
+        assert!(inside(lon, &xs) && inside(lat, &ys), "{name}: label outside its box");
+    }
     // Flows between the zones: 2 × 2 pairs per day.
     let mut flows = spec.clone();
     flows["metric"] = json!("flows");

@@ -90,6 +90,8 @@ const state = {
   areaBox: null,
   /** Landmarks with world coordinates, highest weight first. */
   landmarks: [],
+  /** Named zones: {id, name, polys (world rings), label [u, v]}. */
+  zones: [],
   /** Per resolution: {total, first, last, lastHourly}. */
   spans: new Map(),
   releases: [],
@@ -404,9 +406,46 @@ function drawNow() {
   ctx.fillRect(0, 0, w, h);
   if (state.basemap) drawTiles();
   drawHexes();
+  drawZones();
   drawArea();
-  drawLandmarks();
+  const taken = drawLandmarks();
+  drawZoneLabels(taken);
   drawHover();
+}
+
+/** The named zones' outlines (context: the districts people know). */
+function drawZones() {
+  if (!state.zones.length) return;
+  ctx.beginPath();
+  for (const z of state.zones) for (const poly of z.polys) tracePolygon(poly);
+  ctx.setLineDash([5, 4]);
+  ctx.lineWidth = 1.2;
+  ctx.strokeStyle = "rgba(29,35,48,0.55)";
+  ctx.stroke();
+  ctx.setLineDash([]);
+}
+
+/** Zone names where they fit: never over a landmark, its label or another
+ * zone's name; fewer when zoomed out. */
+function drawZoneLabels(taken) {
+  if (!state.zones.length) return;
+  ctx.font = "italic 600 12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  ctx.textBaseline = "middle";
+  for (const z of state.zones) {
+    if (!z.label) continue;
+    const [x, y] = toScreen(z.label[0], z.label[1]);
+    const tw = ctx.measureText(z.name).width;
+    const rect = [x - tw / 2 - 2, y - 8, x + tw / 2 + 2, y + 8];
+    if (rect[0] < 0 || rect[1] < 0 || rect[2] > state.size.w || rect[3] > state.size.h) continue;
+    if (taken.some((r) => rect[0] < r[2] && rect[2] > r[0] && rect[1] < r[3] && rect[3] > r[1])) continue;
+    taken.push(rect);
+    ctx.lineWidth = 3.5;
+    ctx.lineJoin = "round";
+    ctx.strokeStyle = "rgba(255,255,255,0.9)";
+    ctx.strokeText(z.name, x - tw / 2, y);
+    ctx.fillStyle = "#3a4150";
+    ctx.fillText(z.name, x - tw / 2, y);
+  }
 }
 
 function drawTiles() {
@@ -494,8 +533,9 @@ function drawArea() {
   ctx.stroke();
 }
 
+/** Landmarks and their labels; returns the screen boxes they took. */
 function drawLandmarks() {
-  if (!state.landmarks.length) return;
+  if (!state.landmarks.length) return [];
   const showAll = state.view.z >= state.fitZ + 1.5;
   const list = showAll ? state.landmarks : state.landmarks.slice(0, NAMED_LANDMARKS);
   ctx.font = "600 12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
@@ -533,6 +573,7 @@ function drawLandmarks() {
     ctx.fillStyle = "#111";
     ctx.fillText(lm.name, tx, y);
   }
+  return taken;
 }
 
 function drawHover() {
@@ -860,6 +901,7 @@ async function loadArea(dataset) {
   const fc = await api(`/api/v1/datasets/${encodeURIComponent(dataset)}/area`);
   const area = [];
   const landmarks = [];
+  const zones = [];
   for (const f of fc.features || []) {
     const p = f.properties || {};
     const g = f.geometry;
@@ -867,6 +909,15 @@ async function loadArea(dataset) {
     if (p.kind === "study-area") {
       const polys = g.type === "MultiPolygon" ? g.coordinates : g.type === "Polygon" ? [g.coordinates] : [];
       for (const poly of polys) area.push(poly.map((ring) => ring.map(([lon, lat]) => project(lon, lat))));
+    } else if (p.kind === "zone") {
+      const polys = g.type === "MultiPolygon" ? g.coordinates : g.type === "Polygon" ? [g.coordinates] : [];
+      const label = Array.isArray(p.label_point) ? project(p.label_point[0], p.label_point[1]) : null;
+      zones.push({
+        id: String(p.zone_id),
+        name: p.name || String(p.zone_id),
+        polys: polys.map((poly) => poly.map((ring) => ring.map(([lon, lat]) => project(lon, lat)))),
+        label,
+      });
     } else if (p.kind === "landmark" && g.type === "Point") {
       const [u, v] = project(g.coordinates[0], g.coordinates[1]);
       landmarks.push({ name: p.name || "", kind: p.landmark_kind, weight: Number(p.weight) || 0, u, v });
@@ -875,6 +926,8 @@ async function loadArea(dataset) {
   landmarks.sort((a, b) => b.weight - a.weight);
   state.area = area;
   state.landmarks = landmarks;
+  state.zones = zones;
+  for (const z of zones) if (!state.zoneNames.has(z.id)) state.zoneNames.set(z.id, z.name);
   if (area.length) {
     const box = [Infinity, Infinity, -Infinity, -Infinity];
     for (const poly of area) {
@@ -1376,6 +1429,22 @@ function renderSummary(label) {
   ui.canvas.setAttribute("aria-label", `${parts.join("; ")}. Details in the table of busiest hexes.`);
 }
 
+/** "near Vieux-Port · 1er arrondissement": the landmark nearest a hex's
+ * centre (within 1.5 km) and the zone holding it. */
+function whereIs(hx) {
+  const [u, v] = hx.c;
+  // World units to metres at this latitude (Web Mercator).
+  const lat = Math.atan(Math.sinh(Math.PI * (1 - 2 * v)));
+  const metres = 40075016.7 * Math.cos(lat);
+  let best = null;
+  for (const lm of state.landmarks) {
+    const d = Math.hypot(lm.u - u, lm.v - v) * metres;
+    if (d < 1500 && (!best || d < best.d)) best = { name: lm.name, d };
+  }
+  const zone = state.zones.find((z) => z.polys.some((p) => pointInPolygon(u, v, p)));
+  return [best ? `near ${best.name}` : null, zone ? zone.name : null].filter(Boolean).join(" · ");
+}
+
 function renderTop() {
   const rows = state.hexes
     .filter((h) => h.covered && !h.low)
@@ -1383,7 +1452,9 @@ function renderTop() {
     .slice(0, 10)
     .map((h) =>
       el("tr", {},
-        el("td", { class: h.zone ? null : "mono" }, h.zone ? placeName(h) : h.id),
+        h.zone
+          ? el("td", {}, placeName(h))
+          : el("td", {}, whereIs(h) || "–", " ", el("span", { class: "mono muted small" }, h.id)),
         el("td", { class: "num" }, plain(h.value)),
         el("td", { class: "num" }, `± ${plain(Math.round(h.ci95))}`)));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "3" }, "No hex is above the display threshold in this bin.")));

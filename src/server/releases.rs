@@ -46,6 +46,17 @@ fn ds_geojson_area(grid: &crate::grid::Grid) -> Value {
             "properties": {"kind": "landmark", "name": m.name, "landmark_kind": m.kind, "weight": m.weight},
         }));
     }
+    // The named zones, with a point inside each for its label (a centroid
+    // can fall outside a crescent-shaped district).
+    for z in &grid.zones {
+        use geo::InteriorPoint;
+        let label = z.area.interior_point().map(|p| [p.x(), p.y()]);
+        features.push(json!({
+            "type": "Feature",
+            "geometry": geometry_json(&z.area),
+            "properties": {"kind": "zone", "zone_id": z.id, "name": z.name, "label_point": label},
+        }));
+    }
     json!({"type": "FeatureCollection", "features": features})
 }
 
