@@ -281,6 +281,33 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
     let after = tip.split('±').nth(1).unwrap_or("").trim_start();
     assert!(after.starts_with(|c: char| c.is_ascii_digit()), "error bar in {tip:?}");
 
+    // The map, its legend and the time control share the first screen, on
+    // a desktop and on a phone.
+    for (w, h) in [(1400, 900), (390, 844)] {
+        d.call("POST", "/window/rect", json!({"width": w, "height": h}));
+        d.call("POST", "/url", json!({ "url": url.clone() }));
+        d.wait_for(
+            "return window.hexflow && window.hexflow.ready === true",
+            "the map after resizing",
+        );
+        let fit = d.js("window.scrollTo(0, 0);
+             const vh = window.innerHeight, vw = window.innerWidth;
+             const out = [];
+             for (const id of ['map', 'map-legend', 'play', 'slider', 'bin-label']) {
+               const r = document.getElementById(id).getBoundingClientRect();
+               if (r.top < 0 || r.bottom > vh + 0.5 || r.left < 0 || r.right > vw + 0.5 || r.height === 0)
+                 out.push(`${id}: ${Math.round(r.left)},${Math.round(r.top)}–${Math.round(r.right)},${Math.round(r.bottom)} in ${vw}×${vh}`);
+             }
+             return out.join('; ');");
+        assert_eq!(fit, json!(""), "at {w}×{h}, outside the first screen: {fit}");
+    }
+    d.call("POST", "/window/rect", json!({"width": 1400, "height": 1000}));
+    d.call("POST", "/url", json!({ "url": url.clone() }));
+    d.wait_for(
+        "return window.hexflow && window.hexflow.ready === true",
+        "the map again",
+    );
+
     // The busiest hexes are named by the nearest landmark and their zone.
     let top = d.js("return document.querySelector('#top-body tr td').textContent");
     let top = top.as_str().unwrap_or("");
@@ -290,8 +317,12 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
     // the fragment changes in the tab, and on Back.
     let link = d.js("return location.href");
     let link = link.as_str().expect("href").to_string();
-    assert!(link.contains("bin=9") && link.contains("z="), "{link}");
-    let at_bin = |b: u32| link.replace("bin=9", &format!("bin={b}"));
+    assert!(link.contains("bin=") && link.contains("z="), "{link}");
+    let at_bin = |b: u32| {
+        let (head, tail) = link.split_once("bin=").expect("bin=");
+        let rest = tail.split_once('&').map(|x| format!("&{}", x.1)).unwrap_or_default();
+        format!("{head}bin={b}{rest}")
+    };
     d.call("POST", "/url", json!({ "url": at_bin(4) }));
     d.wait_for(
         "return window.hexflow && window.hexflow.ready === true && document.body.dataset.bin === '4'",

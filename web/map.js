@@ -357,7 +357,19 @@ function fitView() {
 
 // ------------------------------------------------------------ canvas size
 
+/**
+ * The map's height: what the first screen has left below the controls (the
+ * map, its legend and the time control in sight at once, on a phone too),
+ * at least 260 px, at most 1100 px.
+ */
+function fitMapHeight() {
+  const top = ui.canvas.getBoundingClientRect().top + window.scrollY;
+  const h = Math.max(260, Math.min(1100, Math.floor(window.innerHeight - top - 10)));
+  if (ui.canvas.style.height !== `${h}px`) ui.canvas.style.height = `${h}px`;
+}
+
 function resizeCanvas() {
+  fitMapHeight();
   const r = ui.canvas.getBoundingClientRect();
   const dpr = window.devicePixelRatio || 1;
   const w = Math.max(1, Math.round(r.width));
@@ -1359,6 +1371,8 @@ function renderLegend(meta) {
   });
   setChildren(ui.legendTicks, ticks);
   ui.legendUnit.textContent = meta.unit || "";
+  $("map-legend-max").textContent = max > 0 ? `${digits ? fmtNum(max, 1) : plain(max)}+` : "–";
+  $("map-legend-unit").textContent = meta.unit || "";
   const thr = meta.display_threshold;
   ui.legendLowText.textContent = Number.isFinite(thr)
     ? `below ${fmtNum(thr, 1)}: too uncertain to show (not on the scale)`
