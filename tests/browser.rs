@@ -448,6 +448,27 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
          for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0 && (px[i] < 200 || px[i + 2] < 200)) n++;
          return n;");
     assert!(inked.as_u64().unwrap_or(0) > 500, "the spend chart is drawn ({inked})");
+    // The list filters by metric and unit too, and names zone releases
+    // "zones", never "res 0".
+    let kinds = d.js(
+        "const f = document.getElementById('metric-filter'); f.value = 'presence';
+         f.dispatchEvent(new Event('change'));
+         const u = document.getElementById('unit-filter'); u.value = 'zone'; u.dispatchEvent(new Event('change'));
+         return [...document.querySelectorAll('#release-list tbody tr')].map(tr => tr.children[2].textContent);",
+    );
+    let kinds: Vec<String> = kinds
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|k| k.as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!kinds.is_empty());
+    assert!(
+        kinds
+            .iter()
+            .all(|k| k.starts_with("presence · zones") && !k.contains("res 0")),
+        "{kinds:?}"
+    );
 
     // The views page: visitors by segment, drawn in the page, in estimated
     // people, and in devices after the switch.

@@ -18,6 +18,10 @@ const ui = {
   cards: $("totals-cards"),
   totalsBody: $("totals-body"),
   filter: $("audience-filter"),
+  metricFilter: $("metric-filter"),
+  unitFilter: $("unit-filter"),
+  fromFilter: $("from-filter"),
+  toFilter: $("to-filter"),
   count: $("release-count"),
   body: $("release-body"),
   more: $("show-more"),
@@ -165,14 +169,21 @@ function drawChart() {
   ctx.fillStyle = "#1b1f24";
   ctx.fillText(`local day (${c.timezone})`, L.left + pw / 2, L.top + ph + 26);
 
-  // Caps: dashed.
-  ctx.setLineDash([6, 4]);
+  // Caps: translucent bands under a dashed line, so that a spend line that
+  // reaches its cap (the public's plan spends all of it) stays visible on
+  // top of the band instead of vanishing into a line of the same place.
   const capLabels = new Map();
   const capLine = (v, colour, who) => {
     if (!Number.isFinite(v)) return;
     const y = Math.round(Y(v)) + 0.5;
+    ctx.setLineDash([]);
+    ctx.globalAlpha = 0.16;
+    ctx.fillStyle = colour;
+    ctx.fillRect(L.left, y - 5, pw, 10);
+    ctx.globalAlpha = 1;
+    ctx.setLineDash([6, 4]);
     ctx.strokeStyle = colour;
-    ctx.lineWidth = 1.5;
+    ctx.lineWidth = 1;
     ctx.beginPath();
     ctx.moveTo(L.left, y);
     ctx.lineTo(L.left + pw, y);
@@ -425,6 +436,8 @@ function releaseRow(r) {
     spec.metric || "?",
     spec.unit === "zone" ? "zones" : Number.isFinite(spec.res) ? `res ${spec.res}` : null,
     spec.bin ? BIN_NAMES[spec.bin] || spec.bin : null,
+    spec.period ? `${spec.period} period` : null,
+    spec.by && spec.by !== "none" ? `by ${spec.by.replace(",", " and ")}` : null,
   ].filter(Boolean).join(" · ");
   const isPublic = r.audience === "public" && r.state === "published";
   const id = isPublic
@@ -443,9 +456,23 @@ function releaseRow(r) {
     el("td", {}, id));
 }
 
+/** The rows the filters keep: audience, metric, unit and a window of days
+ * (a release is kept when its window overlaps it). */
 function filteredRows() {
   const a = ui.filter.value;
-  return a ? state.rows.filter((r) => r.audience === a) : state.rows;
+  const m = ui.metricFilter.value;
+  const u = ui.unitFilter.value;
+  const from = ui.fromFilter.value;
+  const to = ui.toFilter.value;
+  return state.rows.filter((r) => {
+    const spec = r.spec || {};
+    const unit = spec.unit || "hex";
+    return (!a || r.audience === a)
+      && (!m || spec.metric === m)
+      && (!u || unit === u)
+      && (!from || !spec.to || spec.to >= from)
+      && (!to || !spec.from || spec.from <= to);
+  });
 }
 
 function renderReleases() {
@@ -476,10 +503,12 @@ ui.all.addEventListener("click", () => {
   renderReleases();
   focusRow(first);
 });
-ui.filter.addEventListener("change", () => {
-  state.shown = PAGE;
-  renderReleases();
-});
+for (const f of [ui.filter, ui.metricFilter, ui.unitFilter, ui.fromFilter, ui.toFilter]) {
+  f.addEventListener("change", () => {
+    state.shown = PAGE;
+    renderReleases();
+  });
+}
 
 /** Keeps keyboard users in place: focus the first newly shown row. */
 function focusRow(i) {
@@ -514,8 +543,11 @@ function renderModel(ds) {
       `time bins no shorter than ${BIN_SPOKEN[a.shortest_bin] || a.shortest_bin}, `,
       `published no sooner than ${a.min_delay_days} day${a.min_delay_days === 1 ? "" : "s"} after the day they describe.`);
   });
-  const planItems = plan.map((x) =>
-    el("li", {}, `${BIN_NAMES[x.bin] || x.bin} ${x.metric} at resolution ${x.res}: ρ = ${fmtRho(x.rho)} per day`));
+  const planItems = plan.map((x) => {
+    const where = x.unit === "zone" ? "per zone" : `at resolution ${x.res}`;
+    const people = x.period ? `, ${x.period} period${x.by && x.by !== "none" ? `, by ${x.by.replace(",", " and ")}` : ""}` : "";
+    return el("li", {}, `${BIN_NAMES[x.bin] || x.bin} ${x.metric} ${where}${people}: ρ = ${fmtRho(x.rho)} per day`);
+  });
 
   const blocks = [
     el("h3", {}, "Who is protected"),
@@ -602,6 +634,8 @@ async function start() {
     String(b.charged_at).localeCompare(String(a.charged_at)) || String(b.release_id).localeCompare(String(a.release_id)));
   const auds = [...new Set([...c.audiences, ...state.rows.map((r) => r.audience)])];
   setChildren(ui.filter, el("option", { value: "" }, "all"), auds.map((a) => el("option", { value: a }, a)));
+  const metrics = [...new Set(state.rows.map((r) => (r.spec || {}).metric).filter(Boolean))].sort();
+  setChildren(ui.metricFilter, el("option", { value: "" }, "all"), metrics.map((m) => el("option", { value: m }, m)));
   renderTotals(c, ledger, state.rows);
   renderReleases();
   setStatus(c.days.length ? "" : "Nothing has been charged to the ledger yet.", "empty");
