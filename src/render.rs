@@ -248,9 +248,29 @@ pub struct FlowLine {
     pub trips: f64,
 }
 
-/// A map of flows between zones: zone outlines, a line per flow from its
-/// origin's centre to its destination's (a dot marks the destination),
-/// width proportional to volume; flows within a zone as rings.
+/// A flow's path from `a` to `b`: a quadratic curve bending to the right of
+/// the direction of travel, so that the flows A→B and B→A are two arcs,
+/// not one line drawn twice.
+pub fn arc(a: (i32, i32), b: (i32, i32)) -> Vec<(i32, i32)> {
+    let (ax, ay, bx, by) = (f64::from(a.0), f64::from(a.1), f64::from(b.0), f64::from(b.1));
+    let (dx, dy) = (bx - ax, by - ay);
+    // Screen y points down: (−dy, dx) is to the right of (dx, dy).
+    let (cx, cy) = ((ax + bx) / 2.0 - 0.18 * dy, (ay + by) / 2.0 + 0.18 * dx);
+    (0..=16)
+        .map(|k| {
+            let t = f64::from(k) / 16.0;
+            let u = 1.0 - t;
+            let x = u * u * ax + 2.0 * u * t * cx + t * t * bx;
+            let y = u * u * ay + 2.0 * u * t * cy + t * t * by;
+            (x.round() as i32, y.round() as i32)
+        })
+        .collect()
+}
+
+/// A map of flows between zones: zone outlines, an arc per flow from its
+/// origin's centre to its destination's, bending to the right of travel (a
+/// dot marks the destination), width proportional to volume; flows within a
+/// zone as rings.
 pub fn flow_map_png(grid: &Grid, flows: &[FlowLine], title: &str, caption: &[String]) -> Result<Vec<u8>, RenderError> {
     register_font();
     let width = 1000;
@@ -291,7 +311,7 @@ pub fn flow_map_png(grid: &Grid, flows: &[FlowLine], title: &str, caption: &[Str
                 root.draw(&Circle::new(a, 6 + w as i32, colour.stroke_width(w.min(6))))
                     .map_err(draw_err)?;
             } else {
-                root.draw(&PathElement::new(vec![a, b], colour.stroke_width(w)))
+                root.draw(&PathElement::new(arc(a, b), colour.stroke_width(w)))
                     .map_err(draw_err)?;
                 root.draw(&Circle::new(b, (w as i32 / 2 + 3).max(4), colour.filled()))
                     .map_err(draw_err)?;
@@ -547,6 +567,23 @@ mod number_tests {
         assert_eq!(human_number(37.26, 3), "37.3");
         assert_eq!(human_number(1234.0, 3), "1234");
         assert_eq!(human_number(0.0, 3), "0");
+    }
+}
+
+#[cfg(test)]
+mod arc_tests {
+    use super::arc;
+
+    #[test]
+    fn the_two_directions_of_a_flow_are_two_arcs() {
+        let (a, b) = ((0, 0), (100, 0));
+        let there = arc(a, b);
+        let back = arc(b, a);
+        assert_eq!((there[0], there[16]), (a, b));
+        assert_eq!((back[0], back[16]), (b, a));
+        // Going east, the arc bends south (screen y down: to the right);
+        // coming back west, north: the midpoints are on opposite sides.
+        assert!(there[8].1 > 5 && back[8].1 < -5, "{:?} {:?}", there[8], back[8]);
     }
 }
 

@@ -491,4 +491,13 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
          m.value = 'devices'; m.dispatchEvent(new Event('change')); return true;");
     let devices = d.js("return document.getElementById('visitors-summary').textContent");
     assert_ne!(people, devices, "the devices/people switch changes the figures");
+    // The flows view draws its largest flows as arcs between the zones.
+    d.wait_for(
+        "return document.getElementById('flows').dataset.state === 'ready'",
+        "the flows view",
+    );
+    let arcs = d.js("return document.querySelectorAll('#flows-map svg path[marker-end]').length");
+    assert!(arcs.as_u64().unwrap_or(0) >= 5, "{arcs} flow arcs");
+    let zones = d.js("return document.querySelectorAll('#flows-map svg path:not([marker-end])').length");
+    assert!(zones.as_u64().unwrap_or(0) >= 16, "{zones} zone outlines");
 }

@@ -517,6 +517,8 @@ function renderFlows(d) {
       : emptyRow(4, "No flow in this period."),
   );
 
+  setChildren($("flows-map"), flowMap(largest));
+
   const totals = d.totals || [];
   setChildren(
     flows.totalsBody,
@@ -529,6 +531,62 @@ function renderFlows(d) {
         numCell(n0(z.in_ci95))))
       : emptyRow(5, "No zone."),
   );
+}
+
+/**
+ * The largest flows as a map: zone outlines from the dataset's area, an
+ * arc per flow bending to the right of travel, width by trips (up to 14 px),
+ * an arrowhead at the destination; a ring for trips within a zone.
+ */
+function flowMap(largest) {
+  const zones = state.zoneShapes || [];
+  const W = Math.max(300, Math.round($("flows-map").clientWidth || 900));
+  const root = svg("svg", { "aria-hidden": "true" });
+  if (!zones.length) return root;
+  // Equirectangular at the area's latitude: fine at a city's scale.
+  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const z of zones) for (const ring of z.rings) for (const [x, y] of ring) {
+    x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+  }
+  const k = Math.cos(((y0 + y1) / 2) * Math.PI / 180);
+  const pad = 12;
+  const scale = (W - 2 * pad) / Math.max(1e-9, (x1 - x0) * k);
+  const H = Math.round((y1 - y0) * scale + 2 * pad);
+  root.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  root.setAttribute("width", W);
+  root.setAttribute("height", H);
+  const P = ([x, y]) => [pad + (x - x0) * k * scale, pad + (y1 - y) * scale];
+  const defs = svg("defs");
+  defs.append(svg("marker", { id: "flow-head", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 4, markerHeight: 4, orient: "auto-start-reverse" },
+    svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#0b5cad" })));
+  root.append(defs);
+  for (const z of zones) {
+    const d = z.rings.map((ring) => `M${ring.map((p) => P(p).map((v) => v.toFixed(1)).join(",")).join("L")}Z`).join(" ");
+    root.append(svg("path", { d, fill: "#f1f2f4", stroke: "#9aa1ab", "stroke-width": 1 }));
+  }
+  const centre = new Map(zones.map((z) => [z.id, P(z.label)]));
+  const max = Math.max(1, ...largest.map((f) => f.trips || 0));
+  // Smallest first, so the largest are on top.
+  for (const f of [...largest].sort((a, b) => a.trips - b.trips)) {
+    const a = centre.get(f.origin);
+    const b = centre.get(f.dest);
+    if (!a || !b || !(f.trips > 0)) continue;
+    const w = 1 + (13 * f.trips) / max;
+    const title = svg("title");
+    title.textContent = `${f.origin_name || f.origin} → ${f.dest_name || f.dest}: ${n0(f.trips)} ± ${n0(f.ci95)} trips`;
+    if (f.origin === f.dest) {
+      root.append(svg("circle", { cx: a[0], cy: a[1], r: 6 + w, fill: "none", stroke: "#0b5cad", "stroke-opacity": 0.7, "stroke-width": Math.min(w, 6) }, title));
+      continue;
+    }
+    const [dx, dy] = [b[0] - a[0], b[1] - a[1]];
+    const c = [(a[0] + b[0]) / 2 - 0.18 * dy, (a[1] + b[1]) / 2 + 0.18 * dx];
+    root.append(svg("path", {
+      d: `M${a[0].toFixed(1)},${a[1].toFixed(1)} Q${c[0].toFixed(1)},${c[1].toFixed(1)} ${b[0].toFixed(1)},${b[1].toFixed(1)}`,
+      fill: "none", stroke: "#0b5cad", "stroke-opacity": 0.75, "stroke-width": w.toFixed(1), "stroke-linecap": "round",
+      "marker-end": "url(#flow-head)",
+    }, title));
+  }
+  return root;
 }
 
 // ------------------------------------------------------------ 4. forecast
@@ -806,6 +864,19 @@ async function start() {
   state.delta = Number(dataset.privacy && dataset.privacy.delta);
   const zones = Array.isArray(dataset.zones) ? dataset.zones.filter((z) => z && z.zone_id) : [];
   for (const z of zones) state.zoneNames.set(z.zone_id, z.name || z.zone_id);
+  // Zone outlines and label points for the flow map (public geometry).
+  try {
+    const area = await api(`/api/v1/datasets/${encodeURIComponent(dataset.dataset)}/area`);
+    state.zoneShapes = (area.features || [])
+      .filter((f) => f.properties && f.properties.kind === "zone" && Array.isArray(f.properties.label_point))
+      .map((f) => ({
+        id: String(f.properties.zone_id),
+        label: f.properties.label_point,
+        rings: (f.geometry.type === "MultiPolygon" ? f.geometry.coordinates : [f.geometry.coordinates]).map((poly) => poly[0]),
+      }));
+  } catch {
+    state.zoneShapes = [];
+  }
 
   onSubmit(sections.flows, loadFlows, checkFlowDates);
   flows.from.addEventListener("input", checkFlowDates);

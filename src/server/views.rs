@@ -1188,7 +1188,7 @@ fn flow_map(ds: &Dataset, v: &views::FlowsView) -> Result<Vec<u8>, Problem> {
     );
     let caption = vec![
         format!(
-            "Line width and colour ∝ trips (largest {}); a dot marks the destination; rings are trips within a zone.",
+            "Line width and colour ∝ trips (largest {}); each arc bends to the right of travel (A→B and B→A are two arcs) and a dot marks the destination; rings are trips within a zone.",
             lines.len()
         ),
         format!(
