@@ -308,6 +308,23 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
         "the map again",
     );
 
+    // Playback runs across days: from the last hours of one day into the
+    // next day's release.
+    d.js("const t = document.getElementById('date'); t.value = '2025-03-03'; t.dispatchEvent(new Event('change')); return true;");
+    d.wait_for(
+        "return window.hexflow.ready === true && window.hexflow.release.from === '2025-03-03'",
+        "the first day",
+    );
+    d.js("const s = document.getElementById('slider'); s.value = '22'; s.dispatchEvent(new Event('input')); return true;");
+    d.wait_for("return document.body.dataset.bin === '22'", "bin 22");
+    let day0 = d.js("return window.hexflow.release.from");
+    d.js("document.getElementById('play').click(); return true;");
+    d.wait_for(
+        &format!("return window.hexflow.ready && window.hexflow.release.from > {day0} && window.hexflow.release.bin === '1h' && window.hexflow.bin <= 1"),
+        "playback to reach the next day",
+    );
+    d.js("document.getElementById('play').click(); return true;");
+
     // The busiest hexes are named by the nearest landmark and their zone.
     let top = d.js("return document.querySelector('#top-body tr td').textContent");
     let top = top.as_str().unwrap_or("");

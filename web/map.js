@@ -1005,7 +1005,7 @@ function setDateRange(span) {
 }
 
 /** Reloads the release list for the chosen day and resolution. */
-async function loadReleases(preferId, preferBin) {
+async function loadReleases(preferId, preferBin, sameKindAs) {
   const seq = ++state.listSeq;
   const res = isPresence() ? undefined : Number(ui.res.value);
   const day = ui.date.value;
@@ -1052,8 +1052,13 @@ async function loadReleases(preferId, preferBin) {
     showEmpty(null);
     return;
   }
+  // Playback across days keeps the kind of release (bin, resolution).
+  const sameKind = sameKindAs
+    ? releases.find((r) => r.bin === sameKindAs.bin && r.res === sameKindAs.res && r.unit === sameKindAs.unit && r.from === ui.date.value)
+    : null;
   const chosen =
     releases.find((r) => r.release_id === preferId) ||
+    sameKind ||
     releases.find((r) => r.bin === "1h") ||
     releases[0];
   ui.release.value = chosen.release_id;
@@ -1325,12 +1330,30 @@ async function showBin(k) {
 
 // ------------------------------------------------------------ play
 
+/**
+ * The next step of playback: the next bin, and after the release's last
+ * bin the first bin of the next day's release of the same kind (a planner
+ * watches a week, not one day); after the last published day, back to the
+ * first bin.
+ */
 function schedulePlayStep() {
   clearTimeout(state.playTimer);
-  state.playTimer = setTimeout(() => {
+  state.playTimer = setTimeout(async () => {
     if (!state.playing || !state.release) return;
     const bins = Number(ui.slider.max) + 1;
-    showBin((state.bin + 1) % bins);
+    if (state.bin + 1 < bins) {
+      showBin(state.bin + 1);
+      return;
+    }
+    const next = addDays(state.release.to, 1);
+    if (ui.date.max && next > ui.date.max) {
+      showBin(0);
+      return;
+    }
+    const kind = state.release;
+    ui.date.value = next;
+    await loadReleases(undefined, 0, kind);
+    startPlay();
   }, PLAY_STEP_MS);
 }
 
