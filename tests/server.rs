@@ -436,6 +436,63 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
         rows_of(midnight),
         rows_of(get(state, &format!("/api/v1/releases/{id}/values?bin=0")).await.json())
     );
+    // Fewer places: by hex ids, a bounding box, or a point and radius.
+    let two: Vec<String> = by_number
+        .as_array()
+        .expect("rows")
+        .iter()
+        .take(2)
+        .map(|r| r["hex_id"].as_str().expect("hex").to_string())
+        .collect();
+    let picked = get(
+        state,
+        &format!("/api/v1/releases/{id}/values?bin=3&hex={}", two.join(",")),
+    )
+    .await
+    .json();
+    let got: Vec<&str> = picked["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["hex_id"].as_str().expect("hex"))
+        .collect();
+    assert_eq!(got, two.iter().map(String::as_str).collect::<Vec<_>>());
+    let near = get(
+        state,
+        &format!("/api/v1/releases/{id}/values?bin=3&near=5.385,43.29&radius_m=900"),
+    )
+    .await
+    .json();
+    let near_rows = near["rows"].as_array().expect("rows");
+    assert!(
+        !near_rows.is_empty() && near_rows.len() < keys,
+        "{} of {keys}",
+        near_rows.len()
+    );
+    for r in near_rows {
+        use geo::Distance;
+        let c = geo::Point::new(r["lon"].as_f64().expect("lon"), r["lat"].as_f64().expect("lat"));
+        assert!(geo::Haversine.distance(geo::Point::new(5.385, 43.29), c) <= 900.0 + 1e-6);
+    }
+    let boxed = get(
+        state,
+        &format!("/api/v1/releases/{id}/values?bin=3&bbox=5.37,43.28,5.39,43.30&format=csv"),
+    )
+    .await
+    .text();
+    assert!(boxed.lines().count() > 1);
+    get(
+        state,
+        &format!("/api/v1/releases/{id}/values?hex=8f1f8d4b29fffff&bbox=0,0,1,1"),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST);
+    get(state, &format!("/api/v1/releases/{id}/values?hex=831f8dfffffffff"))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    get(state, &format!("/api/v1/releases/{id}/values?bbox=0,0,1,1"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
     let late = get(state, &format!("/api/v1/releases/{id}/values?bin=2025-03-04T00:00"))
         .await
         .problem(StatusCode::NOT_FOUND);

@@ -331,6 +331,13 @@ pub enum Format {
 pub struct ValuesQuery {
     format: Option<Format>,
     bin: Option<String>,
+    /// Only these hexes (comma-separated ids).
+    hex: Option<String>,
+    /// Only places whose centre lies in west,south,east,north (degrees).
+    bbox: Option<String>,
+    /// Only places whose centre lies within `radius_m` of lon,lat.
+    near: Option<String>,
+    radius_m: Option<f64>,
 }
 
 pub async fn values(
@@ -344,19 +351,41 @@ pub async fn values(
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let bin = bin_index(&data, q.bin.as_deref())?;
     let format = q.format.unwrap_or_default();
-    let range = match bin {
-        Some(b) => data.bin_range(b),
-        None => 0..data.value.len(),
+    let (keys, filter_s) = {
+        let places = rows::Places::of(&ds.releaser.grid);
+        key_filter(&data, &places, &q)?
     };
-    if format == Format::Geojson && range.len() > MAX_GEOJSON_FEATURES {
+    let k = data.keys.len();
+    let bins: Vec<usize> = match bin {
+        Some(b) => vec![b],
+        None => (0..data.bins.len()).collect(),
+    };
+    let idx: Vec<usize> = bins
+        .iter()
+        .flat_map(|b| {
+            let start = b * k;
+            match &keys {
+                Some(keys) => keys.iter().map(|i| start + i).collect::<Vec<_>>(),
+                None => (start..start + k).collect(),
+            }
+        })
+        .collect();
+    if format == Format::Geojson && idx.len() > MAX_GEOJSON_FEATURES {
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "answer too large",
             format!(
-                "{} features; GeoJSON answers hold at most {MAX_GEOJSON_FEATURES}: ask one bin (?bin=0..{}) or use format=parquet",
-                range.len(),
+                "{} features; GeoJSON answers hold at most {MAX_GEOJSON_FEATURES}: ask one bin (?bin=0..{}), fewer places (hex=, bbox=, near=) or use format=parquet",
+                idx.len(),
                 data.bins.len() - 1
             ),
+        ));
+    }
+    if idx.is_empty() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no values",
+            "no value of this release lies in the area asked (bbox= or near=)",
         ));
     }
     let (ctype, ext) = match format {
@@ -372,17 +401,25 @@ pub async fn values(
         &state,
         &headers,
         (
-            &["values", &id, &data.manifest.values_sha256, ext, &bin_s, &unit],
+            &[
+                "values",
+                &id,
+                &data.manifest.values_sha256,
+                ext,
+                &bin_s,
+                &unit,
+                &filter_s,
+            ],
             is_public(&data),
         ),
         ctype,
         || {
             let places = rows::Places::of(&ds.releaser.grid);
             match format {
-                Format::Json => values_json(&data, &places, range, &unit),
-                Format::Csv => Ok(rows::csv(&data, &places, range)),
-                Format::Geojson => values_geojson(&data, &ds.releaser.grid, &places, range),
-                Format::Parquet => rows::parquet(&data, &places, range),
+                Format::Json => values_json(&data, &places, &idx, &unit),
+                Format::Csv => Ok(rows::csv(&data, &places, &idx)),
+                Format::Geojson => values_geojson(&data, &ds.releaser.grid, &places, &idx),
+                Format::Parquet => rows::parquet(&data, &places, &idx),
             }
         },
     );
@@ -395,17 +432,135 @@ pub async fn values(
     Ok(resp)
 }
 
-fn values_json(
+/// Most hex ids one `hex=` filter may list.
+const MAX_FILTER_HEXES: usize = 2_000;
+/// Largest `radius_m` of a `near=` filter.
+const MAX_RADIUS_M: f64 = 50_000.0;
+
+/// The key positions (within a bin) that `hex=`, `bbox=` or `near=` with
+/// `radius_m=` keep, by the place's centre; `None` without a filter. Also
+/// the filter in canonical words, for the ETag.
+fn key_filter(
     data: &ReleaseData,
     places: &rows::Places,
-    range: std::ops::Range<usize>,
-    unit: &str,
-) -> Result<Vec<u8>, Problem> {
+    q: &ValuesQuery,
+) -> Result<(Option<Vec<usize>>, String), Problem> {
+    let given = [q.hex.is_some(), q.bbox.is_some(), q.near.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given == 0 {
+        if q.radius_m.is_some() {
+            return Err(Problem::bad_request("radius_m goes with near=lon,lat"));
+        }
+        return Ok((None, String::new()));
+    }
+    if given > 1 {
+        return Err(Problem::bad_request("give one of hex=, bbox= and near= (not several)"));
+    }
+    let centre = |i: usize| -> Option<[f64; 2]> {
+        match data.keys[i] {
+            Key::Hex(h) => Some(rows::cell_centre(h)),
+            Key::Zone(z) => places.zone(data.zone_ids.get(z as usize)?).1,
+            Key::Pair(..) | Key::ZonePair(..) => None,
+        }
+    };
+    if matches!(data.keys.first(), Some(Key::Pair(..) | Key::ZonePair(..))) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a place release",
+            "hex=, bbox= and near= select hexes or zones; this release is keyed by pairs (use /views/flows)",
+        ));
+    }
+    let numbers = |name: &str, raw: &str, n: usize| -> Result<Vec<f64>, Problem> {
+        let v: Vec<f64> = raw.split(',').filter_map(|x| x.trim().parse::<f64>().ok()).collect();
+        if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+            return Err(Problem::bad_request(format!(
+                "{name} must be {n} comma-separated numbers"
+            )));
+        }
+        Ok(v)
+    };
+    let all = 0..data.keys.len();
+    if let Some(raw) = &q.hex {
+        let asked: Vec<&str> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if asked.is_empty() || asked.len() > MAX_FILTER_HEXES {
+            return Err(Problem::bad_request(format!(
+                "hex= needs 1 to {MAX_FILTER_HEXES} comma-separated hex ids"
+            )));
+        }
+        let mut wanted = HashSet::new();
+        for a in &asked {
+            let h: CellIndex = a
+                .parse()
+                .map_err(|_| Problem::bad_request(format!("{a:?} is not an H3 cell id (15 hex digits)")))?;
+            wanted.insert(h);
+        }
+        let keys: Vec<usize> = all
+            .filter(|i| matches!(data.keys[*i], Key::Hex(h) if wanted.contains(&h)))
+            .collect();
+        let found: HashSet<CellIndex> = keys
+            .iter()
+            .filter_map(|i| match data.keys[*i] {
+                Key::Hex(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        if let Some(missing) = wanted.iter().find(|h| !found.contains(h)) {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "hex not in release",
+                format!(
+                    "hex {missing} is not among this release's hexes (resolution {})",
+                    data.manifest.spec.res
+                ),
+            ));
+        }
+        let mut canon: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+        canon.sort();
+        return Ok((Some(keys), format!("hex={}", canon.join(","))));
+    }
+    if let Some(raw) = &q.bbox {
+        let b = numbers("bbox", raw, 4)?;
+        if !(b[0] < b[2] && b[1] < b[3] && b[1] >= -90.0 && b[3] <= 90.0) {
+            return Err(Problem::bad_request(
+                "bbox=west,south,east,north in degrees, west < east and south < north",
+            ));
+        }
+        let keys = all
+            .filter(|i| centre(*i).is_some_and(|c| b[0] <= c[0] && c[0] <= b[2] && b[1] <= c[1] && c[1] <= b[3]))
+            .collect();
+        return Ok((Some(keys), format!("bbox={raw}")));
+    }
+    let raw = q.near.as_deref().unwrap_or_default();
+    let p = numbers("near", raw, 2)?;
+    let r = q.radius_m.unwrap_or(500.0);
+    if !(r > 0.0 && r <= MAX_RADIUS_M) {
+        return Err(Problem::bad_request(format!(
+            "radius_m must be in (0, {MAX_RADIUS_M}] metres"
+        )));
+    }
+    let here = geo::Point::new(p[0], p[1]);
+    let keys = all
+        .filter(|i| {
+            centre(*i).is_some_and(|c| {
+                use geo::Distance;
+                geo::Haversine.distance(here, geo::Point::new(c[0], c[1])) <= r
+            })
+        })
+        .collect();
+    Ok((Some(keys), format!("near={raw};r={r}")))
+}
+
+fn values_json(data: &ReleaseData, places: &rows::Places, idx: &[usize], unit: &str) -> Result<Vec<u8>, Problem> {
     let m = &data.manifest;
-    let k = data.keys.len();
-    let bins: Vec<_> = (range.start / k..range.end.div_ceil(k)).map(|b| data.bins[b]).collect();
-    let rows: Vec<Value> = range
-        .map(|i| Value::Object(rows::json_row(rows::row(data, places, i))))
+    let k = data.keys.len().max(1);
+    let mut bins: Vec<usize> = idx.iter().map(|i| i / k).collect();
+    bins.dedup();
+    let bins: Vec<_> = bins.into_iter().map(|b| data.bins[b]).collect();
+    let rows: Vec<Value> = idx
+        .iter()
+        .map(|i| Value::Object(rows::json_row(rows::row(data, places, *i))))
         .collect();
     serde_json::to_vec(&json!({
         "release_id": m.release_id,
@@ -446,7 +601,7 @@ fn values_geojson(
     data: &ReleaseData,
     grid: &crate::grid::Grid,
     places: &rows::Places,
-    range: std::ops::Range<usize>,
+    idx: &[usize],
 ) -> Result<Vec<u8>, Problem> {
     let k = data.keys.len();
     let zones: HashMap<&str, (Value, [f64; 2])> = data
@@ -462,8 +617,9 @@ fn values_geojson(
             json!({"type": "LineString", "coordinates": [a, b]})
         }
     };
-    let features: Vec<Value> = range
-        .map(|i| {
+    let features: Vec<Value> = idx
+        .iter()
+        .map(|&i| {
             let geometry = match data.keys[i % k] {
                 Key::Hex(h) => json!({"type": "Polygon", "coordinates": [ring(&data.boundaries[&h])]}),
                 Key::Pair(o, d) => line(rows::cell_centre(o), rows::cell_centre(d)),

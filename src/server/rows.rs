@@ -185,9 +185,9 @@ pub fn json_row(fields: Vec<(&'static str, Cell)>) -> serde_json::Map<String, Va
 }
 
 /// RFC 4180 CSV: a header, CRLF line ends.
-pub fn csv(data: &ReleaseData, places: &Places, range: std::ops::Range<usize>) -> Vec<u8> {
+pub fn csv(data: &ReleaseData, places: &Places, idx: &[usize]) -> Vec<u8> {
     let mut out = String::new();
-    for (n, i) in range.enumerate() {
+    for (n, &i) in idx.iter().enumerate() {
         let fields = row(data, places, i);
         if n == 0 {
             out.push_str(&fields.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(","));
@@ -203,9 +203,9 @@ pub fn csv(data: &ReleaseData, places: &Places, range: std::ops::Range<usize>) -
 /// local dates as dates. The embedded Arrow schema is the oldest-compatible
 /// one (`large_string`): polars' own would declare text as `string_view`,
 /// which older Arrow readers (GDAL, duckdb, pandas) do not know.
-pub fn parquet(data: &ReleaseData, places: &Places, range: std::ops::Range<usize>) -> Result<Vec<u8>, Problem> {
+pub fn parquet(data: &ReleaseData, places: &Places, idx: &[usize]) -> Result<Vec<u8>, Problem> {
     let err = |e: PolarsError| Problem::internal("values", e);
-    let rows: Vec<Vec<(&'static str, Cell)>> = range.map(|i| row(data, places, i)).collect();
+    let rows: Vec<Vec<(&'static str, Cell)>> = idx.iter().map(|&i| row(data, places, i)).collect();
     let Some(first) = rows.first() else {
         return Err(Problem::internal("values", "no rows"));
     };
