@@ -1427,7 +1427,10 @@ function renderPrivacy(s, m) {
     : `ρ = ${fmtRho(s.rho)} per day charged (ε = ${fmtEps(s.epsilon)} at δ = ${fmtDelta(s.delta)})`;
   setChildren(
     ui.privacy,
-    `${cost} · error bars are 95 % intervals · `,
+    el("strong", {}, "No one's day can be picked out of this map: "),
+    "random noise, calibrated to hide any single phone over any single day, was added to every value before it was published, and what that cost is on public record. ",
+    el("br"),
+    `In symbols: ${cost} · error bars are 95 % intervals · `,
     el("a", { href: "/transparency" }, "what was spent"),
     " · ",
     el("a", { href: `/api/v1/releases/${id}`, target: "_blank", rel: "noopener" }, "manifest"),

@@ -118,7 +118,8 @@ function privacyLine(src) {
   const costText = !cost
     ? "this view spent no privacy budget"
     : `this view cost ρ = ${fmt2(cost)} more`;
-  return `Computed from ${plural(n, "public release")} at ρ = ${fmt2(src.rho_per_day_of_source)} per day${epsText}; ${costText}.`;
+  return `No one's day can be picked out of these figures: they come from already published, noise-protected releases. ` +
+    `In symbols: computed from ${plural(n, "public release")} at ρ = ${fmt2(src.rho_per_day_of_source)} per day${epsText}; ${costText}.`;
 }
 
 function numCell(text, extra = "") {
