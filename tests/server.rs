@@ -858,6 +858,60 @@ async fn planner_queries_need_a_token_are_charged_once_and_respect_the_policy() 
     assert_eq!(again["rho_charged"], 0.0);
     assert_eq!(again["release_id"], first["release_id"]);
     assert!((spent(&state).await - 0.1).abs() < 1e-6);
+    // Its tiles for an image client: no token in the URL, a signed one.
+    let pid = first["release_id"].as_str().expect("id").to_string();
+    let (x, y) = hexflow::render::mercator_px(5.385, 43.29, 14.0);
+    let tile_path = format!(
+        "/api/v1/releases/{pid}/tiles/14/{}/{}.png",
+        (x / 256.0) as u32,
+        (y / 256.0) as u32
+    );
+    get(&state, &tile_path).await.problem(StatusCode::UNAUTHORIZED);
+    post_json(&state, &format!("/api/v1/releases/{pid}/tile-url"), None, &json!({}))
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let signed = post_json(
+        &state,
+        &format!("/api/v1/releases/{pid}/tile-url?ttl_s=600"),
+        Some(&planner),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(signed.status, StatusCode::OK, "{}", signed.text());
+    let template = signed.json()["tiles"].as_str().expect("tiles").to_string();
+    assert!(!template.contains(&planner), "the token is never in the URL");
+    let query = template.split_once('?').expect("query").1.to_string();
+    let ok = get(&state, &format!("{tile_path}?{query}")).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.header(header::CONTENT_TYPE), "image/png");
+    assert!(ok.header(header::CACHE_CONTROL).starts_with("private"));
+    // A changed expiry or signature, or another release: refused.
+    let exp: i64 = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("exp="))
+        .expect("exp")
+        .parse()
+        .expect("int");
+    let later = query.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600));
+    get(&state, &format!("{tile_path}?{later}"))
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    let flipped = if query.ends_with('0') {
+        format!("{}1", &query[..query.len() - 1])
+    } else {
+        format!("{}0", &query[..query.len() - 1])
+    };
+    get(&state, &format!("{tile_path}?{flipped}"))
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    post_json(
+        &state,
+        &format!("/api/v1/releases/{pid}/tile-url?ttl_s=999999"),
+        Some(&planner),
+        &json!({}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST);
     // The planners' release is not public.
     let id = first["release_id"].as_str().expect("id");
     assert_eq!(get(&state, "/api/v1/releases").await.json()["total"], 3);
@@ -1847,6 +1901,20 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
             format!("/api/v1/releases/{hex}/tiles/40/0/0.png"),
             None,
             None,
+        ),
+        (
+            "post",
+            "/api/v1/releases/{id}/tile-url",
+            format!("/api/v1/releases/{hex}/tile-url"),
+            None,
+            Some(Vec::new()),
+        ),
+        (
+            "post",
+            "/api/v1/releases/{id}/tile-url",
+            "/api/v1/releases/r-00000000000000000000/tile-url".into(),
+            None,
+            Some(Vec::new()),
         ),
         ("get", "/api/v1/ledger", "/api/v1/ledger".into(), None, None),
         (

@@ -16,6 +16,7 @@ mod data;
 mod metrics;
 mod releases;
 mod rows;
+mod signing;
 mod views;
 mod web;
 
@@ -54,6 +55,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/releases/{id}/map.png"),
     ("get", "/api/v1/releases/{id}/tilejson.json"),
     ("get", "/api/v1/releases/{id}/tiles/{z}/{x}/{y}"),
+    ("post", "/api/v1/releases/{id}/tile-url"),
     ("get", "/api/v1/ledger"),
     ("get", "/api/v1/ledger/releases"),
     ("get", "/api/v1/views/seasonality"),
@@ -244,6 +246,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/releases/{id}/map.png", get(releases::map_png))
         .route("/releases/{id}/tilejson.json", get(releases::tilejson))
         .route("/releases/{id}/tiles/{z}/{x}/{y}", get(releases::tile))
+        .route("/releases/{id}/tile-url", post(releases::tile_url))
         .route("/ledger", get(releases::ledger))
         .route("/ledger/releases", get(releases::ledger_releases))
         .route("/views/seasonality", get(views::seasonality))
@@ -290,6 +293,12 @@ async fn public_release_cors(req: Request, next: axum::middleware::Next) -> Resp
     let open = release_route
         && matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
         && !req.headers().contains_key(header::AUTHORIZATION);
+    // A signed tile URL is its own credential: whoever holds it may load
+    // it, from any page (MapLibre reads tiles with CORS).
+    let signed = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("sig=")));
     let mut resp = next.run(req).await;
     let private = resp
         .headers()
@@ -297,7 +306,7 @@ async fn public_release_cors(req: Request, next: axum::middleware::Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("private"));
     let ok = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
-    if open && ok && !private && !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+    if open && ok && (!private || signed) && !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("ETag"));

@@ -196,7 +196,42 @@ async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Release
 }
 
 async fn load(state: &Arc<AppState>, headers: &HeaderMap, id: &str) -> Result<Arc<ReleaseData>, Problem> {
-    let s = find(state, headers, id).await?;
+    load_as(state, headers, id, None).await
+}
+
+/// [`load`], or with a signed URL's (expiry, signature) instead of a token.
+async fn load_as(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: &str,
+    signed: Option<(i64, &str)>,
+) -> Result<Arc<ReleaseData>, Problem> {
+    let s = match signed {
+        None => find(state, headers, id).await?,
+        Some((expires, sig)) => {
+            let key = super::signing::key(&state.config.data_dir)?;
+            if !super::signing::verify(&key, id, expires, sig, chrono::Utc::now().timestamp()) {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "bad or expired signature",
+                    "this signed tile URL is not valid for this release, or has expired: ask for a new one (POST /api/v1/releases/{id}/tile-url with your token)",
+                ));
+            }
+            state
+                .index
+                .read()
+                .map_err(|e| Problem::internal("release index", e))?
+                .get(id)
+                .cloned()
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "unknown release",
+                        format!("no release {id:?} is stored here"),
+                    )
+                })?
+        }
+    };
     let dir = state
         .config
         .data_dir
@@ -792,7 +827,17 @@ async fn hex_bin(
     id: &str,
     bin: Option<&str>,
 ) -> Result<(Arc<ReleaseData>, usize), Problem> {
-    let data = load(state, headers, id).await?;
+    hex_bin_as(state, headers, id, bin, None).await
+}
+
+async fn hex_bin_as(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: &str,
+    bin: Option<&str>,
+    signed: Option<(i64, &str)>,
+) -> Result<(Arc<ReleaseData>, usize), Problem> {
+    let data = load_as(state, headers, id, signed).await?;
     footfall_only(&data)?;
     let b = bin_index(&data, bin)?.unwrap_or(0);
     Ok((data, b))
@@ -899,6 +944,55 @@ pub async fn map_png(
 #[serde(deny_unknown_fields)]
 pub struct BinQuery {
     bin: Option<String>,
+    /// A signed tile URL's expiry (Unix seconds) and signature.
+    exp: Option<i64>,
+    sig: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileUrlQuery {
+    bin: Option<String>,
+    /// Validity in seconds (default 3,600; at most 86,400).
+    ttl_s: Option<i64>,
+}
+
+/// `POST /api/v1/releases/{id}/tile-url`: a tile URL template that image
+/// clients can load without a header, signed for this release until an
+/// expiry, for whoever may read the release (its token is checked here
+/// and never appears in the URL).
+pub async fn tile_url(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<TileUrlQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (Path(id), Query(q)) = (path?, q?);
+    let ttl = q.ttl_s.unwrap_or(super::signing::DEFAULT_TTL_S);
+    if !(1..=super::signing::MAX_TTL_S).contains(&ttl) {
+        return Err(Problem::bad_request(format!(
+            "ttl_s must be 1 to {} seconds",
+            super::signing::MAX_TTL_S
+        )));
+    }
+    let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
+    let key = super::signing::key(&state.config.data_dir)?;
+    let expires = chrono::Utc::now().timestamp() + ttl;
+    let sig = super::signing::sign(&key, &data.manifest.release_id, expires);
+    let base = match &state.config.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => base_url(&headers),
+    };
+    let expires_at = chrono::DateTime::<chrono::Utc>::from_timestamp(expires, 0).unwrap_or_default();
+    Ok((
+        no_cache(),
+        Json(json!({
+            "release_id": id,
+            "tiles": format!("{base}/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin={b}&exp={expires}&sig={sig}"),
+            "expires_at": expires_at,
+        })),
+    )
+        .into_response())
 }
 
 /// The scheme and host a client used, behind a TLS-terminating proxy too:
@@ -1011,7 +1105,12 @@ pub async fn tile(
             ),
         ));
     }
-    let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
+    let signed = match (q.exp, q.sig.as_deref()) {
+        (Some(e), Some(sig)) => Some((e, sig)),
+        (None, None) => None,
+        _ => return Err(Problem::bad_request("a signed tile URL has both exp= and sig=")),
+    };
+    let (data, b) = hex_bin_as(&state, &headers, &id, q.bin.as_deref(), signed).await?;
     let parts = [
         "tile".to_string(),
         id.clone(),

@@ -1,0 +1,104 @@
+//! Short-lived signed tile URLs: how a token holder shows its audience's
+//! tiles in an image-tile client (QGIS, Leaflet, MapLibre), which cannot
+//! send an `Authorization` header. The token never goes into a URL: the
+//! holder asks for a URL signed with a key of this data dir, valid for one
+//! release until an expiry.
+//!
+//! The key is 32 random bytes in `<data-dir>/secrets/tile-url.key` (mode
+//! 0600), made on first use and shared by every server on the data dir;
+//! deleting it revokes every signed URL.
+
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::Problem;
+
+/// Longest validity of a signed URL.
+pub const MAX_TTL_S: i64 = 86_400;
+/// Validity when none is asked.
+pub const DEFAULT_TTL_S: i64 = 3_600;
+
+/// The data dir's signing key, made on first use.
+pub fn key(data_dir: &Path) -> Result<Vec<u8>, Problem> {
+    let path = data_dir.join("secrets").join("tile-url.key");
+    if let Ok(k) = std::fs::read(&path)
+        && k.len() == 32
+    {
+        return Ok(k);
+    }
+    let mut k = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut k))
+        .map_err(|e| Problem::internal("signing key", e))?;
+    let dir = path.parent().unwrap_or(data_dir);
+    std::fs::create_dir_all(dir).map_err(|e| Problem::internal("signing key", e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    // Written aside and renamed: two servers making it at once keep one.
+    let tmp = dir.join(format!(".tile-url.key.{}", std::process::id()));
+    std::fs::write(&tmp, &k).map_err(|e| Problem::internal("signing key", e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    if std::fs::hard_link(&tmp, &path).is_err() {
+        // Another process won the race: use its key.
+        let _ = std::fs::remove_file(&tmp);
+        return std::fs::read(&path).map_err(|e| Problem::internal("signing key", e));
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Ok(k)
+}
+
+fn mac(key: &[u8], release_id: &str, expires: i64) -> Hmac<Sha256> {
+    // A 32-byte key is always accepted.
+    let mut m =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    m.update(format!("hexflow-tile-url|{release_id}|{expires}").as_bytes());
+    m
+}
+
+/// The signature of a URL for `release_id` valid until `expires` (Unix s).
+pub fn sign(key: &[u8], release_id: &str, expires: i64) -> String {
+    mac(key, release_id, expires)
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `sig` signs `release_id` until `expires` and has not expired
+/// (compared in constant time).
+pub fn verify(key: &[u8], release_id: &str, expires: i64, sig: &str, now: i64) -> bool {
+    if expires < now || sig.len() != 64 {
+        return false;
+    }
+    let bytes: Option<Vec<u8>> = (0..32)
+        .map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    bytes.is_some_and(|b| mac(key, release_id, expires).verify_slice(&b).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_holds_for_its_release_until_it_expires_only() {
+        let key = [7u8; 32];
+        let sig = sign(&key, "r-1", 1_000);
+        assert!(verify(&key, "r-1", 1_000, &sig, 999));
+        assert!(!verify(&key, "r-1", 1_000, &sig, 1_001), "expired");
+        assert!(!verify(&key, "r-2", 1_000, &sig, 999), "another release");
+        assert!(!verify(&key, "r-1", 2_000, &sig, 999), "a later expiry");
+        assert!(!verify(&[8u8; 32], "r-1", 1_000, &sig, 999), "another key");
+        assert!(!verify(&key, "r-1", 1_000, "zz", 999));
+    }
+}
