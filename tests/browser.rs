@@ -508,6 +508,25 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
          m.value = 'devices'; m.dispatchEvent(new Event('change')); return true;");
     let devices = d.js("return document.getElementById('visitors-summary').textContent");
     assert_ne!(people, devices, "the devices/people switch changes the figures");
+    // The seasonality chart is drawn in the page (SVG), its bands visible.
+    d.wait_for(
+        "return document.getElementById('seasonality').dataset.state === 'ready'",
+        "the seasonality view",
+    );
+    let lines = d.js("return document.querySelectorAll('#season-svg svg polyline').length");
+    assert_eq!(lines, json!(1), "one line for the zone");
+    // Every point of the band is at least 3 px tall (a thin error bar
+    // still shows), read from the drawn polygon's vertices.
+    let band = d.js("const p = document.querySelector('#season-svg svg polygon');
+         const pts = p.getAttribute('points').trim().split(' ').map(q => q.split(',').map(Number));
+         const n = pts.length / 2;
+         let least = Infinity;
+         for (let i = 0; i < n; i++) least = Math.min(least, pts[pts.length - 1 - i][1] - pts[i][1]);
+         return least;");
+    assert!(band.as_f64().unwrap_or(0.0) >= 2.99, "band {band} px");
+    let legend = d.js("return document.querySelector('#seasonality .chart-legend').textContent");
+    assert!(legend.as_str().unwrap_or("").contains("95 % error bars"), "{legend}");
+
     // The flows view draws its largest flows as arcs between the zones.
     d.wait_for(
         "return document.getElementById('flows').dataset.state === 'ready'",

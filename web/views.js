@@ -38,6 +38,7 @@ const sections = {
   event: { label: "Event versus baseline", png: true },
   flows: { label: "Flows", png: false },
   forecast: { label: "Forecast", png: true },
+
 };
 for (const [key, sec] of Object.entries(sections)) {
   sec.key = key;
@@ -214,8 +215,9 @@ async function load(sec, { path, params, what, alt, render }) {
   sec.out.setAttribute("aria-busy", "true");
   sec.out.classList.add("is-loading");
   renderStatus();
-  // The chart loads alongside the JSON (the old one stays, dimmed, until then).
-  if (pngUrl) setChart(sec, pngUrl, alt);
+  // Charts are drawn in the page from the JSON (SVG, readable on a phone);
+  // the server's PNG of the same view stays as an export link.
+  void alt;
 
   try {
     const data = await api(jsonUrl, { signal: ctrl.signal });
@@ -296,6 +298,13 @@ function renderSeasonality(d, weeks) {
   const daily = d.daily || [];
   const unit = d.unit || "devices per zone per day";
   const zone = d.zone;
+  drawChart("season", [
+    {
+      label: `${zoneName(zone)}, per day`,
+      colour: "#0072B2",
+      points: daily.map((p) => ({ x: dayX(p.day), y: p.value, lo: p.value - p.ci95, hi: p.value + p.ci95 })),
+    },
+  ], xDay, daily.map((p) => p.ci95), unit);
 
   // Chart description from the data it draws.
   if (daily.length) {
@@ -402,6 +411,20 @@ function loadEvent() {
 }
 
 function renderEvent(d, zone) {
+  const hourly = d.hours || [];
+  drawChart("event", [
+    {
+      label: `${d.date || "the day"}`,
+      colour: "#D55E00",
+      points: hourly.map((h) => ({ x: h.hour + 0.5, y: h.value, lo: h.value - h.ci95, hi: h.value + h.ci95 })),
+    },
+    {
+      label: `baseline (${d.baseline_days || 0} same weekdays)`,
+      colour: "#0072B2",
+      dashed: true,
+      points: hourly.map((h) => ({ x: h.hour + 0.5, y: h.baseline, lo: h.baseline - h.baseline_ci95, hi: h.baseline + h.baseline_ci95 })),
+    },
+  ], (x) => `${String(Math.floor(x)).padStart(2, "0")}:00`, hourly.map((h) => h.ci95), d.unit || "");
   const t = d.day_total || {};
   const hours = d.hours || [];
   const base = Number(d.baseline_days) || 0;
@@ -617,6 +640,19 @@ function loadForecast() {
 function renderForecast(d, zone) {
   const f = d.forecast || {};
   const days = f.days || [];
+  drawChart("forecast", [
+    {
+      label: "published",
+      colour: "#0072B2",
+      points: (d.recent || []).map((p) => ({ x: dayX(p.day), y: p.value, lo: p.value - p.ci95, hi: p.value + p.ci95 })),
+    },
+    {
+      label: "forecast (95 % prediction interval)",
+      colour: "#E69F00",
+      dashed: true,
+      points: days.map((p) => ({ x: dayX(p.day), y: p.value, lo: p.lo, hi: p.hi })),
+    },
+  ], xDay, (d.recent || []).map((p) => p.ci95), d.unit || "");
   const recent = d.recent || [];
   const unit = d.unit || "devices per zone per day";
 
@@ -701,6 +737,84 @@ function loadVisitors() {
   });
 }
 
+/**
+ * A line chart with 95 % bands, drawn at the container's width: `series`
+ * of {label, colour, points: [{x, y, lo, hi}]} (x numeric), `xLabel(x)` for
+ * the axis. A band is never thinner than 3 px, so that a narrow error bar
+ * is still seen; the caption says how wide the bars are.
+ */
+function lineChart(container, series, xLabel) {
+  const W = Math.max(300, Math.round(container.clientWidth || 1000));
+  const H = Math.round(Math.min(360, Math.max(220, W * 0.36)));
+  const L = 64, R = 10, T = 10, B = 28;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, "aria-hidden": "true" });
+  const all = series.flatMap((s) => s.points);
+  if (!all.length) return root;
+  const xs = all.map((p) => p.x);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  const top = Math.max(1, ...all.map((p) => p.hi));
+  const X = (x) => L + ((W - L - R) * (x - x0)) / Math.max(1e-9, x1 - x0);
+  const Y = (y) => T + (H - T - B) * (1 - Math.max(0, y) / top);
+  for (const v of [0, top / 2, top]) {
+    root.append(svg("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v), stroke: "#d4d8dd", "stroke-width": 1 }));
+    const t = svg("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end", "font-size": 12, fill: "#333" });
+    t.textContent = compact(v);
+    root.append(t);
+  }
+  const ticks = 6;
+  for (let k = 0; k <= ticks; k++) {
+    const x = x0 + ((x1 - x0) * k) / ticks;
+    const t = svg("text", { x: X(x), y: H - 8, "font-size": 12, fill: "#333", "text-anchor": k === 0 ? "start" : k === ticks ? "end" : "middle" });
+    t.textContent = xLabel(x);
+    root.append(t);
+  }
+  for (const s of series) {
+    const pts = s.points;
+    if (!pts.length) continue;
+    // The band: y ± its bar, at least 3 px tall.
+    const up = pts.map((p) => [X(p.x), Math.min(Y(p.hi), Y(p.y) - 1.5)]);
+    const down = pts.map((p) => [X(p.x), Math.max(Y(p.lo), Y(p.y) + 1.5)]).reverse();
+    root.append(svg("polygon", { points: [...up, ...down].map((q) => q.map((v) => v.toFixed(1)).join(",")).join(" "), fill: s.colour, opacity: 0.28 }));
+    root.append(svg("polyline", {
+      points: pts.map((p) => `${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join(" "),
+      fill: "none", stroke: s.colour, "stroke-width": 1.8, "stroke-dasharray": s.dashed ? "6 4" : null,
+    }));
+  }
+  return root;
+}
+
+/** Draws a view's chart into `#<key>-svg` with its legend and what its
+ * bands mean (the median bar, said in numbers: at a district's scale the
+ * bands are thin because the noise is small). */
+function drawChart(key, series, xLabel, bars, unit) {
+  const box = $(`${key}-svg`);
+  if (!box) return;
+  const sorted = bars.filter(Number.isFinite).sort((a, b) => a - b);
+  const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : NaN;
+  box.replaceChildren(lineChart(box, series, xLabel));
+  box.setAttribute("aria-label", `${series.map((s) => s.label).join(" and ")}, ${unit}; bands are 95 % error bars (median ± ${n0(median)}).`);
+  const cap = box.nextElementSibling && box.nextElementSibling.classList.contains("chart-legend")
+    ? box.nextElementSibling
+    : box.insertAdjacentElement("afterend", el("p", { class: "muted chart-legend" }));
+  setChildren(cap, chartLegend(series, `· ${unit} · shaded: 95 % error bars (median ± ${n0(median)}; drawn at least 3 px wide)`));
+}
+
+/** A legend for `lineChart`: a swatch and label per series. */
+function chartLegend(series, note) {
+  const items = series.flatMap((s) => {
+    const sw = el("span", { class: "swatch" });
+    sw.style.background = s.colour;
+    return [sw, ` ${s.label}  `];
+  });
+  return [...items, note];
+}
+
+const dayX = (iso) => Date.parse(`${iso}T12:00:00Z`) / 86400000;
+const xDay = (x) => {
+  const d = new Date(Math.round(x) * 86400000);
+  return `${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]}${x > 0 ? ` ${String(d.getUTCFullYear()).slice(2)}` : ""}`;
+};
+
 /** "1.12 M", "84.3 k", "950": axis labels that fit their margin. */
 function compact(v) {
   if (v >= 1e6) return `${fmtNum(v / 1e6, 2)} M`;
@@ -715,7 +829,7 @@ const shownCount = (x) => n0(Math.max(0, x));
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs = {}, ...kids) {
   const e = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) e.setAttribute(k, String(v));
   for (const k of kids) e.append(k);
   return e;
 }
