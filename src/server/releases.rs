@@ -979,10 +979,7 @@ pub async fn tile_url(
     let key = super::signing::key(&state.config.data_dir)?;
     let expires = chrono::Utc::now().timestamp() + ttl;
     let sig = super::signing::sign(&key, &data.manifest.release_id, expires);
-    let base = match &state.config.public_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => base_url(&headers),
-    };
+    let base = public_base(&state, &headers);
     let expires_at = chrono::DateTime::<chrono::Utc>::from_timestamp(expires, 0).unwrap_or_default();
     Ok((
         no_cache(),
@@ -993,6 +990,15 @@ pub async fn tile_url(
         })),
     )
         .into_response())
+}
+
+/// The base URL of this server as clients see it: `--public-url`, else
+/// what the request says ([`base_url`]).
+fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+    match &state.config.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => base_url(headers),
+    }
 }
 
 /// The scheme and host a client used, behind a TLS-terminating proxy too:
@@ -1053,10 +1059,7 @@ pub async fn tilejson(
     let (Path(id), Query(q)) = (path?, q?);
     let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
     let ds = state.dataset(&data.manifest.spec.dataset)?;
-    let base = match &state.config.public_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => base_url(&headers),
-    };
+    let base = public_base(&state, &headers);
     // The hexes' extent, not the study area's box: clients that respect
     // `bounds` would cut the hexes that reach past the area's edge.
     let bbox = hex_extent(&data).unwrap_or_else(|| crate::grid::bbox(&ds.releaser.grid.area));
