@@ -1318,6 +1318,47 @@ mod presence_tests {
     }
 
     #[test]
+    fn a_month_is_compared_with_the_same_month_a_year_before_when_both_are_whole_alike() {
+        let segs: Vec<String> = ["tourist", "excursionist"].map(String::from).to_vec();
+        let mut day = Vec::new();
+        let mut night = Vec::new();
+        for (year, nights, visitors) in [(2024, 100.0, 40.0), (2025, 150.0, 30.0)] {
+            for d in 1..=3 {
+                let iso = format!("{year}-07-0{d}");
+                night.push(p(&iso, "tourist", "all", nights, 2.0, None));
+                day.push(p(&iso, "excursionist", "all", visitors, 2.0, None));
+            }
+        }
+        // A month published on fewer days in one year is not compared.
+        day.push(p("2025-08-01", "excursionist", "all", 10.0, 2.0, None));
+        day.push(p("2024-08-01", "excursionist", "all", 10.0, 2.0, None));
+        day.push(p("2024-08-02", "excursionist", "all", 10.0, 2.0, None));
+        let series = VisitorSeries {
+            segments: &segs,
+            day: &day,
+            night: &night,
+            origins: &[],
+        };
+        let v = visitors(
+            "all",
+            "devices".into(),
+            ("day".into(), None),
+            &series,
+            5,
+            Source::of(&[]),
+        );
+        let july = v.monthly.iter().find(|m| m.month == "2025-07").expect("July 2025");
+        let yoy = july.year_over_year.expect("compared with July 2024");
+        assert!((yoy.nights_change_pct.expect("nights") - 50.0).abs() < 1e-9);
+        assert!((yoy.day_visitors_change_pct.expect("visitors") + 25.0).abs() < 1e-9);
+        assert!(yoy.nights_change_pct_ci95.expect("bar") > 0.0);
+        let first = v.monthly.iter().find(|m| m.month == "2024-07").expect("July 2024");
+        assert!(first.year_over_year.is_none(), "no year before");
+        let august = v.monthly.iter().find(|m| m.month == "2025-08").expect("August 2025");
+        assert!(august.year_over_year.is_none(), "1 day against 2 is not a comparison");
+    }
+
+    #[test]
     fn change_is_against_the_median_of_the_same_weekday_with_the_bar_of_a_ratio() {
         // Baseline: three Mondays 100, 120, 110 (σ 2) → median 110.
         let pts: Vec<Point> = [
