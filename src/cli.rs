@@ -797,8 +797,23 @@ fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptio
 
 fn print_release(o: &crate::release::Outcome) {
     let m = &o.manifest;
+    let (keys_on, noise_on) = match (m.spec.unit, m.placement) {
+        (crate::release::Unit::Zone, crate::privacy::sensitivity::Placement::Hex) => {
+            ("zones".to_string(), "each zone's sum")
+        }
+        (crate::release::Unit::Hex, crate::privacy::sensitivity::Placement::Hex) => {
+            (format!("res {}", m.spec.res), "each hex's sum")
+        }
+        (crate::release::Unit::Zone, _) => ("zones".to_string(), "the cell counts"),
+        (crate::release::Unit::Hex, _) => (format!("res {}", m.spec.res), "the cell counts"),
+    };
+    let split = m
+        .presence
+        .as_ref()
+        .map(|p| format!(" ({} period, {} groups)", p.period, p.groups.len()))
+        .unwrap_or_default();
     out!(
-        "{} {} ({}): {} {} values ({} keys × {} bins) at res {}, {:?} noise on {:?} placement, sd {:.2}, ρ {:.6} (ε {:.3} at δ {:e}), {} day(s) charged",
+        "{} {} ({}): {} {} values{split} ({} keys × {} bins) on {keys_on}, {:?} noise on {noise_on}, sd {:.2}, ρ {:.6} (ε {:.3} at δ {:e}), {} day(s) charged",
         m.release_id,
         o.status,
         o.dir.display(),
@@ -806,9 +821,7 @@ fn print_release(o: &crate::release::Outcome) {
         m.spec.metric,
         m.keys,
         m.bins,
-        m.spec.res,
         m.mechanism,
-        m.placement,
         m.noise_sd,
         m.rho,
         m.epsilon,
