@@ -1486,6 +1486,7 @@ function whereIs(hx) {
 }
 
 function renderTop() {
+  $("top-h").textContent = isPresence() ? "Busiest zones in this bin" : "Busiest hexes in this bin";
   const rows = state.hexes
     .filter((h) => h.covered && !h.low)
     .sort((a, b) => b.value - a.value)
@@ -1497,7 +1498,9 @@ function renderTop() {
           : el("td", {}, whereIs(h) || "–", " ", el("span", { class: "mono muted small" }, h.id)),
         el("td", { class: "num" }, plain(h.value)),
         el("td", { class: "num" }, `± ${plain(Math.round(h.ci95))}`)));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "3" }, "No hex is above the display threshold in this bin.")));
+  if (!rows.length) {
+    rows.push(el("tr", {}, el("td", { colspan: "3" }, `No ${isPresence() ? "zone" : "hex"} is above the display threshold in this bin.`)));
+  }
   setChildren(ui.topBody, rows);
 }
 
