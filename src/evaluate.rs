@@ -275,12 +275,7 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     let _readers = store.read_guard()?;
     let catalog = store.catalog()?;
     let days: Vec<NaiveDate> = CountStore::days(&catalog, Metric::Footfall).into_iter().collect();
-    let cell_pos: HashMap<&str, usize> = w_zone
-        .cell_ids
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
+    let cell_pos = w_zone.cell_positions();
     let mut true_daily: BTreeMap<(usize, NaiveDate), f64> = BTreeMap::new();
     for day in &days {
         let Some(df) = store.read_day(&catalog, Metric::Footfall, *day)? else {
@@ -293,7 +288,7 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
             if let (Some(c), Some(v)) = (c, v)
                 && let Some(i) = cell_pos.get(c)
             {
-                per_cell[*i] += f64::from(v);
+                per_cell[*i as usize] += f64::from(v);
             }
         }
         for e in &w_zone.entries {
@@ -400,8 +395,8 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
                 continue;
             }
             let (Some(ro), Some(rd)) = (
-                cell_pos.get(o).and_then(|i| w_zone.rows.get(&(*i as u32))),
-                cell_pos.get(d).and_then(|i| w_zone.rows.get(&(*i as u32))),
+                cell_pos.get(o).and_then(|i| w_zone.rows.get(i)),
+                cell_pos.get(d).and_then(|i| w_zone.rows.get(i)),
             ) else {
                 continue;
             };
@@ -464,12 +459,7 @@ fn visitor_figures(
     truth: &Value,
 ) -> Result<VisitorFigures> {
     use crate::views::{EXCURSIONIST, TOURIST};
-    let cell_pos: HashMap<&str, usize> = w_zone
-        .cell_ids
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
+    let cell_pos = w_zone.cell_positions();
     // Truth by zone and day (day period, all segments), by month (nights of
     // tourists, day visitors) and by month and origin group of visitors.
     let mut zone_day: BTreeMap<(usize, NaiveDate), f64> = BTreeMap::new();
@@ -493,7 +483,7 @@ fn visitor_figures(
             else {
                 continue;
             };
-            let Some(row) = cell_pos.get(c.as_str()).and_then(|i| w_zone.rows.get(&(*i as u32))) else {
+            let Some(row) = cell_pos.get(c.as_str()).and_then(|i| w_zone.rows.get(i)) else {
                 continue;
             };
             let in_zones: f64 = row.iter().map(|e| e.weight).sum::<f64>() * f64::from(v);

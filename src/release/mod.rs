@@ -273,6 +273,17 @@ pub struct Weights {
     pub hexes: Vec<h3o::CellIndex>,
 }
 
+impl Weights {
+    /// Each cell id's position in `cell_ids` (the key of `rows`).
+    pub fn cell_positions(&self) -> HashMap<&str, u32> {
+        self.cell_ids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u32))
+            .collect()
+    }
+}
+
 /// The placement with the smaller expected total squared error, from
 /// public parameters only: `bins` output bins, `covered_keys` keys that
 /// some cell reaches, `sum_w2` = Σ W_ch² over the weight matrix, and the
@@ -735,7 +746,7 @@ impl Releaser {
         let w = weights;
         let n_cells = w.cell_ids.len();
         let mut counts = vec![0i64; n_cells * bins.len()];
-        let cell_pos: HashMap<&str, usize> = w.cell_ids.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let cell_pos = w.cell_positions();
         let perr = polars_err(store);
         if let Some((df, times)) = read_window(store, catalog, Metric::Footfall, spec)? {
             let cells = df.column("cell_id").map_err(perr)?.str().map_err(perr)?.clone();
@@ -748,7 +759,7 @@ impl Releaser {
                     continue;
                 };
                 if let Some(b) = bin_of(bins, window_end, t) {
-                    counts[b * n_cells + ci] += i64::from(v);
+                    counts[b * n_cells + *ci as usize] += i64::from(v);
                 }
             }
         }
@@ -819,12 +830,7 @@ impl Releaser {
             .enumerate()
             .map(|(i, (s, o))| ((s.as_str(), o.as_str()), i))
             .collect();
-        let cell_pos: HashMap<&str, usize> = weights
-            .cell_ids
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i))
-            .collect();
+        let cell_pos = weights.cell_positions();
         let period = spec.period.as_deref().unwrap_or_default();
         let perr = polars_err(store);
         for day in spec.days() {
@@ -865,7 +871,7 @@ impl Releaser {
                 let (Some(ci), Some(g)) = (cell_pos.get(cell), group_pos.get(&key)) else {
                     continue;
                 };
-                counts[(b * n_groups + g) * n_cells + ci] += i64::from(v);
+                counts[(b * n_groups + g) * n_cells + *ci as usize] += i64::from(v);
             }
         }
         Ok(counts)
@@ -986,12 +992,7 @@ impl Releaser {
     ) -> Result<Vec<f64>, ReleaseError> {
         let (bins, window_end) = (&window.bins[..], window.end);
         let (w, rows) = (weights, &weights.rows);
-        let cell_pos: HashMap<&str, u32> = w
-            .cell_ids
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i as u32))
-            .collect();
+        let cell_pos = w.cell_positions();
         let n_z = w.keys.len();
         let mut sums = vec![0.0f64; n_z * n_z * bins.len()];
         let perr = polars_err(store);
