@@ -1050,15 +1050,24 @@ async fn admins_upload_deliveries_and_run_the_plan() {
     assert_eq!(ok.json()["rows"], 24);
     let uploads: Vec<_> = std::fs::read_dir(f.data.join("uploads")).expect("uploads").collect();
     assert!(uploads.is_empty(), "uploads are removed after ingest");
-    // One left by a crash mid-ingest is removed when the server starts.
-    std::fs::write(f.data.join("uploads/123-abc-left.csv"), "bin_start,cell_id,devices\n").expect("write");
+    // One left by a crash mid-ingest (its process is gone: no pid is this
+    // high) is removed when a server starts; one of a live process (an
+    // upload in flight in another server on this data dir) stays.
+    std::fs::write(
+        f.data.join("uploads/4294967-abc-left.csv"),
+        "bin_start,cell_id,devices\n",
+    )
+    .expect("write");
+    let live = f.data.join(format!("uploads/{}-999", std::process::id()));
+    std::fs::create_dir_all(&live).expect("mkdir");
     let _restarted = self::state(&f.data, &[]);
-    assert!(
-        std::fs::read_dir(f.data.join("uploads"))
-            .expect("uploads")
-            .next()
-            .is_none()
-    );
+    let left: Vec<_> = std::fs::read_dir(f.data.join("uploads"))
+        .expect("uploads")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left, vec![live.clone()], "only the live process's upload stays");
+    std::fs::remove_dir_all(&live).expect("rmdir");
     let p = send(
         &state,
         Request::post("/api/v1/admin/publish?dataset=tiny")

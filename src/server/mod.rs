@@ -149,8 +149,18 @@ impl AppState {
         }
         // Uploads are removed after their ingest; a crash mid-ingest left
         // a delivery's raw counts here, outside the store's bookkeeping.
+        // Each upload's folder is named `<pid>-<n>`: a folder of a process
+        // still running (another server, or this data dir's server while
+        // `evaluate` starts) is its upload in flight, and stays.
         if let Ok(entries) = std::fs::read_dir(config.data_dir.join("uploads")) {
             for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name.split_once('-').map_or("", |x| x.0);
+                let alive =
+                    !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) && Path::new("/proc").join(pid).exists();
+                if alive {
+                    continue;
+                }
                 let p = e.path();
                 let _ = if p.is_dir() {
                     std::fs::remove_dir_all(&p)
