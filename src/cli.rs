@@ -639,7 +639,7 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
         );
         if let Some(v) = &r.visitors {
             out!(
-                "visitors ({} whole months, ρ {} per day and period for daily presence, ρ {} per day for monthly origins): overnight stays off by {:.2} % on average ({:.2} % at worst), day visitors by {:.2} % ({:.2} %); top-10 origins of visitors in summer months {:.0} % right; excursionists on the {} cruise-call days ×{:.2} the other days (truth ×{:.2}); people per zone and day ({} values): correlation {:.4}, median error {:.2} % (95th percentile {:.2} %)",
+                "visitors ({} whole months, ρ {} per day and period for daily presence, ρ {} per day for monthly origins): overnight stays off by {:.2} % on average ({:.2} % at worst), day visitors by {:.2} % ({:.2} %); top-10 origins of visitors in summer months {:.0} % right; excursionists on the {} cruise-call days ×{:.2} the other days ({:.1} % off the true ratio); people per zone and day ({} values): correlation {:.4}, median error {:.2} % (95th percentile {:.2} %)",
                 v.months,
                 rho_text(v.rho_per_day_daily),
                 rho_text(v.rho_per_day_origins),
@@ -650,7 +650,7 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
                 100.0 * v.top10_origins_overlap_mean,
                 v.cruise_days,
                 v.cruise_day_excursionist_ratio_dp,
-                v.cruise_day_excursionist_ratio_true,
+                100.0 * v.cruise_day_ratio_rel_error,
                 v.zone_days,
                 v.zone_day_correlation,
                 100.0 * v.zone_day_rel_error_median,

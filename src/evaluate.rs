@@ -56,7 +56,9 @@ pub struct VisitorFigures {
     /// Mean excursionists by day on cruise-call days over other days: DP
     /// and truth.
     pub cruise_day_excursionist_ratio_dp: f64,
-    pub cruise_day_excursionist_ratio_true: f64,
+    /// |DP ratio − true ratio| / true ratio: agreement only (the true ratio
+    /// is a statistic of raw counts and is not printed).
+    pub cruise_day_ratio_rel_error: f64,
     pub cruise_days: usize,
     /// People present by day per zone and day (all segments), DP against
     /// truth: Pearson correlation, and the median and 95th percentile of
@@ -612,6 +614,8 @@ fn visitor_figures(
             })
             .map(|r| r.rho)
     };
+    let ratio_dp = mean_by(true, &dp_exc) / mean_by(false, &dp_exc).max(1e-9);
+    let ratio_true = mean_by(true, &true_exc) / mean_by(false, &true_exc).max(1e-9);
     Ok(VisitorFigures {
         months: complete.len(),
         nights_tourists_rel_error_mean: n_mean,
@@ -620,8 +624,8 @@ fn visitor_figures(
         day_visitors_rel_error_max: v_max,
         top10_origins_overlap_mean: overlap.values().sum::<f64>() / overlap.len().max(1) as f64,
         top10_origins_overlap: overlap,
-        cruise_day_excursionist_ratio_dp: mean_by(true, &dp_exc) / mean_by(false, &dp_exc).max(1e-9),
-        cruise_day_excursionist_ratio_true: mean_by(true, &true_exc) / mean_by(false, &true_exc).max(1e-9),
+        cruise_day_excursionist_ratio_dp: ratio_dp,
+        cruise_day_ratio_rel_error: (ratio_dp - ratio_true).abs() / ratio_true.max(1e-9),
         cruise_days: view.daily.iter().filter(|d| cruise_days.contains(&d.day)).count(),
         zone_days: dp.len(),
         zone_day_correlation: pearson(&dp, &tr),
