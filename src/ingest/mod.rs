@@ -536,30 +536,34 @@ fn normalise_columns(path: &Path, df: &DataFrame, metric: Metric) -> Result<Vec<
                 _ => return Err(bad_type()),
             }
         } else {
-            match dtype {
-                DataType::String => Column::Text(col.str().map_err(|e| schema_err(e.to_string()))?.clone()),
-                // A u64 count past i64::MAX would become null in a cast
-                // ("empty count"); it is a whole number above any maximum.
-                DataType::UInt64 => Column::Int(
-                    col.u64()
-                        .map_err(|e| schema_err(e.to_string()))?
-                        .iter()
-                        .map(|v| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                        .collect(),
-                ),
-                d if d.is_integer() => Column::Int(
-                    col.cast(&DataType::Int64)
-                        .map_err(|e| schema_err(e.to_string()))?
-                        .i64()
-                        .map_err(|e| schema_err(e.to_string()))?
-                        .clone(),
-                ),
-                _ => return Err(bad_type()),
+            match count_column(&col).map_err(schema_err)? {
+                Some(c) => c,
+                None => return Err(bad_type()),
             }
         };
         out.push(normalised);
     }
     Ok(out)
+}
+
+/// A count column as validation reads it: text as delivered, integers as
+/// i64; `None` for a type that can never hold a count. A u64 count past
+/// i64::MAX would become null in a cast ("empty count"); it is a whole
+/// number above any maximum, so it saturates instead.
+fn count_column(col: &Series) -> Result<Option<Column>, String> {
+    let e = |e: PolarsError| e.to_string();
+    Ok(Some(match col.dtype() {
+        DataType::String => Column::Text(col.str().map_err(e)?.clone()),
+        DataType::UInt64 => Column::Int(
+            col.u64()
+                .map_err(e)?
+                .iter()
+                .map(|v| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                .collect(),
+        ),
+        d if d.is_integer() => Column::Int(col.cast(&DataType::Int64).map_err(e)?.i64().map_err(e)?.clone()),
+        _ => return Ok(None),
+    }))
 }
 
 /// A delivered column in one chunk (validation reads it row by row).
@@ -592,15 +596,15 @@ fn normalise_presence(path: &Path, df: &DataFrame) -> Result<Vec<Column>, Ingest
                     .clone(),
             ))
         };
+        let wrong_type = |what: &str| {
+            schema_err(format!(
+                "column {name} has type {dtype}, which hexflow cannot read as {what}"
+            ))
+        };
         let normalised = match (name, &dtype) {
-            ("devices", DataType::String) => as_text(&col)?,
-            ("devices", d) if d.is_integer() => Column::Int(
-                col.cast(&DataType::Int64)
-                    .map_err(|e| schema_err(e.to_string()))?
-                    .i64()
-                    .map_err(|e| schema_err(e.to_string()))?
-                    .clone(),
-            ),
+            ("devices", _) => count_column(&col)
+                .map_err(schema_err)?
+                .ok_or_else(|| wrong_type("a whole-number count"))?,
             ("day", DataType::Datetime(..)) => {
                 return Err(schema_err(
                     "column day is a timestamp; presence is keyed by the local date (YYYY-MM-DD text or a Parquet date)"
@@ -608,22 +612,9 @@ fn normalise_presence(path: &Path, df: &DataFrame) -> Result<Vec<Column>, Ingest
                 ));
             }
             ("day", DataType::String | DataType::Date) => as_text(&col)?,
-            ("devices" | "day", _) => {
-                return Err(schema_err(format!(
-                    "column {name} has type {dtype}, which hexflow cannot read as {}",
-                    if name == "day" {
-                        "a local date"
-                    } else {
-                        "a whole-number count"
-                    }
-                )));
-            }
+            ("day", _) => return Err(wrong_type("a local date")),
             (_, d) if *d == DataType::String || d.is_integer() => as_text(&col)?,
-            _ => {
-                return Err(schema_err(format!(
-                    "column {name} has type {dtype}, which hexflow cannot read as a code"
-                )));
-            }
+            _ => return Err(wrong_type("a code")),
         };
         out.push(normalised);
     }

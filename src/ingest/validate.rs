@@ -292,6 +292,7 @@ impl<'a> Validator<'a> {
         let first = self.rows_seen;
         self.rows_seen += height;
         let today = self.now.with_timezone(&self.grid.tz).date_naive();
+        let segments: Vec<&str> = keys.spec.segments.iter().map(String::as_str).collect();
         for i in 0..height {
             let mut row = RowCheck::new(rejections, &names, &views, first + i + self.line_offset, i);
             let cell = self.cell(views[0].text(i)).map_err(|r| row.reject(0, r)).ok();
@@ -301,7 +302,6 @@ impl<'a> Validator<'a> {
                     format!("unknown {what} (not in the policy's {policy_key}; the value is in the quarantine file)")
                 })
             };
-            let segments: Vec<&str> = keys.spec.segments.iter().map(String::as_str).collect();
             let period = listed(1, &keys.periods, "period", "presence.periods")
                 .map_err(|r| row.reject(1, r))
                 .ok();
