@@ -39,8 +39,16 @@ pub fn sha256_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     hex(&hasher.finalize())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from the operating system's random source (tokens, keys).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut out = [0u8; N];
+    File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut out))?;
+    Ok(out)
 }
 
 /// Path of the temporary sibling used while `target` is being written.

@@ -410,11 +410,8 @@ pub struct TokenRow {
 impl Ledger {
     /// Creates a token for `name` and returns it; only its SHA-256 is kept.
     pub fn create_token(&mut self, name: &str, role: Role) -> Result<String, LedgerError> {
-        let mut secret = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
-            .map_err(|e| LedgerError::Random(e.to_string()))?;
-        let token = format!("hxf_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let secret = crate::util::random_bytes::<32>().map_err(|e| LedgerError::Random(e.to_string()))?;
+        let token = format!("hxf_{}", crate::util::hex(&secret));
         let now = chrono::Utc::now().to_rfc3339();
         self.conn
             .execute(

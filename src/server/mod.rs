@@ -112,6 +112,19 @@ pub struct AppState {
     /// a client asking for many never-seen images queues behind them while
     /// cached answers keep flowing.
     renders: Arc<tokio::sync::Semaphore>,
+    /// The key of signed tile URLs, read from the data dir on first use.
+    tile_key: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl AppState {
+    /// The key signed tile URLs are checked with (read once, then held).
+    fn tile_key(&self) -> Result<&[u8], Problem> {
+        if let Some(k) = self.tile_key.get() {
+            return Ok(k);
+        }
+        let k = signing::key(&self.config.data_dir)?;
+        Ok(self.tile_key.get_or_init(|| k))
+    }
 }
 
 /// Renders drawn at once (see [`AppState`]).
@@ -178,6 +191,7 @@ impl AppState {
             bodies: BodyCache::default(),
             metrics: metrics::Metrics::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
+            tile_key: std::sync::OnceLock::new(),
         })
     }
 

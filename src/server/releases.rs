@@ -209,8 +209,8 @@ async fn load_as(
     let s = match signed {
         None => find(state, headers, id).await?,
         Some((expires, sig)) => {
-            let key = super::signing::key(&state.config.data_dir)?;
-            if !super::signing::verify(&key, id, expires, sig, chrono::Utc::now().timestamp()) {
+            let key = state.tile_key()?;
+            if !super::signing::verify(key, id, expires, sig, chrono::Utc::now().timestamp()) {
                 return Err(Problem::new(
                     StatusCode::FORBIDDEN,
                     "bad or expired signature",
@@ -976,9 +976,9 @@ pub async fn tile_url(
         )));
     }
     let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
-    let key = super::signing::key(&state.config.data_dir)?;
+    let key = state.tile_key()?;
     let expires = chrono::Utc::now().timestamp() + ttl;
-    let sig = super::signing::sign(&key, &data.manifest.release_id, expires);
+    let sig = super::signing::sign(key, &data.manifest.release_id, expires);
     let base = public_base(&state, &headers);
     let expires_at = chrono::DateTime::<chrono::Utc>::from_timestamp(expires, 0).unwrap_or_default();
     Ok((

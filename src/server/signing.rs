@@ -6,7 +6,7 @@
 //!
 //! The key is 32 random bytes in `<data-dir>/secrets/tile-url.key` (mode
 //! 0600), made on first use and shared by every server on the data dir;
-//! deleting it revokes every signed URL.
+//! deleting it and restarting the servers revokes every signed URL.
 
 use std::path::Path;
 
@@ -20,7 +20,8 @@ pub const MAX_TTL_S: i64 = 86_400;
 /// Validity when none is asked.
 pub const DEFAULT_TTL_S: i64 = 3_600;
 
-/// The data dir's signing key, made on first use.
+/// The data dir's signing key, made on first use (read once per process:
+/// [`super::AppState::tile_key`]).
 pub fn key(data_dir: &Path) -> Result<Vec<u8>, Problem> {
     let path = data_dir.join("secrets").join("tile-url.key");
     if let Ok(k) = std::fs::read(&path)
@@ -28,10 +29,9 @@ pub fn key(data_dir: &Path) -> Result<Vec<u8>, Problem> {
     {
         return Ok(k);
     }
-    let mut k = vec![0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut k))
-        .map_err(|e| Problem::internal("signing key", e))?;
+    let k = crate::util::random_bytes::<32>()
+        .map_err(|e| Problem::internal("signing key", e))?
+        .to_vec();
     let dir = path.parent().unwrap_or(data_dir);
     std::fs::create_dir_all(dir).map_err(|e| Problem::internal("signing key", e))?;
     #[cfg(unix)]
@@ -66,12 +66,7 @@ fn mac(key: &[u8], release_id: &str, expires: i64) -> Hmac<Sha256> {
 
 /// The signature of a URL for `release_id` valid until `expires` (Unix s).
 pub fn sign(key: &[u8], release_id: &str, expires: i64) -> String {
-    mac(key, release_id, expires)
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::util::hex(&mac(key, release_id, expires).finalize().into_bytes())
 }
 
 /// Whether `sig` signs `release_id` until `expires` and has not expired
