@@ -461,6 +461,7 @@ fn visitor_figures(
     truth: &Value,
 ) -> Result<VisitorFigures> {
     use crate::views::{EXCURSIONIST, TOURIST};
+    let (day_period, night_period) = p.day_and_night();
     let cell_pos = w_zone.cell_positions();
     // Truth by zone and day (day period, all segments), by month (nights of
     // tourists, day visitors) and by month and origin group of visitors.
@@ -489,7 +490,7 @@ fn visitor_figures(
                 continue;
             };
             let in_zones: f64 = row.iter().map(|e| e.weight).sum::<f64>() * f64::from(v);
-            let by_day = per == "day";
+            let by_day = *per == day_period;
             if by_day {
                 for e in row {
                     *zone_day.entry((e.hex as usize, day)).or_default() += e.weight * f64::from(v);
@@ -505,7 +506,7 @@ fn visitor_figures(
                         .entry(p.group_of(code).to_string())
                         .or_default() += in_zones;
                 }
-            } else if per == "night" && seg == TOURIST {
+            } else if night_period.as_ref() == Some(per) && seg == TOURIST {
                 *nights.entry(month.clone()).or_default() += in_zones;
             }
         }
@@ -631,8 +632,9 @@ fn visitor_figures(
         zone_day_correlation: pearson(&dp, &tr),
         zone_day_rel_error_median: pct(0.5),
         zone_day_rel_error_p95: pct(0.95),
-        rho_per_day_daily: rho_of("day", crate::vocab::By::Segment, crate::privacy::Bin::Day).unwrap_or(0.0),
-        rho_per_day_origins: rho_of("day", crate::vocab::By::SegmentOrigin, crate::privacy::Bin::Month).unwrap_or(0.0),
+        rho_per_day_daily: rho_of(&day_period, crate::vocab::By::Segment, crate::privacy::Bin::Day).unwrap_or(0.0),
+        rho_per_day_origins: rho_of(&day_period, crate::vocab::By::SegmentOrigin, crate::privacy::Bin::Month)
+            .unwrap_or(0.0),
     })
 }
 

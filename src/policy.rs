@@ -154,6 +154,37 @@ impl PresenceSpec {
             .copied()
     }
 
+    /// The periods the visitors views read: the night (the period named
+    /// `night`, else one holding 03:00) and the day (the period named `day`,
+    /// else the longest period that is not the night). The night is found
+    /// first, so a long night (00–08 h) is never taken for the day.
+    pub fn day_and_night(&self) -> (String, Option<String>) {
+        const THREE_AM: u32 = 3 * 3600;
+        let night = if self.periods.contains_key("night") {
+            Some("night".to_string())
+        } else {
+            self.periods
+                .keys()
+                .find(|k| {
+                    self.period_bounds(k)
+                        .is_some_and(|(a, b)| a <= THREE_AM && THREE_AM < b)
+                })
+                .cloned()
+        };
+        let day = if self.periods.contains_key("day") {
+            "day".to_string()
+        } else {
+            self.periods
+                .keys()
+                .filter(|k| Some(*k) != night.as_ref())
+                .max_by_key(|k| self.period_bounds(k).map_or(0, |(a, b)| b - a))
+                .or_else(|| self.periods.keys().next())
+                .cloned()
+                .unwrap_or_default()
+        };
+        (day, night)
+    }
+
     /// A period's bounds in seconds after local midnight.
     pub fn period_bounds(&self, name: &str) -> Option<(u32, u32)> {
         let p = self.periods.get(name)?;
@@ -457,5 +488,48 @@ impl Policy {
             });
         }
         Ok(grid)
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    fn spec(periods: &[(&str, &str, &str)]) -> PresenceSpec {
+        PresenceSpec {
+            periods: periods
+                .iter()
+                .map(|(n, f, t)| {
+                    (
+                        n.to_string(),
+                        PeriodSpec {
+                            from: f.to_string(),
+                            to: t.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+            segments: vec!["local".into(), "visitor".into()],
+            origins: Default::default(),
+            max_devices_per_cell_day: 1,
+            expansion: Default::default(),
+            expansion_by_zone: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_day_is_never_the_night_whatever_the_periods_are_called() {
+        let named = spec(&[("day", "08:00", "20:00"), ("night", "00:00", "06:00")]);
+        assert_eq!(named.day_and_night(), ("day".into(), Some("night".into())));
+        // A long night is the longest period, yet not the day.
+        let other = spec(&[
+            ("sleep", "00:00", "08:00"),
+            ("morning", "08:00", "13:00"),
+            ("afternoon", "13:00", "19:00"),
+        ]);
+        assert_eq!(other.day_and_night(), ("afternoon".into(), Some("sleep".into())));
+        // No period holds 03:00: no night.
+        let no_night = spec(&[("work", "09:00", "17:00")]);
+        assert_eq!(no_night.day_and_night(), ("work".into(), None));
     }
 }

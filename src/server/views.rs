@@ -281,32 +281,6 @@ pub async fn forecast(
 
 // ----- People and visitors -----
 
-/// The periods a visitors view reads: the one named `day` (else the
-/// longest) and the one named `night` (else one holding 03:00), with their
-/// labels (`day 08:00–20:00`).
-fn day_and_night(p: &crate::policy::PresenceSpec) -> (String, Option<String>) {
-    let longest = p
-        .periods
-        .keys()
-        .max_by_key(|k| p.period_bounds(k).map_or(0, |(a, b)| b - a))
-        .cloned()
-        .unwrap_or_default();
-    let day = if p.periods.contains_key("day") {
-        "day".to_string()
-    } else {
-        longest
-    };
-    let night = if p.periods.contains_key("night") {
-        Some("night".to_string())
-    } else {
-        p.periods
-            .keys()
-            .find(|k| *k != &day && p.period_bounds(k).is_some_and(|(a, b)| a <= 3 * 3600 && 3 * 3600 < b))
-            .cloned()
-    };
-    (day, night)
-}
-
 fn period_label(p: &crate::policy::PresenceSpec, name: &str) -> String {
     match p.periods.get(name) {
         Some(b) => format!("{name} {}–{}", b.from, b.to),
@@ -445,7 +419,7 @@ pub async fn visitors(
     let body = blocking(move || {
         use crate::vocab::By;
         let p = need_presence(&ds)?;
-        let (day, night) = day_and_night(p);
+        let (day, night) = p.day_and_night();
         let day_list = presence_releases(&st, &ds, &day, By::Segment, Bin::Day)?;
         if day_list.is_empty() {
             return Err(missing_for(
@@ -532,7 +506,7 @@ pub async fn change(
     let st = state.clone();
     let body = blocking(move || {
         let p = need_presence(&ds)?;
-        let period = q.period.clone().unwrap_or_else(|| day_and_night(p).0);
+        let period = q.period.clone().unwrap_or_else(|| p.day_and_night().0);
         if !p.periods.contains_key(&period) {
             return Err(Problem::bad_request(format!(
                 "period {period:?} is not one of the policy's: {}",
