@@ -148,10 +148,7 @@ impl PresenceSpec {
 
     /// The expansion factor of `segment` (in `zone`, if it has its own).
     pub fn factor(&self, segment: &str, zone: Option<&str>) -> Option<f64> {
-        zone.and_then(|z| self.expansion_by_zone.get(z))
-            .and_then(|f| f.get(segment))
-            .or_else(|| self.expansion.get(segment))
-            .copied()
+        expansion_factor(&self.expansion, &self.expansion_by_zone, segment, zone)
     }
 
     /// The periods the visitors views read: the night (the period named
@@ -272,6 +269,28 @@ impl PresenceSpec {
         }
         Ok(())
     }
+}
+
+/// Segment → factor, and zone → its own segment → factor.
+pub type Factors = std::collections::BTreeMap<String, f64>;
+pub type ZoneFactors = std::collections::BTreeMap<String, Factors>;
+
+/// The expansion factor of `segment` in `zone`: the zone's own where it
+/// has one, else the segment's (from a policy, or a release's manifest).
+pub fn expansion_factor(expansion: &Factors, by_zone: &ZoneFactors, segment: &str, zone: Option<&str>) -> Option<f64> {
+    zone.and_then(|z| by_zone.get(z))
+        .and_then(|f| f.get(segment))
+        .or_else(|| expansion.get(segment))
+        .copied()
+}
+
+/// The one factor shared by every term of a sum (segments, or zones), or
+/// none when they differ or one has none: a sum of devices turns into
+/// people only with a common factor.
+pub fn common_factor(factors: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut it = factors.into_iter();
+    let first = it.next()??;
+    it.all(|f| f == Some(first)).then_some(first)
 }
 
 /// "HH:MM" (00:00 to 24:00) in seconds after midnight.

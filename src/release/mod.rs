@@ -273,6 +273,13 @@ pub struct Weights {
     pub hexes: Vec<h3o::CellIndex>,
 }
 
+impl PresenceManifest {
+    /// The factor of `segment` in `zone`, as the release stated it.
+    pub fn factor(&self, segment: &str, zone: Option<&str>) -> Option<f64> {
+        crate::policy::expansion_factor(&self.expansion, &self.expansion_by_zone, segment, zone)
+    }
+}
+
 impl Weights {
     /// Each cell id's position in `cell_ids` (the key of `rows`).
     pub fn cell_positions(&self) -> HashMap<&str, u32> {
@@ -1180,12 +1187,7 @@ impl Releaser {
                 let (segment, _) = &groups[(i / k) % groups.len()];
                 let zone = (spec.unit == Unit::Zone).then(|| hex_ids[i % k].as_str());
                 if segment == crate::vocab::ALL_GROUPS {
-                    // One factor for every segment, or none.
-                    let fs: Vec<Option<f64>> = p.segments.iter().map(|s| p.factor(s, zone)).collect();
-                    fs.windows(2)
-                        .all(|x| x[0] == x[1])
-                        .then(|| fs.first().copied().flatten())
-                        .flatten()
+                    crate::policy::common_factor(p.segments.iter().map(|s| p.factor(s, zone)))
                 } else {
                     p.factor(segment, zone)
                 }

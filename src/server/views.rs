@@ -337,14 +337,7 @@ fn presence_points(
             Some(z) => vec![zone_index(&d, z)? as usize],
             None => (0..d.places).collect(),
         };
-        let factor = |segment: &str, z: usize| {
-            let id = d.zone_ids.get(z).map(String::as_str).unwrap_or_default();
-            pm.expansion_by_zone
-                .get(id)
-                .and_then(|f| f.get(segment))
-                .or_else(|| pm.expansion.get(segment))
-                .copied()
-        };
+        let factor = |segment: &str, z: usize| pm.factor(segment, d.zone_ids.get(z).map(String::as_str));
         let cell_sd = if zones.len() > 1 && m.placement == crate::privacy::sensitivity::Placement::Cell {
             let w = ds
                 .releaser
@@ -366,12 +359,7 @@ fn presence_points(
                 let value: f64 = zones.iter().map(|z| d.estimate[idx(*z)]).sum();
                 let noise_sd =
                     cell_sd.unwrap_or_else(|| zones.iter().map(|z| d.noise_sd[idx(*z)].powi(2)).sum::<f64>().sqrt());
-                let factors: Vec<Option<f64>> = zones.iter().map(|z| factor(segment, *z)).collect();
-                let factor = factors
-                    .windows(2)
-                    .all(|f| f[0] == f[1])
-                    .then(|| factors.first().copied().flatten())
-                    .flatten();
+                let factor = crate::policy::common_factor(zones.iter().map(|z| factor(segment, *z)));
                 out.push(views::PresencePoint {
                     day,
                     segment: segment.clone(),
