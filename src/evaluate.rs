@@ -460,7 +460,7 @@ fn visitor_figures(
     p: &crate::policy::PresenceSpec,
     truth: &Value,
 ) -> Result<VisitorFigures> {
-    use crate::views::{EXCURSIONIST, TOURIST};
+    use crate::vocab::segment::{EXCURSIONIST, TOURIST};
     let (day_period, night_period) = p.day_and_night();
     let cell_pos = w_zone.cell_positions();
     // Truth by zone and day (day period, all segments), by month (nights of

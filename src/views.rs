@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{Datelike, Duration, NaiveDate};
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::segment::{EXCURSIONIST, TOURIST};
+
 /// z of a two-sided 95 % interval.
 pub use crate::privacy::errorbar::Z95;
 
@@ -994,10 +996,6 @@ pub struct VisitorsView {
     pub people_method: String,
     pub source: Source,
 }
-
-/// The segments of a tourism statistic.
-pub const TOURIST: &str = "tourist";
-pub const EXCURSIONIST: &str = "excursionist";
 
 /// The percentage change `100·(a/b − 1)` and the 95 % bar of it from the
 /// sds of `a` and `b` (delta method; none when `b` is not clearly above 0).

@@ -124,6 +124,17 @@ impl std::str::FromStr for By {
     }
 }
 
+/// DESIGN.md's presence segments, and the origin of residents: the names
+/// the simulator delivers and the visitors view reads (nights are the
+/// tourists' night presence, day visitors the excursionists').
+pub mod segment {
+    pub const RESIDENT: &str = "resident";
+    pub const TOURIST: &str = "tourist";
+    pub const EXCURSIONIST: &str = "excursionist";
+    /// The origin code of residents.
+    pub const LOCAL_ORIGIN: &str = "local";
+}
+
 /// The segment and origin labels of values that are not split by them.
 pub const ALL_GROUPS: &str = "all";
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{Datelike, Duration, NaiveDate, Timelike};
 use h3o::CellIndex;
@@ -981,7 +981,6 @@ pub struct FlowsQuery {
 
 pub async fn flows(
     State(state): State<Arc<AppState>>,
-    _headers: HeaderMap,
     q: Result<Query<FlowsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;

@@ -531,7 +531,7 @@ impl DayContext<'_> {
         buf: &mut MonthBuffer,
         truth: &mut PresenceTruth,
     ) {
-        use visitors::{EXCURSIONIST, LOCAL, RESIDENT, TOURIST};
+        use crate::vocab::segment::{EXCURSIONIST, LOCAL_ORIGIN as LOCAL, RESIDENT, TOURIST};
         let day_number = day.num_days_from_ce() as u64;
         // A stream of its own: footfall and flows draw what they drew before.
         let mut rng =

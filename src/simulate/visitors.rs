@@ -90,12 +90,6 @@ const REGIONAL: &[(&str, f64)] = &[
     ("26", 0.03),
 ];
 
-/// The segments and origin code of residents (the operator's `local`).
-pub const RESIDENT: &str = "resident";
-pub const TOURIST: &str = "tourist";
-pub const EXCURSIONIST: &str = "excursionist";
-pub const LOCAL: &str = "local";
-
 /// Share of tourists who come from abroad, over the year.
 const FOREIGN_SHARE: f64 = 0.35;
 
@@ -158,17 +152,6 @@ pub fn cruise_origins() -> &'static [(&'static str, f64)] {
 
 pub fn regional_origins() -> &'static [(&'static str, f64)] {
     REGIONAL
-}
-
-/// Every origin code the simulator delivers (before the policy's mapping).
-pub fn all_codes() -> Vec<&'static str> {
-    let mut v: Vec<&str> = std::iter::once(LOCAL)
-        .chain(DEPARTEMENTS.iter().map(|d| d.0))
-        .chain(COUNTRIES.iter().map(|c| c.0))
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
 }
 
 /// Where each population spends a period `[from_h, to_h)`: the mean of the
