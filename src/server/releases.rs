@@ -386,10 +386,8 @@ pub async fn values(
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let bin = bin_index(&data, q.bin.as_deref())?;
     let format = q.format.unwrap_or_default();
-    let (keys, filter_s) = {
-        let places = rows::Places::of(&ds.releaser.grid);
-        key_filter(&data, &places, &q)?
-    };
+    let places = rows::Places::of(&ds.releaser.grid);
+    let (keys, filter_s) = key_filter(&data, &places, &q)?;
     let k = data.keys.len();
     let bins: Vec<usize> = match bin {
         Some(b) => vec![b],
@@ -448,14 +446,11 @@ pub async fn values(
             is_public(&data),
         ),
         ctype,
-        || {
-            let places = rows::Places::of(&ds.releaser.grid);
-            match format {
-                Format::Json => values_json(&data, &places, &idx, &unit),
-                Format::Csv => Ok(rows::csv(&data, &places, &idx)),
-                Format::Geojson => values_geojson(&data, &ds.releaser.grid, &places, &idx),
-                Format::Parquet => rows::parquet(&data, &places, &idx),
-            }
+        || match format {
+            Format::Json => values_json(&data, &places, &idx, &unit),
+            Format::Csv => Ok(rows::csv(&data, &places, &idx)),
+            Format::Geojson => values_geojson(&data, &ds.releaser.grid, &places, &idx),
+            Format::Parquet => rows::parquet(&data, &places, &idx),
         },
     );
     let name = format!("attachment; filename=\"{id}-{bin_s}.{ext}\"");
@@ -620,13 +615,11 @@ fn ring(b: &[(f64, f64)]) -> Vec<[f64; 2]> {
 }
 
 /// GeoJSON geometry of a named zone, and its centroid.
-fn zone_geometry(grid: &crate::grid::Grid, id: &str) -> (Value, [f64; 2]) {
-    use geo::Centroid;
-    let Some(z) = grid.zones.iter().find(|z| z.id == id) else {
-        return (Value::Null, [0.0, 0.0]);
-    };
-    let c = z.area.centroid().map(|c| [c.x(), c.y()]).unwrap_or([0.0, 0.0]);
-    (geometry_json(&z.area), c)
+fn zone_geometry(grid: &crate::grid::Grid, id: &str) -> Value {
+    grid.zones
+        .iter()
+        .find(|z| z.id == id)
+        .map_or(Value::Null, |z| geometry_json(&z.area))
 }
 
 /// GeoJSON: hexes and zones as polygons, flows as lines between the
@@ -639,12 +632,14 @@ fn values_geojson(
     idx: &[usize],
 ) -> Result<Vec<u8>, Problem> {
     let k = data.keys.len();
-    let zones: HashMap<&str, (Value, [f64; 2])> = data
+    let zones: HashMap<&str, Value> = data
         .zone_ids
         .iter()
         .map(|id| (id.as_str(), zone_geometry(grid, id)))
         .collect();
     let zone = |i: u32| &zones[data.zone_ids[i as usize].as_str()];
+    // A flow's end: the zone's centroid (the same point as in every format).
+    let centre = |i: u32| places.zone(&data.zone_ids[i as usize]).1.unwrap_or([0.0, 0.0]);
     let line = |a: [f64; 2], b: [f64; 2]| {
         if a == b {
             json!({"type": "Point", "coordinates": a})
@@ -658,8 +653,8 @@ fn values_geojson(
             let geometry = match data.keys[i % k] {
                 Key::Hex(h) => json!({"type": "Polygon", "coordinates": [ring(&data.boundaries[&h])]}),
                 Key::Pair(o, d) => line(rows::cell_centre(o), rows::cell_centre(d)),
-                Key::Zone(z) => zone(z).0.clone(),
-                Key::ZonePair(o, d) => line(zone(o).1, zone(d).1),
+                Key::Zone(z) => zone(z).clone(),
+                Key::ZonePair(o, d) => line(centre(o), centre(d)),
             };
             json!({"type": "Feature", "geometry": geometry, "properties": rows::json_row(rows::row(data, places, i))})
         })

@@ -1121,20 +1121,16 @@ pub async fn flows(
 }
 
 fn flow_map(ds: &Dataset, v: &views::FlowsView) -> Result<Vec<u8>, Problem> {
-    use geo::Centroid;
     let grid = &ds.releaser.grid;
-    let centre: HashMap<&str, (f64, f64)> = grid
-        .zones
-        .iter()
-        .filter_map(|z| z.area.centroid().map(|c| (z.id.as_str(), (c.x(), c.y()))))
-        .collect();
+    let places = super::rows::Places::of(grid);
+    let centre = |id: &str| places.zone(id).1.map(|c| (c[0], c[1]));
     let lines: Vec<crate::render::FlowLine> = v
         .largest
         .iter()
         .filter_map(|f| {
             Some(crate::render::FlowLine {
-                from: *centre.get(f.origin.as_str())?,
-                to: *centre.get(f.dest.as_str())?,
+                from: centre(&f.origin)?,
+                to: centre(&f.dest)?,
                 trips: f.trips,
             })
         })
