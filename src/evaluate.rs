@@ -546,8 +546,8 @@ fn visitor_figures(
             e.iter().copied().fold(0.0, f64::max),
         )
     };
-    let (n_mean, n_max) = errors(&|m| m.nights.devices, &nights);
-    let (v_mean, v_max) = errors(&|m| m.day_visitors.devices, &day_visitors);
+    let (n_mean, n_max) = errors(&|m| m.nights.map_or(0.0, |f| f.devices), &nights);
+    let (v_mean, v_max) = errors(&|m| m.day_visitors.map_or(0.0, |f| f.devices), &day_visitors);
     let mut overlap = BTreeMap::new();
     for m in complete
         .iter()

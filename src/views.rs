@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{Datelike, Duration, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::segment::{EXCURSIONIST, TOURIST};
+use crate::vocab::segment::{EXCURSIONIST, RESIDENT, TOURIST};
 
 /// z of a two-sided 95 % interval.
 pub use crate::privacy::errorbar::Z95;
@@ -948,8 +948,10 @@ pub struct OriginFigure {
     pub origin: String,
     #[serde(flatten)]
     pub figure: Figure,
-    pub tourists: Figure,
-    pub excursionists: Figure,
+    /// The tourists and day visitors among them; none when the policy has
+    /// no such segment.
+    pub tourists: Option<Figure>,
+    pub excursionists: Option<Figure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -959,13 +961,16 @@ pub struct VisitorMonth {
     /// Days of the month with published daily presence.
     pub days: usize,
     /// Overnight stays: the night-period presence of tourists summed over
-    /// the month's days (device-nights; people-nights with a factor).
-    pub nights: Figure,
+    /// the month's days (device-nights; people-nights with a factor). None
+    /// when the policy has no `tourist` segment or no night period: not a
+    /// zero.
+    pub nights: Option<Figure>,
     /// Day visitors: the day-period presence of excursionists summed over
-    /// the month's days.
-    pub day_visitors: Figure,
-    /// Visitors by origin group over the month's days (day period), most
-    /// first; empty when no monthly origins release covers the month.
+    /// the month's days; none without an `excursionist` segment.
+    pub day_visitors: Option<Figure>,
+    /// Visitors (every segment but residents) by origin group over the
+    /// month's days (day period), most first; empty when no monthly origins
+    /// release covers the month.
     pub top_origins: Vec<OriginFigure>,
     /// The same month a year earlier, when published: % change of nights
     /// and day visitors with the 95 % bar of the ratio.
@@ -1058,6 +1063,8 @@ pub fn visitors(
             total: tally(ps.iter().copied()),
         })
         .collect();
+    let has = |name: &str| segments.iter().any(|s| s == name);
+    let (has_tourists, has_excursionists, has_night) = (has(TOURIST), has(EXCURSIONIST), periods.1.is_some());
     let mut months: BTreeMap<String, (std::collections::BTreeSet<NaiveDate>, Tally, Tally)> = BTreeMap::new();
     for p in day {
         let e = months.entry(month_key(p.day)).or_default();
@@ -1074,14 +1081,14 @@ pub fn visitors(
         .map(|(m, (days, nights, visitors))| {
             let mut by_origin: BTreeMap<&str, (Tally, Tally, Tally)> = BTreeMap::new();
             for p in origins.iter().filter(|p| &month_key(p.day) == m) {
-                if p.segment != TOURIST && p.segment != EXCURSIONIST {
+                if p.segment == RESIDENT {
                     continue;
                 }
                 let e = by_origin.entry(p.origin.as_str()).or_default();
                 e.0.add(p);
                 if p.segment == TOURIST {
                     e.1.add(p);
-                } else {
+                } else if p.segment == EXCURSIONIST {
                     e.2.add(p);
                 }
             }
@@ -1090,8 +1097,8 @@ pub fn visitors(
                 .map(|(o, (all, t, x))| OriginFigure {
                     origin: o.to_string(),
                     figure: all.figure(),
-                    tourists: t.figure(),
-                    excursionists: x.figure(),
+                    tourists: has_tourists.then(|| t.figure()),
+                    excursionists: has_excursionists.then(|| x.figure()),
                 })
                 .collect();
             top.sort_by(|a, b| b.figure.devices.total_cmp(&a.figure.devices));
@@ -1099,8 +1106,8 @@ pub fn visitors(
             VisitorMonth {
                 month: m.clone(),
                 days: days.len(),
-                nights: nights.figure(),
-                day_visitors: visitors.figure(),
+                nights: (has_tourists && has_night).then(|| nights.figure()),
+                day_visitors: has_excursionists.then(|| visitors.figure()),
                 top_origins: top,
                 year_over_year: None,
             }
@@ -1108,24 +1115,23 @@ pub fn visitors(
         .collect();
     // Year over year: the same month of the previous year, when both are
     // published for the same number of days.
-    let by_month: BTreeMap<String, (usize, Figure, Figure)> = monthly
+    let by_month: BTreeMap<String, (usize, Option<Figure>, Option<Figure>)> = monthly
         .iter()
         .map(|m| (m.month.clone(), (m.days, m.nights, m.day_visitors)))
         .collect();
+    // The % change of a figure against the year before, when both exist.
+    let change = |now: Option<Figure>, before: Option<Figure>| match (now, before) {
+        (Some(a), Some(b)) => change_pct(a.devices, a.devices_ci95 / Z95, b.devices, b.devices_ci95 / Z95),
+        _ => (None, None),
+    };
     for m in &mut monthly {
         let (y, mo) = m.month.split_once('-').unwrap_or_default();
         let before = format!("{:04}-{mo}", y.parse::<i32>().unwrap_or(0) - 1);
         if let Some((days, nights, visitors)) = by_month.get(&before)
             && *days == m.days
         {
-            let sd = |f: &Figure| f.devices_ci95 / Z95;
-            let (n, n_ci) = change_pct(m.nights.devices, sd(&m.nights), nights.devices, sd(nights));
-            let (v, v_ci) = change_pct(
-                m.day_visitors.devices,
-                sd(&m.day_visitors),
-                visitors.devices,
-                sd(visitors),
-            );
+            let (n, n_ci) = change(m.nights, *nights);
+            let (v, v_ci) = change(m.day_visitors, *visitors);
             m.year_over_year = Some(YearOverYear {
                 nights_change_pct: n,
                 nights_change_pct_ci95: n_ci,
@@ -1296,16 +1302,17 @@ mod presence_tests {
         );
         let m = &v.monthly[0];
         assert_eq!((m.month.as_str(), m.days), ("2025-07", 2));
-        assert_eq!(m.nights.devices, 370.0);
-        assert!((m.nights.devices_ci95 - Z95 * 5.0).abs() < 1e-9);
-        assert_eq!(m.nights.people, Some(370.0 / 0.25));
-        assert!((m.nights.people_ci95.expect("ci") - Z95 * 20.0).abs() < 1e-9);
-        assert_eq!(m.day_visitors.devices, 120.0);
-        assert_eq!(m.day_visitors.people, None, "excursionists have no factor");
+        let (nights, visitors) = (m.nights.expect("nights"), m.day_visitors.expect("day visitors"));
+        assert_eq!(nights.devices, 370.0);
+        assert!((nights.devices_ci95 - Z95 * 5.0).abs() < 1e-9);
+        assert_eq!(nights.people, Some(370.0 / 0.25));
+        assert!((nights.people_ci95.expect("ci") - Z95 * 20.0).abs() < 1e-9);
+        assert_eq!(visitors.devices, 120.0);
+        assert_eq!(visitors.people, None, "excursionists have no factor");
         // Visitors by origin, residents left out, most first.
         assert_eq!(m.top_origins[0].origin, "Bretagne");
         assert_eq!(m.top_origins[1].figure.devices, 400.0);
-        assert_eq!(m.top_origins[1].tourists.devices, 300.0);
+        assert_eq!(m.top_origins[1].tourists.expect("tourists").devices, 300.0);
         assert_eq!(m.top_origins.len(), 2);
         // Day 1 by segment, and the total has no people (one segment has
         // no factor).
@@ -1313,6 +1320,40 @@ mod presence_tests {
         assert_eq!(d.segments[1].figure.people, Some(800.0));
         assert_eq!(d.total.devices, 1250.0);
         assert_eq!(d.total.people, None);
+    }
+
+    #[test]
+    fn a_policy_without_tourists_or_day_visitors_gets_no_figure_for_them_not_a_zero() {
+        let segs: Vec<String> = ["local", "visitor"].map(String::from).to_vec();
+        let day = vec![p("2025-07-01", "visitor", "all", 80.0, 2.0, None)];
+        let origins = vec![
+            p("2025-07-01", "visitor", "DE", 50.0, 2.0, None),
+            p("2025-07-01", "local", "local", 900.0, 2.0, None),
+        ];
+        let series = VisitorSeries {
+            segments: &segs,
+            day: &day,
+            night: &[],
+            origins: &origins,
+        };
+        let v = visitors(
+            "all",
+            "devices".into(),
+            ("day".into(), None),
+            &series,
+            5,
+            Source::of(&[]),
+        );
+        let m = &v.monthly[0];
+        assert_eq!((m.nights, m.day_visitors), (None, None));
+        // Origins rank every segment but residents (here: "local" is not
+        // the resident segment's name, so it counts).
+        assert_eq!(m.top_origins.len(), 2);
+        assert!(
+            m.top_origins
+                .iter()
+                .all(|o| o.tourists.is_none() && o.excursionists.is_none())
+        );
     }
 
     #[test]
@@ -1340,7 +1381,7 @@ mod presence_tests {
         let v = visitors(
             "all",
             "devices".into(),
-            ("day".into(), None),
+            ("day".into(), Some("night".into())),
             &series,
             5,
             Source::of(&[]),
