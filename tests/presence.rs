@@ -487,3 +487,24 @@ fn a_parquet_delivery_with_a_date_column_lands_and_hexes_are_released_without_sp
     let bound = 6.0 * o.manifest.noise_sd * n_noise.sqrt();
     assert!((est - truth).abs() < bound, "{est} vs {truth} ± {bound}");
 }
+
+#[test]
+fn simulating_presence_for_segments_the_model_does_not_know_is_refused_not_silently_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = policy();
+    let grid = policy.load_grid().expect("grid");
+    let mut p = policy.spec.presence.clone().expect("presence");
+    p.segments = vec!["local".into(), "visitor".into()];
+    let day = "2025-07-05".parse().expect("day");
+    let e = hexflow::simulate::simulate(
+        &grid,
+        day,
+        day,
+        &dir.path().join("sim"),
+        hexflow::simulate::Format::Csv,
+        3,
+        Some(&p),
+    )
+    .expect_err("refused");
+    assert!(e.to_string().contains("none the simulator models"), "{e}");
+}

@@ -1614,6 +1614,10 @@ async function start() {
     }
     for (const s of presence.segments || []) ui.segment.append(el("option", { value: s }, s));
   }
+  // The audiences of this policy, whatever they are called.
+  const audiences = Object.keys(dataset.audiences || {});
+  if (audiences.length) setChildren(ui.audience, audiences.map((a) => el("option", { value: a }, a === "tourism" ? "tourism office" : a)));
+  ui.audience.value = "public";
   ui.metric.disabled = ui.metric.options.length < 2;
 
   // Resolutions with public footfall releases.
@@ -1642,6 +1646,15 @@ async function start() {
   if (!available.length) {
     setChildren(ui.res, el("option", { value: "" }, "none"));
     ui.res.disabled = true;
+    // A dataset that publishes people per zone but no hex footfall opens
+    // on people.
+    const people = [...ui.metric.options].find((o) => o.value.startsWith("presence:"));
+    if (people) {
+      const wanted = [...ui.metric.options].some((o) => o.value === state.initialHash.metric) ? state.initialHash.metric : people.value;
+      ui.metric.value = wanted;
+      await changeMetric(wanted, state.initialHash.segment || "all");
+      return;
+    }
     ui.release.disabled = true;
     showEmpty("No public footfall release is published yet: the map shows the study area only.");
     return;

@@ -54,6 +54,10 @@ pub enum SimulateError {
     Grid(#[from] GridError),
     #[error("--from {from} is after --to {to}")]
     EmptyWindow { from: NaiveDate, to: NaiveDate },
+    #[error(
+        "the policy's presence segments {0:?} include none the simulator models (resident, tourist, excursionist): it would deliver no presence at all"
+    )]
+    UnmodelledSegments(Vec<String>),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -173,6 +177,16 @@ pub fn simulate(
     let started = Instant::now();
     if from > to {
         return Err(SimulateError::EmptyWindow { from, to });
+    }
+    if let Some(p) = presence {
+        use crate::vocab::segment::{EXCURSIONIST, RESIDENT, TOURIST};
+        if !p
+            .segments
+            .iter()
+            .any(|s| [RESIDENT, TOURIST, EXCURSIONIST].contains(&s.as_str()))
+        {
+            return Err(SimulateError::UnmodelledSegments(p.segments.clone()));
+        }
     }
     let spec = match &grid.spec.simulation {
         Some(t) => SimulationSpec::deserialize(toml::Value::Table(t.clone())).map_err(|e| GridError::Spec {
