@@ -176,9 +176,9 @@ pub async fn list(
         .into_response())
 }
 
-/// The summary of release `id` if the caller may read it.
-async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<ReleaseSummary, Problem> {
-    let summary = state
+/// The summary of release `id`, whoever asks.
+fn summary(state: &AppState, id: &str) -> Result<ReleaseSummary, Problem> {
+    state
         .index
         .read()
         .map_err(|e| Problem::internal("release index", e))?
@@ -190,7 +190,12 @@ async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Release
                 "unknown release",
                 format!("no release {id:?} is stored here; GET /api/v1/releases lists them"),
             )
-        })?;
+        })
+}
+
+/// The summary of release `id` if the caller may read it.
+async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<ReleaseSummary, Problem> {
+    let summary = summary(state, id)?;
     super::admin::may_read(state, headers, &summary.audience).await?;
     Ok(summary)
 }
@@ -217,19 +222,7 @@ async fn load_as(
                     "this signed tile URL is not valid for this release, or has expired: ask for a new one (POST /api/v1/releases/{id}/tile-url with your token)",
                 ));
             }
-            state
-                .index
-                .read()
-                .map_err(|e| Problem::internal("release index", e))?
-                .get(id)
-                .cloned()
-                .ok_or_else(|| {
-                    Problem::new(
-                        StatusCode::NOT_FOUND,
-                        "unknown release",
-                        format!("no release {id:?} is stored here"),
-                    )
-                })?
+            summary(state, id)?
         }
     };
     let dir = state
