@@ -427,15 +427,13 @@ impl Policy {
                 )));
             }
         }
-        for (i, r) in spec.publication.iter().enumerate() {
-            if let Err(e) = crate::privacy::mechanism::Budget::Rho(r.rho).check() {
-                return Err(invalid(format!("publication[{i}].{e}")));
-            }
-        }
         if let Some(p) = &spec.presence {
             p.check().map_err(invalid)?;
         }
         for (i, r) in spec.publication.iter().enumerate() {
+            if let Err(e) = crate::privacy::mechanism::Budget::Rho(r.rho).check() {
+                return Err(invalid(format!("publication[{i}].{e}")));
+            }
             let presence = r.metric == crate::vocab::Metric::Presence;
             if presence != r.period.is_some() || (!presence && r.by.is_some()) {
                 return Err(invalid(format!(
