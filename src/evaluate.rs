@@ -462,6 +462,7 @@ fn visitor_figures(
 ) -> Result<VisitorFigures> {
     use crate::vocab::segment::{EXCURSIONIST, TOURIST};
     let (day_period, night_period) = p.day_and_night();
+    let code_groups = p.code_groups();
     let cell_pos = w_zone.cell_positions();
     // Truth by zone and day (day period, all segments), by month (nights of
     // tourists, day visitors) and by month and origin group of visitors.
@@ -503,7 +504,13 @@ fn visitor_figures(
                     *origins
                         .entry(month.clone())
                         .or_default()
-                        .entry(p.group_of(code).to_string())
+                        .entry(
+                            code_groups
+                                .get(code.as_str())
+                                .copied()
+                                .unwrap_or(crate::policy::OTHER_ORIGIN)
+                                .to_string(),
+                        )
                         .or_default() += in_zones;
                 }
             } else if night_period.as_ref() == Some(per) && seg == TOURIST {

@@ -141,6 +141,17 @@ impl PresenceSpec {
             .map_or(OTHER_ORIGIN, |(g, _)| g.as_str())
     }
 
+    /// Every accepted code's group, for lookups per row (`group_of` scans).
+    pub fn code_groups(&self) -> std::collections::HashMap<&str, &str> {
+        let mut m: std::collections::HashMap<&str, &str> = self
+            .origins
+            .iter()
+            .flat_map(|(g, codes)| codes.iter().map(move |c| (c.as_str(), g.as_str())))
+            .collect();
+        m.entry(OTHER_ORIGIN).or_insert(OTHER_ORIGIN);
+        m
+    }
+
     /// Whether the operator may deliver `code`.
     pub fn accepts_origin(&self, code: &str) -> bool {
         code == OTHER_ORIGIN || self.origins.values().any(|codes| codes.iter().any(|c| c == code))

@@ -341,7 +341,6 @@ impl Ingestor {
             by_day.entry(*d).or_default().push(i);
         }
         let ids = &self.grid.cells;
-        let segments = &keys.spec.segments;
         let mut out = BTreeMap::new();
         for (day, mut idx) in by_day {
             idx.sort_by_key(|&i| (v.cell[i], v.period[i], v.segment[i], v.origin[i]));
@@ -354,15 +353,17 @@ impl Ingestor {
                 ),
                 text(
                     "period",
-                    idx.iter().map(|&i| keys.periods[v.period[i] as usize]).collect(),
+                    idx.iter().map(|&i| keys.periods.names[v.period[i] as usize]).collect(),
                 ),
                 text(
                     "segment",
-                    idx.iter().map(|&i| segments[v.segment[i] as usize].as_str()).collect(),
+                    idx.iter()
+                        .map(|&i| keys.segments.names[v.segment[i] as usize])
+                        .collect(),
                 ),
                 text(
                     "origin",
-                    idx.iter().map(|&i| keys.origins[v.origin[i] as usize]).collect(),
+                    idx.iter().map(|&i| keys.origins.names[v.origin[i] as usize]).collect(),
                 ),
                 days,
                 UInt32Chunked::from_vec("devices".into(), idx.iter().map(|&i| v.value[i]).collect()).into_column(),

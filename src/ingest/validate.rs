@@ -157,11 +157,29 @@ pub struct Validated {
     pub origin: Vec<u32>,
 }
 
+/// A public list with each name's position (looked up per row).
+pub struct Listed<'a> {
+    pub names: Vec<&'a str>,
+    pos: std::collections::HashMap<&'a str, usize>,
+}
+
+impl<'a> Listed<'a> {
+    fn new(names: Vec<&'a str>) -> Self {
+        let pos = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        Self { names, pos }
+    }
+
+    fn position(&self, v: &str) -> Option<usize> {
+        self.pos.get(v).copied()
+    }
+}
+
 /// The public lists a presence row is checked against, with positions.
 pub struct PresenceKeys<'a> {
     pub spec: &'a crate::policy::PresenceSpec,
-    pub periods: Vec<&'a str>,
-    pub origins: Vec<&'a str>,
+    pub periods: Listed<'a>,
+    pub segments: Listed<'a>,
+    pub origins: Listed<'a>,
 }
 
 impl<'a> PresenceKeys<'a> {
@@ -172,13 +190,10 @@ impl<'a> PresenceKeys<'a> {
         }
         Self {
             spec,
-            periods: spec.periods.keys().map(String::as_str).collect(),
-            origins,
+            periods: Listed::new(spec.periods.keys().map(String::as_str).collect()),
+            segments: Listed::new(spec.segments.iter().map(String::as_str).collect()),
+            origins: Listed::new(origins),
         }
-    }
-
-    fn position(list: &[&str], v: &str) -> Option<usize> {
-        list.iter().position(|x| *x == v)
     }
 }
 
@@ -292,20 +307,19 @@ impl<'a> Validator<'a> {
         let first = self.rows_seen;
         self.rows_seen += height;
         let today = self.now.with_timezone(&self.grid.tz).date_naive();
-        let segments: Vec<&str> = keys.spec.segments.iter().map(String::as_str).collect();
         for i in 0..height {
             let mut row = RowCheck::new(rejections, &names, &views, first + i + self.line_offset, i);
             let cell = self.cell(views[0].text(i)).map_err(|r| row.reject(0, r)).ok();
-            let listed = |k: usize, list: &[&str], what: &str, policy_key: &str| {
+            let listed = |k: usize, list: &Listed, what: &str, policy_key: &str| {
                 let v = views[k].text(i).ok_or_else(|| format!("empty {what}"))?;
-                PresenceKeys::position(list, v).ok_or_else(|| {
+                list.position(v).ok_or_else(|| {
                     format!("unknown {what} (not in the policy's {policy_key}; the value is in the quarantine file)")
                 })
             };
             let period = listed(1, &keys.periods, "period", "presence.periods")
                 .map_err(|r| row.reject(1, r))
                 .ok();
-            let segment = listed(2, &segments, "segment", "presence.segments")
+            let segment = listed(2, &keys.segments, "segment", "presence.segments")
                 .map_err(|r| row.reject(2, r))
                 .ok();
             let origin = listed(

@@ -838,6 +838,7 @@ impl Releaser {
             .map(|(i, (s, o))| ((s.as_str(), o.as_str()), i))
             .collect();
         let cell_pos = weights.cell_positions();
+        let code_groups = p.code_groups();
         let period = spec.period.as_deref().unwrap_or_default();
         let perr = polars_err(store);
         for day in spec.days() {
@@ -873,7 +874,10 @@ impl Releaser {
                 let key = match by {
                     By::Nothing => (ALL_GROUPS, ALL_GROUPS),
                     By::Segment => (seg, ALL_GROUPS),
-                    By::SegmentOrigin => (seg, p.group_of(origin)),
+                    By::SegmentOrigin => (
+                        seg,
+                        code_groups.get(origin).copied().unwrap_or(crate::policy::OTHER_ORIGIN),
+                    ),
                 };
                 let (Some(ci), Some(g)) = (cell_pos.get(cell), group_pos.get(&key)) else {
                     continue;

@@ -553,8 +553,9 @@ impl DayContext<'_> {
         let s = self.spatial;
         let n = self.grid.cells.len();
         let segment = |name: &'static str| spec.segments.iter().any(|x| x == name).then_some(name);
+        let code_groups = spec.code_groups();
         let code = |c: &'static str| {
-            if spec.accepts_origin(c) {
+            if code_groups.contains_key(c) {
                 c
             } else {
                 crate::policy::OTHER_ORIGIN
@@ -635,7 +636,11 @@ impl DayContext<'_> {
                         month.clone(),
                         period.clone(),
                         seg.to_string(),
-                        spec.group_of(origin).to_string(),
+                        code_groups
+                            .get(origin)
+                            .copied()
+                            .unwrap_or(crate::policy::OTHER_ORIGIN)
+                            .to_string(),
                     ))
                     .or_default() += u64::from(v);
             }
