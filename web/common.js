@@ -1,6 +1,10 @@
 // Shared helpers of the hexflow viewer: API access, the status line, the
 // colour scale, Web Mercator, time and number formatting, DOM building.
-// No dependency, no request outside this origin.
+// No dependency, no request outside this origin. Words come from i18n.js.
+
+import { t, locale } from "/web/i18n.js";
+
+export { t, tn, lang, locale } from "/web/i18n.js";
 
 /** An API failure, with the problem document's `detail` as its message. */
 export class ApiError extends Error {
@@ -33,7 +37,7 @@ export async function api(path, { signal } = {}) {
     resp = await fetch(path, { headers, signal });
   } catch (e) {
     if (e && e.name === "AbortError") throw e;
-    throw new ApiError(`cannot reach the hexflow server (${path}): check your connection and reload`);
+    throw new ApiError(t("common.unreachable", { path }));
   }
   if (!resp.ok) {
     let problem = null;
@@ -44,13 +48,13 @@ export async function api(path, { signal } = {}) {
     }
     const msg =
       (problem && (problem.detail || problem.title)) ||
-      `${resp.status} ${resp.statusText || "error"} for ${path}`;
+      t("common.http_error", { status: `${resp.status} ${resp.statusText || ""}`.trim(), path });
     throw new ApiError(msg, resp.status, problem);
   }
   try {
     return await resp.json();
   } catch {
-    throw new ApiError(`the answer of ${path} is not valid JSON`, resp.status);
+    throw new ApiError(t("common.not_json", { path }), resp.status);
   }
 }
 
@@ -178,7 +182,7 @@ export function pointInPolygon(x, y, rings) {
 
 // ---------------------------------------------------------------- numbers
 
-const intFmt = new Intl.NumberFormat("en-GB", { maximumFractionDigits: 0 });
+const intFmt = new Intl.NumberFormat(locale, { maximumFractionDigits: 0 });
 
 /** A count with thousands separators ("12,345"). */
 export function fmtInt(n) {
@@ -188,13 +192,13 @@ export function fmtInt(n) {
 /** A number with at most `digits` decimals, trailing zeros dropped. */
 export function fmtNum(x, digits = 2) {
   if (!Number.isFinite(x)) return "–";
-  return new Intl.NumberFormat("en-GB", { maximumFractionDigits: digits }).format(x);
+  return new Intl.NumberFormat(locale, { maximumFractionDigits: digits }).format(x);
 }
 
 /** ρ as written ("0.1", "0.05", "0.0125"). */
 export function fmtRho(rho) {
   if (!Number.isFinite(rho)) return "–";
-  return String(Number(rho.toPrecision(4)));
+  return new Intl.NumberFormat(locale, { maximumSignificantDigits: 4, useGrouping: false }).format(rho);
 }
 
 /** ε as written ("2.7", "6.18"). */
@@ -220,17 +224,17 @@ export function epsilonBound(rho, delta) {
 
 // ---------------------------------------------------------------- time
 
-/** Names of the bin lengths. */
-export const BIN_NAMES = { "1h": "hourly", "1d": "daily", "1w": "weekly", "1mo": "monthly" };
-/** Per what a value is counted. */
-export const BIN_UNITS = { "1h": "hour", "1d": "day", "1w": "week", "1mo": "month" };
+/** Name of a bin length ("hourly"), or the length itself when unknown. */
+export const binName = (bin) => (["1h", "1d", "1w", "1mo"].includes(bin) ? t(`common.bin.${bin}`) : bin);
+/** Per what a value of that bin length is counted ("hour"). */
+export const binUnit = (bin) => (["1h", "1d", "1w", "1mo"].includes(bin) ? t(`common.per.${bin}`) : bin);
 
 const fmtCache = new Map();
 function dtf(tz, opts) {
   const key = tz + JSON.stringify(opts);
   let f = fmtCache.get(key);
   if (!f) {
-    f = new Intl.DateTimeFormat("en-GB", { ...opts, timeZone: tz });
+    f = new Intl.DateTimeFormat(locale, { ...opts, timeZone: tz });
     fmtCache.set(key, f);
   }
   return f;
@@ -334,7 +338,7 @@ export function fmtBinRange(startIso, bin, tz) {
       return `${fmtLocalDay(start, tz)}, ${from}–${fmtLocalTime(end, tz)} ${tz}`;
     }
     case "1d":
-      return `${fmtLocalDay(start, tz)}, whole day ${tz}`;
+      return t("common.range.day", { day: fmtLocalDay(start, tz), tz });
     case "1w": {
       const day = localIsoDay(start, tz);
       const last = localMidnightUtc(addDays(day, 6), tz);
@@ -345,7 +349,7 @@ export function fmtBinRange(startIso, bin, tz) {
       return `${p.month} ${p.year} ${tz}`;
     }
     default:
-      return `${fmtLocalDay(start, tz)}, from ${fmtLocalTime(start, tz)} ${tz}`;
+      return t("common.range.from", { day: fmtLocalDay(start, tz), time: fmtLocalTime(start, tz), tz });
   }
 }
 
@@ -389,7 +393,7 @@ export function setChildren(node, ...children) {
 export async function pickDataset() {
   const { datasets } = await api("/api/v1/datasets");
   if (!datasets || !datasets.length) {
-    throw new ApiError("this server publishes no dataset yet");
+    throw new ApiError(t("common.no_dataset"));
   }
   const wanted = new URLSearchParams(location.search).get("dataset");
   const ds = (wanted && datasets.find((d) => d.dataset === wanted)) || datasets[0];

@@ -7,7 +7,7 @@ import {
   api, apiUrl, setStatus, showError, el, setChildren,
   viridisCss, LOW_GREY, project, pointInPolygon,
   fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
-  BIN_NAMES, localMidnightUtc, daysBetween, addDays,
+  binName, localMidnightUtc, daysBetween, addDays,
   pickDataset, showDatasetTitle, setToken,
 } from "/web/common.js";
 
@@ -994,9 +994,9 @@ async function spanOf(resArg) {
 
 function releaseLabel(r) {
   if (r.metric === "presence") {
-    return `${BIN_NAMES[r.bin] || r.bin} people (${r.period}) per zone · ${fmtWindow(r.from, r.to)}`;
+    return `${binName(r.bin)} people (${r.period}) per zone · ${fmtWindow(r.from, r.to)}`;
   }
-  return `${BIN_NAMES[r.bin] || r.bin} res ${r.res} · ${fmtWindow(r.from, r.to)}`;
+  return `${binName(r.bin)} res ${r.res} · ${fmtWindow(r.from, r.to)}`;
 }
 
 function setDateRange(span) {

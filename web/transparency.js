@@ -5,7 +5,7 @@
 import {
   api, apiUrl, setStatus, showError, el, setChildren,
   OKABE_ITO, fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, epsilonBound,
-  fmtLocalDay, fmtWindow, addDays, daysBetween, BIN_NAMES,
+  fmtLocalDay, fmtWindow, addDays, daysBetween, binName,
   pickDataset, showDatasetTitle,
 } from "/web/common.js";
 
@@ -435,7 +435,7 @@ function releaseRow(r) {
   const what = [
     spec.metric || "?",
     spec.unit === "zone" ? "zones" : Number.isFinite(spec.res) ? `res ${spec.res}` : null,
-    spec.bin ? BIN_NAMES[spec.bin] || spec.bin : null,
+    spec.bin ? binName(spec.bin) : null,
     spec.period ? `${spec.period} period` : null,
     spec.by && spec.by !== "none" ? `by ${spec.by.replace(",", " and ")}` : null,
   ].filter(Boolean).join(" · ");
@@ -546,7 +546,7 @@ function renderModel(ds) {
   const planItems = plan.map((x) => {
     const where = x.unit === "zone" ? "per zone" : `at resolution ${x.res}`;
     const people = x.period ? `, ${x.period} period${x.by && x.by !== "none" ? `, by ${x.by.replace(",", " and ")}` : ""}` : "";
-    return el("li", {}, `${BIN_NAMES[x.bin] || x.bin} ${x.metric} ${where}${people}: ρ = ${fmtRho(x.rho)} per day`);
+    return el("li", {}, `${binName(x.bin)} ${x.metric} ${where}${people}: ρ = ${fmtRho(x.rho)} per day`);
   });
 
   const blocks = [

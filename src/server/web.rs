@@ -53,6 +53,21 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../web/transparency.js"),
     ),
+    (
+        "i18n.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/i18n.js"),
+    ),
+    (
+        "lang-en.json",
+        "application/json",
+        include_str!("../../web/lang-en.json"),
+    ),
+    (
+        "lang-fr.json",
+        "application/json",
+        include_str!("../../web/lang-fr.json"),
+    ),
 ];
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -78,6 +93,11 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
         )
         .into_response();
     };
+    // For work on the viewer: HEXFLOW_WEB_DIR serves the same file names
+    // from that directory, so an edit shows on reload without a rebuild.
+    let from_disk = std::env::var_os("HEXFLOW_WEB_DIR")
+        .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok());
+    let body: String = from_disk.unwrap_or_else(|| (*body).to_owned());
     // The files change only with the binary: revalidate, then 304.
     let etag = format!("\"{}\"", &crate::util::sha256_parts([body.as_bytes()])[..32]);
     let base = [
@@ -88,10 +108,11 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
         ),
         (
             header::CONTENT_SECURITY_POLICY,
-            // No request may leave the origin, except basemap tiles the
-            // deployer configures (img-src allows any https source).
+            // No request may leave the origin, except the basemap a user
+            // sets in the map's settings: its tiles (img-src) and, for a
+            // style URL, the style document (connect-src), https only.
             HeaderValue::from_static(
-                "default-src 'self'; img-src 'self' data: https:; style-src 'self'; script-src 'self'; connect-src 'self'",
+                "default-src 'self'; img-src 'self' data: https:; style-src 'self'; script-src 'self'; connect-src 'self' https:",
             ),
         ),
     ];
@@ -102,5 +123,5 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
     {
         return (StatusCode::NOT_MODIFIED, base).into_response();
     }
-    (base, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], *body).into_response()
+    (base, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response()
 }
