@@ -7,11 +7,28 @@ import {
   api, apiUrl, setStatus, showError, el, setChildren,
   viridisCss, LOW_GREY, project, pointInPolygon,
   fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
-  binName, localMidnightUtc, daysBetween, addDays,
-  pickDataset, showDatasetTitle, setToken,
+  binName, binUnit, localMidnightUtc, daysBetween, addDays,
+  pickDataset, showDatasetTitle, setToken, t, tn,
 } from "/web/common.js";
+import { missing } from "/web/i18n.js";
 
 const $ = (id) => document.getElementById(id);
+
+/**
+ * The display name of a code the server sends (a segment, a period, an
+ * audience): the catalogue's `prefix.code`, else the code itself. A code
+ * without a key is not a miss (the server may name things the catalogue
+ * does not know), so it is taken back out of `missing`.
+ */
+function codeLabel(prefix, code) {
+  const k = `${prefix}.${code}`;
+  const s = t(k);
+  if (s === k) {
+    missing.delete(k);
+    return String(code);
+  }
+  return s;
+}
 
 /** A published value as a plain integer ("3645"): no grouping, so that what
  * the map shows reads exactly as in the CSV and GeoJSON downloads. */
@@ -59,6 +76,7 @@ const ui = {
   basemapForm: $("settings-form"),
   basemapUrl: $("basemap-url"),
   basemapClear: $("basemap-clear"),
+  basemapMsg: $("basemap-msg"),
 };
 
 const ctx = ui.canvas.getContext("2d");
@@ -114,7 +132,13 @@ const state = {
   binSeq: 0,
   listSeq: 0,
   releaseSeq: 0,
+  /** The raster template drawn (from the typed template, or read from the
+   * typed style URL), and the credit line its style or TileJSON gives. */
   basemap: "",
+  basemapCredit: "",
+  basemapSeq: 0,
+  /** What is counted, in the policy's words ("devices"), from a release's unit. */
+  unitName: "devices",
   tiles: new Map(),
   tileErrors: 0,
   /** The hex or zone a tap selected (in the URL as `sel`). */
@@ -271,8 +295,8 @@ async function applyHashNow() {
     showSelected();
   }
 }
-window.addEventListener("hashchange", () => applyHash().catch((e) => showError(e, "Cannot open this link")));
-window.addEventListener("popstate", () => applyHash().catch((e) => showError(e, "Cannot open this link")));
+window.addEventListener("hashchange", () => applyHash().catch((e) => showError(e, t("map.err.link"))));
+window.addEventListener("popstate", () => applyHash().catch((e) => showError(e, t("map.err.link"))));
 
 /** The tooltip of the hex (or zone) named in the URL, when it is drawn. */
 function showSelected() {
@@ -486,6 +510,7 @@ function tile(z, x, y) {
     .replaceAll("{z}", z)
     .replaceAll("{x}", x)
     .replaceAll("{y}", y)
+    .replaceAll("{-y}", 2 ** z - 1 - y)
     .replaceAll("{s}", "abc"[(x + y) % 3])
     .replaceAll("{r}", state.size.dpr > 1.5 ? "@2x" : "");
   let img = state.tiles.get(url);
@@ -502,7 +527,7 @@ function tile(z, x, y) {
   img.onerror = () => {
     state.tileErrors += 1;
     if (state.tileErrors === 3) {
-      setStatus(`Basemap tiles fail to load from ${hostOf(state.basemap)}: check the URL template in Settings.`, "error");
+      setStatus(t("map.basemap.tiles_fail", { host: hostOf(state.basemap) }), "error");
     }
   };
   img.src = url;
@@ -625,27 +650,74 @@ function hexAt(x, y) {
   return null;
 }
 
+// ------------------------------------------------------------ units
+
+/**
+ * A release's unit as the server words it (`release::value_unit`): what
+ * is counted (the policy's `unit_name`, "devices" unless it says
+ * otherwise), per hex or zone, per bin length.
+ */
+const UNIT_RE = /^(.+?)(?:-(hours|days|(\d+)-(minute|second) intervals))?( present)? per (hex|zone) per (hour|day|week|month)$/;
+const PER_BIN = { hour: "1h", day: "1d", week: "1w", month: "1mo" };
+
+/** What is counted, plural ("devices"), in the page's language when known. */
+const countedMany = (name) => (name === "devices" ? t("map.unit.devices") : name);
+/** What is counted, singular ("device"). */
+const countedOne = (name) => (name === "device" ? t("map.unit.device") : name);
+
+/** The unit `unit` (the server's English words) in the page's language;
+ * as it comes when it is not in the server's usual form. */
+function unitLabel(unit) {
+  const m = UNIT_RE.exec(unit || "");
+  if (!m) return unit || "";
+  const [, name, kind, n, step, present, where, per] = m;
+  const vars = {
+    place: where === "hex" ? t("map.place.hex") : t("map.place.zone"),
+    per: binUnit(PER_BIN[per]),
+  };
+  if (!present && !kind) return t("map.unit.count", { ...vars, name: countedMany(name) });
+  if (!present && kind === "hours") return t("map.unit.hours", { ...vars, one: countedOne(name) });
+  if (!present && step === "minute") return t("map.unit.minutes", { ...vars, one: countedOne(name), n });
+  if (!present && step === "second") return t("map.unit.seconds", { ...vars, one: countedOne(name), n });
+  if (present && !kind) return t("map.unit.present", { ...vars, name: countedMany(name) });
+  if (present && kind === "days") return t("map.unit.days_present", { ...vars, one: countedOne(name) });
+  return unit;
+}
+
+/** Learns what the dataset counts from a release's unit, and says it in
+ * the "Show" picker ("Footfall (devices per hour)"). */
+function learnUnitName(unit) {
+  const m = UNIT_RE.exec(unit || "");
+  if (!m) return;
+  state.unitName = m[2] ? `${m[1]}s` : m[1];
+  const footfall = [...ui.metric.options].find((o) => o.value === "footfall");
+  if (footfall) footfall.textContent = t("map.metric.footfall_of", { name: countedMany(state.unitName) });
+}
+
 function unitText() {
-  return (state.meta && state.meta.unit) || "devices per hex";
+  return state.meta && state.meta.unit ? unitLabel(state.meta.unit) : t("map.unit.fallback");
 }
 
 /** "hex 881f…" or "zone 1er arrondissement (13201)". */
 function placeName(hx) {
-  if (!hx.zone) return `hex ${hx.id}`;
+  if (!hx.zone) return t("map.place.hex_id", { id: hx.id });
   const name = state.zoneNames.get(hx.id);
-  return name && name !== hx.id ? `${name} (${hx.id})` : `zone ${hx.id}`;
+  return name && name !== hx.id ? `${name} (${hx.id})` : t("map.place.zone_id", { id: hx.id });
 }
 
 function tooltipText(hx) {
   const ci = plain(Math.round(hx.ci95));
+  const place = placeName(hx);
   if (!hx.covered) {
-    return `${placeName(hx)} · no coverage: no cell reaches it, so no device can be counted here`;
+    return t("map.tip.uncovered", { place, unit: countedOne(state.unitName.replace(/s$/, "")) });
   }
   if (hx.low) {
-    return `${placeName(hx)} · below threshold (${plain(hx.value)} ± ${ci} — too uncertain to show)`;
+    return t("map.tip.low", { place, value: plain(hx.value), ci });
   }
-  const who = isPresence() && state.segment !== "all" ? ` (${state.segment})` : "";
-  return `${placeName(hx)} · ${plain(hx.value)} ± ${ci} ${unitText()}${who}`;
+  const vars = { place, value: plain(hx.value), ci, unit: unitText() };
+  return isPresence() && state.segment !== "all"
+    ? t("map.tip.value_who", { ...vars, who: codeLabel("map.segment", state.segment) })
+    : t("map.tip.value", vars);
 }
 
 function updateHover(x, y) {
@@ -684,7 +756,7 @@ function hideTooltip() {
 function probeCentre() {
   updateHover(state.size.w / 2, state.size.h / 2);
   if (!state.hover) {
-    ui.tooltip.textContent = "no hex at the centre of the map";
+    ui.tooltip.textContent = isPresence() ? t("map.tip.none_zone") : t("map.tip.none");
     ui.tooltip.hidden = false;
     ui.tooltip.style.left = `${Math.round(state.size.w / 2 + 14)}px`;
     ui.tooltip.style.top = `${Math.round(state.size.h / 2 + 14)}px`;
@@ -838,73 +910,233 @@ window.addEventListener("resize", resizeCanvas);
 
 function hostOf(url) {
   try {
-    return new URL(url.replace(/\{[a-z]\}/g, "0")).host;
+    return new URL(url.replace(/\{-?[a-z]\}/g, "0")).host;
   } catch {
     return url;
   }
 }
 
-function validBasemap(t) {
-  if (!t) return "";
-  if (!/^https:\/\//i.test(t)) return "the basemap URL must start with https://";
-  for (const k of ["{z}", "{x}", "{y}"]) if (!t.includes(k)) return `the basemap URL must contain ${k}`;
+const XYZ = ["{z}", "{x}", "{y}"];
+/** A raster tile template names {z}, {x} and {y}; a URL naming none of
+ * them is read as a MapLibre/Mapbox GL style (or a TileJSON). */
+const isTemplate = (u) => XYZ.some((k) => u.includes(k)) || u.includes("{-y}");
+
+/** Why `u` (what the user typed) cannot be a basemap, or "". */
+function validBasemap(u) {
+  if (!u) return "";
+  if (!/^https:\/\//i.test(u)) return t("map.basemap.err.https");
+  if (isTemplate(u)) {
+    for (const k of XYZ) {
+      if (!u.includes(k) && !(k === "{y}" && u.includes("{-y}"))) return t("map.basemap.err.xyz", { key: k });
+    }
+  }
   try {
-    new URL(t.replace(/\{[a-z]\}/g, "0"));
+    new URL(u.replace(/\{-?[a-z]\}/g, "0"));
   } catch {
-    return "the basemap URL is not a valid URL";
+    return t("map.basemap.err.invalid");
   }
   return "";
 }
 
-function setBasemap(t, save) {
-  state.basemap = t;
+/** A basemap refused, with the reason to show. */
+class BasemapError extends Error {}
+
+/** The JSON document at https `url` (a style or a TileJSON). */
+async function fetchDoc(url) {
+  const host = hostOf(url);
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 15000);
+  let resp;
+  try {
+    // No cookie, no referrer: the tile server learns no more than it must.
+    resp = await fetch(url, { signal: abort.signal, credentials: "omit", referrerPolicy: "no-referrer" });
+  } catch {
+    throw new BasemapError(t("map.basemap.err.fetch", { host }));
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!resp.ok) throw new BasemapError(t("map.basemap.err.status", { host, status: resp.status }));
+  try {
+    return await resp.json();
+  } catch {
+    throw new BasemapError(t("map.basemap.err.json", { host }));
+  }
+}
+
+/** Plain text of an attribution (styles and TileJSON give HTML). */
+function creditText(html) {
+  if (typeof html !== "string" || !html.trim()) return "";
+  const doc = new DOMParser().parseFromString(html, "text/html");
+  return (doc.body.textContent || "").replace(/\s+/g, " ").trim().slice(0, 300);
+}
+
+/** An absolute https raster template from a style's or TileJSON's tile
+ * URL (relative to `base`), TMS rows turned into {-y}. */
+function rasterTemplate(tileUrl, base, scheme) {
+  if (typeof tileUrl !== "string") return null;
+  let abs;
+  try {
+    abs = new URL(tileUrl, base).href;
+  } catch {
+    return null;
+  }
+  // new URL() percent-encodes the braces of the placeholders.
+  abs = abs.replace(/%7B/gi, "{").replace(/%7D/gi, "}");
+  if (scheme === "tms") abs = abs.replaceAll("{y}", "{-y}");
+  if (!/^https:\/\//i.test(abs) || !abs.includes("{z}") || !abs.includes("{x}") || !/\{-?y\}/.test(abs)) return null;
+  return abs;
+}
+
+/** The raster template of a TileJSON document, or a refusal. */
+function fromTileJson(tj, base, host) {
+  const tiles = Array.isArray(tj.tiles) ? tj.tiles : [];
+  if (Array.isArray(tj.vector_layers) || /^(pbf|mvt)$/i.test(String(tj.format || ""))) {
+    throw new BasemapError(t("map.basemap.err.vector", { host }));
+  }
+  const template = rasterTemplate(tiles[0], base, tj.scheme);
+  if (!template) throw new BasemapError(t("map.basemap.err.tiles", { host }));
+  return { template, credit: creditText(tj.attribution) };
+}
+
+/**
+ * What the typed basemap draws: a raster template as typed, or the first
+ * raster source of the style (or TileJSON) at that URL, with its credit.
+ * Vector sources are refused: no vector renderer is loaded, by design.
+ */
+async function resolveBasemap(input) {
+  if (!input || isTemplate(input)) return { template: input, credit: "" };
+  const host = hostOf(input);
+  const doc = await fetchDoc(input);
+  if (!doc || typeof doc !== "object") throw new BasemapError(t("map.basemap.err.not_style", { host }));
+  // A TileJSON given directly.
+  if (Array.isArray(doc.tiles) && !doc.sources) return fromTileJson(doc, input, host);
+  if (!doc.sources || typeof doc.sources !== "object") throw new BasemapError(t("map.basemap.err.not_style", { host }));
+  const sources = Object.values(doc.sources).filter((x) => x && typeof x === "object");
+  const raster = sources.find((x) => x.type === "raster");
+  if (!raster) {
+    throw new BasemapError(sources.some((x) => x.type === "vector")
+      ? t("map.basemap.err.vector", { host })
+      : t("map.basemap.err.no_raster", { host }));
+  }
+  if (Array.isArray(raster.tiles) && raster.tiles.length) {
+    const template = rasterTemplate(raster.tiles[0], input, raster.scheme);
+    if (!template) throw new BasemapError(t("map.basemap.err.tiles", { host }));
+    return { template, credit: creditText(raster.attribution) };
+  }
+  if (typeof raster.url === "string") {
+    let tjUrl;
+    try {
+      tjUrl = new URL(raster.url, input).href;
+    } catch {
+      tjUrl = "";
+    }
+    if (!/^https:\/\//i.test(tjUrl)) throw new BasemapError(t("map.basemap.err.tiles", { host }));
+    const tj = await fetchDoc(tjUrl);
+    const out = fromTileJson(tj || {}, tjUrl, hostOf(tjUrl));
+    return { ...out, credit: creditText(raster.attribution) || out.credit };
+  }
+  throw new BasemapError(t("map.basemap.err.tiles", { host }));
+}
+
+/** The line under the settings: what the basemap setting came to. */
+function basemapMessage(text, kind = "info") {
+  ui.basemapMsg.textContent = text || "";
+  ui.basemapMsg.dataset.kind = kind;
+  ui.basemapMsg.hidden = !text;
+}
+
+function storeBasemap(input) {
+  try {
+    if (input) localStorage.setItem(BASEMAP_KEY, input);
+    else localStorage.removeItem(BASEMAP_KEY);
+  } catch {
+    // storage disabled: the setting lasts for this page only
+  }
+}
+
+/** Draws raster tiles from `template` (none when empty). */
+function setBasemap(template, credit = "") {
+  state.basemap = template;
+  state.basemapCredit = credit;
   state.tiles.clear();
   state.tileErrors = 0;
-  if (save) {
-    try {
-      if (t) localStorage.setItem(BASEMAP_KEY, t);
-      else localStorage.removeItem(BASEMAP_KEY);
-    } catch {
-      // storage disabled: the setting lasts for this page only
-    }
-  }
-  ui.attribution.textContent = t
-    ? `Values: hexflow release. Basemap tiles from ${hostOf(t)} (set in Settings; credit as its terms require).`
-    : "Values: hexflow release. No basemap (add one in Settings).";
+  const host = hostOf(template);
+  ui.attribution.textContent = !template
+    ? t("map.attribution.none")
+    : credit
+      ? t("map.attribution.credit", { credit, host })
+      : t("map.attribution.basemap", { host });
   scheduleDraw();
 }
 
-ui.basemapForm.addEventListener("submit", (e) => {
+/**
+ * Applies what the user typed (a template or a style URL): resolves a
+ * style first. Returns the message to show, or throws a BasemapError.
+ */
+async function applyBasemap(input) {
+  const seq = ++state.basemapSeq;
+  const err = validBasemap(input);
+  if (err) throw new BasemapError(err);
+  if (input && !isTemplate(input)) basemapMessage(t("map.basemap.reading", { host: hostOf(input) }));
+  const { template, credit } = await resolveBasemap(input);
+  if (seq !== state.basemapSeq) return null;
+  setBasemap(template, credit);
+  if (!template) {
+    basemapMessage("");
+    return t("map.basemap.off");
+  }
+  const msg = input === template
+    ? t("map.basemap.on", { host: hostOf(template) })
+    : t("map.basemap.on_style", { style: hostOf(input), host: hostOf(template) });
+  basemapMessage(input === template ? "" : msg);
+  return msg;
+}
+
+ui.basemapForm.addEventListener("submit", async (e) => {
   e.preventDefault();
-  const t = ui.basemapUrl.value.trim();
-  const err = validBasemap(t);
-  if (err) {
-    setStatus(`Basemap not set: ${err}.`, "error");
+  const input = ui.basemapUrl.value.trim();
+  try {
+    const msg = await applyBasemap(input);
+    if (msg === null) return;
+    ui.basemapUrl.removeAttribute("aria-invalid");
+    storeBasemap(input);
+    setStatus(msg, "info");
+  } catch (err) {
+    if (!(err instanceof BasemapError)) throw err;
+    const msg = t("map.basemap.not_set", { reason: err.message });
+    basemapMessage(msg, "error");
+    setStatus(msg, "error");
     ui.basemapUrl.setAttribute("aria-invalid", "true");
     ui.basemapUrl.focus();
-    return;
   }
-  ui.basemapUrl.removeAttribute("aria-invalid");
-  setBasemap(t, true);
-  setStatus(t ? `Basemap on: tiles are now requested from ${hostOf(t)}.` : "Basemap off.", "info");
 });
 ui.basemapClear.addEventListener("click", () => {
+  state.basemapSeq++;
   ui.basemapUrl.value = "";
   ui.basemapUrl.removeAttribute("aria-invalid");
-  setBasemap("", true);
-  setStatus("Basemap off: the map makes no request outside this site.", "info");
+  storeBasemap("");
+  setBasemap("");
+  basemapMessage("");
+  setStatus(t("map.basemap.off_clear"), "info");
 });
 
+/** The stored setting (as the user typed it), a style resolved anew. */
 function initBasemap() {
-  let t = "";
+  let input = "";
   try {
-    t = localStorage.getItem(BASEMAP_KEY) || "";
+    input = localStorage.getItem(BASEMAP_KEY) || "";
   } catch {
-    t = "";
+    input = "";
   }
-  if (validBasemap(t)) t = "";
-  ui.basemapUrl.value = t;
-  setBasemap(t, false);
+  if (validBasemap(input)) input = "";
+  ui.basemapUrl.value = input;
+  setBasemap("");
+  if (!input) return;
+  applyBasemap(input).catch((err) => {
+    if (!(err instanceof BasemapError)) throw err;
+    basemapMessage(t("map.basemap.not_set", { reason: err.message }), "error");
+    ui.basemapUrl.setAttribute("aria-invalid", "true");
+  });
 }
 
 // ------------------------------------------------------------ study area
@@ -993,10 +1225,11 @@ async function spanOf(resArg) {
 }
 
 function releaseLabel(r) {
+  const vars = { bin: binName(r.bin), window: fmtWindow(r.from, r.to) };
   if (r.metric === "presence") {
-    return `${binName(r.bin)} people (${r.period}) per zone · ${fmtWindow(r.from, r.to)}`;
+    return t("map.release.presence", { ...vars, period: codeLabel("map.period", r.period) });
   }
-  return `${binName(r.bin)} res ${r.res} · ${fmtWindow(r.from, r.to)}`;
+  return t("map.release.footfall", { ...vars, res: r.res });
 }
 
 function setDateRange(span) {
@@ -1012,17 +1245,17 @@ async function loadReleases(preferId, preferBin, sameKindAs) {
   stopPlay();
   if (!day || !/^\d{4}-\d{2}-\d{2}$/.test(day)) {
     setChildren(ui.release);
-    showEmpty("Choose a day to see its releases.");
+    showEmpty(t("map.status.choose_day"));
     return;
   }
-  setStatus(`Loading the releases of ${day}…`, "info");
+  setStatus(t("map.status.loading_day", { day }), "info");
   let list;
   let span;
   try {
     [list, span] = await Promise.all([api(releasesUrl({ res, day, limit: 500 })), spanOf(res)]);
   } catch (e) {
     if (seq === state.listSeq) {
-      showError(e, "Cannot list the releases");
+      showError(e, t("map.err.list"));
       showEmpty(null);
     }
     return;
@@ -1044,11 +1277,18 @@ async function loadReleases(preferId, preferBin, sameKindAs) {
   );
   ui.release.disabled = releases.length === 0;
   if (!releases.length) {
-    const what = isPresence() ? `${state.audience} people releases (${presencePeriod()})` : `${state.audience} footfall releases at resolution ${res}`;
-    const range = span && span.first
-      ? ` The ${what} cover ${fmtWindow(span.first, span.last)}.`
-      : ` There are no ${what} yet.`;
-    setStatus(`No releases for this day: nothing covers ${day}.${range}`, "empty");
+    const vars = {
+      day,
+      audience: codeLabel("map.audience", state.audience),
+      period: isPresence() ? codeLabel("map.period", presencePeriod()) : "",
+      res,
+      window: span && span.first ? fmtWindow(span.first, span.last) : "",
+    };
+    const covered = span && span.first;
+    const msg = isPresence()
+      ? covered ? t("map.status.none_presence_range", vars) : t("map.status.none_presence_never", vars)
+      : covered ? t("map.status.none_footfall_range", vars) : t("map.status.none_footfall_never", vars);
+    setStatus(msg, "empty");
     showEmpty(null);
     return;
   }
@@ -1095,7 +1335,7 @@ function showEmpty(message) {
   ui.legendUnit.textContent = "";
   ui.legendNote.textContent = "";
   setLinks(null);
-  ui.canvas.setAttribute("aria-label", "Map of the study area: no release shown");
+  ui.canvas.setAttribute("aria-label", t("map.canvas.empty"));
   if (message) setStatus(message, "empty");
   drawNow();
 }
@@ -1123,7 +1363,7 @@ async function selectRelease(summary, wantedBin) {
   hooks.bin = null;
   document.body.dataset.state = "loading";
   delete document.body.dataset.bin;
-  setStatus(`Loading ${releaseLabel(summary)}…`, "info");
+  setStatus(t("map.status.loading_release", { release: releaseLabel(summary) }), "info");
   const id = encodeURIComponent(summary.release_id);
   const manifestUrl = `/api/v1/releases/${id}`;
   renderPrivacy(summary, null);
@@ -1145,13 +1385,14 @@ async function selectRelease(summary, wantedBin) {
   } catch (e) {
     if (seq === state.releaseSeq) {
       showEmpty(null);
-      showError(e, "Cannot load the release");
+      showError(e, t("map.err.release"));
       document.body.dataset.state = "error";
     }
     return;
   }
   if (seq !== state.releaseSeq) return;
   state.meta = meta;
+  learnUnitName(meta.unit);
   if (meta.timezone) state.tz = meta.timezone;
   const bins = Math.max(1, summary.bins || (meta.bins ? meta.bins.length : 1));
   ui.slider.max = String(bins - 1);
@@ -1276,7 +1517,7 @@ async function showBin(k) {
         state.bin = hooks.bin;
         ui.slider.value = String(hooks.bin);
       }
-      showError(e, `Cannot load bin ${k}`);
+      showError(e, t("map.err.bin", { k }));
     }
     return;
   }
@@ -1303,14 +1544,14 @@ async function showBin(k) {
   }
   drawNow();
 
-  const label = data.hexes.length ? fmtBinRange(data.hexes[0].binStart, release.bin, state.tz) : `bin ${k}`;
+  const label = data.hexes.length ? fmtBinRange(data.hexes[0].binStart, release.bin, state.tz) : t("map.bin.n", { k });
   ui.binLabel.textContent = label;
   ui.slider.setAttribute("aria-valuetext", label);
   renderSummary(label);
   renderTop();
   setLinks(release, k);
   if (!state.playing) {
-    const dropped = data.hexes.length === 0 ? " This bin has no hexes." : "";
+    const dropped = data.hexes.length === 0 ? (isPresence() ? t("map.status.no_zones") : t("map.status.no_hexes")) : "";
     setStatus(dropped, "empty");
   }
   hooks.release = release;
@@ -1362,7 +1603,7 @@ function startPlay() {
   state.playing = true;
   ui.play.setAttribute("aria-pressed", "true");
   ui.playIcon.textContent = "❚❚";
-  ui.playText.textContent = "Pause";
+  ui.playText.textContent = t("map.pause");
   setStatus("", "info");
   schedulePlayStep();
 }
@@ -1372,7 +1613,7 @@ function stopPlay() {
   clearTimeout(state.playTimer);
   ui.play.setAttribute("aria-pressed", "false");
   ui.playIcon.textContent = "▶";
-  ui.playText.textContent = "Play";
+  ui.playText.textContent = t("map.play");
 }
 
 ui.play.addEventListener("click", () => (state.playing ? stopPlay() : startPlay()));
@@ -1393,29 +1634,30 @@ function renderLegend(meta) {
     return el("span", { class: "tick" }, f === 1 && max > 0 ? `${text}+` : text);
   });
   setChildren(ui.legendTicks, ticks);
-  ui.legendUnit.textContent = meta.unit || "";
+  const unit = unitLabel(meta.unit);
+  ui.legendUnit.textContent = unit;
   $("map-legend-max").textContent = max > 0 ? `${digits ? fmtNum(max, 1) : plain(max)}+` : "–";
-  $("map-legend-unit").textContent = meta.unit || "";
+  $("map-legend-unit").textContent = unit;
   const thr = meta.display_threshold;
   ui.legendLowText.textContent = Number.isFinite(thr)
-    ? `below ${fmtNum(thr, 1)}: too uncertain to show (not on the scale)`
-    : "below the display threshold: too uncertain to show";
+    ? t("map.legend.low_thr", { threshold: fmtNum(thr, 1) })
+    : t("map.legend.low");
   ui.legendNote.textContent = max <= 0
-    ? "No value of this release is above the display threshold."
+    ? t("map.legend.none_above")
     : isPresence()
-      ? `Its top, ${plain(max)}, is the largest zone shown: one person counts once a day (in the zone where the period's hours kept them most), not once an hour.`
-      : `One scale for every bin of this release, so colours compare across the slider. Its top, ${digits ? fmtNum(max, 1) : plain(max)}, is the 99th percentile of the values shown; higher values share the top colour.`;
+      ? t("map.legend.presence_top", { max: plain(max) })
+      : t("map.legend.footfall_top", { max: digits ? fmtNum(max, 1) : plain(max) });
 }
 
 function mechanismText(m) {
   const mech = String(m.mechanism || "").toLowerCase().replace(/_/g, "");
   const place = String(m.placement || "").toLowerCase();
   const parts = [];
-  if (mech === "gaussianzcdp") parts.push("Gaussian noise under zero-concentrated DP");
-  else if (mech === "laplacepure") parts.push("Laplace noise under pure ε-DP");
+  if (mech === "gaussianzcdp") parts.push(t("map.mech.gaussian"));
+  else if (mech === "laplacepure") parts.push(t("map.mech.laplace"));
   else if (m.mechanism) parts.push(String(m.mechanism));
-  if (place === "cell") parts.push("added to the cell counts, then spread over hexes by the public coverage weights");
-  else if (place === "hex") parts.push("added to each hex's area-weighted sum");
+  if (place === "cell") parts.push(t("map.mech.cell"));
+  else if (place === "hex") parts.push(t("map.mech.hex"));
   return parts.join(", ");
 }
 
@@ -1423,17 +1665,19 @@ function renderPrivacy(s, m) {
   const id = encodeURIComponent(s.release_id);
   const pure = m && String(m.mechanism || "").toLowerCase().replace(/_/g, "") === "laplacepure";
   const cost = pure
-    ? `ε = ${fmtEps(s.epsilon)} per day charged (pure DP)`
-    : `ρ = ${fmtRho(s.rho)} per day charged (ε = ${fmtEps(s.epsilon)} at δ = ${fmtDelta(s.delta)})`;
+    ? t("map.privacy.cost_pure", { eps: fmtEps(s.epsilon) })
+    : t("map.privacy.cost_zcdp", { rho: fmtRho(s.rho), eps: fmtEps(s.epsilon), delta: fmtDelta(s.delta) });
   setChildren(
     ui.privacy,
-    el("strong", {}, "No one's day can be picked out of this map: "),
-    "random noise, calibrated to hide any single phone over any single day, was added to every value before it was published, and what that cost is on public record. ",
+    el("strong", {}, t("map.privacy.lead")),
+    " ",
+    t("map.privacy.body"),
     el("br"),
-    `In symbols: ${cost} · error bars are 95 % intervals · `,
-    el("a", { href: "/transparency" }, "what was spent"),
+    t("map.privacy.symbols", { cost }),
     " · ",
-    el("a", { href: `/api/v1/releases/${id}`, target: "_blank", rel: "noopener" }, "manifest"),
+    el("a", { href: "/transparency" }, t("map.privacy.spent")),
+    " · ",
+    el("a", { href: `/api/v1/releases/${id}`, target: "_blank", rel: "noopener" }, t("map.privacy.manifest")),
   );
   if (!m) {
     setChildren(ui.privacyDetail);
@@ -1443,30 +1687,45 @@ function renderPrivacy(s, m) {
   const b = m.bounds || {};
   const bits = [
     mechanismText(m),
-    days !== null ? `charged on ${days} day${days === 1 ? "" : "s"}` : null,
-    m.privacy_unit ? `unit: one ${m.privacy_unit === "device-day" ? "device over one local day" : m.privacy_unit}` : null,
+    days !== null ? tn("map.privacy.days", days) : null,
+    m.privacy_unit
+      ? m.privacy_unit === "device-day" ? t("map.privacy.unit_device_day") : t("map.privacy.unit", { unit: m.privacy_unit })
+      : null,
     Number.isFinite(b.max_cells_per_bin)
-      ? `bounds: ≤ ${b.max_cells_per_bin} cells per bin, ≤ ${b.max_bins_per_day} bins per day`
+      ? t("map.privacy.bounds", { cells: b.max_cells_per_bin, bins: b.max_bins_per_day })
       : null,
     m.hexflow_version ? `hexflow ${m.hexflow_version}` : null,
     m.opendp_version ? `OpenDP ${m.opendp_version}` : null,
   ].filter(Boolean);
-  setChildren(ui.privacyDetail, `${bits.join(" · ")}.`);
+  setChildren(ui.privacyDetail, t("map.privacy.detail", { list: bits.join(" · ") }));
 }
 
-function renderSummary(label) {
+function renderSummary(binText) {
   const shown = state.hexes.filter((h) => h.covered && !h.low);
   const low = state.hexes.filter((h) => h.covered && h.low).length;
   const uncovered = state.hexes.filter((h) => !h.covered).length;
   let top = null;
   for (const h of shown) if (!top || h.value > top.value) top = h;
-  const what = isPresence() ? `People map (${presencePeriod()}, ${state.segment === "all" ? "everyone" : state.segment})` : "Footfall map";
-  const places = isPresence() ? "zones" : "hexes";
-  const parts = [`${what}, ${label}: ${state.hexes.length} ${places}`];
-  if (top) parts.push(`highest ${plain(top.value)} ± ${plain(Math.round(top.ci95))} ${unitText()} at ${placeName(top)}`);
-  if (low) parts.push(`${low} below the display threshold`);
-  if (uncovered) parts.push(`${uncovered} without coverage`);
-  ui.canvas.setAttribute("aria-label", `${parts.join("; ")}. Details in the table of busiest hexes.`);
+  const n = state.hexes.length;
+  const parts = [
+    isPresence()
+      ? tn("map.summary.presence", n, {
+        bin: binText,
+        period: codeLabel("map.period", presencePeriod()),
+        who: state.segment === "all" ? t("map.segment.all") : codeLabel("map.segment", state.segment),
+      })
+      : tn("map.summary.footfall", n, { bin: binText }),
+  ];
+  if (top) {
+    parts.push(t("map.summary.highest", {
+      value: plain(top.value), ci: plain(Math.round(top.ci95)), unit: unitText(), place: placeName(top),
+    }));
+  }
+  if (low) parts.push(tn("map.summary.low", low));
+  if (uncovered) parts.push(tn("map.summary.uncovered", uncovered));
+  ui.canvas.setAttribute("aria-label", isPresence()
+    ? t("map.summary.end_zones", { summary: parts.join("; ") })
+    : t("map.summary.end_hexes", { summary: parts.join("; ") }));
 }
 
 /** "near Vieux-Port · 1er arrondissement": the landmark nearest a hex's
@@ -1482,11 +1741,11 @@ function whereIs(hx) {
     if (d < 1500 && (!best || d < best.d)) best = { name: lm.name, d };
   }
   const zone = state.zones.find((z) => z.polys.some((p) => pointInPolygon(u, v, p)));
-  return [best ? `near ${best.name}` : null, zone ? zone.name : null].filter(Boolean).join(" · ");
+  return [best ? t("map.top.near", { name: best.name }) : null, zone ? zone.name : null].filter(Boolean).join(" · ");
 }
 
 function renderTop() {
-  $("top-h").textContent = isPresence() ? "Busiest zones in this bin" : "Busiest hexes in this bin";
+  $("top-h").textContent = isPresence() ? t("map.top.h_zones") : t("map.top.h");
   const rows = state.hexes
     .filter((h) => h.covered && !h.low)
     .sort((a, b) => b.value - a.value)
@@ -1499,7 +1758,7 @@ function renderTop() {
         el("td", { class: "num" }, plain(h.value)),
         el("td", { class: "num" }, `± ${plain(Math.round(h.ci95))}`)));
   if (!rows.length) {
-    rows.push(el("tr", {}, el("td", { colspan: "3" }, `No ${isPresence() ? "zone" : "hex"} is above the display threshold in this bin.`)));
+    rows.push(el("tr", {}, el("td", { colspan: "3" }, isPresence() ? t("map.top.empty_zones") : t("map.top.empty"))));
   }
   setChildren(ui.topBody, rows);
 }
@@ -1569,7 +1828,7 @@ ui.tokenForm.addEventListener("submit", (e) => {
   if (!ui.token.value.trim()) ui.audience.value = "public";
   state.spans.clear();
   state.binCache.clear();
-  changeMetric(state.metric, state.segment).catch((err) => showError(err, "Cannot list the releases"));
+  changeMetric(state.metric, state.segment).catch((err) => showError(err, t("map.err.list")));
 });
 ui.tokenForget.addEventListener("click", () => {
   setToken(null);
@@ -1578,7 +1837,7 @@ ui.tokenForget.addEventListener("click", () => {
   state.audience = "public";
   state.spans.clear();
   state.binCache.clear();
-  changeMetric(state.metric, state.segment).catch((err) => showError(err, "Cannot list the releases"));
+  changeMetric(state.metric, state.segment).catch((err) => showError(err, t("map.err.list")));
 });
 ui.release.addEventListener("change", () => {
   const r = state.releases.find((x) => x.release_id === ui.release.value);
@@ -1592,17 +1851,17 @@ const H3_AREA_KM2 = { 5: 252.9, 6: 36.13, 7: 5.161, 8: 0.7373, 9: 0.1053, 10: 0.
 
 function resLabel(r) {
   const a = H3_AREA_KM2[r];
-  return a ? `${r} (hexes of ~${fmtNum(a, a < 1 ? 2 : 1)} km²)` : String(r);
+  return a ? t("map.res.option", { res: r, area: fmtNum(a, a < 1 ? 2 : 1) }) : String(r);
 }
 
 async function start() {
   initBasemap();
-  setStatus("Loading…", "info");
+  setStatus(t("map.loading"), "info");
   const { dataset } = await pickDataset();
   state.ds = dataset;
   state.tz = dataset.timezone || "UTC";
   showDatasetTitle(dataset);
-  const areaP = loadArea(dataset.dataset).catch((e) => showError(e, "Cannot load the study area"));
+  const areaP = loadArea(dataset.dataset).catch((e) => showError(e, t("map.err.area")));
   for (const z of Array.isArray(dataset.zones) ? dataset.zones : []) state.zoneNames.set(z.zone_id, z.name || z.zone_id);
   // People per zone, by period, where the policy publishes presence.
   const presence = dataset.presence;
@@ -1610,13 +1869,14 @@ async function start() {
   if (presence && presence.periods) {
     for (const [name, b] of Object.entries(presence.periods)) {
       if (!planned.has(name)) continue;
-      ui.metric.append(el("option", { value: `presence:${name}` }, `People per zone, ${name} (${b.from}–${b.to})`));
+      ui.metric.append(el("option", { value: `presence:${name}` },
+        t("map.metric.presence", { period: codeLabel("map.period", name), from: b.from, to: b.to })));
     }
-    for (const s of presence.segments || []) ui.segment.append(el("option", { value: s }, s));
+    for (const s of presence.segments || []) ui.segment.append(el("option", { value: s }, codeLabel("map.segment", s)));
   }
   // The audiences of this policy, whatever they are called.
   const audiences = Object.keys(dataset.audiences || {});
-  if (audiences.length) setChildren(ui.audience, audiences.map((a) => el("option", { value: a }, a === "tourism" ? "tourism office" : a)));
+  if (audiences.length) setChildren(ui.audience, audiences.map((a) => el("option", { value: a }, codeLabel("map.audience", a))));
   ui.audience.value = "public";
   ui.metric.disabled = ui.metric.options.length < 2;
 
@@ -1644,7 +1904,7 @@ async function start() {
   }
   state.selected = state.initialHash.selected || null;
   if (!available.length) {
-    setChildren(ui.res, el("option", { value: "" }, "none"));
+    setChildren(ui.res, el("option", { value: "" }, t("map.res.none")));
     ui.res.disabled = true;
     // A dataset that publishes people per zone but no hex footfall opens
     // on people.
@@ -1656,7 +1916,7 @@ async function start() {
       return;
     }
     ui.release.disabled = true;
-    showEmpty("No public footfall release is published yet: the map shows the study area only.");
+    showEmpty(t("map.status.no_footfall"));
     return;
   }
   setChildren(ui.res, available.map((r) => el("option", { value: String(r) }, resLabel(r))));
@@ -1681,7 +1941,7 @@ async function start() {
 }
 
 start().catch((e) => {
-  showError(e, "Cannot start the map");
+  showError(e, t("map.err.start"));
   document.body.dataset.state = "error";
 });
 

@@ -6,8 +6,9 @@ import {
   api, apiUrl, setStatus, showError, el, setChildren,
   OKABE_ITO, fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, epsilonBound,
   fmtLocalDay, fmtWindow, addDays, daysBetween, binName,
-  pickDataset, showDatasetTitle,
+  pickDataset, showDatasetTitle, t, tn, locale,
 } from "/web/common.js";
+import { missing } from "/web/i18n.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -34,7 +35,39 @@ const MORE = 200;
 const EPS = 1e-9;
 /** Average H3 hexagon areas (km²) by resolution, for the plain-words text. */
 const H3_AREA_KM2 = { 5: 252.9, 6: 36.13, 7: 5.161, 8: 0.7373, 9: 0.1053, 10: 0.01504, 11: 0.002149 };
-const BIN_SPOKEN = { "1h": "one hour", "1d": "one day", "1w": "one week", "1mo": "one month" };
+
+/**
+ * The display name of a code from the server (`prefix.code` in the
+ * catalogue), or the code itself when the catalogue has none: a policy may
+ * name audiences, metrics or periods this page does not know.
+ */
+const label = (prefix, code) => {
+  const k = `${prefix}.${code}`;
+  const s = t(k);
+  if (s === k) {
+    missing.delete(k);
+    return code;
+  }
+  return s;
+};
+const audienceName = (a) => label("transparency.audience", a);
+const metricName = (m) => label("transparency.metric", m);
+/** "by segment", "by segment and origin" (from "segment,origin"). */
+function byName(by) {
+  const k = `transparency.by.${by.replace(/,/g, "_")}`;
+  const s = t(k);
+  if (s !== k) return s;
+  missing.delete(k);
+  return t("transparency.by_other", { by });
+}
+/** "day period", or "{period} period" for a period the catalogue lacks. */
+function periodName(period) {
+  const k = `transparency.period.${period}`;
+  const s = t(k);
+  if (s !== k) return s;
+  missing.delete(k);
+  return t("transparency.period_other", { period });
+}
 
 const state = {
   ds: null,
@@ -111,7 +144,7 @@ function drawChart() {
     ctx.fillStyle = "#535b66";
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
-    ctx.fillText("Nothing has been charged yet.", w / 2, h / 2);
+    ctx.fillText(t("transparency.chart.empty"), w / 2, h / 2);
     return;
   }
   const L = layout(w);
@@ -144,7 +177,7 @@ function drawChart() {
   ctx.rotate(-Math.PI / 2);
   ctx.textAlign = "center";
   ctx.fillStyle = "#1b1f24";
-  ctx.fillText("ρ spent per day (zCDP)", 0, 0);
+  ctx.fillText(t("transparency.chart.y_axis"), 0, 0);
   ctx.restore();
 
   // X axis ticks.
@@ -167,7 +200,7 @@ function drawChart() {
     }
   }
   ctx.fillStyle = "#1b1f24";
-  ctx.fillText(`local day (${c.timezone})`, L.left + pw / 2, L.top + ph + 26);
+  ctx.fillText(t("transparency.chart.x_axis", { tz: c.timezone }), L.left + pw / 2, L.top + ph + 26);
 
   // Caps: translucent bands under a dashed line, so that a spend line that
   // reaches its cap (the public's plan spends all of it) stays visible on
@@ -192,8 +225,8 @@ function drawChart() {
     if (!capLabels.has(key)) capLabels.set(key, { v, who: [] });
     capLabels.get(key).who.push(who);
   };
-  c.audiences.forEach((a, k) => capLine(c.caps[a], colourOf(k), a));
-  capLine(c.datasetCap, "#1b1f24", "dataset");
+  c.audiences.forEach((a, k) => capLine(c.caps[a], colourOf(k), audienceName(a)));
+  capLine(c.datasetCap, "#1b1f24", t("transparency.chart.cap_dataset"));
   ctx.setLineDash([]);
   if (!L.narrow) {
     // Two lines per cap value ("cap 0.2" / "planners, public"), top down.
@@ -205,7 +238,7 @@ function drawChart() {
     for (const { v, who } of sorted) {
       const y = Math.max(Y(v), nextFree);
       ctx.font = `600 ${font}`;
-      fitText(ctx, `cap ${fmtRho(v)}`, L.left + pw + 6, y, L.right - 8);
+      fitText(ctx, t("transparency.chart.cap", { rho: fmtRho(v) }), L.left + pw + 6, y, L.right - 8);
       ctx.font = font;
       fitText(ctx, who.join(", "), L.left + pw + 6, y + 14, L.right - 8);
       nextFree = y + 32;
@@ -273,16 +306,15 @@ function xTicks(days, pw) {
     return out;
   }
   if (n >= 60) {
-    const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let firstLabel = true;
     days.forEach((d, i) => {
       if (d.endsWith("-01") || i === 0) {
-        const m = months[Number(d.slice(5, 7)) - 1];
-        const label = firstLabel || d.slice(5, 7) === "01" ? `${m} ${d.slice(0, 4)}` : m;
+        const date = new Date(`${d}T12:00:00Z`);
+        const text = (firstLabel || d.slice(5, 7) === "01" ? MONTH_YEAR : MONTH).format(date);
         if (i === 0 && !d.endsWith("-01")) {
           out.push({ i, label: shortDay(d) });
         } else {
-          out.push({ i, label });
+          out.push({ i, label: text });
         }
         firstLabel = false;
       }
@@ -294,9 +326,13 @@ function xTicks(days, pw) {
   return out;
 }
 
+/** Month names and days of the axis, in the page's language ("4 Mar", "4 mars"). */
+const MONTH = new Intl.DateTimeFormat(locale, { month: "short", timeZone: "UTC" });
+const MONTH_YEAR = new Intl.DateTimeFormat(locale, { month: "short", year: "numeric", timeZone: "UTC" });
+const DAY_MONTH = new Intl.DateTimeFormat(locale, { day: "numeric", month: "short", timeZone: "UTC" });
+
 function shortDay(d) {
-  const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-  return `${Number(d.slice(8, 10))} ${months[Number(d.slice(5, 7)) - 1]}`;
+  return DAY_MONTH.format(new Date(`${d}T12:00:00Z`));
 }
 
 // ------------------------------------------------------------ chart legend & readout
@@ -305,15 +341,15 @@ function renderLegend(c) {
   const items = c.audiences.map((a, k) =>
     el("li", {},
       el("span", { class: `key-line c${k % OKABE_ITO.length}`, "aria-hidden": "true" }),
-      el("span", { class: "label" }, `${a} (cap ${fmtRho(c.caps[a])} per day, dashed)`)));
+      el("span", { class: "label" }, t("transparency.legend.audience", { audience: audienceName(a), cap: fmtRho(c.caps[a]) }))));
   if (c.audiences.length > 1) {
     items.push(el("li", {},
       el("span", { class: "key-area", "aria-hidden": "true" }),
-      el("span", { class: "label" }, "all audiences together (grey area)")));
+      el("span", { class: "label" }, t("transparency.legend.total"))));
   }
   items.push(el("li", {},
     el("span", { class: "key-line key-dash c-total", "aria-hidden": "true" }),
-    el("span", { class: "label" }, `dataset cap ${fmtRho(c.datasetCap)} per day (all audiences together)`)));
+    el("span", { class: "label" }, t("transparency.legend.dataset_cap", { cap: fmtRho(c.datasetCap) }))));
   setChildren(ui.legend, items);
 }
 
@@ -325,11 +361,16 @@ function readout(i) {
   const day = c.days[k];
   const parts = c.audiences.map((a) => {
     const n = c.counts[a][k];
-    return `${a} ${fmtRho(c.series[a][k])}${n ? ` (${n} release${n === 1 ? "" : "s"})` : ""}`;
+    const vars = { audience: audienceName(a), rho: fmtRho(c.series[a][k]) };
+    return n ? tn("transparency.readout.audience_releases", n, { ...vars, n: fmtInt(n) }) : t("transparency.readout.audience", vars);
   });
   const date = new Date(`${day}T12:00:00Z`);
-  ui.readout.textContent =
-    `${fmtLocalDay(date, "UTC")}: ${parts.join(", ")} · total ${fmtRho(c.total[k])} of the ${fmtRho(c.datasetCap)} daily cap`;
+  ui.readout.textContent = t("transparency.readout.day", {
+    day: fmtLocalDay(date, "UTC"),
+    parts: parts.join(", "),
+    total: fmtRho(c.total[k]),
+    cap: fmtRho(c.datasetCap),
+  });
   drawChart();
 }
 
@@ -381,17 +422,29 @@ function renderTotals(c, ledger, rows) {
   });
   const atDatasetCap = c.total.filter((v) => v >= c.datasetCap - EPS).length;
   setChildren(ui.cards, [
-    card(fmtInt(rows.length), "releases charged to the ledger"),
-    card(fmtInt(daysWith), c.days.length ? `days charged, ${fmtWindow(c.days[0], c.days[c.days.length - 1])}` : "days charged"),
+    card(fmtInt(rows.length), tn("transparency.card.releases", rows.length, { n: fmtInt(rows.length) })),
+    card(
+      fmtInt(daysWith),
+      c.days.length
+        ? tn("transparency.card.days_window", daysWith, {
+          n: fmtInt(daysWith),
+          window: fmtWindow(c.days[0], c.days[c.days.length - 1]),
+        })
+        : tn("transparency.card.days", daysWith, { n: fmtInt(daysWith) }),
+    ),
     card(
       `ρ ${fmtRho(peak)}`,
       peakDay
-        ? `highest day (${peakDay}), ${fmtNum((100 * peak) / c.datasetCap, 0)} % of the dataset's daily cap; ${fmtInt(atDatasetCap)} day${atDatasetCap === 1 ? "" : "s"} at the cap`
-        : "highest day",
+        ? tn("transparency.card.peak", atDatasetCap, {
+          n: fmtInt(atDatasetCap),
+          day: peakDay,
+          pct: fmtNum((100 * peak) / c.datasetCap, 0),
+        })
+        : t("transparency.card.peak_none"),
     ),
     card(
       `ρ ${fmtRho(c.datasetCap)}`,
-      `the dataset's cap per day, all audiences together (ε ≤ ${fmtEps(epsilonBound(c.datasetCap, delta))} at δ = ${fmtDelta(delta)})`,
+      t("transparency.card.dataset_cap", { eps: fmtEps(epsilonBound(c.datasetCap, delta)), delta: fmtDelta(delta) }),
     ),
   ]);
 
@@ -406,7 +459,7 @@ function renderTotals(c, ledger, rows) {
     const top = s.length ? Math.max(...s) : 0;
     const total = Number.isFinite(totals[a]) ? totals[a] : s.reduce((x, y) => x + y, 0);
     return el("tr", {},
-      el("th", { scope: "row" }, a),
+      el("th", { scope: "row" }, audienceName(a)),
       el("td", { class: "num" }, Number.isFinite(cap) ? fmtRho(cap) : "–"),
       el("td", { class: "num" }, fmtInt(charged)),
       el("td", { class: "num" }, fmtInt(atCap)),
@@ -414,10 +467,9 @@ function renderTotals(c, ledger, rows) {
       el("td", { class: "num" }, fmtNum(total, 3)),
       el("td", { class: "num" }, fmtInt(releasesBy[a] || 0)));
   });
-  if (!trs.length) trs.push(el("tr", {}, el("td", { colspan: "7" }, "No audience is defined.")));
+  if (!trs.length) trs.push(el("tr", {}, el("td", { colspan: "7" }, t("transparency.totals.none"))));
   trs.push(el("tr", {},
-    el("td", { colspan: "7", class: "muted note" },
-      "The guarantee is per device-day, so what matters for anyone's privacy is the spend on each day (chart above); totals over days are for accounting.")));
+    el("td", { colspan: "7", class: "muted note" }, t("transparency.totals.note"))));
   setChildren(ui.totalsBody, trs);
 }
 
@@ -433,20 +485,20 @@ function fmtCharged(s) {
 function releaseRow(r) {
   const spec = r.spec || {};
   const what = [
-    spec.metric || "?",
-    spec.unit === "zone" ? "zones" : Number.isFinite(spec.res) ? `res ${spec.res}` : null,
-    spec.bin ? binName(spec.bin) : null,
-    spec.period ? `${spec.period} period` : null,
-    spec.by && spec.by !== "none" ? `by ${spec.by.replace(",", " and ")}` : null,
+    spec.metric ? metricName(spec.metric) : "?",
+    spec.unit === "zone" ? t("transparency.what.zones") : Number.isFinite(spec.res) ? t("transparency.what.res", { res: spec.res }) : null,
+    spec.bin ? t("transparency.what.bin", { bin: binName(spec.bin) }) : null,
+    spec.period ? periodName(spec.period) : null,
+    spec.by && spec.by !== "none" ? byName(spec.by) : null,
   ].filter(Boolean).join(" · ");
   const isPublic = r.audience === "public" && r.state === "published";
   const id = isPublic
     ? el("a", { href: `/api/v1/releases/${encodeURIComponent(r.release_id)}`, class: "mono" }, r.release_id)
-    : el("span", { class: "mono", title: "not public: only its cost is shown" }, r.release_id);
-  const stateText = r.state === "charged" ? "charged, not yet published" : r.state || "–";
+    : el("span", { class: "mono", title: t("transparency.release.not_public") }, r.release_id);
+  const stateText = r.state ? label("transparency.state", r.state) : "–";
   return el("tr", {},
     el("td", {}, spec.from ? fmtWindow(spec.from, spec.to || spec.from) : "–"),
-    el("td", {}, r.audience),
+    el("td", {}, audienceName(r.audience)),
     el("td", {}, what),
     el("td", { class: "num" }, fmtRho(Number(r.rho))),
     el("td", { class: "num" }, r.epsilon === null || r.epsilon === undefined ? "–" : fmtEps(Number(r.epsilon))),
@@ -479,16 +531,20 @@ function renderReleases() {
   const rows = filteredRows();
   const shown = rows.slice(0, state.shown);
   const trs = shown.map(releaseRow);
-  if (!trs.length) trs.push(el("tr", {}, el("td", { colspan: "9" }, "No release has been charged yet.")));
+  if (!trs.length) {
+    const none = state.rows.length ? "transparency.releases.none_filtered" : "transparency.releases.none";
+    trs.push(el("tr", {}, el("td", { colspan: "9" }, t(none))));
+  }
   setChildren(ui.body, trs);
   ui.count.textContent = rows.length
-    ? `showing ${fmtInt(shown.length)} of ${fmtInt(rows.length)}`
+    ? t("transparency.releases.count", { shown: fmtInt(shown.length), total: fmtInt(rows.length) })
     : "";
   const rest = rows.length - shown.length;
   ui.more.hidden = rest <= 0;
   ui.all.hidden = rest <= MORE;
-  ui.more.textContent = `Show ${fmtInt(Math.min(MORE, rest))} more`;
-  ui.all.textContent = `Show all ${fmtInt(rows.length)}`;
+  const more = Math.min(MORE, Math.max(0, rest));
+  ui.more.textContent = tn("transparency.releases.show_more", more, { n: fmtInt(more) });
+  ui.all.textContent = tn("transparency.releases.show_all", rows.length, { n: fmtInt(rows.length) });
 }
 
 ui.more.addEventListener("click", () => {
@@ -533,69 +589,71 @@ function renderModel(ds) {
   const thr = pr.display_threshold;
   const audiences = Object.entries(ds.audiences || {});
   const plan = Array.isArray(ds.publication) ? ds.publication : [];
+  const d = fmtDelta(delta);
 
   const audienceItems = audiences.map(([name, a]) => {
     const area = H3_AREA_KM2[a.finest_res];
     return el("li", {},
-      el("strong", {}, name),
-      `: at most ρ = ${fmtRho(a.rho_per_day)} per day (ε ≤ ${fmtEps(epsilonBound(a.rho_per_day, delta))} at δ = ${fmtDelta(delta)}); `,
-      `hexes no finer than resolution ${a.finest_res}${area ? ` (about ${fmtNum(area, area < 1 ? 2 : 1)} km² each)` : ""}, `,
-      `time bins no shorter than ${BIN_SPOKEN[a.shortest_bin] || a.shortest_bin}, `,
-      `published no sooner than ${a.min_delay_days} day${a.min_delay_days === 1 ? "" : "s"} after the day they describe.`);
+      el("strong", {}, audienceName(name)),
+      t("transparency.model.audience_limits", {
+        rho: fmtRho(a.rho_per_day),
+        eps: fmtEps(epsilonBound(a.rho_per_day, delta)),
+        delta: d,
+        res: a.finest_res,
+        area: area ? t("transparency.model.area", { km2: fmtNum(area, area < 1 ? 2 : 1) }) : "",
+        bin: label("transparency.model.bin_spoken", a.shortest_bin),
+        delay: tn("transparency.model.delay", a.min_delay_days, { n: fmtInt(a.min_delay_days) }),
+      }));
   });
   const planItems = plan.map((x) => {
-    const where = x.unit === "zone" ? "per zone" : `at resolution ${x.res}`;
-    const people = x.period ? `, ${x.period} period${x.by && x.by !== "none" ? `, by ${x.by.replace(",", " and ")}` : ""}` : "";
-    return el("li", {}, `${binName(x.bin)} ${x.metric} ${where}${people}: ρ = ${fmtRho(x.rho)} per day`);
+    const vars = { bin: binName(x.bin), metric: metricName(x.metric), res: x.res, rho: fmtRho(x.rho) };
+    let key = x.unit === "zone" ? "transparency.model.plan.zone" : "transparency.model.plan.hex";
+    if (x.period) {
+      vars.period = periodName(x.period);
+      if (x.by && x.by !== "none") {
+        key += "_period_by";
+        vars.by = byName(x.by);
+      } else {
+        key += "_period";
+      }
+    }
+    return el("li", {}, t(key, vars));
   });
 
   const blocks = [
-    el("h3", {}, "Who is protected"),
-    p(`The unit of privacy is one device over one local day (midnight to midnight, ${tz}). `,
-      "Every guarantee below is about that unit: the published numbers would be nearly as likely ",
-      "whether or not any single device's day was in the operator's data at all. ",
-      "hexflow never sees individuals: it receives counts per radio cell and time bin that the operator already aggregated."),
+    el("h3", {}, t("transparency.model.who.h")),
+    p(t("transparency.model.who.p", { tz })),
 
-    el("h3", {}, "What the operator attests"),
-    p("The noise is sized from bounds the operator attests about its own counting:"),
+    el("h3", {}, t("transparency.model.bounds.h")),
+    p(t("transparency.model.bounds.intro")),
     el("ul", {},
-      el("li", {}, `a device is counted in at most ${b.max_cells_per_bin} cell${b.max_cells_per_bin === 1 ? "" : "s"} in any one time bin;`),
-      el("li", {}, `in at most ${b.max_bins_per_day} time bins per day;`),
-      el("li", {}, `and makes at most ${b.max_trips_per_day} counted trips per day.`)),
-    p("If the operator's data broke these bounds, the guarantee would be weaker than stated; they are part of every release's manifest."),
+      el("li", {}, tn("transparency.model.bounds.cells", b.max_cells_per_bin, { n: fmtInt(b.max_cells_per_bin) })),
+      el("li", {}, tn("transparency.model.bounds.bins", b.max_bins_per_day, { n: fmtInt(b.max_bins_per_day) })),
+      el("li", {}, tn("transparency.model.bounds.trips", b.max_trips_per_day, { n: fmtInt(b.max_trips_per_day) }))),
+    p(t("transparency.model.bounds.broken")),
 
-    el("h3", {}, "What ρ and ε mean"),
-    p("hexflow uses zero-concentrated differential privacy (zCDP). ρ (rho) measures how much a release can reveal about one device-day: ",
-      "smaller is stronger, and costs add up, so two releases of ρ = 0.1 covering the same day cost 0.2 for that day. ",
-      `ε at δ = ${fmtDelta(delta)} states the same guarantee in the more common (ε, δ) form: except with a probability of at most δ, `,
-      "the chance of any published outcome changes by a factor of at most e", el("sup", {}, "ε"),
-      " whether or not a given device-day was included."),
-    p("A rough plain reading: someone who sees everything published, and knows everything else, still cannot tell with confidence whether one particular device was out and about on a given day. ",
-      `At the dataset's full daily cap, ρ = ${fmtRho(cap)} corresponds to ε ≤ ${fmtEps(epsilonBound(cap, delta))} at δ = ${fmtDelta(delta)}; `,
-      "each release shows its own, slightly tighter, ε computed by OpenDP."),
+    el("h3", {}, t("transparency.model.rho.h")),
+    p(t("transparency.model.rho.p1_before_e", { delta: d }), el("sup", {}, "ε"), t("transparency.model.rho.p1_after_e")),
+    p(t("transparency.model.rho.p2", { rho: fmtRho(cap), eps: fmtEps(epsilonBound(cap, delta)), delta: d })),
 
-    el("h3", {}, "The caps"),
-    p(`All audiences together may spend at most ρ = ${fmtRho(cap)} on any one day. `,
-      "Budget spent on a day is never refunded, so the cap holds forever. Each audience has its own cap and purpose limits:"),
+    el("h3", {}, t("transparency.model.caps.h")),
+    p(t("transparency.model.caps.p", { rho: fmtRho(cap) })),
     el("ul", {}, audienceItems),
-    planItems.length ? p("The standing public releases, made for every day with data:") : null,
+    planItems.length ? p(t("transparency.model.plan.intro")) : null,
     planItems.length ? el("ul", {}, planItems) : null,
 
-    el("h3", {}, "What the error bars mean"),
-    p("Every value carries random noise. The ± figure is the half-width of a 95 % interval of that noise: about 19 times in 20, ",
-      "the count before noise lies within the published value ± its error bar. ",
-      "Values are then rounded to whole numbers and clamped at 0 (a count cannot be negative), which pushes values near 0 slightly up. ",
-      Number.isFinite(thr)
-        ? `Values below the display threshold of ${fmtNum(thr, 1)} are greyed out on the map and flagged “low” in downloads: at that level the noise is as large as the value.`
-        : "Values below the display threshold are greyed out on the map and flagged “low” in downloads."),
+    el("h3", {}, t("transparency.model.noise.h")),
+    p(Number.isFinite(thr)
+      ? t("transparency.model.noise.p_threshold", { thr: fmtNum(thr, 1) })
+      : t("transparency.model.noise.p")),
 
-    el("h3", {}, "What hexflow refuses to do"),
+    el("h3", {}, t("transparency.model.refuses.h")),
     el("ul", {},
-      el("li", {}, "No raw count ever leaves: there is no endpoint that returns the operator's counts, only noisy, post-processed values."),
-      el("li", {}, "No answer is recomputed with fresh noise: asking the same question again returns the stored answer at no cost, so noise cannot be averaged away."),
-      el("li", {}, "No release is finer than an audience's purpose limits: its finest resolution, its shortest time bin, and its delay after the day."),
-      el("li", {}, "Nothing goes beyond a day's cap: a release that would pass any day's audience cap or the dataset cap is refused before any data is read, and the charge is recorded before values are computed."),
-      el("li", {}, "The set of hexes is fixed by the grid, never by the data: a hex with nobody in it is published like any other, so its presence reveals nothing.")),
+      el("li", {}, t("transparency.model.refuses.raw")),
+      el("li", {}, t("transparency.model.refuses.fresh_noise")),
+      el("li", {}, t("transparency.model.refuses.finer")),
+      el("li", {}, t("transparency.model.refuses.cap")),
+      el("li", {}, t("transparency.model.refuses.grid"))),
   ];
   setChildren(ui.model, blocks);
 }
@@ -611,7 +669,7 @@ async function start() {
   for (const a of document.querySelectorAll(".site-footer a[href^='/api/v1/']")) {
     a.href = apiUrl(a.getAttribute("href").split("?")[0], q);
   }
-  setStatus("Loading the ledger…", "info");
+  setStatus(t("transparency.status.loading_ledger"), "info");
   const [ledger, list] = await Promise.all([
     api(apiUrl("/api/v1/ledger", q)),
     api(apiUrl("/api/v1/ledger/releases", q)),
@@ -626,23 +684,33 @@ async function start() {
   ui.canvas.setAttribute(
     "aria-label",
     c.days.length
-      ? `Chart of ρ spent per day from ${c.days[0]} to ${c.days[c.days.length - 1]} by ${c.audiences.join(", ")}; highest day total ρ ${fmtRho(Math.max(...c.total))} against a dataset cap of ${fmtRho(c.datasetCap)}.`
-      : "Chart of ρ spent per day: nothing charged yet.",
+      ? t("transparency.chart.aria_days", {
+        from: c.days[0],
+        to: c.days[c.days.length - 1],
+        audiences: c.audiences.map(audienceName).join(", "),
+        peak: fmtRho(Math.max(...c.total)),
+        cap: fmtRho(c.datasetCap),
+      })
+      : t("transparency.chart.aria_empty"),
   );
 
   state.rows = (list.releases || []).slice().sort((a, b) =>
     String(b.charged_at).localeCompare(String(a.charged_at)) || String(b.release_id).localeCompare(String(a.release_id)));
   const auds = [...new Set([...c.audiences, ...state.rows.map((r) => r.audience)])];
-  setChildren(ui.filter, el("option", { value: "" }, "all"), auds.map((a) => el("option", { value: a }, a)));
-  const metrics = [...new Set(state.rows.map((r) => (r.spec || {}).metric).filter(Boolean))].sort();
-  setChildren(ui.metricFilter, el("option", { value: "" }, "all"), metrics.map((m) => el("option", { value: m }, m)));
+  setChildren(ui.filter, el("option", { value: "" }, t("transparency.filter.audience_all")),
+    auds.map((a) => el("option", { value: a }, audienceName(a))));
+  const metrics = [...new Set(state.rows.map((r) => (r.spec || {}).metric).filter(Boolean))]
+    .map((m) => [m, metricName(m)])
+    .sort((x, y) => x[1].localeCompare(y[1], locale));
+  setChildren(ui.metricFilter, el("option", { value: "" }, t("transparency.filter.metric_all")),
+    metrics.map(([m, name]) => el("option", { value: m }, name)));
   renderTotals(c, ledger, state.rows);
   renderReleases();
-  setStatus(c.days.length ? "" : "Nothing has been charged to the ledger yet.", "empty");
+  setStatus(c.days.length ? "" : t("transparency.status.empty"), "empty");
   document.body.dataset.state = "ready";
 }
 
 start().catch((e) => {
-  showError(e, "Cannot load the transparency data");
+  showError(e, t("transparency.status.error"));
   document.body.dataset.state = "error";
 });

@@ -7,16 +7,158 @@
 import {
   api, apiUrl, setStatus, showError, el, setChildren,
   fmtInt, fmtNum, fmtRho, fmtDelta, fmtLocalDay,
-  pickDataset, showDatasetTitle,
+  pickDataset, showDatasetTitle, binUnit, t, tn, locale,
 } from "/web/common.js";
+import { missing } from "/web/i18n.js";
 
 const $ = (id) => document.getElementById(id);
 
-/** The zone shown first when the dataset has it: the 8e (Vélodrome, beaches). */
 /** Days standing out listed in the seasonality table. */
 const TOP_STANDING = 15;
-const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-const WEEKDAYS = { Mon: "Monday", Tue: "Tuesday", Wed: "Wednesday", Thu: "Thursday", Fri: "Friday", Sat: "Saturday", Sun: "Sunday" };
+
+// ------------------------------------------------------------ words
+
+/** `tn` with the count written in the page's locale ("12,345 days"). */
+const count = (key, n, vars = {}) => tn(key, n, { ...vars, n: fmtInt(n) });
+
+/**
+ * The display name of a code the server sends (`views.segment.tourist`),
+ * or the code itself when the catalogue has none (not a missing key).
+ */
+const label = (prefix, code) => {
+  const k = `${prefix}.${code}`;
+  const s = t(k);
+  if (s === k) {
+    missing.delete(k);
+    return code;
+  }
+  return s;
+};
+
+/** A key part of a free-form code ("United Kingdom" → "united_kingdom"). */
+const slug = (code) => String(code).toLowerCase().normalize("NFD").replace(/[\u0300-\u036f]/g, "")
+  .replace(/[^a-z0-9]+/g, "_").replace(/^_+|_+$/g, "");
+
+/**
+ * `t(key, vars)` as text and nodes: each `{name}` of `nodes` becomes that
+ * node (the catalogue's text is never parsed as HTML).
+ */
+function tNodes(key, vars, nodes) {
+  return t(key, vars).split(/(\{\w+\})/).filter(Boolean).map((part) => {
+    const m = /^\{(\w+)\}$/.exec(part);
+    return m && m[1] in nodes ? nodes[m[1]] : part;
+  });
+}
+
+const utc = (opts) => new Intl.DateTimeFormat(locale, { ...opts, timeZone: "UTC" });
+const monthFmt = utc({ month: "short" });
+const monthYearFmt = utc({ month: "short", year: "numeric" });
+const weekdayFmt = utc({ weekday: "long" });
+const axisDayFmt = utc({ day: "numeric", month: "short" });
+const axisDayYearFmt = utc({ day: "numeric", month: "short", year: "2-digit" });
+const seriesList = new Intl.ListFormat(locale, { type: "conjunction" });
+
+/** First letter up, for a name that starts a table cell ("janv." → "Janv."). */
+const cap = (s) => (s ? s.charAt(0).toLocaleUpperCase(locale) + s.slice(1) : s);
+
+/** Short name of month 1–12 ("Jan", "janv."). */
+const monthShort = (m) => (m >= 1 && m <= 12 ? monthFmt.format(Date.UTC(2001, m - 1, 15)) : String(m));
+
+/** "Jan 2025" of "2025-01" (a capital first letter unless `inText`). */
+function monthOf(ym, inText = false) {
+  const [y, m] = String(ym).split("-").map(Number);
+  if (!Number.isFinite(y) || !(m >= 1 && m <= 12)) return String(ym);
+  const s = monthYearFmt.format(Date.UTC(y, m - 1, 15));
+  return inText ? s : cap(s);
+}
+
+/** "Monday" of the server's weekday code ("Mon"). */
+const WEEKDAY_CODES = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+function weekdayName(code) {
+  const i = WEEKDAY_CODES.indexOf(code);
+  // 1 January 2024 was a Monday.
+  return i < 0 ? String(code) : cap(weekdayFmt.format(Date.UTC(2024, 0, 1 + i)));
+}
+
+/** A segment's name in a sentence ("residents"), or its code. */
+const segWord = (s) => label("views.segment", s);
+
+/** A period of the presence policy as the server labels it ("night 00:00–06:00"). */
+function periodText(p) {
+  const text = String(p ?? "");
+  const m = /^(\S+) (\d{1,2}:\d{2})–(\d{1,2}:\d{2})$/.exec(text);
+  if (!m) return label("views.period", text);
+  return t("views.period_label", { name: label("views.period", m[1]), from: m[2], to: m[3] });
+}
+
+/** An origin group's name ("United Kingdom" → "Royaume-Uni"), or the group as published. */
+function originName(o) {
+  const k = slug(o);
+  const s = label("views.origin", k);
+  return s === k ? String(o) : s;
+}
+
+const PER_BIN = { hour: "1h", day: "1d", week: "1w", month: "1mo" };
+const perWord = (w) => (w in PER_BIN ? binUnit(PER_BIN[w]) : w);
+
+/**
+ * What a value counts as the server words it ("devices", "device-hours",
+ * "device-15-minute intervals", "device-days"), in the page's language.
+ */
+function counted(what) {
+  const stem = (n) => label("views.unitstem", n);
+  let m;
+  if ((m = /^(.+)-hours$/.exec(what))) return t("views.unit.hours", { name: stem(m[1]) });
+  if ((m = /^(.+)-(\d+)-minute intervals$/.exec(what))) return t("views.unit.minutes", { name: stem(m[1]), minutes: m[2] });
+  if ((m = /^(.+)-(\d+)-second intervals$/.exec(what))) return t("views.unit.seconds", { name: stem(m[1]), seconds: m[2] });
+  if ((m = /^(.+)-days$/.exec(what))) return t("views.unit.days", { name: stem(m[1]) });
+  return label("views.unitname", what);
+}
+
+/**
+ * A value unit as the server writes it ("device-hours per zone per day",
+ * "devices summed over the area per hour"), in the page's language: `full`
+ * the whole unit, `short` what is counted ("device-hours"). A unit of
+ * another form is shown as it comes.
+ */
+function unitOf(u) {
+  const text = String(u ?? "");
+  const key = (k) => label("views.unit.key", k);
+  let m;
+  if ((m = /^(.+) present per (\w+) per (\w+)$/.exec(text))) {
+    const n = counted(m[1]);
+    return { full: t("views.unit.present", { name: n, key: key(m[2]), per: perWord(m[3]) }), short: n };
+  }
+  if ((m = /^(.+) summed over the area per (\w+)$/.exec(text))) {
+    const n = counted(m[1]);
+    return { full: t("views.unit.area", { name: n, per: perWord(m[2]) }), short: n };
+  }
+  if (text === "trips summed over the period and hour band") {
+    return { full: t("views.unit.trips_band"), short: t("views.unit.trips") };
+  }
+  if (text === "trips summed over the period (daily flows)") {
+    return { full: t("views.unit.trips_daily"), short: t("views.unit.trips") };
+  }
+  if ((m = /^(.+) per (\w+) per (\w+)$/.exec(text))) {
+    const n = counted(m[1]);
+    return { full: t("views.unit.plain", { name: n, key: key(m[2]), per: perWord(m[3]) }), short: n };
+  }
+  return { full: text, short: text };
+}
+
+/** The server's description of a seasonal baseline, in the page's language. */
+function baselineText(text, weeks) {
+  const m = /^mean of the same weekday (\d+) weeks before and after(, public holidays left out)?$/.exec(String(text ?? ""));
+  if (m) return count(m[2] ? "views.season.baseline.holidays" : "views.season.baseline.plain", Number(m[1]));
+  return text ? String(text) : count("views.season.baseline.plain", weeks);
+}
+
+/** The server's description of the forecast model, in the page's language. */
+function modelText(text) {
+  const m = /^level of the last (\d+) weeks × weekday factor × holiday factor \(× same week a year earlier when known\); interval adds DP noise variance to the residual variance$/
+    .exec(String(text ?? ""));
+  return m ? count("views.forecast.model.seasonal", Number(m[1])) : String(text ?? "");
+}
 
 const state = {
   ds: null,
@@ -33,12 +175,11 @@ const state = {
 
 /** Per section: its elements, request sequence and abort controller. */
 const sections = {
-  visitors: { label: "Visitors", png: false },
-  season: { label: "Seasonality", png: true },
-  event: { label: "Event versus baseline", png: true },
-  flows: { label: "Flows", png: false },
-  forecast: { label: "Forecast", png: true },
-
+  visitors: { label: t("views.section.visitors"), png: false },
+  season: { label: t("views.section.season"), png: true },
+  event: { label: t("views.section.event"), png: true },
+  flows: { label: t("views.section.flows"), png: false },
+  forecast: { label: t("views.section.forecast"), png: true },
 };
 for (const [key, sec] of Object.entries(sections)) {
   sec.key = key;
@@ -94,15 +235,13 @@ const hh = (h) => `${String(h).padStart(2, "0")}:00`;
 /** "8e arrondissement (13208)". */
 function zoneLabel(id) {
   const name = state.zoneNames.get(id);
-  return name ? `${name} (${id})` : `zone ${id}`;
+  return name ? `${name} (${id})` : t("views.zone.id", { id });
 }
 
 /** The zone's name alone ("8e arrondissement"), or "zone 13208". */
 function zoneName(id) {
-  return state.zoneNames.get(id) || `zone ${id}`;
+  return state.zoneNames.get(id) || t("views.zone.id", { id });
 }
-
-const plural = (n, one, many = `${one}s`) => `${fmtInt(n)} ${n === 1 ? one : many}`;
 
 /**
  * "Computed from 365 public releases at ρ = 0.04 per day (ε = 1.1 at
@@ -112,15 +251,18 @@ function privacyLine(src) {
   if (!src) return "";
   const n = Number(src.releases) || 0;
   const eps = src.epsilon_per_day_of_source;
-  const epsText = eps === null || eps === undefined
-    ? ""
-    : ` (ε = ${fmt2(eps)}${Number.isFinite(state.delta) ? ` at δ = ${fmtDelta(state.delta)}` : ""})`;
   const cost = Number(src.cost_of_this_view);
-  const costText = !cost
-    ? "this view spent no privacy budget"
-    : `this view cost ρ = ${fmt2(cost)} more`;
-  return `No one's day can be picked out of these figures: they come from already published, noise-protected releases. ` +
-    `In symbols: computed from ${plural(n, "public release")} at ρ = ${fmt2(src.rho_per_day_of_source)} per day${epsText}; ${costText}.`;
+  const vars = {
+    releases: count("views.privacy.releases", n),
+    rho: fmt2(src.rho_per_day_of_source),
+    eps: fmt2(eps),
+    delta: fmtDelta(state.delta),
+    cost: !cost ? t("views.privacy.free") : t("views.privacy.cost", { rho: fmt2(cost) }),
+  };
+  const key = eps === null || eps === undefined
+    ? "views.privacy.text"
+    : Number.isFinite(state.delta) ? "views.privacy.text_eps_delta" : "views.privacy.text_eps";
+  return t(key, vars);
 }
 
 function numCell(text, extra = "") {
@@ -138,7 +280,7 @@ function renderStatus() {
   if (state.errors.size) {
     setStatus([...state.errors.values()].join(" — "), "error");
   } else if (state.pending.size) {
-    setStatus(`Loading ${[...state.pending.values()].join(", ")}…`, "info");
+    setStatus(t("views.status.loading", { what: [...state.pending.values()].join(", ") }), "info");
   } else {
     setStatus("");
   }
@@ -162,7 +304,7 @@ function wireImage(sec) {
     if (!sec.pngUrl || sec.img.getAttribute("src") !== sec.pngUrl) return;
     sec.img.hidden = true;
     if (sec.ok) {
-      sec.imgNote.textContent = "The chart could not be drawn; the figures below are the same.";
+      sec.imgNote.textContent = t("views.chart.failed");
       sec.imgNote.hidden = false;
     }
   });
@@ -186,10 +328,10 @@ function dropChart(sec) {
 
 function setLinks(sec, jsonUrl, pngUrl) {
   const parts = [
-    "Data of this view: ",
+    `${t("views.links.data")} `,
     el("a", { href: jsonUrl, target: "_blank", rel: "noopener" }, "JSON"),
   ];
-  if (pngUrl) parts.push(" · ", el("a", { href: pngUrl, target: "_blank", rel: "noopener" }, "PNG chart"));
+  if (pngUrl) parts.push(" · ", el("a", { href: pngUrl, target: "_blank", rel: "noopener" }, t("views.links.png")));
   setChildren(sec.links, parts);
 }
 
@@ -200,7 +342,7 @@ function setLinks(sec, jsonUrl, pngUrl) {
  * when the section has one, then `render(json)`. A newer load of the same
  * section aborts and supersedes the older one.
  */
-async function load(sec, { path, params, what, alt, render }) {
+async function load(sec, { path, params, what, render }) {
   if (sec.ctrl) sec.ctrl.abort();
   const ctrl = new AbortController();
   sec.ctrl = ctrl;
@@ -217,7 +359,6 @@ async function load(sec, { path, params, what, alt, render }) {
   renderStatus();
   // Charts are drawn in the page from the JSON (SVG, readable on a phone);
   // the server's PNG of the same view stays as an export link.
-  void alt;
 
   try {
     const data = await api(jsonUrl, { signal: ctrl.signal });
@@ -234,10 +375,11 @@ async function load(sec, { path, params, what, alt, render }) {
     sec.ok = false;
     dropChart(sec);
     sec.out.hidden = true;
-    sec.error.textContent = `Nothing to show: ${e instanceof Error ? e.message : String(e)}`;
+    const message = e instanceof Error ? e.message : String(e);
+    sec.error.textContent = t("views.error.nothing", { message });
     sec.error.hidden = false;
     sec.section.dataset.state = "error";
-    state.errors.set(sec.key, `${sec.label}: ${e instanceof Error ? e.message : String(e)}`);
+    state.errors.set(sec.key, t("views.error.section", { section: sec.label, message }));
     showError(e, sec.label);
   } finally {
     if (seq === sec.seq) {
@@ -288,19 +430,18 @@ function loadSeasonality() {
   return load(sections.season, {
     path: "/api/v1/views/seasonality",
     params: { zone, weeks },
-    what: `the seasonality of ${zoneName(zone)}`,
-    alt: `Line chart of the daily footfall in ${zoneLabel(zone)} over every published day, with 95 % error bands.`,
+    what: t("views.load.season", { zone: zoneName(zone) }),
     render: (d) => renderSeasonality(d, weeks),
   });
 }
 
 function renderSeasonality(d, weeks) {
   const daily = d.daily || [];
-  const unit = d.unit || "devices per zone per day";
+  const unit = unitOf(d.unit || "devices per zone per day").full;
   const zone = d.zone;
   drawChart("season", [
     {
-      label: `${zoneName(zone)}, per day`,
+      label: t("views.season.series", { zone: zoneName(zone) }),
       colour: "#0072B2",
       points: daily.map((p) => ({ x: dayX(p.day), y: p.value, lo: p.value - p.ci95, hi: p.value + p.ci95 })),
     },
@@ -310,10 +451,16 @@ function renderSeasonality(d, weeks) {
   if (daily.length) {
     const vals = daily.map((p) => p.value).filter(Number.isFinite);
     const hi = daily.reduce((a, p) => (p.value > a.value ? p : a), daily[0]);
-    sections.season.img.alt =
-      `Line chart of the daily footfall in ${zoneLabel(zone)} from ${fmtDay(daily[0].day)} to ${fmtDay(daily[daily.length - 1].day)} ` +
-      `(${plural(daily.length, "day")}), between ${n0(Math.min(...vals))} and ${n0(Math.max(...vals))} ${unit}, ` +
-      `highest on ${fmtDay(hi.day)}; shaded bands are 95 % error bars of the noise.`;
+    sections.season.img.alt = t("views.season.alt", {
+      zone: zoneLabel(zone),
+      from: fmtDay(daily[0].day),
+      to: fmtDay(daily[daily.length - 1].day),
+      days: count("views.n.day", daily.length),
+      min: n0(Math.min(...vals)),
+      max: n0(Math.max(...vals)),
+      unit,
+      peak: fmtDay(hi.day),
+    });
   }
 
   // Weekday profile.
@@ -323,11 +470,11 @@ function renderSeasonality(d, weeks) {
     season.weekdayBody,
     wk.length
       ? wk.map((w) => el("tr", {},
-        el("th", { scope: "row" }, WEEKDAYS[w.weekday] || w.weekday),
+        el("th", { scope: "row" }, weekdayName(w.weekday)),
         numCell(n0(w.mean)),
         numCell(n0(w.ci95)),
         numCell(Number.isFinite(w.days) ? fmtInt(w.days) : "–")))
-      : emptyRow(4, "No published day yet."),
+      : emptyRow(4, t("views.season.no_day")),
   );
 
   // Months, one column per year.
@@ -339,14 +486,14 @@ function renderSeasonality(d, weeks) {
   setChildren(
     season.monthsHead,
     el("tr", {},
-      el("th", { scope: "col" }, "Month"),
+      el("th", { scope: "col" }, t("views.col.month")),
       years.map((y) => el("th", { scope: "col", class: "num" }, y))),
   );
   setChildren(
     season.monthsBody,
     months.length
       ? months.map((m) => el("tr", {},
-        el("th", { scope: "row" }, MONTHS[m - 1] || String(m)),
+        el("th", { scope: "row" }, cap(monthShort(m))),
         years.map((y) => {
           const c = cell.get(`${y}-${m}`);
           if (!c) return numCell("–", "muted");
@@ -354,22 +501,23 @@ function renderSeasonality(d, weeks) {
           const partial = Number.isFinite(c.days) && c.days < full;
           return numCell([
             pm(c.mean, c.ci95),
-            partial ? el("span", { class: "cell-note" }, ` (${plural(c.days, "day")})`) : null,
+            partial ? el("span", { class: "cell-note" }, ` (${count("views.n.day", c.days)})`) : null,
           ]);
         })))
-      : emptyRow(Math.max(2, years.length + 1), "No published month yet."),
+      : emptyRow(Math.max(2, years.length + 1), t("views.season.no_month")),
   );
 
   // Days standing out, largest relative to their error bar first.
   const ratio = (e) => Math.abs(e.excess) / (e.ci95 > 0 ? e.ci95 : Number.MIN_VALUE);
   const out = (d.standing_out || []).filter((e) => e.stands_out !== false).slice().sort((a, b) => ratio(b) - ratio(a));
   const top = out.slice(0, TOP_STANDING);
-  const baseline = d.baseline || `mean of the same weekday ${weeks} weeks before and after`;
-  season.standingNote.textContent = out.length
-    ? `${plural(out.length, "day")} of ${plural(daily.length, "published day")} ${out.length === 1 ? "differs" : "differ"} from the baseline ` +
-      `(${baseline}) by more than the combined error bar` +
-      (out.length > top.length ? `; the ${top.length} furthest, relative to their error bar:` : ", furthest first:")
-    : `No day differs from its baseline (${baseline}) by more than the combined error bar.`;
+  const baseline = baselineText(d.baseline, weeks);
+  const total = count("views.n.published_day", daily.length);
+  season.standingNote.textContent = !out.length
+    ? t("views.season.standing.none", { baseline })
+    : out.length > top.length
+      ? count("views.season.standing.top", out.length, { total, baseline, top: fmtInt(top.length) })
+      : count("views.season.standing.all", out.length, { total, baseline });
   season.standing.hidden = !top.length;
   setChildren(
     season.standingBody,
@@ -403,57 +551,69 @@ function loadEvent() {
   return load(sections.event, {
     path: "/api/v1/views/event",
     params: { date, zone, weeks },
-    what: `${zoneName(zone)} on ${date}`,
-    alt: `Line chart of the footfall per hour in ${zoneLabel(zone)} on ${fmtDay(date)} against the mean of the same weekday ` +
-      `in the ${plural(weeks, "week")} before, with 95 % error bands.`,
+    what: t("views.load.event", { zone: zoneName(zone), date }),
     render: (d) => renderEvent(d, zone),
   });
 }
 
 function renderEvent(d, zone) {
   const hourly = d.hours || [];
+  // The unit of an hourly value as the server words it (the releases' own
+  // bin and counting unit); "devices" only when an older server says none.
+  const unit = unitOf(d.unit || "devices summed over the area per hour");
   drawChart("event", [
     {
-      label: `${d.date || "the day"}`,
+      label: d.date || t("views.event.series.day"),
       colour: "#D55E00",
       points: hourly.map((h) => ({ x: h.hour + 0.5, y: h.value, lo: h.value - h.ci95, hi: h.value + h.ci95 })),
     },
     {
-      label: `baseline (${d.baseline_days || 0} same weekdays)`,
+      label: count("views.event.series.baseline", Number(d.baseline_days) || 0),
       colour: "#0072B2",
       dashed: true,
       points: hourly.map((h) => ({ x: h.hour + 0.5, y: h.baseline, lo: h.baseline - h.baseline_ci95, hi: h.baseline + h.baseline_ci95 })),
     },
-  ], (x) => `${String(Math.floor(x)).padStart(2, "0")}:00`, hourly.map((h) => h.ci95), d.unit || "");
-  const t = d.day_total || {};
+  ], (x) => `${String(Math.floor(x)).padStart(2, "0")}:00`, hourly.map((h) => h.ci95), unit.full);
+  const tot = d.day_total || {};
   const hours = d.hours || [];
   const base = Number(d.baseline_days) || 0;
-  const stands = Math.abs(t.excess) > t.excess_ci95;
+  const stands = Math.abs(tot.excess) > tot.excess_ci95;
 
   // Chart description.
   if (hours.length) {
     const peak = hours.reduce((a, h) => (h.excess > a.excess ? h : a), hours[0]);
-    sections.event.img.alt =
-      `Line chart of the footfall per hour in ${zoneLabel(zone)} on ${fmtDay(d.date)} against the mean of the same weekday ` +
-      `on ${plural(base, "earlier week")}, with 95 % error bands. Largest excess at ${hh(peak.hour)}–${hh(peak.hour + 1)}: ` +
-      `${n0(peak.value)} against a baseline of ${n0(peak.baseline)}.`;
+    sections.event.img.alt = t("views.event.alt", {
+      zone: zoneLabel(zone),
+      day: fmtDay(d.date),
+      weeks: count("views.n.earlier_week", base),
+      from: hh(peak.hour),
+      to: hh(peak.hour + 1),
+      value: n0(peak.value),
+      baseline: n0(peak.baseline),
+    });
   }
 
   setChildren(
     evUi.summary,
-    el("strong", {}, `Excess over the day: ${signed(t.excess)} ± ${n0(t.excess_ci95)} devices`),
-    ` (baseline of ${plural(base, `same weekday`, "same weekdays")})`,
-    stands ? ": more than its error bar, the day stands out." : ": within its error bar, the day does not stand out.",
+    el("strong", {}, t("views.event.summary.excess", { excess: signed(tot.excess), ci: n0(tot.excess_ci95), unit: unit.short })),
+    " ",
+    count(stands ? "views.event.summary.stands" : "views.event.summary.within", base),
   );
-  evUi.detail.textContent =
-    `${fmtDay(d.date)} in ${zoneLabel(zone)} (${plural(Number(d.hexes) || 0, "hex", "hexes")}), whole day: ` +
-    `${pm(t.value, t.ci95)} against a baseline of ${pm(t.baseline, t.baseline_ci95)} ` +
-    `(${d.unit || "devices summed over the area per hour"}, added up over the ${plural(hours.length, "hour")}).`;
+  const hexes = Number(d.hexes) || 0;
+  evUi.detail.textContent = t(hexes ? "views.event.detail.hexes" : "views.event.detail", {
+    day: fmtDay(d.date),
+    zone: zoneLabel(zone),
+    hexes: count("views.n.hex", hexes),
+    value: pm(tot.value, tot.ci95),
+    baseline: pm(tot.baseline, tot.baseline_ci95),
+    unit: unit.full,
+    hours: count("views.n.hour", hours.length),
+  });
 
   const out = hours.filter((h) => h.stands_out).sort((a, b) => a.hour - b.hour);
   evUi.hoursNote.textContent = out.length
-    ? `${plural(out.length, "hour")} of ${hours.length} ${out.length === 1 ? "differs" : "differ"} from the baseline by more than the combined error bar:`
-    : "No hour differs from the baseline by more than the combined error bar.";
+    ? count("views.event.hours.some", out.length, { total: fmtInt(hours.length) })
+    : t("views.event.hours.none");
   evUi.hours.hidden = !out.length;
   setChildren(
     evUi.hoursBody,
@@ -487,7 +647,7 @@ function loadFlows() {
   return load(sections.flows, {
     path: "/api/v1/views/flows",
     params: { from, to, hours: flows.hours.value, weekdays: flows.weekdays.checked ? "true" : "false", top: 20 },
-    what: `the flows from ${from} to ${to}`,
+    what: t("views.load.flows", { from, to }),
     render: renderFlows,
   });
 }
@@ -495,7 +655,7 @@ function loadFlows() {
 /** The "to" day may not precede the "from" day. */
 function checkFlowDates() {
   const bad = flows.from.value && flows.to.value && flows.to.value < flows.from.value;
-  flows.to.setCustomValidity(bad ? "The last day must not be before the first day." : "");
+  flows.to.setCustomValidity(bad ? t("views.flows.invalid_range") : "");
   if (bad) flows.to.setAttribute("aria-invalid", "true");
   else flows.to.removeAttribute("aria-invalid");
 }
@@ -516,12 +676,17 @@ function renderFlows(d) {
   const bins = Number(d.bins_used ?? d.hourly_bins_used) || 0;
   setChildren(
     flows.summary,
-    `${fmtDay(d.from)} to ${fmtDay(d.to)}, ${hh(h0)}–${hh(h1)}, ${d.weekdays_only ? "Monday to Friday only" : "every day of the week"}: `,
+    t(d.weekdays_only ? "views.flows.summary.weekdays" : "views.flows.summary.every_day", {
+      from: fmtDay(d.from),
+      to: fmtDay(d.to),
+      hours: `${hh(h0)}–${hh(h1)}`,
+    }),
+    " ",
     bins
-      ? `${plural(bins, d.bin === "1d" ? "day" : "hourly bin")} summed.`
-      : el("strong", {}, "no published hour falls in this period and band."),
+      ? count(d.bin === "1d" ? "views.flows.summary.days" : "views.flows.summary.bins", bins)
+      : el("strong", {}, t("views.flows.summary.none")),
   );
-  flows.unit.textContent = `(${d.unit || "trips summed over the period and hour band"})`;
+  flows.unit.textContent = `(${unitOf(d.unit || "trips summed over the period and hour band").full})`;
 
   const largest = d.largest || [];
   const max = Math.max(1, ...largest.map((f) => (f.trips || 0) + (f.ci95 || 0)));
@@ -533,12 +698,12 @@ function renderFlows(d) {
         el("th", { scope: "row", class: "flow-pair" },
           el("span", { class: "flow-names" },
             f.origin === f.dest
-              ? ["within ", el("span", { title: f.origin }, f.origin_name || f.origin)]
+              ? tNodes("views.flows.within", {}, { zone: el("span", { title: f.origin }, f.origin_name || f.origin) })
               : [el("span", { title: f.origin }, f.origin_name || f.origin), " → ", el("span", { title: f.dest }, f.dest_name || f.dest)]),
           flowBar(f, max)),
         numCell(n0(f.trips)),
         numCell(n0(f.ci95))))
-      : emptyRow(4, "No flow in this period."),
+      : emptyRow(4, t("views.flows.no_flow")),
   );
 
   setChildren($("flows-map"), flowMap(largest));
@@ -553,7 +718,7 @@ function renderFlows(d) {
         numCell(n0(z.out_ci95)),
         numCell(n0(z.in)),
         numCell(n0(z.in_ci95))))
-      : emptyRow(5, "No zone."),
+      : emptyRow(5, t("views.flows.no_zone")),
   );
 }
 
@@ -597,7 +762,12 @@ function flowMap(largest) {
     if (!a || !b || !(f.trips > 0)) continue;
     const w = 1 + (13 * f.trips) / max;
     const title = svg("title");
-    title.textContent = `${f.origin_name || f.origin} → ${f.dest_name || f.dest}: ${n0(f.trips)} ± ${n0(f.ci95)} trips`;
+    title.textContent = t("views.flows.arc", {
+      from: f.origin_name || f.origin,
+      to: f.dest_name || f.dest,
+      trips: n0(f.trips),
+      ci: n0(f.ci95),
+    });
     if (f.origin === f.dest) {
       root.append(svg("circle", { cx: a[0], cy: a[1], r: 6 + w, fill: "none", stroke: "#0b5cad", "stroke-opacity": 0.7, "stroke-width": Math.min(w, 6) }, title));
       continue;
@@ -630,9 +800,7 @@ function loadForecast() {
   return load(sections.forecast, {
     path: "/api/v1/views/forecast",
     params: { zone, days },
-    what: `the forecast for ${zoneName(zone)}`,
-    alt: `Line chart of the daily footfall in ${zoneLabel(zone)}: the last published days with their 95 % error bands, ` +
-      `then the forecast of the next ${plural(days, "day")} with 95 % prediction intervals.`,
+    what: t("views.load.forecast", { zone: zoneName(zone) }),
     render: (d) => renderForecast(d, zone),
   });
 }
@@ -640,28 +808,35 @@ function loadForecast() {
 function renderForecast(d, zone) {
   const f = d.forecast || {};
   const days = f.days || [];
+  const unitInfo = unitOf(d.unit || "devices per zone per day");
+  const unit = unitInfo.full;
   drawChart("forecast", [
     {
-      label: "published",
+      label: t("views.forecast.series.published"),
       colour: "#0072B2",
       points: (d.recent || []).map((p) => ({ x: dayX(p.day), y: p.value, lo: p.value - p.ci95, hi: p.value + p.ci95 })),
     },
     {
-      label: "forecast (95 % prediction interval)",
+      label: t("views.forecast.series.forecast"),
       colour: "#E69F00",
       dashed: true,
       points: days.map((p) => ({ x: dayX(p.day), y: p.value, lo: p.lo, hi: p.hi })),
     },
-  ], xDay, (d.recent || []).map((p) => p.ci95), d.unit || "");
+  ], xDay, (d.recent || []).map((p) => p.ci95), unit);
   const recent = d.recent || [];
-  const unit = d.unit || "devices per zone per day";
 
   if (days.length) {
-    sections.forecast.img.alt =
-      `Line chart of the daily footfall in ${zoneLabel(zone)}: ` +
-      (recent.length ? `the ${plural(recent.length, "published day")} from ${fmtDay(recent[0].day)} to ${fmtDay(recent[recent.length - 1].day)} with 95 % error bands, then ` : "") +
-      `the forecast from ${fmtDay(days[0].day)} to ${fmtDay(days[days.length - 1].day)}, between ${n0(Math.min(...days.map((x) => x.value)))} ` +
-      `and ${n0(Math.max(...days.map((x) => x.value)))} ${unit}, with 95 % prediction intervals.`;
+    sections.forecast.img.alt = t(recent.length ? "views.forecast.alt_recent" : "views.forecast.alt", {
+      zone: zoneLabel(zone),
+      recent: count("views.n.published_day", recent.length),
+      recent_from: recent.length ? fmtDay(recent[0].day) : "",
+      recent_to: recent.length ? fmtDay(recent[recent.length - 1].day) : "",
+      from: fmtDay(days[0].day),
+      to: fmtDay(days[days.length - 1].day),
+      min: n0(Math.min(...days.map((x) => x.value))),
+      max: n0(Math.max(...days.map((x) => x.value))),
+      unit,
+    });
   }
 
   forecast.unit.textContent = `(${unit})`;
@@ -672,25 +847,32 @@ function renderForecast(d, zone) {
         el("th", { scope: "row" }, fmtDay(x.day)),
         numCell(n0(x.value)),
         numCell(`${n0(x.lo)} – ${n0(x.hi)}`),
-        el("td", {}, x.holiday ? "public holiday" : "")))
-      : emptyRow(4, "No forecast."),
+        el("td", {}, x.holiday ? t("views.forecast.holiday") : "")))
+      : emptyRow(4, t("views.forecast.none")),
   );
 
-  forecast.model.textContent = f.model ? `Model: ${f.model}.` : "";
+  forecast.model.textContent = f.model ? t("views.forecast.model", { model: modelText(f.model) }) : "";
 
   const b = f.backtest;
   if (b && Number(b.days_scored) > 0) {
     const better = b.mae_model < b.mae_seasonal_naive;
     setChildren(
       forecast.backtest,
-      el("strong", {}, "How well it did before: "),
-      `over ${plural(b.origins, "forecast")} made on past weeks (${plural(b.days_scored, "day")} scored, up to ${plural(b.horizon_days, "day")} ahead), ` +
-      `the mean absolute error was ${n0(b.mae_model)} devices against ${n0(b.mae_seasonal_naive)} for “same weekday last week”` +
-      `${better ? "" : " (the simple rule did as well or better)"}; ` +
-      `the 95 % interval held ${fmtNum(100 * b.coverage95, 0)} % of the time.`,
+      el("strong", {}, t("views.forecast.backtest.h")),
+      " ",
+      t(better ? "views.forecast.backtest.better" : "views.forecast.backtest.worse", {
+        forecasts: count("views.n.forecast_made", Number(b.origins) || 0),
+        scored: count("views.n.day_scored", Number(b.days_scored) || 0),
+        horizon: count("views.n.day", Number(b.horizon_days) || 0),
+        mae: n0(b.mae_model),
+        naive: n0(b.mae_seasonal_naive),
+        // The error is in the unit of the daily values it is measured on.
+        unit: unitInfo.short,
+        coverage: fmtNum(100 * b.coverage95, 0),
+      }),
     );
   } else {
-    forecast.backtest.textContent = "Too little history for a backtest yet: the forecast has not been checked against past weeks.";
+    forecast.backtest.textContent = t("views.forecast.backtest.none");
   }
 }
 
@@ -711,8 +893,6 @@ const visitorsUi = {
 
 /** Colour-blind-safe colours of the segments (Okabe–Ito), in the policy's order. */
 const SEGMENT_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00"];
-const SEGMENT_WORDS = { resident: "residents", tourist: "tourists", excursionist: "day visitors" };
-const segWord = (s) => SEGMENT_WORDS[s] || s;
 
 /** The figure in the chosen measure: people where published, else devices. */
 function measured(f) {
@@ -728,8 +908,7 @@ function loadVisitors() {
   return load(sections.visitors, {
     path: "/api/v1/views/visitors",
     params,
-    what: `the visitors of ${zone ? zoneName(zone) : "every zone"}`,
-    alt: "",
+    what: zone ? t("views.load.visitors", { zone: zoneName(zone) }) : t("views.load.visitors_all"),
     render: (d) => {
       visitorsUi.last = d;
       renderVisitors(d);
@@ -757,16 +936,17 @@ function lineChart(container, series, xLabel) {
   const Y = (y) => T + (H - T - B) * (1 - Math.max(0, y) / top);
   for (const v of [0, top / 2, top]) {
     root.append(svg("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v), stroke: "#d4d8dd", "stroke-width": 1 }));
-    const t = svg("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end", "font-size": 12, fill: "#333" });
-    t.textContent = compact(v);
-    root.append(t);
+    const tx = svg("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end", "font-size": 12, fill: "#333" });
+    tx.textContent = compact(v);
+    root.append(tx);
   }
-  const ticks = 6;
+  // As many date labels as fit ("18 nov. 25" is longer than "18 Nov 25").
+  const ticks = Math.max(2, Math.min(6, Math.floor((W - L - R) / 100)));
   for (let k = 0; k <= ticks; k++) {
     const x = x0 + ((x1 - x0) * k) / ticks;
-    const t = svg("text", { x: X(x), y: H - 8, "font-size": 12, fill: "#333", "text-anchor": k === 0 ? "start" : k === ticks ? "end" : "middle" });
-    t.textContent = xLabel(x);
-    root.append(t);
+    const tx = svg("text", { x: X(x), y: H - 8, "font-size": 12, fill: "#333", "text-anchor": k === 0 ? "start" : k === ticks ? "end" : "middle" });
+    tx.textContent = xLabel(x);
+    root.append(tx);
   }
   for (const s of series) {
     const pts = s.points;
@@ -792,28 +972,27 @@ function drawChart(key, series, xLabel, bars, unit) {
   const sorted = bars.filter(Number.isFinite).sort((a, b) => a - b);
   const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : NaN;
   box.replaceChildren(lineChart(box, series, xLabel));
-  box.setAttribute("aria-label", `${series.map((s) => s.label).join(" and ")}, ${unit}; bands are 95 % error bars (median ± ${n0(median)}).`);
-  const cap = box.nextElementSibling && box.nextElementSibling.classList.contains("chart-legend")
+  box.setAttribute("aria-label", t("views.chart.label", { series: seriesList.format(series.map((s) => s.label)), unit, median: n0(median) }));
+  const legend = box.nextElementSibling && box.nextElementSibling.classList.contains("chart-legend")
     ? box.nextElementSibling
     : box.insertAdjacentElement("afterend", el("p", { class: "muted chart-legend" }));
-  setChildren(cap, chartLegend(series, `· ${unit} · shaded: 95 % error bars (median ± ${n0(median)}; drawn at least 3 px wide)`));
+  setChildren(legend, chartLegend(series, t("views.chart.legend", { unit, median: n0(median) })));
 }
 
 /** A legend for `lineChart`: a swatch and label per series. */
 function chartLegend(series, note) {
-  const items = series.flatMap((s) => {
+  // One element per entry (the legend wraps as a flex row): a swatch stays
+  // with its label.
+  const items = series.map((s) => {
     const sw = el("span", { class: "swatch" });
     sw.style.background = s.colour;
-    return [sw, ` ${s.label}  `];
+    return el("span", {}, sw, ` ${s.label}`);
   });
-  return [...items, note];
+  return [...items, el("span", {}, note)];
 }
 
 const dayX = (iso) => Date.parse(`${iso}T12:00:00Z`) / 86400000;
-const xDay = (x) => {
-  const d = new Date(Math.round(x) * 86400000);
-  return `${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]}${x > 0 ? ` ${String(d.getUTCFullYear()).slice(2)}` : ""}`;
-};
+const xDay = (x) => (x > 0 ? axisDayYearFmt : axisDayFmt).format(Math.round(x) * 86400000);
 
 /** "1.12 M", "84.3 k", "950": axis labels that fit their margin. */
 function compact(v) {
@@ -865,15 +1044,19 @@ function visitorsChart(d) {
   // Axis: 0, the top and month starts.
   for (const v of [0, top / 2, top]) {
     root.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#c8ccd2", "stroke-width": 1 }));
-    const t = svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 13, fill: "#333" });
-    t.textContent = compact(v);
-    root.append(t);
+    const tx = svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 13, fill: "#333" });
+    tx.textContent = compact(v);
+    root.append(tx);
   }
+  // Month starts, each far enough from the one before to be read ("févr.").
+  let lastLabel = -Infinity;
   days.forEach((dd, i) => {
-    if (dd.day.endsWith("-01") || i === 0) {
-      const t = svg("text", { x: x(i), y: H - 8, "font-size": 13, fill: "#333" });
-      t.textContent = MONTHS[Number(dd.day.slice(5, 7)) - 1] || dd.day;
-      root.append(t);
+    if ((dd.day.endsWith("-01") || i === 0) && x(i) - lastLabel >= 46) {
+      lastLabel = x(i);
+      const tx = svg("text", { x: x(i), y: H - 8, "font-size": 13, fill: "#333" });
+      const m = Number(dd.day.slice(5, 7));
+      tx.textContent = m >= 1 && m <= 12 ? monthShort(m) : dd.day;
+      root.append(tx);
     }
   });
   return root;
@@ -883,15 +1066,26 @@ function renderVisitors(d) {
   const days = d.daily || [];
   const segs = d.segments || [];
   const anyPeople = days.some((x) => x.total && x.total.people !== null);
-  const unitWord = visitorsUi.measure.value === "people" ? "estimated people (devices where a segment has no published factor)" : "devices";
-  visitorsUi.unit.textContent = `(${unitWord}; ${d.night_period ? `nights: tourists present in the ${d.night_period} period, summed over days` : "no night period"})`;
+  // What a device figure counts, after the view's own unit ("devices").
+  const devices = unitOf(d.unit || "devices present per zone per day").short;
+  const unitWord = visitorsUi.measure.value === "people" ? t("views.visitors.unit.people", { devices }) : devices;
+  visitorsUi.unit.textContent = d.night_period
+    ? t("views.visitors.caption.night", { unit: unitWord, period: periodText(d.night_period) })
+    : t("views.visitors.caption.no_night", { unit: unitWord });
   setChildren(visitorsUi.chart, visitorsChart(d));
-  const where = d.zone === "all" ? "every zone" : zoneLabel(d.zone);
+  const where = d.zone === "all" ? t("views.zone.every") : zoneLabel(d.zone);
+  const dayPeriod = periodText(d.day_period);
   visitorsUi.chart.setAttribute(
     "aria-label",
     days.length
-      ? `Stacked daily chart of people present in ${where} in the ${d.day_period} period, from ${fmtDay(days[0].day)} to ${fmtDay(days[days.length - 1].day)}, by segment: ${segs.map(segWord).join(", ")}.`
-      : "No published day.",
+      ? t("views.visitors.chart_label", {
+        where,
+        period: dayPeriod,
+        from: fmtDay(days[0].day),
+        to: fmtDay(days[days.length - 1].day),
+        segments: segs.map(segWord).join(", "),
+      })
+      : t("views.visitors.no_day"),
   );
   const swatch = (k) => {
     const e = el("span", { class: "swatch" });
@@ -901,18 +1095,18 @@ function renderVisitors(d) {
   setChildren(
     visitorsUi.legend,
     ...segs.flatMap((s, k) => [swatch(k), ` ${segWord(s)}  `]),
-    `· per day, ${d.day_period} period · ${unitWord}`,
+    t("views.visitors.legend", { period: dayPeriod, unit: unitWord }),
   );
   const last = days[days.length - 1];
   if (last) {
     const parts = (last.segments || []).map((f) => {
       const m = measured(f);
-      return `${pm(m.v, m.ci)} ${segWord(f.segment)}`;
+      return t("views.visitors.summary.part", { value: pm(m.v, m.ci), segment: segWord(f.segment) });
     });
-    visitorsUi.summary.textContent = `${fmtDay(last.day)} in ${where}: ${parts.join(", ")}.` +
-      (anyPeople || visitorsUi.measure.value === "devices" ? "" : " No expansion factor is published: figures are devices.");
+    visitorsUi.summary.textContent = t("views.visitors.summary", { day: fmtDay(last.day), where, parts: parts.join(", ") }) +
+      (anyPeople || visitorsUi.measure.value === "devices" ? "" : ` ${t("views.visitors.no_factor", { unit: devices })}`);
   } else {
-    visitorsUi.summary.textContent = "No published day.";
+    visitorsUi.summary.textContent = t("views.visitors.no_day");
   }
   const months = d.monthly || [];
   setChildren(
@@ -923,26 +1117,29 @@ function renderVisitors(d) {
         const v = measured(m.day_visitors);
         const yoy = m.year_over_year;
         const yoyText = yoy && yoy.nights_change_pct !== null
-          ? `nights ${yoy.nights_change_pct >= 0 ? "+" : "−"}${fmtNum(Math.abs(yoy.nights_change_pct), 1)} % ± ${fmtNum(yoy.nights_change_pct_ci95, 1)}`
+          ? t("views.visitors.yoy", {
+            change: `${yoy.nights_change_pct >= 0 ? "+" : "−"}${fmtNum(Math.abs(yoy.nights_change_pct), 1)}`,
+            ci: fmtNum(yoy.nights_change_pct_ci95, 1),
+          })
           : "–";
         return el("tr", {},
-          el("th", { scope: "row" }, `${MONTHS[Number(m.month.slice(5, 7)) - 1]} ${m.month.slice(0, 4)}`),
+          el("th", { scope: "row" }, monthOf(m.month)),
           numCell(fmtInt(m.days)),
           numCell(n0(n.v)), numCell(n0(n.ci)),
           numCell(n0(v.v)), numCell(n0(v.ci)),
           numCell(yoyText));
       })
-      : emptyRow(7, "No published month."),
+      : emptyRow(7, t("views.visitors.no_month")),
   );
   // Origins of the latest month that has them.
   const withOrigins = months.filter((m) => (m.top_origins || []).length);
   const om = withOrigins[withOrigins.length - 1];
   if (!om) {
-    visitorsUi.originsMonth.textContent = "(no monthly origins release published yet)";
-    setChildren(visitorsUi.originsBody, emptyRow(5, "Origins are published once a whole month is over."));
+    visitorsUi.originsMonth.textContent = t("views.visitors.origins.none");
+    setChildren(visitorsUi.originsBody, emptyRow(5, t("views.visitors.origins.later")));
     return;
   }
-  visitorsUi.originsMonth.textContent = `(${MONTHS[Number(om.month.slice(5, 7)) - 1]} ${om.month.slice(0, 4)}, ${d.day_period} period; visitor-days)`;
+  visitorsUi.originsMonth.textContent = t("views.visitors.origins.month", { month: monthOf(om.month, true), period: dayPeriod });
   const max = Math.max(1, ...om.top_origins.map((o) => measured(o).v + measured(o).ci));
   setChildren(
     visitorsUi.originsBody,
@@ -950,7 +1147,7 @@ function renderVisitors(d) {
       const m = measured(o);
       return el("tr", {},
         numCell(String(i + 1), "rank"),
-        el("td", { class: "flow-pair" }, el("span", { class: "flow-names" }, o.origin), flowBar({ trips: m.v, ci95: m.ci }, max)),
+        el("td", { class: "flow-pair" }, el("span", { class: "flow-names" }, originName(o.origin)), flowBar({ trips: m.v, ci95: m.ci }, max)),
         numCell(shownCount(measured(o.tourists).v)),
         numCell(shownCount(measured(o.excursionists).v)),
         numCell(pm(m.v, m.ci)));
@@ -963,7 +1160,7 @@ function renderVisitors(d) {
 function fillZones(zones) {
   const opts = () => zones.map((z) => el("option", { value: z.zone_id }, z.name ? `${z.name} (${z.zone_id})` : z.zone_id));
   const wanted = zones[0].zone_id;
-  setChildren(visitorsUi.zone, el("option", { value: "" }, "All zones"), ...opts());
+  setChildren(visitorsUi.zone, el("option", { value: "" }, t("views.zone.all")), ...opts());
   visitorsUi.zone.value = "";
   for (const select of [season.zone, evUi.zone, forecast.zone]) {
     setChildren(select, opts());
@@ -972,7 +1169,7 @@ function fillZones(zones) {
 }
 
 async function start() {
-  setStatus("Loading the dataset…", "info");
+  setStatus(t("views.status.dataset"), "info");
   const { dataset } = await pickDataset();
   state.ds = dataset;
   showDatasetTitle(dataset);
@@ -1019,7 +1216,7 @@ async function start() {
       const sec = sections[key];
       for (const c of sec.form.elements) c.disabled = true;
       sec.out.hidden = true;
-      sec.error.textContent = "This dataset defines no named zones: this view needs them.";
+      sec.error.textContent = t("views.error.no_zones");
       sec.error.hidden = false;
       state.settled.add(key);
     }
@@ -1030,6 +1227,6 @@ async function start() {
 }
 
 start().catch((e) => {
-  showError(e, "Cannot load the views");
+  showError(e, t("views.error.start"));
   document.body.dataset.state = "error";
 });

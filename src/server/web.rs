@@ -125,3 +125,92 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
     }
     (base, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::FILES;
+
+    fn catalogue(lang: &str) -> BTreeMap<String, String> {
+        let (_, _, text) = FILES
+            .iter()
+            .find(|(n, _, _)| *n == format!("lang-{lang}.json"))
+            .expect("catalogue is served");
+        serde_json::from_str(text).expect("catalogue is a flat JSON object of strings")
+    }
+
+    /// `{name}` placeholders of a catalogue text.
+    fn placeholders(s: &str) -> BTreeSet<&str> {
+        s.split('{')
+            .skip(1)
+            .filter_map(|p| p.split_once('}').map(|(name, _)| name))
+            .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_'))
+            .collect()
+    }
+
+    /// Literal keys the pages ask for: `t("k"`, `tn("k"` (k.one and
+    /// k.other) in scripts, `data-i18n…="k"` in pages. Keys built at run
+    /// time are covered by the browser test, which fails on any miss.
+    fn keys_used() -> BTreeSet<(String, &'static str)> {
+        let mut keys = BTreeSet::new();
+        for (name, _, text) in FILES {
+            if name.ends_with(".js") {
+                for (call, forms) in [("t(", &[""][..]), ("tn(", &[".one", ".other"][..])] {
+                    for (at, _) in text.match_indices(call) {
+                        let before = text[..at].chars().next_back();
+                        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+                            continue;
+                        }
+                        let rest = &text[at + call.len()..];
+                        let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                            continue;
+                        };
+                        let key = &rest[1..rest[1..].find(q).map_or(0, |e| e + 1)];
+                        for f in forms {
+                            keys.insert((format!("{key}{f}"), *name));
+                        }
+                    }
+                }
+            } else if name.ends_with(".html") {
+                for (at, _) in text.match_indices("data-i18n") {
+                    let rest = &text[at..];
+                    let Some((attr, value)) = rest.split_once("=\"") else {
+                        continue;
+                    };
+                    if attr.contains(char::is_whitespace) || attr.contains('>') {
+                        continue;
+                    }
+                    let key = value.split('"').next().unwrap_or_default();
+                    keys.insert((key.to_owned(), *name));
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn both_catalogues_have_every_key_the_pages_use_with_the_same_placeholders() {
+        let (en, fr) = (catalogue("en"), catalogue("fr"));
+        let only_en: Vec<_> = en.keys().filter(|k| !fr.contains_key(*k)).collect();
+        let only_fr: Vec<_> = fr.keys().filter(|k| !en.contains_key(*k)).collect();
+        assert!(only_en.is_empty(), "keys without a French text: {only_en:?}");
+        assert!(only_fr.is_empty(), "keys without an English text: {only_fr:?}");
+        for (key, text_en) in &en {
+            let text_fr = &fr[key];
+            assert!(
+                !text_en.trim().is_empty() && !text_fr.trim().is_empty(),
+                "{key} is empty in a catalogue"
+            );
+            assert_eq!(
+                placeholders(text_en),
+                placeholders(text_fr),
+                "{key} has other placeholders in French than in English"
+            );
+        }
+        let used = keys_used();
+        assert!(used.len() > 40, "the key scan found only {} keys", used.len());
+        let missing: Vec<_> = used.iter().filter(|(k, _)| !en.contains_key(k)).collect();
+        assert!(missing.is_empty(), "keys used but in no catalogue: {missing:?}");
+    }
+}
