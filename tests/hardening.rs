@@ -667,7 +667,17 @@ fn check_coverage(
     let n_hex = w.keys.len();
     // Sensitivity of a daily bin; any public scale would do.
     let s = sensitivity::Sensitivity { l1: 4.0, l2: 2.0 };
-    let c = mechanism::calibrate(budget, &s).expect("calibrate");
+    // Hex placement draws real-valued sums: priced for every covered hex of
+    // every draw, as the release prices them.
+    let covered_hexes = w
+        .entries
+        .iter()
+        .filter(|e| e.weight > 0.0)
+        .map(|e| e.hex)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let n_float = (placement == sensitivity::Placement::Hex).then_some(DRAWS * covered_hexes);
+    let c = mechanism::calibrate(budget, &s, n_float).expect("calibrate");
     let bars = releaser.bars(hexflow::release::Unit::Hex, res, &w, placement, &c);
     // Truth: distinctive counts per cell, the same in every bin.
     let truth_cells: Vec<i64> = (0..n_cells as i64).map(|i| 3 + 17 * i).collect();

@@ -154,6 +154,11 @@ pub struct Manifest {
     pub placement: Placement,
     pub sensitivity: Sensitivity,
     pub noise_scale: f64,
+    /// What the noise was drawn on: integer counts, or `n` real-valued sums
+    /// on OpenDP's grid of step 2^k (its rounding priced in `rho`). Absent
+    /// in manifests of hexflow before 0.2 (exact float draws).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_draw: Option<mechanism::Draw>,
     pub noise_sd: f64,
     pub rho: f64,
     pub epsilon: f64,
@@ -625,15 +630,10 @@ impl Releaser {
                         sensitivity::footfall(&bounds, per_bin, Placement::Hex, w2_max),
                     )
                 };
-                let cell = mechanism::calibrate(spec.budget, &s_cell)?;
-                let hex = mechanism::calibrate(spec.budget, &s_hex)?;
                 // Keys no cell reaches get no noise in either placement.
-                let covered = weights
-                    .entries
-                    .iter()
-                    .map(|e| e.hex)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len();
+                let covered = covered_keys(weights);
+                let cell = mechanism::calibrate(spec.budget, &s_cell, None)?;
+                let hex = mechanism::calibrate(spec.budget, &s_hex, Some(bins * covered))?;
                 let (placement, expected) = choose_placement(bins, covered, sum_w2, cell.noise_sd(), hex.noise_sd());
                 let (calibrated, sensitivity) = match placement {
                     Placement::Cell => (cell, s_cell),
@@ -648,7 +648,9 @@ impl Releaser {
             }
             Metric::Flows => {
                 let s = sensitivity::flows(&bounds, w2_max);
-                let c = mechanism::calibrate(spec.budget, &s)?;
+                // Pairs with an end no cell reaches get no noise.
+                let covered = covered_keys(weights);
+                let c = mechanism::calibrate(spec.budget, &s, Some(bins * covered * covered))?;
                 NoisePlan {
                     placement: Placement::Hex,
                     expected: ExpectedError {
@@ -939,7 +941,7 @@ impl Releaser {
                     .flat_map(|b| covered.iter().map(move |h| b * n_hex + h))
                     .map(|i| sums[i])
                     .collect();
-                let noisy = par_noise(&input, |chunk| mechanism::noisy_sums(c, chunk))?;
+                let noisy = mechanism::noisy_sums(c, &input)?;
                 for b in 0..bins.len() {
                     for (k, h) in covered.iter().enumerate() {
                         values[b * n_hex + h] = noisy[b * covered.len() + k];
@@ -1037,7 +1039,7 @@ impl Releaser {
         let pairs = n_z * n_z;
         let covered: Vec<usize> = (0..sums.len()).filter(|i| bars[i % pairs].sd > 0.0).collect();
         let input: Vec<f64> = covered.iter().map(|i| sums[*i]).collect();
-        let noisy = par_noise(&input, |chunk| mechanism::noisy_sums(c, chunk))?;
+        let noisy = mechanism::noisy_sums(c, &input)?;
         let mut values = vec![0.0f64; sums.len()];
         for (k, i) in covered.iter().enumerate() {
             values[*i] = noisy[k];
@@ -1230,6 +1232,7 @@ impl Releaser {
             placement,
             sensitivity: sens,
             noise_scale: c.scale,
+            noise_draw: Some(c.draw),
             noise_sd: c.noise_sd(),
             rho: c.rho,
             epsilon,
@@ -1336,6 +1339,17 @@ impl Drop for TmpGuard {
 }
 
 /// Draws noise in chunks on every core (OpenDP's exact samplers are slow).
+/// Keys that some cell reaches with a positive weight: the others are 0
+/// whatever the data and take no noise (their bar is [`Bar::NONE`]).
+fn covered_keys(w: &Weights) -> usize {
+    w.entries
+        .iter()
+        .filter(|e| e.weight > 0.0)
+        .map(|e| e.hex)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
 fn par_noise<T: Send + Sync + Clone, F>(input: &[T], draw: F) -> Result<Vec<T>, ReleaseError>
 where
     F: Fn(&[T]) -> Result<Vec<T>, MechanismError> + Sync,
