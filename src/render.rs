@@ -112,6 +112,31 @@ pub fn mercator_px(lon: f64, lat: f64, zoom: f64) -> (f64, f64) {
     (x, y)
 }
 
+/// The inverse of [`mercator_px`]: (lon, lat) of global pixel coordinates.
+pub fn mercator_lonlat(x: f64, y: f64, zoom: f64) -> (f64, f64) {
+    let size = f64::from(TILE_PX) * 2f64.powf(zoom);
+    let lon = x / size * 360.0 - 180.0;
+    let lat = (std::f64::consts::PI * (1.0 - 2.0 * y / size))
+        .sinh()
+        .atan()
+        .to_degrees();
+    (lon, lat)
+}
+
+/// Does a polygon (lon, lat) reach into tile z/x/y or the margin drawn
+/// around it? Mercator is monotone in lon and lat, so comparing boxes in
+/// degrees is comparing them in pixels: no projection per hex.
+pub fn touches_tile(boundary: &[(f64, f64)], (z, x, y): (u8, u32, u32)) -> bool {
+    let (t, m, zf) = (f64::from(TILE_PX), f64::from(TILE_MARGIN_PX), f64::from(z));
+    let (west, north) = mercator_lonlat(f64::from(x) * t - m, f64::from(y) * t - m, zf);
+    let (east, south) = mercator_lonlat(f64::from(x + 1) * t + m, f64::from(y + 1) * t + m, zf);
+    let (mut w, mut e, mut s, mut n) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (lon, lat) in boundary {
+        (w, e, s, n) = (w.min(*lon), e.max(*lon), s.min(*lat), n.max(*lat));
+    }
+    e >= west && w <= east && n >= south && s <= north
+}
+
 /// The tile (x, y) ranges at `z` covering a lon/lat bounding box.
 pub fn tile_range(bbox: [f64; 4], z: u8) -> ((u32, u32), (u32, u32)) {
     let (x0, y0) = mercator_px(bbox[0], bbox[3], f64::from(z));
@@ -336,9 +361,9 @@ pub fn flow_map_png(grid: &Grid, flows: &[FlowLine], title: &str, caption: &[Str
     encode_png(&buf, (width, height), None)
 }
 
-fn draw_hexes<DB: DrawingBackend>(
+fn draw_hexes<'a, DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
-    hexes: &[HexValue],
+    hexes: impl IntoIterator<Item = &'a HexValue>,
     max: f64,
     px: &dyn Fn(f64, f64) -> (i32, i32),
 ) -> Result<(), RenderError> {
@@ -415,7 +440,9 @@ fn draw_legend<DB: DrawingBackend>(
 }
 
 /// An XYZ tile (`z/x/y`, 256 px, Web Mercator), transparent where no hex is.
+/// `hexes` may be all of them; only those that [`touches_tile`] are drawn.
 pub fn tile_png(hexes: &[HexValue], max: f64, (z, x, y): (u8, u32, u32)) -> Result<Vec<u8>, RenderError> {
+    let hexes: Vec<&HexValue> = hexes.iter().filter(|h| touches_tile(&h.boundary, (z, x, y))).collect();
     let n = TILE_PX;
     // Drawn with a margin and cropped: plotters clips a hex's outline onto
     // the drawing area's border, which drew a 1-px line along every tile's

@@ -107,8 +107,11 @@ fn gdal_reads_the_geojson_the_csv_and_the_tiles_as_served() {
     <LowerRightX>20037508.34</LowerRightX><LowerRightY>-20037508.34</LowerRightY>
     <TileLevel>14</TileLevel><TileCountX>1</TileCountX><TileCountY>1</TileCountY><YOrigin>top</YOrigin></DataWindow>
   <Projection>EPSG:3857</Projection><BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY><BandsCount>4</BandsCount>
-  <Cache/>
-</GDAL_WMS>"#
+  <Cache><Path>{cache}</Path></Cache>
+</GDAL_WMS>"#,
+        // In the test's own folder: without a path GDAL caches in the
+        // working directory (the repository).
+        cache = dir.path().join("wms-cache").display()
     );
     let xml_path = dir.path().join("tiles.xml");
     std::fs::write(&xml_path, xml).expect("write xml");

@@ -845,9 +845,44 @@ async fn planner_queries_need_a_token_are_charged_once_and_respect_the_policy() 
                 .sum::<f64>()
         }
     };
+    // The planners' list, cached until the index changes: a revalidation
+    // is a 304 until the query below adds a release.
+    let planners_list = "/api/v1/releases?audience=planners&dataset=tiny";
+    let list_of = |state: &Arc<AppState>, etag: Option<String>| {
+        let (state, planner) = (state.clone(), planner.clone());
+        async move {
+            let mut r = Request::get(planners_list).header(header::AUTHORIZATION, format!("Bearer {planner}"));
+            if let Some(e) = etag {
+                r = r.header(header::IF_NONE_MATCH, e);
+            }
+            send(&state, r.body(Body::empty()).expect("request")).await
+        }
+    };
+    let before = list_of(&state, None).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.text());
+    let etag = before.header(header::ETAG).to_string();
+    assert_eq!(
+        list_of(&state, Some(etag.clone())).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        list_of(&state, None).await.body,
+        before.body,
+        "the cached list is the same list"
+    );
+    // Without a token, the cached planners' list is still refused.
+    get(&state, planners_list).await.problem(StatusCode::UNAUTHORIZED);
     let first = post_json(&state, "/api/v1/queries", Some(&planner), &spec).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
     let first = first.json();
+    let after = list_of(&state, Some(etag.clone())).await;
+    assert_eq!(after.status, StatusCode::OK, "a new release makes a new list");
+    assert_ne!(after.header(header::ETAG), etag);
+    assert_eq!(
+        after.json()["total"].as_u64(),
+        before.json()["total"].as_u64().map(|n| n + 1),
+        "the new release is listed"
+    );
     assert_eq!(first["status"], "new");
     assert!((spent(&state).await - 0.1).abs() < 1e-6);
     // The same question: the stored answer, no second charge.

@@ -70,7 +70,13 @@ impl ReleaseSummary {
 pub struct ReleaseIndex {
     releases: Vec<ReleaseSummary>,
     by_id: HashMap<String, usize>,
+    /// Distinct for every scan in this process: answers built from the
+    /// index are cached under it (see `ListCache`).
+    version: u64,
 }
+
+/// Versions of scans, process-wide.
+static SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl ReleaseIndex {
     /// Reads every `manifest.json` under `<data-dir>/releases/<dataset>/`.
@@ -109,7 +115,16 @@ impl ReleaseIndex {
             .enumerate()
             .map(|(i, r)| (r.release_id.clone(), i))
             .collect();
-        Self { releases, by_id }
+        let version = SCANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            releases,
+            by_id,
+            version,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn len(&self) -> usize {

@@ -107,6 +107,8 @@ pub struct AppState {
     pub index: RwLock<ReleaseIndex>,
     cache: data::Cache,
     bodies: BodyCache,
+    /// Release lists by (index version, audience, query).
+    lists: ListCache,
     metrics: metrics::Metrics,
     /// Renders (maps, tiles, charts) at once: at most one per core, so that
     /// a client asking for many never-seen images queues behind them while
@@ -189,6 +191,7 @@ impl AppState {
             index: RwLock::new(index),
             cache: data::Cache::default(),
             bodies: BodyCache::default(),
+            lists: ListCache::default(),
             metrics: metrics::Metrics::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
             tile_key: std::sync::OnceLock::new(),
@@ -435,6 +438,38 @@ async fn method_not_allowed(req: Request) -> Problem {
 /// `Cache-Control: no-cache` for answers that change (ledger, lists, health).
 fn no_cache() -> [(header::HeaderName, HeaderValue); 1] {
     [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))]
+}
+
+/// Serialised release lists of one version of the release index: the list
+/// changes only when the index does (a publish, a query), so thousands of
+/// clients polling it cost one serialisation per version and query.
+#[derive(Default)]
+struct ListCache {
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, axum::body::Bytes>)>,
+}
+
+/// Most distinct list queries kept per index version.
+const LIST_CACHE_ENTRIES: usize = 1024;
+
+impl ListCache {
+    fn get(&self, version: u64, key: &str) -> Option<axum::body::Bytes> {
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (inner.0 == version).then(|| inner.1.get(key).cloned()).flatten()
+    }
+
+    fn put(&self, version: u64, key: String, body: axum::body::Bytes) {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.0 != version {
+            // A newer index: every list of the old one is stale.
+            if inner.0 > version {
+                return;
+            }
+            *inner = (version, std::collections::HashMap::new());
+        }
+        if inner.1.len() < LIST_CACHE_ENTRIES {
+            inner.1.insert(key, body);
+        }
+    }
 }
 
 /// Bodies of immutable answers by ETag, so that the same bytes are never

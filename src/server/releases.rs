@@ -140,6 +140,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
@@ -153,25 +154,55 @@ pub async fn list(
         return Err(Problem::bad_request(format!("limit must be in 1..={MAX_LIST}")));
     }
     let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
-    let matching: Vec<&ReleaseSummary> = index
-        .iter()
-        .filter(|r| r.audience == audience)
-        .filter(|r| q.dataset.as_ref().is_none_or(|d| &r.dataset == d))
-        .filter(|r| q.metric.is_none_or(|m| r.metric == m))
-        .filter(|r| q.unit.is_none_or(|u| r.unit == u))
-        .filter(|r| q.res.is_none_or(|x| r.res == Some(x)))
-        .filter(|r| q.bin.is_none_or(|b| r.bin == b))
-        .filter(|r| q.day.is_none_or(|d| r.from <= d && d <= r.to))
-        .filter(|r| q.from.is_none_or(|d| r.to >= d) && q.to.is_none_or(|d| r.from <= d))
-        .collect();
-    let total = matching.len();
-    let offset = q.offset.unwrap_or(0);
-    let page: Vec<&ReleaseSummary> = matching.into_iter().skip(offset).take(limit).collect();
-    // Say that the list pages, and where the next page starts.
-    let next_offset = (offset.saturating_add(page.len()) < total).then(|| offset + page.len());
+    let version = index.version();
+    // The caller's right to read `audience` was checked above; the body
+    // depends only on the index and the query.
+    let key = format!("{audience}\n{}", uri.query().unwrap_or_default());
+    let etag = format!("\"l{version}-{}\"", &crate::util::sha256_parts([key.as_bytes()])[..16]);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag || v == "*")
+    {
+        return Ok((StatusCode::NOT_MODIFIED, no_cache(), [(header::ETAG, etag)]).into_response());
+    }
+    let body = match state.lists.get(version, &key) {
+        Some(body) => body,
+        None => {
+            let matching: Vec<&ReleaseSummary> = index
+                .iter()
+                .filter(|r| r.audience == audience)
+                .filter(|r| q.dataset.as_ref().is_none_or(|d| &r.dataset == d))
+                .filter(|r| q.metric.is_none_or(|m| r.metric == m))
+                .filter(|r| q.unit.is_none_or(|u| r.unit == u))
+                .filter(|r| q.res.is_none_or(|x| r.res == Some(x)))
+                .filter(|r| q.bin.is_none_or(|b| r.bin == b))
+                .filter(|r| q.day.is_none_or(|d| r.from <= d && d <= r.to))
+                .filter(|r| q.from.is_none_or(|d| r.to >= d) && q.to.is_none_or(|d| r.from <= d))
+                .collect();
+            let total = matching.len();
+            let offset = q.offset.unwrap_or(0);
+            let page: Vec<&ReleaseSummary> = matching.into_iter().skip(offset).take(limit).collect();
+            // Say that the list pages, and where the next page starts.
+            let next_offset = (offset.saturating_add(page.len()) < total).then(|| offset + page.len());
+            let body = axum::body::Bytes::from(
+                serde_json::to_vec(
+                    &json!({ "total": total, "offset": offset, "limit": limit, "next_offset": next_offset, "releases": page }),
+                )
+                .map_err(|e| Problem::internal("release list", e))?,
+            );
+            state.lists.put(version, key, body.clone());
+            body
+        }
+    };
+    drop(index);
     Ok((
         no_cache(),
-        Json(json!({ "total": total, "offset": offset, "limit": limit, "next_offset": next_offset, "releases": page })),
+        [
+            (header::ETAG, etag),
+            (header::CONTENT_TYPE, "application/json".to_string()),
+        ],
+        body,
     )
         .into_response())
 }
@@ -779,12 +810,17 @@ pub fn sum_ci95(ds: &super::Dataset, data: &ReleaseData, set: &[(CellIndex, usiz
 }
 
 fn hex_values(data: &ReleaseData, b: usize) -> Vec<HexValue> {
+    hex_values_where(data, b, |_| true)
+}
+
+/// The hexes of bin `b` whose boundary passes `keep`.
+fn hex_values_where(data: &ReleaseData, b: usize, keep: impl Fn(&[(f64, f64)]) -> bool) -> Vec<HexValue> {
     let r = data.bin_range(b);
     data.keys
         .iter()
         .enumerate()
         .filter_map(|(k, key)| match key {
-            Key::Hex(h) => Some(HexValue {
+            Key::Hex(h) if keep(&data.boundaries[h]) => Some(HexValue {
                 boundary: data.boundaries[h].clone(),
                 value: data.value[r.start + k] as f64,
                 low: data.low[r.start + k],
@@ -1111,25 +1147,8 @@ pub async fn tile(
     let d = data.clone();
     png_once(&state, &headers, &data, &parts, move || {
         let data = d;
-        let t = f64::from(render::TILE_PX);
-        let (tx0, ty0) = (f64::from(x) * t, f64::from(y) * t);
-        let hexes: Vec<HexValue> = hex_values(&data, b)
-            .into_iter()
-            .filter(|h| {
-                let pts: Vec<(f64, f64)> = h
-                    .boundary
-                    .iter()
-                    .map(|(lon, lat)| render::mercator_px(*lon, *lat, f64::from(z)))
-                    .collect();
-                let (minx, maxx) = pts
-                    .iter()
-                    .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-                let (miny, maxy) = pts
-                    .iter()
-                    .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
-                maxx >= tx0 && minx <= tx0 + t && maxy >= ty0 && miny <= ty0 + t
-            })
-            .collect();
+        // Only the hexes near the tile are copied out of the release.
+        let hexes = hex_values_where(&data, b, |boundary| render::touches_tile(boundary, (z, x, y)));
         render::tile_png(&hexes, data.scale_max, (z, x, y)).map_err(|e| Problem::internal("tile rendering", e))
     })
     .await
