@@ -41,6 +41,120 @@ pub struct BenchReport {
     pub ingest_over_scan_csv: f64,
     pub ingest_over_scan_parquet: f64,
     pub weights: Vec<WeightTiming>,
+    pub noise: Vec<NoiseTiming>,
+    pub tiles: Vec<TileTiming>,
+}
+
+/// Drawing XYZ tiles never drawn before, one after the other on one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct TileTiming {
+    pub res: u8,
+    pub zoom: u8,
+    pub hexes: usize,
+    pub tiles: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_bytes: f64,
+}
+
+/// Every tile at `zoom` over the hexes of the weight matrix at `res`, with
+/// made-up values (the drawing does not depend on them).
+pub fn tiles(grid: &Grid, res: u8, zoom: u8) -> Result<TileTiming> {
+    use crate::render::{self, HexValue};
+    let r = grid.resolution(res)?;
+    let (m, _) = WeightMatrix::build(grid, r)?;
+    let hexes: Vec<HexValue> = m
+        .hexes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| HexValue {
+            boundary: c.boundary().iter().map(|ll| (ll.lng(), ll.lat())).collect(),
+            value: (i * 37 % 1000) as f64,
+            low: i % 11 == 0,
+            covered: i % 13 != 0,
+        })
+        .collect();
+    let ((x0, x1), (y0, y1)) = render::tile_range(crate::grid::bbox(&grid.area), zoom);
+    let mut ms = Vec::new();
+    let mut bytes = 0usize;
+    for x in x0..=x1 {
+        for y in y0..=y1 {
+            let (png, s) = timed(|| Ok(render::tile_png(&hexes, 1000.0, (zoom, x, y))?))?;
+            bytes += png.len();
+            ms.push(s * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(TileTiming {
+        res,
+        zoom,
+        hexes: hexes.len(),
+        tiles: ms.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        mean_bytes: bytes as f64 / ms.len().max(1) as f64,
+    })
+}
+
+/// CPU time of one noise draw over the values of a release, on one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoiseTiming {
+    pub what: String,
+    pub values: usize,
+    pub seconds: f64,
+    pub us_per_value: f64,
+    /// ρ OpenDP's map gives for that draw (sensitivity 1).
+    pub rho: f64,
+}
+
+/// Flows between 16 zones, one week hourly: the float figure.
+pub const NOISE_VALUES: usize = 16 * 16 * 24 * 7;
+
+/// The draws a release makes, side by side on the same values: integer
+/// counts (cell placement), real sums on hexflow's grid 2^k, and real sums
+/// at OpenDP's default k (exact, what hexflow drew before choosing k).
+pub fn noise() -> Result<Vec<NoiseTiming>> {
+    use crate::privacy::mechanism::{self, Draw, Mechanism};
+    use crate::privacy::sensitivity::Sensitivity;
+    let s = Sensitivity { l1: 1.0, l2: 1.0 };
+    let n = NOISE_VALUES;
+    let chosen = mechanism::calibrate(mechanism::Budget::Rho(0.03), &s, Some(n))?;
+    let scale = chosen.scale;
+    let sums: Vec<f64> = (0..n).map(|i| (i % 97) as f64 * 0.37).collect();
+    let counts: Vec<i64> = (0..n as i64).map(|i| i % 97).collect();
+    let mut out = Vec::new();
+    let cases = [
+        ("integer counts (discrete Gaussian)", Draw::Integer),
+        ("real sums, hexflow's k", chosen.draw),
+        ("real sums, OpenDP's default k", Draw::Float { k: -1074, n }),
+    ];
+    for (what, draw) in cases {
+        let c = mechanism::cost(Mechanism::GaussianZcdp, scale, &s, draw)?;
+        let (_, seconds) = timed(|| {
+            match draw {
+                Draw::Integer => drop(mechanism::noisy_counts(&c, &counts)?),
+                Draw::Float { .. } => drop(mechanism::noisy_sums(&c, &sums)?),
+            }
+            Ok(())
+        })?;
+        let what = match draw {
+            Draw::Float { k, .. } => format!("{what} ({k})"),
+            Draw::Integer => what.to_string(),
+        };
+        out.push(NoiseTiming {
+            what,
+            values: n,
+            seconds,
+            us_per_value: seconds * 1e6 / n as f64,
+            rho: c.rho,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +228,20 @@ pub fn run(grid_dir: &Path, month: NaiveDate, resolutions: &[u8]) -> Result<Benc
         throughput_rows.push(throughput(&format!("hexflow ingest ({name})"), rows, ingest_s));
         ratios[k] = ingest_s / scan_s.max(1e-9);
     }
+    // The same work over many days: 7 years of hourly counts of 20 cells in
+    // one CSV. What grows with the number of days (per-day files, fsyncs)
+    // shows as the gap between this and the month above.
+    let years = tmp.join("years.csv");
+    let rows = write_years_csv(&grid, &years, first, 7, 20)?;
+    let policy_path = tmp.join("bench-years.toml");
+    let grid_abs = std::fs::canonicalize(grid_dir)?;
+    std::fs::write(
+        &policy_path,
+        bench_policy("bench-years", &grid_abs, &grid.spec.timezone),
+    )?;
+    let ingestor = Ingestor::new(Policy::load(&policy_path)?, &tmp.join("data-years"))?;
+    let (_, seconds) = timed(|| Ok(ingestor.ingest(&years, IngestOptions::default())?))?;
+    throughput_rows.push(throughput("hexflow ingest, 7 years (csv)", rows, seconds));
     let mut weights = Vec::new();
     for &res in resolutions {
         let r = grid.resolution(res)?;
@@ -127,6 +255,12 @@ pub fn run(grid_dir: &Path, month: NaiveDate, resolutions: &[u8]) -> Result<Benc
         });
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    let noise = noise()?;
+    let tiles = resolutions
+        .iter()
+        .flat_map(|&res| [11u8, 13, 15].map(|z| (res, z)))
+        .map(|(res, z)| tiles(&grid, res, z))
+        .collect::<Result<Vec<_>>>()?;
     Ok(BenchReport {
         grid: grid.name().to_string(),
         month: first.format("%Y-%m").to_string(),
@@ -136,7 +270,35 @@ pub fn run(grid_dir: &Path, month: NaiveDate, resolutions: &[u8]) -> Result<Benc
         ingest_over_scan_csv: ratios[0],
         ingest_over_scan_parquet: ratios[1],
         weights,
+        noise,
+        tiles,
     })
+}
+
+/// Hourly counts of the first `cells` cells of the grid for `years` years
+/// of local days ending the day before `end`, in the grid's timezone:
+/// returns the number of rows written.
+fn write_years_csv(grid: &Grid, path: &Path, end: NaiveDate, years: u32, cells: usize) -> Result<usize> {
+    use std::io::Write;
+    let tz: chrono_tz::Tz = grid.spec.timezone.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = end
+        .checked_sub_months(chrono::Months::new(12 * years))
+        .context("bad start")?;
+    let ids: Vec<&str> = grid.cells.iter().take(cells).map(|c| c.cell_id.as_str()).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "cell_id,bin_start,devices")?;
+    let (mut rows, mut t) = (0usize, crate::vocab::local_midnight(tz, start));
+    let stop = crate::vocab::local_midnight(tz, end);
+    while t < stop {
+        let local = t.with_timezone(&tz).format("%Y-%m-%dT%H:%M:%S%:z").to_string();
+        for (i, id) in ids.iter().enumerate() {
+            writeln!(out, "{id},{local},{}", 20 + (rows + i * 7) % 300)?;
+        }
+        rows += ids.len();
+        t += chrono::Duration::hours(1);
+    }
+    out.flush()?;
+    Ok(rows)
 }
 
 fn bench_policy(dataset: &str, grid: &Path, tz: &str) -> String {
@@ -212,6 +374,28 @@ pub fn print(r: &BenchReport) {
             w.cells,
             w.hexes_in_area,
             w.entries
+        );
+    }
+    for t in &r.noise {
+        out!(
+            "  noise, {:<44} {:>6} values {:>7.3} s {:>7.1} µs/value  ρ {:.9}",
+            t.what,
+            t.values,
+            t.seconds,
+            t.us_per_value,
+            t.rho
+        );
+    }
+    for t in &r.tiles {
+        out!(
+            "  tiles r{} z{:<2} {:>5} hexes, {:>4} tiles never drawn before: p50 {:.2} ms, p99 {:.2} ms per tile, {:.0} bytes",
+            t.res,
+            t.zoom,
+            t.hexes,
+            t.tiles,
+            t.p50_ms,
+            t.p99_ms,
+            t.mean_bytes
         );
     }
 }
