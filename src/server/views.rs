@@ -124,10 +124,21 @@ fn plan_makes(ds: &Dataset, metric: Metric, unit: Unit, bins: &[Bin]) -> bool {
         .any(|p| p.metric == metric && p.unit == unit && bins.contains(&p.bin))
 }
 
+/// Does the plan publish daily presence per zone of `period`, split `by`?
+fn plan_makes_presence(ds: &Dataset, period: &str, by: crate::vocab::By) -> bool {
+    ds.releaser.policy.spec.publication.iter().any(|p| {
+        p.metric == Metric::Presence
+            && p.unit == Unit::Zone
+            && p.bin == Bin::Day
+            && p.period.as_deref() == Some(period)
+            && p.by.unwrap_or_default() == by
+    })
+}
+
 /// Why a view found no release: the plan makes none of this kind (name the
 /// item to add), or makes them but not (yet) for these days.
-fn missing_for(ds: &Dataset, what: &str, (metric, unit, bins): (Metric, Unit, &[Bin]), plan_item: &str) -> Problem {
-    if plan_makes(ds, metric, unit, bins) {
+fn missing_for(ds: &Dataset, what: &str, plan_makes_them: bool, plan_item: &str) -> Problem {
+    if plan_makes_them {
         let delay = ds
             .releaser
             .policy
@@ -186,7 +197,7 @@ fn zone_series(state: &AppState, ds: &Dataset, zone: &str) -> Result<(Vec<Point>
         return Err(missing_for(
             ds,
             "daily zone footfall",
-            (Metric::Footfall, Unit::Zone, &[Bin::Day]),
+            plan_makes(ds, Metric::Footfall, Unit::Zone, &[Bin::Day]),
             "`metric = \"footfall\"`, `unit = \"zone\"`, `bin = \"1d\"`",
         ));
     }
@@ -413,7 +424,7 @@ pub async fn visitors(
             return Err(missing_for(
                 &ds,
                 "daily presence",
-                (Metric::Presence, Unit::Zone, &[Bin::Day]),
+                plan_makes_presence(&ds, &day, By::Segment),
                 PRESENCE_ITEM,
             ));
         }
@@ -513,7 +524,7 @@ pub async fn change(
             return Err(missing_for(
                 &ds,
                 "daily presence",
-                (Metric::Presence, Unit::Zone, &[Bin::Day]),
+                plan_makes_presence(&ds, &period, crate::vocab::By::Segment),
                 PRESENCE_ITEM,
             ));
         }
@@ -844,7 +855,7 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
         missing_for(
             ds,
             "hourly footfall",
-            (Metric::Footfall, Unit::Hex, &[Bin::Hour]),
+            plan_makes(ds, Metric::Footfall, Unit::Hex, &[Bin::Hour]),
             "`metric = \"footfall\"`, `bin = \"1h\"` with a `res` (or `unit = \"zone\"`)",
         )
     };
@@ -950,7 +961,16 @@ fn event_view(state: &AppState, ds: &Dataset, q: &EventQuery, weeks: i64) -> Res
         Area::Hexes(r, h) => (h.len(), Some(*r)),
         Area::Zone(_) => (0, None),
     };
-    let unit = format!("{} summed over the area per hour", ds.releaser.policy.spec.unit_name);
+    // What an hourly release counts (devices, or device-15-minute intervals
+    // for a grid of 900-second bins), summed over the area.
+    let hourly = crate::release::value_unit(
+        &ds.releaser.policy.spec.unit_name,
+        ds.releaser.grid.spec.bin_len_s,
+        Metric::Footfall,
+        crate::release::Unit::Hex,
+        crate::privacy::Bin::Hour,
+    );
+    let unit = hourly.replacen(" per hex per ", " summed over the area per ", 1);
     Ok(views::event(
         q.date,
         (hexes, res),
@@ -1016,7 +1036,7 @@ pub async fn flows(
             return Err(missing_for(
                 &ds,
                 "zone flows",
-                (Metric::Flows, Unit::Zone, &[Bin::Hour, Bin::Day]),
+                plan_makes(&ds, Metric::Flows, Unit::Zone, &[Bin::Hour, Bin::Day]),
                 "`metric = \"flows\"`, `unit = \"zone\"`, `bin = \"1h\"` (or `\"1d\"`)",
             ));
         };
@@ -1041,7 +1061,7 @@ pub async fn flows(
             return Err(missing_for(
                 &ds,
                 "zone flows",
-                (Metric::Flows, Unit::Zone, &[bin]),
+                plan_makes(&ds, Metric::Flows, Unit::Zone, &[bin]),
                 "`metric = \"flows\"`, `unit = \"zone\"`",
             ));
         }
