@@ -405,21 +405,47 @@ pub fn run(args: Args) -> Result<ExitCode> {
             json,
         } => {
             let policy = demo(&args.policies_dir, &data_dir, from, to, res, json)?;
+            let releaser = crate::release::Releaser::new(policy.clone(), &data_dir)?;
             if no_serve {
+                eprintln!("publishing the public plan ...");
+                let published = crate::release::publish::publish(&releaser, &data_dir)?;
+                print_demo(&policy, &data_dir, &published, json)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            // Serve at once and publish beside the server, newest days
+            // first: the viewer has the latest day within seconds of a first
+            // start, and the rest appears as it is published.
+            let progress = std::sync::Arc::new(crate::release::publish::Progress::default());
+            let publisher = {
+                let (progress, data_dir, policy) = (progress.clone(), data_dir.clone(), policy.clone());
+                std::thread::spawn(move || {
+                    let result = crate::release::publish::publish_with(&releaser, &data_dir, &progress);
+                    // The server must not wait for a publication that failed.
+                    progress.finished.store(true, std::sync::atomic::Ordering::Relaxed);
+                    match result {
+                        Ok(published) => {
+                            if let Err(e) = print_demo(&policy, &data_dir, &published, json) {
+                                eprintln!("publication summary: {e:#}");
+                            }
+                        }
+                        Err(e) => eprintln!("publishing the plan failed: {e}"),
+                    }
+                })
+            };
             let serve = ServeArgs {
                 addr,
                 cors_origins: Vec::new(),
                 max_upload_mib: 512,
                 public_url: None,
             };
-            serve_policies(vec![policy], &data_dir, &serve)
+            let code = serve_policies_with(vec![policy], &data_dir, &serve, Some(progress))?;
+            let _ = publisher.join();
+            Ok(code)
         }
         Command::Evaluate { dataset, json } => evaluate_cmd(&args.policies_dir, &data_dir, dataset, json),
         Command::Serve { serve } => {
             let policies = crate::server::load_policies(&args.policies_dir, &data_dir)?;
-            serve_policies(policies, &data_dir, &serve)
+            serve_policies_with(policies, &data_dir, &serve, None)
         }
         Command::Token {
             command: TokenCommand::Create { role, name },
@@ -892,13 +918,21 @@ fn print_store(
     }
 }
 
-fn serve_policies(policies: Vec<Policy>, data_dir: &Path, args: &ServeArgs) -> Result<ExitCode> {
+fn serve_policies_with(
+    policies: Vec<Policy>,
+    data_dir: &Path,
+    args: &ServeArgs,
+    publishing: Option<std::sync::Arc<crate::release::publish::Progress>>,
+) -> Result<ExitCode> {
     let mut config = crate::server::ServeConfig::new(data_dir);
     config.cors_origins = args.cors_origins.clone();
     config.max_upload_bytes = args.max_upload_mib << 20;
     config.public_url = args.public_url.clone();
     let state = std::sync::Arc::new(crate::server::AppState::new(policies, config)?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(progress) = publishing {
+        runtime.spawn(crate::server::follow_publication(state.clone(), progress));
+    }
     runtime.block_on(crate::server::serve(state, args.addr, |addr| {
         // Tests and scripts read this line to find the port.
         out!("serving on http://{addr}/");
@@ -954,22 +988,31 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
         // Already-ingested files are a no-op, so a restart costs a hash each.
         ingestor.ingest(file, IngestOptions::default())?;
     }
+    // Built (or read) now: the first release of each resolution would
+    // otherwise wait for it.
     let (_, weights) = WeightMatrix::load_or_build(grid, res, data_dir)?;
+    if !json {
+        print_weights(&weights);
+    }
+    Ok(policy)
+}
+
+/// What the demo's data dir holds and what its publication did.
+fn print_demo(
+    policy: &Policy,
+    data_dir: &Path,
+    published: &crate::release::publish::PublishReport,
+    json: bool,
+) -> Result<()> {
     let store = CountStore::new(data_dir, policy.dataset());
     // Held until the files of this catalog have been read.
     let _readers = store.read_guard()?;
     let catalog = store.catalog()?;
     let summary = store.summary(&catalog)?;
-    // The public plan: releases that exist cost nothing, so a restart only
-    // checks them.
-    let releaser = crate::release::Releaser::new(policy.clone(), data_dir)?;
-    eprintln!("publishing the public plan ...");
-    let published = crate::release::publish::publish(&releaser, data_dir)?;
     if json {
-        print_json(&serde_json::json!({ "store": summary, "weights": weights, "publish": published }))?;
+        print_json(&serde_json::json!({ "store": summary, "publish": published }))?;
     } else {
         print_store(policy.dataset(), &store, &catalog, &summary);
-        print_weights(&weights);
         out!(
             "published {} new releases (ρ {:.3} spent), {} already stored, {} too recent, {} refused",
             published.new,
@@ -979,5 +1022,5 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
             published.refused.len()
         );
     }
-    Ok(policy)
+    Ok(())
 }

@@ -174,6 +174,30 @@ fn start_demo(dir: &Path) -> (Kill, String) {
     let url = rx
         .recv_timeout(Duration::from_secs(900))
         .expect("hexflow demo did not start serving");
+    // The demo serves while it publishes its plan; the test starts once the
+    // plan is published, as `/healthz` says.
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port in the URL");
+    let t0 = Instant::now();
+    loop {
+        let h = http(port, "GET", "/healthz", None).expect("healthz");
+        if h["publishing"].is_null() && h["releases"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            h.get("publishing").is_some(),
+            "healthz says nothing of the publication: {h}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "the demo's plan was not published: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     (guard, url)
 }
 

@@ -6,7 +6,7 @@
 import {
   api, apiUrl, setStatus, showError, el, setChildren,
   viridisCss, LOW_GREY, project, pointInPolygon,
-  fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
+  fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
   binName, binUnit, localMidnightUtc, daysBetween, addDays,
   pickDataset, showDatasetTitle, setToken, t, tn,
 } from "/web/common.js";
@@ -1860,6 +1860,12 @@ async function start() {
   const { dataset } = await pickDataset();
   state.ds = dataset;
   state.tz = dataset.timezone || "UTC";
+  // What the operator counts, from the dataset (a release's unit says it too).
+  if (dataset.unit_name) {
+    state.unitName = dataset.unit_name;
+    const footfall = [...ui.metric.options].find((o) => o.value === "footfall");
+    if (footfall) footfall.textContent = t("map.metric.footfall_of", { name: countedMany(state.unitName) });
+  }
   showDatasetTitle(dataset);
   const areaP = loadArea(dataset.dataset).catch((e) => showError(e, t("map.err.area")));
   for (const z of Array.isArray(dataset.zones) ? dataset.zones : []) state.zoneNames.set(z.zone_id, z.name || z.zone_id);
@@ -1944,6 +1950,35 @@ start().catch((e) => {
   showError(e, t("map.err.start"));
   document.body.dataset.state = "error";
 });
+watchPublishing(null);
+
+/**
+ * While the server publishes its plan beside serving (a demo's first
+ * start, newest days first), says how far it is; a page that found no
+ * release to show reloads once the plan is done, and every day's list is
+ * read afresh on each change of day.
+ */
+async function watchPublishing(seenAtStart) {
+  let h;
+  try {
+    h = await api("/healthz");
+  } catch {
+    return;
+  }
+  const box = $("publishing");
+  const releases = Number(h.releases) || 0;
+  const start = seenAtStart === null ? releases : seenAtStart;
+  if (!h.publishing) {
+    box.hidden = true;
+    if (seenAtStart !== null && document.body.dataset.state === "empty") location.reload();
+    return;
+  }
+  box.textContent = t("map.publishing", { done: fmtInt(h.publishing.done), total: fmtInt(h.publishing.total) });
+  box.hidden = false;
+  // Lists cached for the page (date range, resolutions) are stale now.
+  state.spans.clear();
+  setTimeout(() => watchPublishing(start), 2000);
+}
 
 function stepDay(n) {
   if (!ui.date.value) return;

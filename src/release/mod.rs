@@ -481,13 +481,16 @@ impl Releaser {
         spec.check(&self.policy, today)?;
         let id = self.release_id(spec)?;
         let dir = self.dir(&id);
-        // One release at a time per dataset, across threads and processes:
-        // two identical requests must not both draw noise for one charge
-        // (the second waits, then finds the first's stored release).
-        let lock_path = self
-            .data_dir
-            .join("locks")
-            .join(format!("releases-{}.lock", self.policy.dataset()));
+        // One release of an id at a time, across threads and processes: two
+        // identical requests must not both draw noise for one charge (the
+        // second waits, then finds the first's stored release). Different
+        // releases go on at once: the ledger's transaction keeps caps; the
+        // lock is one of RELEASE_LOCK_STRIPES files chosen by the id.
+        let lock_path = self.data_dir.join("locks").join(format!(
+            "releases-{}-{:02}.lock",
+            self.policy.dataset(),
+            release_lock_stripe(&id)
+        ));
         let _lock = util::DirLock::acquire(&lock_path).map_err(|source| ReleaseError::Io {
             path: lock_path.clone(),
             source,
@@ -1339,6 +1342,15 @@ impl Drop for TmpGuard {
 }
 
 /// Draws noise in chunks on every core (OpenDP's exact samplers are slow).
+/// Lock files per dataset that releases are spread over by id.
+const RELEASE_LOCK_STRIPES: u32 = 64;
+
+/// The stripe of a release id (`r-` and 20 hex digits): equal ids share it.
+fn release_lock_stripe(id: &str) -> u32 {
+    let tail = id.get(id.len().saturating_sub(4)..).unwrap_or_default();
+    u32::from_str_radix(tail, 16).unwrap_or(0) % RELEASE_LOCK_STRIPES
+}
+
 /// Keys that some cell reaches with a positive weight: the others are 0
 /// whatever the data and take no noise (their bar is [`Bar::NONE`]).
 fn covered_keys(w: &Weights) -> usize {

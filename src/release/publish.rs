@@ -7,6 +7,7 @@
 //! rest go on.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
@@ -46,60 +47,123 @@ fn windows(bin: Bin, days: &[NaiveDate]) -> Vec<(NaiveDate, NaiveDate)> {
     }
 }
 
+/// How far a publish run is, readable while it runs (the server's
+/// `/healthz` while the demo publishes).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Windows the plan covers.
+    pub total: AtomicUsize,
+    /// Windows done (new, stored, too recent or refused).
+    pub done: AtomicUsize,
+    pub finished: AtomicBool,
+}
+
+/// One release the plan asks for.
+struct Job<'a> {
+    plan: &'a crate::policy::StandingRelease,
+    from: NaiveDate,
+    to: NaiveDate,
+}
+
+/// The public release a plan item makes for one window.
+fn spec_of(releaser: &Releaser, job: &Job) -> ReleaseSpec {
+    let plan = job.plan;
+    ReleaseSpec {
+        dataset: releaser.policy.dataset().to_string(),
+        audience: crate::vocab::audience::PUBLIC.into(),
+        metric: plan.metric,
+        unit: plan.unit,
+        res: plan.res,
+        bin: plan.bin,
+        period: plan.period.clone(),
+        by: plan
+            .by
+            .or((plan.metric == crate::store::Metric::Presence).then_some(crate::vocab::By::Segment)),
+        from: job.from,
+        to: job.to,
+        budget: Budget::Rho(plan.rho),
+    }
+}
+
 /// Runs the plan.
 pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, ReleaseError> {
+    publish_with(releaser, data_dir, &Progress::default())
+}
+
+/// Runs the plan, newest windows first and several releases at once (one
+/// per core): each release is still charged before its noise is drawn and
+/// written whole or not at all; two releases of one id never run together
+/// (the release lock), and the ledger's charge transaction keeps the caps
+/// whatever the order.
+pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -> Result<PublishReport, ReleaseError> {
     let store = CountStore::new(data_dir, releaser.policy.dataset());
     let catalog = store.catalog()?;
     let today = releaser.today();
-    let mut report = PublishReport::default();
-    let progress_total: usize = releaser
-        .policy
-        .spec
-        .publication
-        .iter()
-        .map(|p| CountStore::days(&catalog, p.metric).len())
-        .sum();
-    let progress = crate::cli_progress(progress_total as u64, "publishing");
+    let mut jobs: Vec<Job> = Vec::new();
     for plan in &releaser.policy.spec.publication {
         let days: Vec<NaiveDate> = CountStore::days(&catalog, plan.metric).into_iter().collect();
-        for (from, to) in windows(plan.bin, &days) {
-            progress.inc(1);
-            let spec = ReleaseSpec {
-                dataset: releaser.policy.dataset().to_string(),
-                audience: crate::vocab::audience::PUBLIC.into(),
-                metric: plan.metric,
-                unit: plan.unit,
-                res: plan.res,
-                bin: plan.bin,
-                period: plan.period.clone(),
-                by: plan
-                    .by
-                    .or((plan.metric == crate::store::Metric::Presence).then_some(crate::vocab::By::Segment)),
-                from,
-                to,
-                budget: Budget::Rho(plan.rho),
-            };
-            match releaser.release(&spec, today) {
-                Ok(o) if o.status == super::Status::Stored => report.stored += 1,
-                Ok(o) => {
-                    report.new += 1;
-                    report.rho_spent += o.manifest.rho;
-                }
-                Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => report.too_recent += 1,
-                Err(e) => report.refused.push(format!(
-                    "{} {} {} {}..{}: {e}",
-                    plan.metric,
-                    plan.bin.as_str(),
-                    match plan.unit {
-                        super::Unit::Zone => "zones".to_string(),
-                        super::Unit::Hex => format!("res {}", plan.res),
-                    },
-                    from,
-                    to
-                )),
+        jobs.extend(
+            windows(plan.bin, &days)
+                .into_iter()
+                .map(|(from, to)| Job { plan, from, to }),
+        );
+    }
+    // The latest days first: a viewer started while publishing has the
+    // recent days to show within seconds.
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.to));
+    progress.total.store(jobs.len(), Ordering::Relaxed);
+    let bar = crate::cli_progress(jobs.len() as u64, "publishing");
+    // Plain threads taking the next job, not rayon's pool: a release uses
+    // rayon inside, and a rayon worker waiting there would take another
+    // release from this loop while holding its release lock (a thread that
+    // waits for a lock it holds).
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let outcomes: Vec<(usize, Result<super::Outcome, ReleaseError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(jobs.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else { break };
+                        done.push((i, releaser.release(&spec_of(releaser, job), today)));
+                        bar.inc(1);
+                        progress.done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    bar.finish_and_clear();
+    progress.finished.store(true, Ordering::Relaxed);
+    let mut report = PublishReport::default();
+    for (i, outcome) in outcomes {
+        let Job { plan, from, to } = &jobs[i];
+        match outcome {
+            Ok(o) if o.status == super::Status::Stored => report.stored += 1,
+            Ok(o) => {
+                report.new += 1;
+                report.rho_spent += o.manifest.rho;
             }
+            Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => report.too_recent += 1,
+            Err(e) => report.refused.push(format!(
+                "{} {} {} {}..{}: {e}",
+                plan.metric,
+                plan.bin.as_str(),
+                match plan.unit {
+                    super::Unit::Zone => "zones".to_string(),
+                    super::Unit::Hex => format!("res {}", plan.res),
+                },
+                from,
+                to
+            )),
         }
     }
-    progress.finish_and_clear();
     Ok(report)
 }

@@ -116,6 +116,9 @@ pub struct AppState {
     renders: Arc<tokio::sync::Semaphore>,
     /// The key of signed tile URLs, read from the data dir on first use.
     tile_key: std::sync::OnceLock<Vec<u8>>,
+    /// A publication running beside the server (the demo's first start):
+    /// `/healthz` says how far it is, and the index follows it.
+    pub publishing: std::sync::OnceLock<Arc<crate::release::publish::Progress>>,
 }
 
 impl AppState {
@@ -195,6 +198,7 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
             tile_key: std::sync::OnceLock::new(),
+            publishing: std::sync::OnceLock::new(),
         })
     }
 
@@ -228,7 +232,7 @@ impl AppState {
     }
 
     /// Re-reads the release store after a publish or query.
-    fn refresh_index(&self) {
+    pub fn refresh_index(&self) {
         let index = ReleaseIndex::scan(&self.config.data_dir, self.datasets.keys());
         *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
     }
@@ -382,6 +386,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// While `progress` runs, re-reads the release store every second, so that
+/// what a publication beside the server makes is listed as it comes (the
+/// newest days first); a last read when it ends.
+pub async fn follow_publication(state: Arc<AppState>, progress: Arc<crate::release::publish::Progress>) {
+    use std::sync::atomic::Ordering;
+    let _ = state.publishing.set(progress.clone());
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let done = progress.finished.load(Ordering::Relaxed);
+        let s = state.clone();
+        let _ = tokio::task::spawn_blocking(move || s.refresh_index()).await;
+        if done {
+            break;
+        }
+    }
+}
+
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
     // The ledger must open: without it nothing can be charged or shown.
@@ -395,6 +416,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "status": if ledger { "ok" } else { "ledger unavailable" },
         "datasets": state.datasets.keys().collect::<Vec<_>>(),
         "releases": releases,
+        // Windows of the plan done so far while a publication runs beside
+        // the server; null otherwise.
+        "publishing": state.publishing.get().filter(|p| !p.finished.load(std::sync::atomic::Ordering::Relaxed)).map(|p| serde_json::json!({
+            "done": p.done.load(std::sync::atomic::Ordering::Relaxed),
+            "total": p.total.load(std::sync::atomic::Ordering::Relaxed),
+        })),
         "version": env!("CARGO_PKG_VERSION"),
     });
     (status, no_cache(), axum::Json(body)).into_response()

@@ -72,6 +72,11 @@ pub async fn datasets(State(state): State<Arc<AppState>>) -> Response {
                 "title": p.spec.title,
                 "grid": g.name(),
                 "timezone": g.spec.timezone,
+                // What the operator counts, in the policy's words, and the
+                // operator's bin: a client can word units without parsing
+                // the English `unit` of each release.
+                "unit_name": p.spec.unit_name,
+                "bin_len_s": g.spec.bin_len_s,
                 "bbox": crate::grid::bbox(&g.area),
                 "resolutions": g.spec.resolutions,
                 "privacy": {
