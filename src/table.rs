@@ -39,11 +39,16 @@ pub fn read_parquet(path: &Path) -> PolarsResult<DataFrame> {
 
 /// Writes a DataFrame to Parquet (zstd) into an already-open file.
 pub fn write_parquet(df: &mut DataFrame, file: &mut std::fs::File) -> PolarsResult<()> {
+    parquet_writer(file).finish(df)?;
+    Ok(())
+}
+
+/// hexflow's Parquet settings (zstd, full statistics), for a whole frame or,
+/// through `batched`, one row group at a time.
+pub fn parquet_writer<W: std::io::Write>(file: W) -> ParquetWriter<W> {
     ParquetWriter::new(file)
         .with_compression(ParquetCompression::Zstd(None))
         .with_statistics(StatisticsOptions::full())
-        .finish(df)?;
-    Ok(())
 }
 
 /// Column names of a frame, for error messages.
