@@ -18,8 +18,8 @@
 //! be appended to the month's files. Those are written a row group (or a
 //! run of CSV lines) at a time under a temporary name and renamed when the
 //! month is done, so a reader sees a whole month or none. An 18,025-cell
-//! grid with 2 M devices: 72 MB and 3 s for a week, 86 MB and 10 s for a
-//! month with presence (a week was 10.8 GB and 51 s before).
+//! grid with 2 M devices (README, `simulate`): 72 MB for a week, 88 MB for
+//! a month with presence, 93 MB for a year (a week took 10.8 GB before).
 
 pub mod calendar;
 pub mod model;
@@ -36,6 +36,7 @@ use rand_distr::{Distribution, Poisson};
 use serde::{Deserialize, Serialize};
 
 use crate::grid::{Grid, GridError};
+use crate::store::Metric;
 use crate::{table, util};
 use calendar::{CalendarFile, CruiseCall, Match};
 use model::{DayKind, Spatial};
@@ -90,7 +91,7 @@ pub enum SimulateError {
 #[derive(Debug, Clone, Serialize)]
 pub struct SimFile {
     pub path: PathBuf,
-    pub metric: crate::store::Metric,
+    pub metric: Metric,
     pub month: String,
     pub rows: usize,
 }
@@ -381,16 +382,16 @@ fn simulate_in_batches(
         path: truth_path.clone(),
         source,
     })?;
-    let count = |m: crate::store::Metric| files.iter().filter(|f: &&SimFile| f.metric == m).map(|f| f.rows).sum();
+    let count = |m: Metric| files.iter().filter(|f: &&SimFile| f.metric == m).map(|f| f.rows).sum();
     Ok(SimulationReport {
         grid: grid.name().to_string(),
         from,
         to,
         seed,
         devices: spec.devices,
-        footfall_rows: count(crate::store::Metric::Footfall),
-        flows_rows: count(crate::store::Metric::Flows),
-        presence_rows: count(crate::store::Metric::Presence),
+        footfall_rows: count(Metric::Footfall),
+        flows_rows: count(Metric::Flows),
+        presence_rows: count(Metric::Presence),
         files,
         peak_buffered_rows,
         matches: matches.len(),
@@ -748,7 +749,6 @@ impl<'a> MonthOutput<'a> {
     }
 
     fn flush(&mut self) -> Result<(), SimulateError> {
-        use crate::store::Metric;
         let p = std::mem::take(&mut self.pending);
         let grid = self.grid;
         let ids: Vec<&str> = grid.cells.iter().map(|c| c.cell_id.as_str()).collect();
@@ -788,12 +788,12 @@ impl<'a> MonthOutput<'a> {
         Ok(())
     }
 
-    fn polars_err(&self, metric: crate::store::Metric) -> impl FnOnce(PolarsError) -> SimulateError + use<> {
+    fn polars_err(&self, metric: Metric) -> impl FnOnce(PolarsError) -> SimulateError + use<> {
         let path = self.path(metric);
         move |source| SimulateError::Polars { path, source }
     }
 
-    fn path(&self, metric: crate::store::Metric) -> PathBuf {
+    fn path(&self, metric: Metric) -> PathBuf {
         let ext = match self.format {
             Format::Parquet => "parquet",
             Format::Csv => "csv",
@@ -803,8 +803,7 @@ impl<'a> MonthOutput<'a> {
 
     /// Appends to the metric's file, created with the first rows: a month
     /// without flows or presence has no such file.
-    fn append(&mut self, metric: crate::store::Metric, df: &DataFrame) -> Result<(), SimulateError> {
-        use crate::store::Metric;
+    fn append(&mut self, metric: Metric, df: &DataFrame) -> Result<(), SimulateError> {
         let path = self.path(metric);
         let slot = match metric {
             Metric::Footfall => &mut self.footfall,
@@ -818,8 +817,8 @@ impl<'a> MonthOutput<'a> {
         file.append(df)
     }
 
-    /// Writes what is pending and closes the month's files (footfall,
-    /// presence, flows, as before batches).
+    /// Writes what is pending and closes the month's files, in the
+    /// report's order: footfall, presence, flows.
     fn finish(mut self) -> Result<Vec<SimFile>, SimulateError> {
         self.flush()?;
         [self.footfall, self.presence, self.flows]
@@ -847,7 +846,7 @@ enum BatchWriter {
 impl MonthFile {
     fn create(
         path: PathBuf,
-        metric: crate::store::Metric,
+        metric: Metric,
         month: &str,
         format: Format,
         schema: &Schema,
