@@ -45,12 +45,17 @@ pub fn read_parquet(path: &Path) -> PolarsResult<DataFrame> {
 /// every column of every file) was the next cost and nothing reads it.
 pub fn write_parquet(df: &mut DataFrame, file: &mut std::fs::File) -> PolarsResult<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-    ParquetWriter::new(&mut out)
-        .with_compression(ParquetCompression::Zstd(None))
-        .with_statistics(StatisticsOptions::default())
-        .finish(df)?;
+    parquet_writer(&mut out).finish(df)?;
     std::io::Write::flush(&mut out)?;
     Ok(())
+}
+
+/// hexflow's Parquet settings (zstd; min, max and null counts), for a whole
+/// frame or, through `batched`, one row group at a time.
+pub fn parquet_writer<W: std::io::Write>(file: W) -> ParquetWriter<W> {
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_statistics(StatisticsOptions::default())
 }
 
 /// Column names of a frame, for error messages.

@@ -70,23 +70,56 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Like [`write_atomic`], with the content produced by a closure writing to
 /// the temporary file (used for Parquet writers).
 pub fn write_atomic_with(target: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let parent = target.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
-    let tmp = tmp_path(target);
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, target)?;
-        sync_dir(parent)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary is garbage either way, and the error
-        // that matters is the one being returned.
-        let _ = fs::remove_file(&tmp);
+    let mut file = AtomicFile::create(target)?;
+    write(file.file())?;
+    file.commit()
+}
+
+/// A file written under its temporary name ([`tmp_path`]) for as long as it
+/// takes, e.g. batch by batch, then renamed over its target by
+/// [`AtomicFile::commit`]; dropped uncommitted (an error on the way), the
+/// temporary is deleted.
+#[derive(Debug)]
+pub struct AtomicFile {
+    target: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl AtomicFile {
+    pub fn create(target: &Path) -> io::Result<Self> {
+        fs::create_dir_all(target.parent().unwrap_or(Path::new(".")))?;
+        let tmp = tmp_path(target);
+        Ok(Self {
+            target: target.to_path_buf(),
+            file: File::create(&tmp)?,
+            tmp,
+            committed: false,
+        })
     }
-    result
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Fsyncs the content, renames it over the target and fsyncs the folder.
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.tmp, &self.target)?;
+        self.committed = true;
+        sync_dir(self.target.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: the temporary is garbage either way, and the error
+            // that matters is the one being returned.
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Makes everything written on the filesystem holding `path` durable, data

@@ -6,6 +6,20 @@
 //! (matches, cruise calls, holidays, the tourism season), so tests can check
 //! that analyses of the DP releases find it again. The same seed and day
 //! always give the same counts, whatever window is simulated.
+//!
+//! Memory does not grow with the window or the devices. Counts are drawn,
+//! not devices: a cell's devices in a bin are one Poisson draw around the
+//! sum of every population's expectation there, a pair's trips one draw,
+//! and presence visitors, drawn one by one, go straight into one period's
+//! counts. What is held is the grid's distributions (a few values per
+//! cell), each cell's `k` nearest destinations (not a cells × cells
+//! table), one bin's expectations and trip means, and at most
+//! [`BATCH_ROWS`] rows plus one bin's (or one presence period's) waiting to
+//! be appended to the month's files. Those are written a row group (or a
+//! run of CSV lines) at a time under a temporary name and renamed when the
+//! month is done, so a reader sees a whole month or none. An 18,025-cell
+//! grid with 2 M devices (README, `simulate`): 72 MB for a week, 88 MB for
+//! a month with presence, 93 MB for a year (a week took 10.8 GB before).
 
 pub mod calendar;
 pub mod model;
@@ -22,6 +36,7 @@ use rand_distr::{Distribution, Poisson};
 use serde::{Deserialize, Serialize};
 
 use crate::grid::{Grid, GridError};
+use crate::store::Metric;
 use crate::{table, util};
 use calendar::{CalendarFile, CruiseCall, Match};
 use model::{DayKind, Spatial};
@@ -76,7 +91,7 @@ pub enum SimulateError {
 #[derive(Debug, Clone, Serialize)]
 pub struct SimFile {
     pub path: PathBuf,
-    pub metric: crate::store::Metric,
+    pub metric: Metric,
     pub month: String,
     pub rows: usize,
 }
@@ -93,6 +108,9 @@ pub struct SimulationReport {
     pub footfall_rows: usize,
     pub flows_rows: usize,
     pub presence_rows: usize,
+    /// The most rows held in memory at once, waiting to be written: about
+    /// [`BATCH_ROWS`] plus one bin's, however long the window.
+    pub peak_buffered_rows: usize,
     pub matches: usize,
     pub cruise_calls: usize,
     pub truth: PathBuf,
@@ -164,6 +182,12 @@ const MODEL_NOTES: &[&str] = &[
     "presence (with a policy's [presence]): per period, each device in the cell where the period's hours put it most; residents (local) from the hourly mix, tourists by origin (French départements by a gravity law, a dozen countries with their own seasons), excursionists from the region, cruise passengers (foreign excursionists) and match-goers from outside the city (regional excursionists); codes outside the policy's lists are delivered as 'other'",
 ];
 
+/// Rows held before they are written: polars' own Parquet row group size.
+/// With the state of one bin (a value per cell and per destination pair),
+/// this is all the memory a simulation needs, whatever its window and its
+/// number of devices.
+pub const BATCH_ROWS: usize = 512 * 512;
+
 /// Simulates `[from, to]` (local days, inclusive) for `grid` into `out`.
 pub fn simulate(
     grid: &Grid,
@@ -173,6 +197,22 @@ pub fn simulate(
     format: Format,
     seed: u64,
     presence: Option<&crate::policy::PresenceSpec>,
+) -> Result<SimulationReport, SimulateError> {
+    simulate_in_batches(grid, from, to, out, format, seed, presence, BATCH_ROWS)
+}
+
+/// [`simulate`], writing once `batch_rows` rows are pending (tests use small
+/// batches to see that a month is never held whole).
+#[expect(clippy::too_many_arguments, reason = "simulate's arguments and the batch size")]
+fn simulate_in_batches(
+    grid: &Grid,
+    from: NaiveDate,
+    to: NaiveDate,
+    out: &Path,
+    format: Format,
+    seed: u64,
+    presence: Option<&crate::policy::PresenceSpec>,
+    batch_rows: usize,
 ) -> Result<SimulationReport, SimulateError> {
     let started = Instant::now();
     if from > to {
@@ -256,21 +296,21 @@ pub fn simulate(
         source,
     })?;
     let mut files = Vec::new();
+    let mut peak_buffered_rows = 0;
     let mut presence_truth = PresenceTruth::default();
-    let mut month = MonthBuffer::default();
-    let mut current: Option<(i32, u32)> = None;
+    let new_month = |day: NaiveDate| MonthOutput::new(grid, out, format, day.format("%Y-%m").to_string(), batch_rows);
+    let mut month = new_month(from);
     let progress = crate::cli_progress((to - from).num_days() as u64 + 1, "simulating");
     for day in from.iter_days().take_while(|d| *d <= to) {
-        let ym = (day.year(), day.month());
-        if current.is_some_and(|c| c != ym) {
-            files.extend(month.write(grid, out, format)?);
-            month = MonthBuffer::default();
+        if day.format("%Y-%m").to_string() != month.label {
+            let done = std::mem::replace(&mut month, new_month(day));
+            peak_buffered_rows = peak_buffered_rows.max(done.peak_buffered_rows);
+            files.extend(done.finish()?);
         }
-        current = Some(ym);
         let kind = DayKind::new(day, cal.is_public_holiday(day), cal.is_school_holiday(day));
         let todays_match = matches.iter().find(|m| m.date == day);
         let todays_cruise = cruises.iter().find(|c| c.date == day);
-        ctx.day(day, kind, todays_match, todays_cruise, seed, &mut month);
+        ctx.day(day, kind, todays_match, todays_cruise, seed, &mut month)?;
         if let Some(p) = presence {
             ctx.presence(
                 day,
@@ -280,12 +320,12 @@ pub fn simulate(
                 p,
                 &mut month,
                 &mut presence_truth,
-            );
+            )?;
         }
-        month.label = format!("{:04}-{:02}", ym.0, ym.1);
         progress.inc(1);
     }
-    files.extend(month.write(grid, out, format)?);
+    peak_buffered_rows = peak_buffered_rows.max(month.peak_buffered_rows);
+    files.extend(month.finish()?);
     progress.finish_and_clear();
 
     let truth_path = out.join("events.json");
@@ -342,17 +382,18 @@ pub fn simulate(
         path: truth_path.clone(),
         source,
     })?;
-    let count = |m: crate::store::Metric| files.iter().filter(|f: &&SimFile| f.metric == m).map(|f| f.rows).sum();
+    let count = |m: Metric| files.iter().filter(|f: &&SimFile| f.metric == m).map(|f| f.rows).sum();
     Ok(SimulationReport {
         grid: grid.name().to_string(),
         from,
         to,
         seed,
         devices: spec.devices,
-        footfall_rows: count(crate::store::Metric::Footfall),
-        flows_rows: count(crate::store::Metric::Flows),
-        presence_rows: count(crate::store::Metric::Presence),
+        footfall_rows: count(Metric::Footfall),
+        flows_rows: count(Metric::Flows),
+        presence_rows: count(Metric::Presence),
         files,
+        peak_buffered_rows,
         matches: matches.len(),
         cruise_calls: cruises.len(),
         truth: truth_path,
@@ -370,10 +411,9 @@ struct DayContext<'a> {
     tourists_peak: f64,
 }
 
-/// Rows of one local month, held until the month is written.
+/// Rows not written yet, and the labels of the bins they refer to.
 #[derive(Default)]
-struct MonthBuffer {
-    label: String,
+struct Pending {
     bins: Vec<String>,
     foot_cell: Vec<u32>,
     foot_bin: Vec<u32>,
@@ -401,8 +441,8 @@ impl DayContext<'_> {
         game: Option<&Match>,
         cruise: Option<&CruiseCall>,
         seed: u64,
-        buf: &mut MonthBuffer,
-    ) {
+        out: &mut MonthOutput,
+    ) -> Result<(), SimulateError> {
         let tz = self.grid.tz;
         let day_number = day.num_days_from_ce() as u64;
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ day_number);
@@ -445,6 +485,7 @@ impl DayContext<'_> {
                     + cruise_devices * (at_terminal * s.cruise[c] + (1.0 - at_terminal) * s.tourist_day[c]);
                 *l = seen * (residents + visitors);
             }
+            let buf = &mut out.pending;
             let bin_idx = buf.bins.len() as u32;
             buf.bins.push(local.format("%Y-%m-%dT%H:%M:%S%:z").to_string());
             for (c, l) in lambda.iter().enumerate() {
@@ -519,9 +560,11 @@ impl DayContext<'_> {
                     buf.flow_trips.push(trips);
                 }
             }
+            out.unit_done()?;
             prev_shares = Some(sh);
             t += bin_s;
         }
+        Ok(())
     }
 }
 
@@ -542,9 +585,9 @@ impl DayContext<'_> {
         (game, cruise): (Option<&Match>, Option<&CruiseCall>),
         seed: u64,
         spec: &crate::policy::PresenceSpec,
-        buf: &mut MonthBuffer,
+        out: &mut MonthOutput,
         truth: &mut PresenceTruth,
-    ) {
+    ) -> Result<(), SimulateError> {
         use crate::vocab::segment::{EXCURSIONIST, LOCAL_ORIGIN as LOCAL, RESIDENT, TOURIST};
         let day_number = day.num_days_from_ce() as u64;
         // A stream of its own: footfall and flows draw what they drew before.
@@ -628,7 +671,9 @@ impl DayContext<'_> {
                 }
             }
             for ((cell, seg, origin), v) in counts {
-                buf.presence.push((cell, label.clone(), period.clone(), seg, origin, v));
+                out.pending
+                    .presence
+                    .push((cell, label.clone(), period.clone(), seg, origin, v));
                 *truth.daily.entry((day, period.clone(), seg.to_string())).or_default() += u64::from(v);
                 *truth
                     .monthly
@@ -644,90 +689,289 @@ impl DayContext<'_> {
                     ))
                     .or_default() += u64::from(v);
             }
+            out.unit_done()?;
         }
+        Ok(())
     }
 }
 
 pub use crate::vocab::local_midnight;
 
-impl MonthBuffer {
-    fn write(&self, grid: &Grid, out: &Path, format: Format) -> Result<Vec<SimFile>, SimulateError> {
-        if self.bins.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<&str> = grid.cells.iter().map(|c| c.cell_id.as_str()).collect();
-        let bins: Vec<&str> = self.bins.iter().map(String::as_str).collect();
-        let ext = match format {
-            Format::Parquet => "parquet",
-            Format::Csv => "csv",
-        };
-        let mut written = Vec::new();
-        let polars_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SimulateError::Polars { path, source }
-        };
-        let foot_path = out.join(format!("footfall-{}.{ext}", self.label));
-        let mut foot = df!(
-            "cell_id" => self.foot_cell.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
-            "bin_start" => self.foot_bin.iter().map(|b| bins[*b as usize]).collect::<Vec<_>>(),
-            "devices" => &self.foot_devices,
-        )
-        .map_err(polars_err(&foot_path))?;
-        write_frame(&foot_path, &mut foot, format)?;
-        written.push(SimFile {
-            path: foot_path,
-            metric: crate::store::Metric::Footfall,
-            month: self.label.clone(),
-            rows: foot.height(),
-        });
-        let flow_path = out.join(format!("flows-{}.{ext}", self.label));
-        let mut flows = df!(
-            "origin_cell_id" => self.flow_origin.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
-            "dest_cell_id" => self.flow_dest.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
-            "bin_start" => self.flow_bin.iter().map(|b| bins[*b as usize]).collect::<Vec<_>>(),
-            "trips" => &self.flow_trips,
-        )
-        .map_err(polars_err(&flow_path))?;
-        if !self.presence.is_empty() {
-            let path = out.join(format!("presence-{}.{ext}", self.label));
-            let p = &self.presence;
-            let mut df = df!(
-                "cell_id" => p.iter().map(|r| ids[r.0 as usize]).collect::<Vec<_>>(),
-                "day" => p.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
-                "period" => p.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
-                "segment" => p.iter().map(|r| r.3).collect::<Vec<_>>(),
-                "origin" => p.iter().map(|r| r.4).collect::<Vec<_>>(),
-                "devices" => p.iter().map(|r| r.5).collect::<Vec<_>>(),
-            )
-            .map_err(polars_err(&path))?;
-            write_frame(&path, &mut df, format)?;
-            written.push(SimFile {
-                path,
-                metric: crate::store::Metric::Presence,
-                month: self.label.clone(),
-                rows: df.height(),
-            });
-        }
-        if flows.height() > 0 {
-            write_frame(&flow_path, &mut flows, format)?;
-            written.push(SimFile {
-                path: flow_path,
-                metric: crate::store::Metric::Flows,
-                month: self.label.clone(),
-                rows: flows.height(),
-            });
-        }
-        Ok(written)
+impl Pending {
+    fn rows(&self) -> usize {
+        self.foot_cell.len() + self.flow_origin.len() + self.presence.len()
     }
 }
 
-fn write_frame(path: &Path, df: &mut DataFrame, format: Format) -> Result<(), SimulateError> {
-    util::write_atomic_with(path, |f| match format {
-        Format::Parquet => table::write_parquet(df, f).map_err(std::io::Error::other),
-        Format::Csv => CsvWriter::new(f).finish(df).map_err(std::io::Error::other),
-    })
-    .map_err(|source| SimulateError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+/// One local month's files, written a batch at a time: rows are held until
+/// a bin (or a presence period) ends with `batch_rows` of them pending, then
+/// appended to the files, one Parquet row group or one run of CSV lines per
+/// metric. Rows come in the order of the whole month's frame they replace.
+struct MonthOutput<'a> {
+    /// `YYYY-MM`.
+    label: String,
+    dir: &'a Path,
+    format: Format,
+    grid: &'a Grid,
+    batch_rows: usize,
+    pending: Pending,
+    peak_buffered_rows: usize,
+    footfall: Option<MonthFile>,
+    flows: Option<MonthFile>,
+    presence: Option<MonthFile>,
+}
+
+impl<'a> MonthOutput<'a> {
+    fn new(grid: &'a Grid, dir: &'a Path, format: Format, label: String, batch_rows: usize) -> Self {
+        Self {
+            label,
+            dir,
+            format,
+            grid,
+            batch_rows,
+            pending: Pending::default(),
+            peak_buffered_rows: 0,
+            footfall: None,
+            flows: None,
+            presence: None,
+        }
+    }
+
+    /// At the end of a bin or a period: writes the pending rows if there
+    /// are enough of them.
+    fn unit_done(&mut self) -> Result<(), SimulateError> {
+        let rows = self.pending.rows();
+        self.peak_buffered_rows = self.peak_buffered_rows.max(rows);
+        if rows >= self.batch_rows {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SimulateError> {
+        let p = std::mem::take(&mut self.pending);
+        let grid = self.grid;
+        let ids: Vec<&str> = grid.cells.iter().map(|c| c.cell_id.as_str()).collect();
+        let bins: Vec<&str> = p.bins.iter().map(String::as_str).collect();
+        if !p.foot_cell.is_empty() {
+            let df = df!(
+                "cell_id" => p.foot_cell.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
+                "bin_start" => p.foot_bin.iter().map(|b| bins[*b as usize]).collect::<Vec<_>>(),
+                "devices" => &p.foot_devices,
+            )
+            .map_err(self.polars_err(Metric::Footfall))?;
+            self.append(Metric::Footfall, &df)?;
+        }
+        if !p.flow_origin.is_empty() {
+            let df = df!(
+                "origin_cell_id" => p.flow_origin.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
+                "dest_cell_id" => p.flow_dest.iter().map(|c| ids[*c as usize]).collect::<Vec<_>>(),
+                "bin_start" => p.flow_bin.iter().map(|b| bins[*b as usize]).collect::<Vec<_>>(),
+                "trips" => &p.flow_trips,
+            )
+            .map_err(self.polars_err(Metric::Flows))?;
+            self.append(Metric::Flows, &df)?;
+        }
+        if !p.presence.is_empty() {
+            let r = &p.presence;
+            let df = df!(
+                "cell_id" => r.iter().map(|r| ids[r.0 as usize]).collect::<Vec<_>>(),
+                "day" => r.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+                "period" => r.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+                "segment" => r.iter().map(|r| r.3).collect::<Vec<_>>(),
+                "origin" => r.iter().map(|r| r.4).collect::<Vec<_>>(),
+                "devices" => r.iter().map(|r| r.5).collect::<Vec<_>>(),
+            )
+            .map_err(self.polars_err(Metric::Presence))?;
+            self.append(Metric::Presence, &df)?;
+        }
+        Ok(())
+    }
+
+    fn polars_err(&self, metric: Metric) -> impl FnOnce(PolarsError) -> SimulateError + use<> {
+        let path = self.path(metric);
+        move |source| SimulateError::Polars { path, source }
+    }
+
+    fn path(&self, metric: Metric) -> PathBuf {
+        let ext = match self.format {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+        };
+        self.dir.join(format!("{}-{}.{ext}", metric.as_str(), self.label))
+    }
+
+    /// Appends to the metric's file, created with the first rows: a month
+    /// without flows or presence has no such file.
+    fn append(&mut self, metric: Metric, df: &DataFrame) -> Result<(), SimulateError> {
+        let path = self.path(metric);
+        let slot = match metric {
+            Metric::Footfall => &mut self.footfall,
+            Metric::Flows => &mut self.flows,
+            Metric::Presence => &mut self.presence,
+        };
+        let file = match slot {
+            Some(f) => f,
+            None => slot.insert(MonthFile::create(path, metric, &self.label, self.format, df.schema())?),
+        };
+        file.append(df)
+    }
+
+    /// Writes what is pending and closes the month's files, in the
+    /// report's order: footfall, presence, flows.
+    fn finish(mut self) -> Result<Vec<SimFile>, SimulateError> {
+        self.flush()?;
+        [self.footfall, self.presence, self.flows]
+            .into_iter()
+            .flatten()
+            .map(MonthFile::finish)
+            .collect()
+    }
+}
+
+/// One metric's file of a month, under its temporary name until the month
+/// is done.
+struct MonthFile {
+    info: SimFile,
+    file: util::AtomicFile,
+    writer: BatchWriter,
+}
+
+enum BatchWriter {
+    // Boxed: the Parquet writer's state is six times the CSV one's.
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>),
+    Csv(polars::io::csv::write::BatchedWriter<std::fs::File>),
+}
+
+impl MonthFile {
+    fn create(
+        path: PathBuf,
+        metric: Metric,
+        month: &str,
+        format: Format,
+        schema: &Schema,
+    ) -> Result<Self, SimulateError> {
+        let io_err = |source| SimulateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = util::AtomicFile::create(&path).map_err(io_err)?;
+        // The writer gets its own handle; `file` keeps one to fsync it.
+        let handle = file.file().try_clone().map_err(io_err)?;
+        let writer = match format {
+            Format::Parquet => table::parquet_writer(handle)
+                .batched(schema)
+                .map(|w| BatchWriter::Parquet(Box::new(w))),
+            Format::Csv => CsvWriter::new(handle).batched(schema).map(BatchWriter::Csv),
+        }
+        .map_err(|source| SimulateError::Polars {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            info: SimFile {
+                path,
+                metric,
+                month: month.to_string(),
+                rows: 0,
+            },
+            file,
+            writer,
+        })
+    }
+
+    fn append(&mut self, df: &DataFrame) -> Result<(), SimulateError> {
+        match &mut self.writer {
+            BatchWriter::Parquet(w) => w.write_batch(df),
+            BatchWriter::Csv(w) => w.write_batch(df),
+        }
+        .map_err(|source| SimulateError::Polars {
+            path: self.info.path.clone(),
+            source,
+        })?;
+        self.info.rows += df.height();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<SimFile, SimulateError> {
+        match &mut self.writer {
+            BatchWriter::Parquet(w) => w.finish().map(drop),
+            BatchWriter::Csv(w) => w.finish(),
+        }
+        .map_err(|source| SimulateError::Polars {
+            path: self.info.path.clone(),
+            source,
+        })?;
+        self.file.commit().map_err(|source| SimulateError::Io {
+            path: self.info.path.clone(),
+            source,
+        })?;
+        Ok(self.info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (crate::policy::Policy, Grid) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-zones.toml");
+        let policy = crate::policy::Policy::load(&path).expect("policy");
+        let grid = policy.load_grid().expect("grid");
+        (policy, grid)
+    }
+
+    /// Memory is what is held at once: a batch and one bin's (or one
+    /// presence period's) rows, never a month, however many days and
+    /// devices. A month held whole, as before batches, fails this.
+    #[test]
+    fn rows_held_at_once_are_a_batch_and_one_bin_whatever_the_days_and_devices() {
+        let (policy, mut grid) = tiny();
+        let sim = grid.spec.simulation.get_or_insert_default();
+        sim.insert("devices".into(), toml::Value::Integer(200_000));
+        sim.insert("tourists_peak".into(), toml::Value::Integer(10_000));
+        let presence = policy.spec.presence.as_ref().expect("presence");
+        let cells = grid.cells.len();
+        // A bin: every cell's footfall and at most six flow pairs per origin
+        // (three commute and one leisure destination, two stadium cells); a
+        // period: a cell per segment and origin code.
+        let one_unit = cells * 7.max(presence.segments.len() * presence.code_groups().len());
+        let batch_rows = 100;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = ("2025-06-20".parse().expect("from"), "2025-07-31".parse().expect("to"));
+        let report = simulate_in_batches(&grid, from, to, dir.path(), Format::Csv, 5, Some(presence), batch_rows)
+            .expect("simulate");
+        let held = report.peak_buffered_rows;
+        assert!(held < batch_rows + one_unit, "{held} rows held at once");
+        let total = report.footfall_rows + report.flows_rows + report.presence_rows;
+        assert!(total > 20 * (batch_rows + one_unit), "too few rows to tell: {total}");
+    }
+
+    /// Batches change when rows are written, not what is written.
+    #[test]
+    fn files_are_the_same_whatever_the_batch() {
+        let (policy, grid) = tiny();
+        let presence = policy.spec.presence.as_ref();
+        let (from, to) = ("2025-03-30".parse().expect("from"), "2025-04-02".parse().expect("to"));
+        let run = |batch_rows| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let report = simulate_in_batches(&grid, from, to, dir.path(), Format::Csv, 9, presence, batch_rows)
+                .expect("simulate");
+            let files: Vec<(PathBuf, Vec<u8>)> = report
+                .files
+                .iter()
+                .map(|f| {
+                    (
+                        f.path.strip_prefix(dir.path()).expect("in dir").to_path_buf(),
+                        std::fs::read(&f.path).expect("read"),
+                    )
+                })
+                .collect();
+            (files, report.footfall_rows, report.flows_rows, report.presence_rows)
+        };
+        let whole = run(usize::MAX);
+        assert_eq!(whole.0.len(), 6, "three metrics in two months");
+        assert_eq!(run(1), whole);
+        assert_eq!(run(100), whole);
+    }
 }
