@@ -6,6 +6,8 @@
 //! store cost on top of parsing; then the time to build W at the given
 //! resolutions (no cache). Figures are printed, never asserted.
 
+pub mod scale;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -301,7 +303,7 @@ fn write_years_csv(grid: &Grid, path: &Path, end: NaiveDate, years: u32, cells: 
     Ok(rows)
 }
 
-fn bench_policy(dataset: &str, grid: &Path, tz: &str) -> String {
+pub(crate) fn bench_policy(dataset: &str, grid: &Path, tz: &str) -> String {
     format!(
         r#"dataset = "{dataset}"
 grid = {grid:?}
@@ -337,7 +339,7 @@ min_delay_days = 0
     )
 }
 
-fn tempdir() -> Result<PathBuf> {
+pub(crate) fn tempdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("hexflow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -221,6 +221,11 @@ pub enum Command {
         /// Resolutions whose weights are timed.
         #[arg(long, value_delimiter = ',', default_value = "8,9")]
         res: Vec<u8>,
+        /// Instead: the pipeline (simulate a week, ingest, weights, an
+        /// hourly and a daily zone release) on synthetic networks of these
+        /// sizes at the density of `--grid` (e.g. 1000,10000,100000).
+        #[arg(long, value_delimiter = ',')]
+        cells: Vec<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -464,7 +469,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(a) => init_cmd(a),
-        Command::Bench { grid, month, res, json } => {
+        Command::Bench { grid, cells, json, .. } if !cells.is_empty() => {
+            let reference = crate::grid::Grid::load(&grid)?;
+            let tmp = crate::bench::tempdir()?;
+            let runs = cells
+                .iter()
+                .map(|n| {
+                    let run = crate::bench::scale::run(&tmp, *n, &reference);
+                    // Each size's files go before the next size starts.
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    std::fs::create_dir_all(&tmp)?;
+                    run
+                })
+                .collect::<Result<Vec<_>>>();
+            let _ = std::fs::remove_dir_all(&tmp);
+            let runs = runs?;
+            if json {
+                print_json(&runs)?;
+            } else {
+                crate::bench::scale::print(&runs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            grid, month, res, json, ..
+        } => {
             let report = crate::bench::run(&grid, month, &res)?;
             if json {
                 print_json(&report)?;
