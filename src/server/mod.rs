@@ -109,6 +109,10 @@ pub struct AppState {
     bodies: BodyCache,
     /// Release lists by (index version, audience, query).
     lists: ListCache,
+    /// Ledger answers by (ledger version, index version, route and query).
+    ledger_bodies: ListCache,
+    /// A read-only connection that asks SQLite whether the ledger changed.
+    ledger_watch: std::sync::Mutex<LedgerWatch>,
     metrics: metrics::Metrics,
     /// Renders (maps, tiles, charts) at once: at most one per core, so that
     /// a client asking for many never-seen images queues behind them while
@@ -195,6 +199,8 @@ impl AppState {
             cache: data::Cache::default(),
             bodies: BodyCache::default(),
             lists: ListCache::default(),
+            ledger_bodies: ListCache::default(),
+            ledger_watch: std::sync::Mutex::new(LedgerWatch::default()),
             metrics: metrics::Metrics::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
             tile_key: std::sync::OnceLock::new(),
@@ -229,6 +235,31 @@ impl AppState {
                 self.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
             ))),
         }
+    }
+
+    /// A number that changes whenever any connection, of this process or
+    /// another, has committed to the ledger since the last call (SQLite's
+    /// `data_version`, made monotonic here); `None` when the ledger cannot be
+    /// asked, and then nothing is cached.
+    fn ledger_version(&self) -> Option<u64> {
+        let mut w = self
+            .ledger_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.conn.is_none() {
+            let path = self.config.data_dir.join("hexflow.sqlite");
+            w.conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok();
+        }
+        let seen: i64 = w
+            .conn
+            .as_ref()?
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .ok()?;
+        if w.last != Some(seen) {
+            w.last = Some(seen);
+            w.counter += 1;
+        }
+        Some(w.counter)
     }
 
     /// Re-reads the release store after a publish or query.
@@ -473,6 +504,14 @@ fn no_cache() -> [(header::HeaderName, HeaderValue); 1] {
 #[derive(Default)]
 struct ListCache {
     inner: std::sync::Mutex<(u64, std::collections::HashMap<String, axum::body::Bytes>)>,
+}
+
+/// See [`AppState::ledger_version`].
+#[derive(Default)]
+struct LedgerWatch {
+    conn: Option<rusqlite::Connection>,
+    last: Option<i64>,
+    counter: u64,
 }
 
 /// Most distinct list queries kept per index version.

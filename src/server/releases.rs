@@ -1169,12 +1169,13 @@ pub struct LedgerQuery {
 
 pub async fn ledger(
     State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
     q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
     let ds = state.pick(q.dataset.as_ref())?.clone();
     let data_dir = state.config.data_dir.clone();
-    let body = blocking(move || {
+    ledger_cached(&state, "ledger", &uri, move || {
         let p = &ds.releaser.policy;
         let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;
         let spend = ledger.spend(p.dataset()).map_err(|e| Problem::internal("ledger", e))?;
@@ -1196,45 +1197,79 @@ pub async fn ledger(
             "days": days,
         }))
     })
-    .await?;
-    Ok((no_cache(), Json(body)).into_response())
+    .await
+}
+
+/// A ledger answer, built once per version of the ledger and of the release
+/// index (SQLite says when any connection committed): the public's
+/// transparency page is read far more often than the ledger changes.
+async fn ledger_cached(
+    state: &Arc<AppState>,
+    route: &str,
+    uri: &axum::http::Uri,
+    build: impl FnOnce() -> Result<Value, Problem> + Send + 'static,
+) -> Result<Response, Problem> {
+    // Read before the answer is built: a commit in between makes the next
+    // request build again, never a stale answer stay.
+    let version = state.ledger_version();
+    let index_version = state
+        .index
+        .read()
+        .map_err(|e| Problem::internal("release index", e))?
+        .version();
+    let key = format!("{route}\n{index_version}\n{}", uri.query().unwrap_or_default());
+    let cached = version.and_then(|v| state.ledger_bodies.get(v, &key));
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let value = blocking(build).await?;
+            let body = axum::body::Bytes::from(serde_json::to_vec(&value).map_err(|e| Problem::internal("ledger", e))?);
+            if let Some(v) = version {
+                state.ledger_bodies.put(v, key, body.clone());
+            }
+            body
+        }
+    };
+    Ok((no_cache(), [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub async fn ledger_releases(
     State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
     q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
     let ds = state.pick(q.dataset.as_ref())?.clone();
     let data_dir = state.config.data_dir.clone();
-    let rows = blocking(move || {
+    let st = state.clone();
+    ledger_cached(&state, "ledger/releases", &uri, move || {
         let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;
-        ledger
+        let rows = ledger
             .releases(ds.releaser.policy.dataset())
-            .map_err(|e| Problem::internal("ledger", e))
+            .map_err(|e| Problem::internal("ledger", e))?;
+        let index = st.index.read().map_err(|e| Problem::internal("release index", e))?;
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .filter(|r| {
+                let day = |k: &str| {
+                    r.spec
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse::<NaiveDate>().ok())
+                };
+                q.from.is_none_or(|f| day("to").is_none_or(|t| t >= f))
+                    && q.to.is_none_or(|t| day("from").is_none_or(|f| f <= t))
+            })
+            .map(|r| {
+                let eps = index.get(&r.release_id).map(|s| s.epsilon);
+                let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+                if let Value::Object(o) = &mut v {
+                    o.insert("epsilon".into(), json!(eps));
+                }
+                v
+            })
+            .collect();
+        Ok(json!({ "total": rows.len(), "releases": rows }))
     })
-    .await?;
-    let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
-    let rows: Vec<Value> = rows
-        .into_iter()
-        .filter(|r| {
-            let day = |k: &str| {
-                r.spec
-                    .get(k)
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse::<NaiveDate>().ok())
-            };
-            q.from.is_none_or(|f| day("to").is_none_or(|t| t >= f))
-                && q.to.is_none_or(|t| day("from").is_none_or(|f| f <= t))
-        })
-        .map(|r| {
-            let eps = index.get(&r.release_id).map(|s| s.epsilon);
-            let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
-            if let Value::Object(o) = &mut v {
-                o.insert("epsilon".into(), json!(eps));
-            }
-            v
-        })
-        .collect();
-    Ok((no_cache(), Json(json!({ "total": rows.len(), "releases": rows }))).into_response())
+    .await
 }
