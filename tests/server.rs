@@ -2172,3 +2172,80 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
         problems.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_beside_the_server_is_listed_as_it_goes_and_said_in_healthz() {
+    use hexflow::release::publish::{Progress, publish_with};
+    use std::sync::atomic::Ordering;
+    let f = build();
+    // The plan again: everything is stored, and the progress says so.
+    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    let releaser = hexflow::release::Releaser::new(policy, &f.data).expect("releaser");
+    let again = Progress::default();
+    let report = publish_with(&releaser, &f.data, &again).expect("publish");
+    assert_eq!(report.stored, 3, "{report:?}");
+    assert_eq!(again.total.load(Ordering::Relaxed), 3);
+    assert_eq!(again.done.load(Ordering::Relaxed), 3);
+    assert!(again.finished.load(Ordering::Relaxed));
+
+    let state = state(&f.data, &[]);
+    let progress = Arc::new(Progress::default());
+    progress.total.store(5, Ordering::Relaxed);
+    progress.done.store(2, Ordering::Relaxed);
+    tokio::spawn(hexflow::server::follow_publication(state.clone(), progress.clone()));
+    let listed = |state: Arc<AppState>| async move {
+        get(&state, "/api/v1/releases?dataset=tiny").await.json()["total"]
+            .as_u64()
+            .expect("total")
+    };
+    let before = listed(state.clone()).await;
+    // `/healthz` says how far; wait for the follower to have started.
+    let mut health = Value::Null;
+    for _ in 0..400 {
+        health = get(&state, "/healthz").await.json();
+        if !health["publishing"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(health["publishing"], json!({"done": 2, "total": 5}), "{health}");
+    // A release made by the publication (here: another process's releaser)
+    // is listed without a restart.
+    let spec = hexflow::release::ReleaseSpec {
+        dataset: "tiny".into(),
+        audience: "public".into(),
+        metric: hexflow::store::Metric::Footfall,
+        unit: hexflow::release::Unit::Hex,
+        res: 8,
+        bin: hexflow::privacy::Bin::Day,
+        period: None,
+        by: None,
+        from: day("2025-03-04"),
+        to: day("2025-03-04"),
+        budget: hexflow::privacy::mechanism::Budget::Rho(0.01),
+    };
+    let made = tokio::task::spawn_blocking(move || releaser.release(&spec, day("2025-03-20")))
+        .await
+        .expect("join")
+        .expect("release");
+    assert_eq!(made.status, hexflow::release::Status::New);
+    let mut now = before;
+    for _ in 0..400 {
+        now = listed(state.clone()).await;
+        if now > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, before + 1, "the new release is listed while the plan runs");
+    // Done: `/healthz` says nothing of a publication any more.
+    progress.finished.store(true, Ordering::Relaxed);
+    for _ in 0..400 {
+        health = get(&state, "/healthz").await.json();
+        if health["publishing"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(health["publishing"].is_null(), "{health}");
+}
