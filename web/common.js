@@ -4,7 +4,7 @@
 
 import { t, locale } from "/web/i18n.js";
 
-export { t, tn, lang, locale } from "/web/i18n.js";
+export { t, tn, tCode, lang, locale } from "/web/i18n.js";
 
 /** An API failure, with the problem document's `detail` as its message. */
 export class ApiError extends Error {

@@ -61,6 +61,16 @@ export function t(key, vars = {}) {
   return s.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
 }
 
+/**
+ * The catalogue's name of a code the server sends (`prefix.code`, e.g.
+ * `map.segment.tourist`), or the code itself: a policy may name segments,
+ * periods or audiences that no catalogue knows, which is not a missing key.
+ */
+export function tCode(prefix, code) {
+  const s = catalogue[`${prefix}.${code}`];
+  return typeof s === "string" ? s : String(code);
+}
+
 const plural = new Intl.PluralRules(locale);
 
 /** `t(key + ".one" | ".other", {n, …vars})` after the language's plural rule. */

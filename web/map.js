@@ -8,27 +8,12 @@ import {
   viridisCss, LOW_GREY, project, pointInPolygon,
   fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, fmtBinRange, fmtWindow,
   binName, binUnit, localMidnightUtc, daysBetween, addDays,
-  pickDataset, showDatasetTitle, setToken, t, tn,
+  pickDataset, showDatasetTitle, setToken, t, tn, tCode,
 } from "/web/common.js";
-import { missing } from "/web/i18n.js";
 
 const $ = (id) => document.getElementById(id);
 
-/**
- * The display name of a code the server sends (a segment, a period, an
- * audience): the catalogue's `prefix.code`, else the code itself. A code
- * without a key is not a miss (the server may name things the catalogue
- * does not know), so it is taken back out of `missing`.
- */
-function codeLabel(prefix, code) {
-  const k = `${prefix}.${code}`;
-  const s = t(k);
-  if (s === k) {
-    missing.delete(k);
-    return String(code);
-  }
-  return s;
-}
+const codeLabel = tCode;
 
 /** A published value as a plain integer ("3645"): no grouping, so that what
  * the map shows reads exactly as in the CSV and GeoJSON downloads. */

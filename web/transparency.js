@@ -6,9 +6,8 @@ import {
   api, apiUrl, setStatus, showError, el, setChildren,
   OKABE_ITO, fmtInt, fmtNum, fmtRho, fmtEps, fmtDelta, epsilonBound,
   fmtLocalDay, fmtWindow, addDays, daysBetween, binName,
-  pickDataset, showDatasetTitle, t, tn, locale,
+  pickDataset, showDatasetTitle, t, tn, tCode, locale,
 } from "/web/common.js";
-import { missing } from "/web/i18n.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -36,37 +35,19 @@ const EPS = 1e-9;
 /** Average H3 hexagon areas (km²) by resolution, for the plain-words text. */
 const H3_AREA_KM2 = { 5: 252.9, 6: 36.13, 7: 5.161, 8: 0.7373, 9: 0.1053, 10: 0.01504, 11: 0.002149 };
 
-/**
- * The display name of a code from the server (`prefix.code` in the
- * catalogue), or the code itself when the catalogue has none: a policy may
- * name audiences, metrics or periods this page does not know.
- */
-const label = (prefix, code) => {
-  const k = `${prefix}.${code}`;
-  const s = t(k);
-  if (s === k) {
-    missing.delete(k);
-    return code;
-  }
-  return s;
-};
+const label = tCode;
 const audienceName = (a) => label("transparency.audience", a);
 const metricName = (m) => label("transparency.metric", m);
 /** "by segment", "by segment and origin" (from "segment,origin"). */
 function byName(by) {
-  const k = `transparency.by.${by.replace(/,/g, "_")}`;
-  const s = t(k);
-  if (s !== k) return s;
-  missing.delete(k);
-  return t("transparency.by_other", { by });
+  const code = by.replace(/,/g, "_");
+  const s = tCode("transparency.by", code);
+  return s !== code ? s : t("transparency.by_other", { by });
 }
 /** "day period", or "{period} period" for a period the catalogue lacks. */
 function periodName(period) {
-  const k = `transparency.period.${period}`;
-  const s = t(k);
-  if (s !== k) return s;
-  missing.delete(k);
-  return t("transparency.period_other", { period });
+  const s = tCode("transparency.period", period);
+  return s !== period ? s : t("transparency.period_other", { period });
 }
 
 const state = {

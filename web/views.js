@@ -7,9 +7,8 @@
 import {
   api, apiUrl, setStatus, showError, el, setChildren,
   fmtInt, fmtNum, fmtRho, fmtDelta, fmtLocalDay,
-  pickDataset, showDatasetTitle, binUnit, t, tn, locale,
+  pickDataset, showDatasetTitle, binUnit, t, tn, tCode, locale,
 } from "/web/common.js";
-import { missing } from "/web/i18n.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -21,19 +20,7 @@ const TOP_STANDING = 15;
 /** `tn` with the count written in the page's locale ("12,345 days"). */
 const count = (key, n, vars = {}) => tn(key, n, { ...vars, n: fmtInt(n) });
 
-/**
- * The display name of a code the server sends (`views.segment.tourist`),
- * or the code itself when the catalogue has none (not a missing key).
- */
-const label = (prefix, code) => {
-  const k = `${prefix}.${code}`;
-  const s = t(k);
-  if (s === k) {
-    missing.delete(k);
-    return code;
-  }
-  return s;
-};
+const label = tCode;
 
 /** A key part of a free-form code ("United Kingdom" → "united_kingdom"). */
 const slug = (code) => String(code).toLowerCase().normalize("NFD").replace(/[\u0300-\u036f]/g, "")
