@@ -443,9 +443,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 max_upload_mib: 512,
                 public_url: None,
             };
-            let code = serve_policies_with(vec![policy], &data_dir, &serve, Some(progress))?;
+            let served = serve_policies_with(vec![policy], &data_dir, &serve, Some(progress.clone()));
+            // Stopped (Ctrl-C) or failed to start: the releases being made
+            // finish, the rest of the plan waits for the next start.
+            progress.stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = publisher.join();
-            Ok(code)
+            served
         }
         Command::Evaluate { dataset, json } => evaluate_cmd(&args.policies_dir, &data_dir, dataset, json),
         Command::Serve { serve } => {

@@ -56,6 +56,9 @@ pub struct Progress {
     /// Windows done (new, stored, too recent or refused).
     pub done: AtomicUsize,
     pub finished: AtomicBool,
+    /// Set to stop after the releases being made (each whole or not at
+    /// all): a server stopped with Ctrl-C must not wait for the whole plan.
+    pub stop: AtomicBool,
 }
 
 /// One release the plan asks for.
@@ -124,7 +127,7 @@ pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
-                    loop {
+                    while !progress.stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(i) else { break };
                         done.push((i, releaser.release(&spec_of(releaser, job), today)));
