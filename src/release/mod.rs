@@ -286,6 +286,18 @@ impl PresenceManifest {
 }
 
 impl Weights {
+    /// ‖Σ_{k kept} W_·k‖₂ over the cells: times the cells' noise sd, the sd
+    /// of a sum of kept keys under cell placement, where one cell's noise
+    /// reaches several keys (W is public). Summed in cell order, so that
+    /// identical calls give identical answers.
+    pub fn kept_sum_norm(&self, keep: impl Fn(usize) -> bool) -> f64 {
+        let mut by_cell: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
+        for e in self.entries.iter().filter(|e| keep(e.hex as usize)) {
+            *by_cell.entry(e.cell).or_default() += e.weight;
+        }
+        by_cell.values().map(|s| s * s).sum::<f64>().sqrt()
+    }
+
     /// Each cell id's position in `cell_ids` (the key of `rows`).
     pub fn cell_positions(&self) -> HashMap<&str, u32> {
         self.cell_ids

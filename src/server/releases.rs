@@ -800,15 +800,7 @@ pub fn sum_ci95(ds: &super::Dataset, data: &ReleaseData, set: &[(CellIndex, usiz
                 .releaser
                 .weights(m.spec.res)
                 .map_err(|e| Problem::internal("weights", e))?;
-            // Ordered: a float sum must not depend on hash order (identical
-            // calls must give byte-identical answers).
-            let mut by_cell: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
-            for e in &w.entries {
-                if hexes.contains(&w.hexes[e.hex as usize]) {
-                    *by_cell.entry(e.cell).or_default() += e.weight;
-                }
-            }
-            let ci = crate::views::Z95 * m.noise_sd * by_cell.values().map(|s| s * s).sum::<f64>().sqrt();
+            let ci = crate::views::Z95 * m.noise_sd * w.kept_sum_norm(|k| hexes.contains(&w.hexes[k]));
             vec![ci; data.bins.len()]
         }
     })

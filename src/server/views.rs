@@ -354,11 +354,7 @@ fn presence_points(
                 .releaser
                 .weights_for(Unit::Zone, 0)
                 .map_err(|e| Problem::internal("zone weights", e))?;
-            let mut by_cell: BTreeMap<u32, f64> = BTreeMap::new();
-            for e in &w.entries {
-                *by_cell.entry(e.cell).or_default() += e.weight;
-            }
-            Some(m.noise_sd * by_cell.values().map(|s| s * s).sum::<f64>().sqrt())
+            Some(m.noise_sd * w.kept_sum_norm(|_| true))
         } else {
             None
         };
