@@ -566,6 +566,18 @@ fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<E
         budget,
     };
     let releaser = crate::release::Releaser::new(policy, data_dir)?;
+    // A large release is said before it is charged: its noise alone takes
+    // ~9 µs per value and core (`hexflow bench` on the reference machine).
+    // Refusals first (purpose limits, windows): they cost nothing either.
+    spec.check(&releaser.policy, releaser.today())?;
+    let values = releaser.value_count(&spec)?;
+    if values > 1_000_000 && !json {
+        eprintln!(
+            "{values} values: up to about {:.0} s of noise on one core before it is stored (limit {})",
+            values as f64 * 9e-6,
+            crate::release::spec::MAX_VALUES
+        );
+    }
     let outcome = releaser.release(&spec, releaser.today())?;
     if json {
         print_json(&outcome)?;

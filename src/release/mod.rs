@@ -476,6 +476,34 @@ impl Releaser {
         serde_json::from_slice(&std::fs::read(self.dir(id).join("manifest.json")).ok()?).ok()
     }
 
+    /// How many values `spec` makes (keys × bins), from public parameters
+    /// only and before anything is charged: what a caller can be told of a
+    /// large release before it is paid for.
+    pub fn value_count(&self, spec: &ReleaseSpec) -> Result<usize, ReleaseError> {
+        Ok(self.shape(spec)?.3)
+    }
+
+    /// The weights, window, groups and number of values of `spec`.
+    #[expect(clippy::type_complexity, reason = "private, one tuple for two callers")]
+    fn shape(
+        &self,
+        spec: &ReleaseSpec,
+    ) -> Result<(std::sync::Arc<Weights>, Window, Vec<(String, String)>, usize), ReleaseError> {
+        if spec.unit == Unit::Hex {
+            self.grid.resolution(spec.res)?;
+        }
+        let weights = self.weights_for(spec.unit, spec.res)?;
+        let window = window(&self.grid, spec.bin, spec.from, spec.to);
+        let groups = self.groups(spec);
+        let keys = match spec.metric {
+            Metric::Footfall => weights.keys.len(),
+            Metric::Flows => weights.keys.len() * weights.keys.len(),
+            Metric::Presence => weights.keys.len() * groups.len(),
+        };
+        let values = keys * window.bins.len();
+        Ok((weights, window, groups, values))
+    }
+
     /// Makes (or returns) the release described by `spec`.
     #[tracing::instrument(skip_all, fields(dataset = %spec.dataset, metric = %spec.metric, res = spec.res))]
     pub fn release(&self, spec: &ReleaseSpec, today: NaiveDate) -> Result<Outcome, ReleaseError> {
@@ -522,18 +550,7 @@ impl Releaser {
                 manifest,
             });
         }
-        if spec.unit == Unit::Hex {
-            self.grid.resolution(spec.res)?;
-        }
-        let weights = self.weights_for(spec.unit, spec.res)?;
-        let window = window(&self.grid, spec.bin, spec.from, spec.to);
-        let groups = self.groups(spec);
-        let keys = match spec.metric {
-            Metric::Footfall => weights.keys.len(),
-            Metric::Flows => weights.keys.len() * weights.keys.len(),
-            Metric::Presence => weights.keys.len() * groups.len(),
-        };
-        let values = keys * window.bins.len();
+        let (weights, window, groups, values) = self.shape(spec)?;
         let max = max_values.min(spec::MAX_VALUES);
         if values > max {
             return Err(ReleaseError::TooLarge { values, max });
