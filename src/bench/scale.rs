@@ -11,7 +11,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
@@ -80,11 +79,10 @@ fn step<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     reset_peak();
-    let t = Instant::now();
-    let v = f().with_context(|| what.to_string())?;
+    let (v, seconds) = super::timed(f).with_context(|| what.to_string())?;
     steps.push(Step {
         what: what.to_string(),
-        seconds: t.elapsed().as_secs_f64(),
+        seconds,
         peak_mib: peak_mib(),
         count: count(&v),
     });

@@ -613,15 +613,19 @@ fn immutable_headers(etag: &str, public: bool) -> [(header::HeaderName, HeaderVa
     ]
 }
 
+/// Does the request's `If-None-Match` (a list, or `*`) name `etag`?
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
 /// A 304 when the client has the answer named by `parts`, or the answer
 /// from the body cache; `None` when it must be computed.
 fn cached(state: &AppState, headers: &HeaderMap, parts: &[&str], public: bool) -> Option<Response> {
     let etag = etag_of(parts);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+    if etag_matches(headers, &etag) {
         return Some((StatusCode::NOT_MODIFIED, immutable_headers(&etag, public)).into_response());
     }
     let (body, content_type) = state.bodies.get(&etag)?;

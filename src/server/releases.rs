@@ -164,11 +164,7 @@ pub async fn list(
     // depends only on the index and the query.
     let key = format!("{audience}\n{}", uri.query().unwrap_or_default());
     let etag = format!("\"l{version}-{}\"", &crate::util::sha256_parts([key.as_bytes()])[..16]);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == etag || v == "*")
-    {
+    if super::etag_matches(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, no_cache(), [(header::ETAG, etag)]).into_response());
     }
     let body = match state.lists.get(version, &key) {

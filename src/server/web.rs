@@ -94,10 +94,14 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
         .into_response();
     };
     // For work on the viewer: HEXFLOW_WEB_DIR serves the same file names
-    // from that directory, so an edit shows on reload without a rebuild.
-    let from_disk = std::env::var_os("HEXFLOW_WEB_DIR")
-        .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok());
-    let body: String = from_disk.unwrap_or_else(|| (*body).to_owned());
+    // from that directory, so an edit shows on reload without a rebuild;
+    // otherwise the compiled-in bytes, not copied.
+    static WEB_DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let from_disk = WEB_DIR
+        .get_or_init(|| std::env::var_os("HEXFLOW_WEB_DIR").map(Into::into))
+        .as_ref()
+        .and_then(|dir| std::fs::read_to_string(dir.join(name)).ok());
+    let body: std::borrow::Cow<'static, str> = from_disk.map_or(std::borrow::Cow::Borrowed(*body), Into::into);
     // The files change only with the binary: revalidate, then 304.
     let etag = format!("\"{}\"", &crate::util::sha256_parts([body.as_bytes()])[..32]);
     let base = [
@@ -116,11 +120,7 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
             ),
         ),
     ];
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == etag)
-    {
+    if super::etag_matches(headers, &etag) {
         return (StatusCode::NOT_MODIFIED, base).into_response();
     }
     (base, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response()

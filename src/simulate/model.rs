@@ -249,15 +249,12 @@ impl Buckets {
         (y - r..=y + r)
             .filter(move |j| (0..ny).contains(j))
             .flat_map(move |j| {
+                // The top and bottom rows whole; between them, both ends
+                // (r > 0 there: ring 0 is its own top row).
                 let edge = j == y - r || j == y + r;
-                let xs: Vec<isize> = if edge {
-                    (x - r..=x + r).collect()
-                } else if r == 0 {
-                    vec![x]
-                } else {
-                    vec![x - r, x + r]
-                };
-                xs.into_iter()
+                let step = if edge { 1 } else { 2 * r as usize };
+                (x - r..=x + r)
+                    .step_by(step)
                     .filter(move |i| (0..nx).contains(i))
                     .map(move |i| (j * nx + i) as usize)
             })
