@@ -89,8 +89,6 @@ export function applyI18n(root = document) {
       e.setAttribute(a, t(e.getAttribute(`data-i18n-${a}`)));
     }
   }
-  const title = document.querySelector("title[data-i18n]");
-  if (title) document.title = title.textContent;
 }
 
 /** Switching reloads the page in the other language; its state is in the URL. */
