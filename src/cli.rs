@@ -14,6 +14,7 @@ use crate::grid::weights::WeightMatrix;
 use crate::grid::{Grid, generate};
 use crate::ingest::{IngestOptions, Ingestor};
 use crate::policy::Policy;
+use crate::privacy::ledger::LedgerUrl;
 use crate::simulate::{self, Format};
 use crate::store::CountStore;
 
@@ -27,6 +28,11 @@ pub struct Args {
     /// Where `--dataset NAME` looks for `NAME.toml`.
     #[arg(long, global = true, env = "HEXFLOW_POLICIES_DIR", default_value = "privacy-budgets")]
     pub policies_dir: PathBuf,
+    /// The privacy ledger: sqlite:PATH, or postgres://USER@HOST:PORT/DB to
+    /// share one ledger between machines (default: the data dir's
+    /// hexflow.sqlite). A data dir once charged to PostgreSQL keeps it.
+    #[arg(long, global = true, env = "HEXFLOW_LEDGER")]
+    pub ledger: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -155,6 +161,32 @@ pub enum Command {
     Publish {
         #[command(flatten)]
         dataset: DatasetArg,
+        /// Spread the plan over this many `hexflow worker` processes, through
+        /// a job queue in the ledger's database (other machines may run
+        /// `hexflow worker` on the same queue); without it, threads of this
+        /// process share the plan.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// How long a worker's claim on a job lasts without renewal (it
+        /// renews every third of it): a killed worker's job is taken over
+        /// after this.
+        #[arg(long, default_value_t = 60.0)]
+        lease_s: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take publication jobs from the ledger's queue (see publish
+    /// --workers) until none is left. Run it on any machine that sees the
+    /// data dir, the policies and the ledger.
+    Worker {
+        /// Only the jobs of this run (publish --workers passes its own).
+        #[arg(long)]
+        run: Option<String>,
+        /// Keep waiting for new runs instead of stopping when idle.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 60.0)]
+        lease_s: f64,
         #[arg(long)]
         json: bool,
     },
@@ -226,6 +258,12 @@ pub enum Command {
         /// sizes at the density of `--grid` (e.g. 1000,10000,100000).
         #[arg(long, value_delimiter = ',')]
         cells: Vec<usize>,
+        /// Instead: the demo's year published with each of these numbers
+        /// of worker processes (e.g. 1,2,4), each on a fresh ledger: with
+        /// --ledger postgres://… a new database per run on that server
+        /// (its user needs CREATEDB), else a SQLite file.
+        #[arg(long, value_delimiter = ',')]
+        workers: Vec<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -305,6 +343,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 /// Runs a parsed command line.
 pub fn run(args: Args) -> Result<ExitCode> {
     let data_dir = args.data_dir.clone();
+    let ledger = crate::privacy::ledger::LedgerUrl::resolve(args.ledger.as_deref(), &data_dir)?;
     match args.command {
         Command::Simulate {
             grid,
@@ -398,9 +437,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
             json,
         ),
         Command::Store { dataset, json } => store_cmd(&args.policies_dir, &data_dir, dataset, json),
-        Command::Release(a) => release_cmd(&args.policies_dir, &data_dir, a),
-        Command::Publish { dataset, json } => publish_cmd(&args.policies_dir, &data_dir, dataset, json),
-        Command::Ledger { dataset, json } => ledger_cmd(&args.policies_dir, &data_dir, dataset, json),
+        Command::Release(a) => release_cmd(&args.policies_dir, &data_dir, &ledger, a),
+        Command::Publish {
+            dataset,
+            workers,
+            lease_s,
+            json,
+        } => {
+            let lease = lease_of(lease_s)?;
+            publish_cmd(&args.policies_dir, &data_dir, &ledger, dataset, workers, lease, json)
+        }
+        Command::Worker {
+            run,
+            wait,
+            lease_s,
+            json,
+        } => {
+            use crate::release::jobs;
+            ledger.bind(&data_dir)?;
+            let idle = if wait {
+                jobs::WhenIdle::Wait
+            } else {
+                jobs::WhenIdle::Exit
+            };
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let done = jobs::work(&ledger, &data_dir, run.as_deref(), lease_of(lease_s)?, idle, &stop)?;
+            if json {
+                print_json(&done)?;
+            } else {
+                out!(
+                    "worker {}: {} jobs, {} new releases, {} stored, {:.4} ρ spent",
+                    done.worker,
+                    done.jobs,
+                    done.report.new,
+                    done.report.stored,
+                    done.report.rho_spent
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ledger { dataset, json } => ledger_cmd(&args.policies_dir, &data_dir, &ledger, dataset, json),
         Command::Demo {
             addr,
             no_serve,
@@ -410,7 +486,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             json,
         } => {
             let policy = demo(&args.policies_dir, &data_dir, from, to, res, json)?;
-            let releaser = crate::release::Releaser::new(policy.clone(), &data_dir)?;
+            let releaser = crate::release::Releaser::new(policy.clone(), &data_dir)?.with_ledger_url(ledger.clone())?;
             if no_serve {
                 eprintln!("publishing the public plan ...");
                 let published = crate::release::publish::publish(&releaser, &data_dir)?;
@@ -443,7 +519,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 max_upload_mib: 512,
                 public_url: None,
             };
-            let served = serve_policies_with(vec![policy], &data_dir, &serve, Some(progress.clone()));
+            let served = serve_policies_with(vec![policy], &data_dir, &ledger, &serve, Some(progress.clone()));
             // Stopped (Ctrl-C) or failed to start: the releases being made
             // finish, the rest of the plan waits for the next start.
             progress.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -453,7 +529,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Evaluate { dataset, json } => evaluate_cmd(&args.policies_dir, &data_dir, dataset, json),
         Command::Serve { serve } => {
             let policies = crate::server::load_policies(&args.policies_dir, &data_dir)?;
-            serve_policies_with(policies, &data_dir, &serve, None)
+            serve_policies_with(policies, &data_dir, &ledger, &serve, None)
         }
         Command::Token {
             command: TokenCommand::Create { role, name },
@@ -461,8 +537,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
-            let mut ledger = crate::release::Releaser::ledger(&data_dir)?;
-            let token = ledger.create_token(name.trim(), role)?;
+            ledger.bind(&data_dir)?;
+            let token = crate::privacy::ledger::Ledger::open(&ledger)?.create_token(name.trim(), role)?;
             eprintln!(
                 "created {} token {:?}; it is shown once, store it now (only its hash is kept):",
                 role.as_str(),
@@ -472,6 +548,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(a) => init_cmd(a),
+        Command::Bench { workers, json, .. } if !workers.is_empty() => {
+            bench_workers(&args.policies_dir, &ledger, &workers, json)
+        }
         Command::Bench { grid, cells, json, .. } if !cells.is_empty() => {
             let reference = crate::grid::Grid::load(&grid)?;
             let tmp = crate::bench::tempdir()?;
@@ -526,7 +605,7 @@ fn store_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bo
     Ok(ExitCode::SUCCESS)
 }
 
-fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<ExitCode> {
+fn release_cmd(policies_dir: &Path, data_dir: &Path, ledger: &LedgerUrl, a: ReleaseArgs) -> Result<ExitCode> {
     let ReleaseArgs {
         dataset,
         audience,
@@ -565,7 +644,7 @@ fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<E
         to,
         budget,
     };
-    let releaser = crate::release::Releaser::new(policy, data_dir)?;
+    let releaser = crate::release::Releaser::new(policy, data_dir)?.with_ledger_url(ledger.clone())?;
     // A large release is said before it is charged: its noise alone takes
     // ~9 µs per value and core (`hexflow bench` on the reference machine).
     // Refusals first (purpose limits, windows): they cost nothing either.
@@ -587,10 +666,30 @@ fn release_cmd(policies_dir: &Path, data_dir: &Path, a: ReleaseArgs) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-fn publish_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
+/// `--lease-s`, checked.
+fn lease_of(seconds: f64) -> Result<std::time::Duration> {
+    if !(1.0..=86_400.0).contains(&seconds) {
+        bail!("--lease-s must be between 1 and 86400 seconds, not {seconds}");
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+fn publish_cmd(
+    policies_dir: &Path,
+    data_dir: &Path,
+    ledger: &LedgerUrl,
+    dataset: DatasetArg,
+    workers: Option<usize>,
+    lease: std::time::Duration,
+    json: bool,
+) -> Result<ExitCode> {
     let policy = dataset.load(policies_dir)?;
-    let releaser = crate::release::Releaser::new(policy, data_dir)?;
-    let report = crate::release::publish::publish(&releaser, data_dir)?;
+    let releaser = crate::release::Releaser::new(policy, data_dir)?.with_ledger_url(ledger.clone())?;
+    let report = match workers {
+        None => crate::release::publish::publish(&releaser, data_dir)?,
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(n) => publish_over_workers(&releaser, data_dir, policies_dir, n, lease)?,
+    };
     if json {
         print_json(&report)?;
     } else {
@@ -612,9 +711,16 @@ fn publish_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: 
     })
 }
 
-fn ledger_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json: bool) -> Result<ExitCode> {
+fn ledger_cmd(
+    policies_dir: &Path,
+    data_dir: &Path,
+    ledger: &LedgerUrl,
+    dataset: DatasetArg,
+    json: bool,
+) -> Result<ExitCode> {
     let policy = dataset.load(policies_dir)?;
-    let ledger = crate::release::Releaser::ledger(data_dir)?;
+    ledger.bind(data_dir)?;
+    let mut ledger = crate::privacy::ledger::Ledger::open(ledger)?;
     let spend = ledger.spend(policy.dataset())?;
     let releases = ledger.releases(policy.dataset())?;
     let caps: std::collections::BTreeMap<&str, f64> = policy
@@ -965,10 +1071,13 @@ fn print_store(
 fn serve_policies_with(
     policies: Vec<Policy>,
     data_dir: &Path,
+    ledger: &LedgerUrl,
     args: &ServeArgs,
     publishing: Option<std::sync::Arc<crate::release::publish::Progress>>,
 ) -> Result<ExitCode> {
+    ledger.bind(data_dir)?;
     let mut config = crate::server::ServeConfig::new(data_dir);
+    config.ledger = ledger.clone();
     config.cors_origins = args.cors_origins.clone();
     config.max_upload_bytes = args.max_upload_mib << 20;
     config.public_url = args.public_url.clone();
@@ -1065,6 +1174,194 @@ fn print_demo(
             published.too_recent,
             published.refused.len()
         );
+    }
+    Ok(())
+}
+
+/// `publish --workers N`: queues the plan as one run and starts N `hexflow
+/// worker` processes on it; jobs that no worker finished (all of them
+/// killed) are finished here once their leases end.
+fn publish_over_workers(
+    releaser: &crate::release::Releaser,
+    data_dir: &Path,
+    policies_dir: &Path,
+    workers: usize,
+    lease: std::time::Duration,
+) -> Result<crate::release::publish::PublishReport> {
+    use crate::release::jobs;
+    let plan = crate::release::publish::plan(releaser, data_dir)?;
+    let run = jobs::new_run_id();
+    let mut ledger = releaser.open_ledger()?;
+    jobs::enqueue(&mut ledger, &run, &releaser.policy.path, &plan)?;
+    let exe = std::env::current_exe().context("cannot find this program to start workers")?;
+    let mut children = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let child = std::process::Command::new(&exe)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--policies-dir")
+            .arg(policies_dir)
+            .args(["worker", "--run", &run, "--lease-s", &lease.as_secs_f64().to_string()])
+            // The URL may carry a password: through the environment, not
+            // the command line that `ps` shows.
+            .env("HEXFLOW_LEDGER", ledger_arg(releaser.ledger_url()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| jobs::JobError::Spawn { index, source })?;
+        children.push(child);
+    }
+    let bar = crate::cli_progress(plan.len() as u64, "publishing");
+    loop {
+        let status = jobs::status(&mut ledger, &run)?;
+        bar.set_position(status.done);
+        let running = children
+            .iter_mut()
+            .map(|c| matches!(c.try_wait(), Ok(None)))
+            .filter(|alive| *alive)
+            .count();
+        if running == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    for (i, mut c) in children.into_iter().enumerate() {
+        match c.wait() {
+            Ok(s) if s.success() => {}
+            Ok(s) => eprintln!("worker {i} stopped: {s}"),
+            Err(e) => eprintln!("worker {i}: {e}"),
+        }
+    }
+    let left = jobs::status(&mut ledger, &run)?;
+    if left.queued + left.running > 0 {
+        eprintln!(
+            "{} jobs left by stopped workers: finishing them here once their leases end",
+            left.queued + left.running
+        );
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        jobs::work(
+            releaser.ledger_url(),
+            data_dir,
+            Some(&run),
+            lease,
+            jobs::WhenIdle::Exit,
+            &stop,
+        )?;
+    }
+    Ok(jobs::report(&mut ledger, &run)?)
+}
+
+/// The `--ledger` value that names `url` (with its password).
+fn ledger_arg(url: &LedgerUrl) -> String {
+    match url {
+        LedgerUrl::Sqlite(p) => format!("sqlite:{}", p.display()),
+        LedgerUrl::Postgres(u) => u.clone(),
+    }
+}
+
+/// One run of `bench --workers`.
+#[derive(Debug, Serialize)]
+struct WorkersRun {
+    workers: usize,
+    releases: usize,
+    seconds: f64,
+    releases_per_s: f64,
+    speedup: f64,
+}
+
+/// `bench --workers 1,2,4`: prepares the demo's year once (simulate,
+/// ingest, weights), then publishes its whole plan from a fresh copy and a
+/// fresh ledger with each number of worker processes.
+fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], json: bool) -> Result<ExitCode> {
+    let tmp = crate::bench::tempdir()?;
+    let result = (|| -> Result<Vec<WorkersRun>> {
+        let prepared = tmp.join("prepared");
+        let (from, to) = (
+            NaiveDate::from_ymd_opt(2025, 1, 1).context("date")?,
+            NaiveDate::from_ymd_opt(2025, 12, 31).context("date")?,
+        );
+        eprintln!("preparing the demo's year (simulate, ingest, weights) ...");
+        let policy = demo(policies_dir, &prepared, from, to, 8, true)?;
+        let mut runs: Vec<WorkersRun> = Vec::new();
+        for &n in workers {
+            if n == 0 {
+                bail!("--workers: each number must be at least 1");
+            }
+            let dir = tmp.join(format!("workers-{n}"));
+            link_tree(&prepared, &dir)?;
+            let url = match ledger {
+                LedgerUrl::Postgres(admin) => {
+                    LedgerUrl::Postgres(crate::privacy::db::scratch_database(admin, "hexflow_bench")?)
+                }
+                LedgerUrl::Sqlite(_) => LedgerUrl::in_data_dir(&dir),
+            };
+            let releaser = crate::release::Releaser::new(policy.clone(), &dir)?.with_ledger_url(url)?;
+            eprintln!(
+                "publishing with {n} worker process(es) on {} ...",
+                releaser.ledger_url()
+            );
+            let t0 = std::time::Instant::now();
+            let report = publish_over_workers(&releaser, &dir, policies_dir, n, std::time::Duration::from_secs(60))?;
+            let seconds = t0.elapsed().as_secs_f64();
+            if !report.refused.is_empty() {
+                bail!("{} releases refused, e.g. {}", report.refused.len(), report.refused[0]);
+            }
+            let first = runs.first().map_or(seconds, |r| r.seconds);
+            runs.push(WorkersRun {
+                workers: n,
+                releases: report.new,
+                seconds,
+                releases_per_s: report.new as f64 / seconds,
+                speedup: first / seconds,
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Ok(runs)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let runs = result?;
+    if json {
+        print_json(&runs)?;
+    } else {
+        out!(
+            "the demo's year published by worker processes on {} ({} cores)",
+            if ledger.is_postgres() { "PostgreSQL" } else { "SQLite" },
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        );
+        out!(
+            "{:>8} {:>9} {:>9} {:>11} {:>9}",
+            "workers",
+            "releases",
+            "seconds",
+            "releases/s",
+            "speed-up"
+        );
+        for r in &runs {
+            out!(
+                "{:>8} {:>9} {:>9.1} {:>11.1} {:>8.2}×",
+                r.workers,
+                r.releases,
+                r.seconds,
+                r.releases_per_s,
+                r.speedup
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A copy of the tree `from` at `to` whose files are hard links (the
+/// store is only read by a publication), copies where links fail.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else if std::fs::hard_link(entry.path(), &target).is_err() {
+            std::fs::copy(entry.path(), &target)?;
+        }
     }
     Ok(())
 }

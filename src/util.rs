@@ -192,8 +192,17 @@ impl Drop for DirLock {
 ///
 /// Crash tests set it to simulate a power cut at a precise step; `abort`
 /// skips destructors and buffered writes exactly like a kill would.
+///
+/// With `HEXFLOW_FAILPOINT_ONCE=FILE`, only the process that creates FILE
+/// stops: a crash test of workers kills one of them, not every process
+/// that inherited the variable.
 pub fn failpoint(name: &str) {
     if std::env::var("HEXFLOW_FAILPOINT").is_ok_and(|v| v == name) {
+        if let Some(once) = std::env::var_os("HEXFLOW_FAILPOINT_ONCE")
+            && fs::OpenOptions::new().write(true).create_new(true).open(once).is_err()
+        {
+            return;
+        }
         eprintln!("hexflow: failpoint {name} hit, aborting");
         std::process::abort();
     }

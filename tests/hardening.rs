@@ -63,7 +63,8 @@ fn app(data: &Path) -> Arc<AppState> {
 }
 
 fn token(data: &Path, role: Role) -> String {
-    let mut ledger = hexflow::release::Releaser::ledger(data).expect("ledger");
+    let mut ledger = hexflow::privacy::ledger::Ledger::open(&hexflow::privacy::ledger::LedgerUrl::in_data_dir(data))
+        .expect("ledger");
     ledger.create_token(role.as_str(), role).expect("token")
 }
 
@@ -416,7 +417,8 @@ async fn a_tiny_budget_over_http_is_422_and_charges_nothing() {
     .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert!(a.body.contains("rho must be a number from"), "{}", a.body);
-    let ledger = hexflow::release::Releaser::ledger(&data).expect("ledger");
+    let mut ledger = hexflow::privacy::ledger::Ledger::open(&hexflow::privacy::ledger::LedgerUrl::in_data_dir(&data))
+        .expect("ledger");
     assert!(ledger.releases("tiny").expect("releases").is_empty());
 }
 

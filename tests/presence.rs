@@ -357,7 +357,8 @@ fn presence_specs_outside_the_policy_are_refused_before_any_charge() {
         spec(By::Segment, "1d", "2025-03-12", "2025-03-14", 0.1),
         "no presence data",
     );
-    let ledger = Releaser::ledger(&data).expect("ledger");
+    let mut ledger = hexflow::privacy::ledger::Ledger::open(&hexflow::privacy::ledger::LedgerUrl::in_data_dir(&data))
+        .expect("ledger");
     assert!(
         ledger.spend("tiny").expect("spend").is_empty(),
         "a refused spec was charged"

@@ -165,7 +165,8 @@ async fn first_release(state: &Arc<AppState>) -> Value {
 }
 
 fn token(data: &Path, name: &str, role: Role) -> String {
-    let mut ledger = hexflow::release::Releaser::ledger(data).expect("ledger");
+    let mut ledger = hexflow::privacy::ledger::Ledger::open(&hexflow::privacy::ledger::LedgerUrl::in_data_dir(data))
+        .expect("ledger");
     ledger.create_token(name, role).expect("token")
 }
 

@@ -6,6 +6,7 @@
 //! contribution bounds, [`mechanism`] asks OpenDP for noise and cost, and
 //! [`ledger`] commits charges durably before any noisy value exists.
 
+pub mod db;
 pub mod errorbar;
 pub mod ledger;
 pub mod mechanism;

@@ -11,6 +11,7 @@
 //! The key set of a release (hexes or zone pairs, and bins) comes from the
 //! grid and the spec, never from the data; every key gets a noisy value.
 
+pub mod jobs;
 pub mod publish;
 pub mod spec;
 
@@ -27,7 +28,7 @@ use crate::grid::{Grid, GridError};
 use crate::policy::Policy;
 use crate::privacy::Bin;
 use crate::privacy::errorbar::{self, Bar};
-use crate::privacy::ledger::{Charge, ChargeRequest, Ledger, LedgerError, ReleaseState};
+use crate::privacy::ledger::{Charge, ChargeRequest, Ledger, LedgerError, LedgerUrl, ReleaseLock, ReleaseState};
 use crate::privacy::mechanism::{self, Calibrated, MechanismError};
 use crate::privacy::sensitivity::{self, Placement, Sensitivity};
 use crate::store::{CountStore, Metric, StoreError};
@@ -258,6 +259,8 @@ pub struct Releaser {
     /// The ledger connection, opened once: `publish` asks it about every
     /// stored release, and reopening SQLite each time dominated a rerun.
     ledger: std::sync::Mutex<Option<Ledger>>,
+    /// Where that ledger is (`--ledger`; the data dir's SQLite file by default).
+    ledger_url: LedgerUrl,
     /// Error bars per key, by (hex unit, res, cell placement, Laplace, scale).
     bars: std::sync::Mutex<HashMap<BarKey, std::sync::Arc<Vec<Bar>>>>,
 }
@@ -392,8 +395,22 @@ impl Releaser {
             grid_key,
             weights: std::sync::Mutex::default(),
             ledger: std::sync::Mutex::default(),
+            ledger_url: LedgerUrl::in_data_dir(data_dir),
             bars: std::sync::Mutex::default(),
         })
+    }
+
+    /// Charges `url` instead of the data dir's SQLite file (binding the
+    /// data dir to it; see `LedgerUrl::bind`).
+    pub fn with_ledger_url(mut self, url: LedgerUrl) -> Result<Self, ReleaseError> {
+        url.bind(&self.data_dir).map_err(LedgerError::from)?;
+        self.ledger_url = url;
+        self.ledger = std::sync::Mutex::default();
+        Ok(self)
+    }
+
+    pub fn ledger_url(&self) -> &LedgerUrl {
+        &self.ledger_url
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -456,14 +473,20 @@ impl Releaser {
         let mut guard = self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ledger = match guard.take() {
             Some(l) => guard.insert(l),
-            None => guard.insert(Self::ledger(&self.data_dir)?),
+            None => guard.insert(Ledger::open(&self.ledger_url)?),
         };
-        Ok(f(ledger)?)
+        let result = f(ledger);
+        if matches!(result, Err(LedgerError::Db(_))) {
+            // A broken connection (a restarted PostgreSQL) is not kept:
+            // the next call opens a new one.
+            guard.take();
+        }
+        Ok(result?)
     }
 
-    /// The ledger of the data dir.
-    pub fn ledger(data_dir: &Path) -> Result<Ledger, LedgerError> {
-        Ledger::open(&data_dir.join("hexflow.sqlite"))
+    /// A new connection to this releaser's ledger.
+    pub fn open_ledger(&self) -> Result<Ledger, LedgerError> {
+        Ledger::open(&self.ledger_url)
     }
 
     /// Today in the grid's timezone.
@@ -526,15 +549,11 @@ impl Releaser {
         // second waits, then finds the first's stored release). Different
         // releases go on at once: the ledger's transaction keeps caps; the
         // lock is one of RELEASE_LOCK_STRIPES files chosen by the id.
-        let lock_path = self.data_dir.join("locks").join(format!(
-            "releases-{}-{:02}.lock",
-            self.policy.dataset(),
-            release_lock_stripe(&id)
-        ));
-        let _lock = util::DirLock::acquire(&lock_path).map_err(|source| ReleaseError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
+        // With a PostgreSQL ledger the lock is the database's (machines
+        // sharing the data dir do not share file locks).
+        let lock_name = format!("releases-{}-{:02}", self.policy.dataset(), release_lock_stripe(&id));
+        let lock_path = self.data_dir.join("locks").join(format!("{lock_name}.lock"));
+        let _lock = ReleaseLock::acquire(&self.ledger_url, &lock_path, &lock_name).map_err(LedgerError::from)?;
         if let Some(manifest) = self.stored(&id) {
             // A crash after the values were stored left the ledger at
             // `charged`; finishing is idempotent and costs nothing.

@@ -93,15 +93,12 @@ pub fn publish(releaser: &Releaser, data_dir: &Path) -> Result<PublishReport, Re
     publish_with(releaser, data_dir, &Progress::default())
 }
 
-/// Runs the plan, newest windows first and several releases at once (one
-/// per core): each release is still charged before its noise is drawn and
-/// written whole or not at all; two releases of one id never run together
-/// (the release lock), and the ledger's charge transaction keeps the caps
-/// whatever the order.
-pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -> Result<PublishReport, ReleaseError> {
+/// The releases the plan asks for among the stored days, newest windows
+/// first (a viewer started while publishing has the recent days to show
+/// within seconds), each with a label for reports.
+pub fn plan(releaser: &Releaser, data_dir: &Path) -> Result<Vec<(ReleaseSpec, String)>, ReleaseError> {
     let store = CountStore::new(data_dir, releaser.policy.dataset());
     let catalog = store.catalog()?;
-    let today = releaser.today();
     let mut jobs: Vec<Job> = Vec::new();
     for plan in &releaser.policy.spec.publication {
         let days: Vec<NaiveDate> = CountStore::days(&catalog, plan.metric).into_iter().collect();
@@ -111,9 +108,50 @@ pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -
                 .map(|(from, to)| Job { plan, from, to }),
         );
     }
-    // The latest days first: a viewer started while publishing has the
-    // recent days to show within seconds.
     jobs.sort_by_key(|j| std::cmp::Reverse(j.to));
+    Ok(jobs
+        .iter()
+        .map(|job| {
+            let Job { plan, from, to } = job;
+            let label = format!(
+                "{} {} {} {}..{}",
+                plan.metric,
+                plan.bin.as_str(),
+                match plan.unit {
+                    super::Unit::Zone => "zones".to_string(),
+                    super::Unit::Hex => format!("res {}", plan.res),
+                },
+                from,
+                to
+            );
+            (spec_of(releaser, job), label)
+        })
+        .collect())
+}
+
+impl PublishReport {
+    /// Counts one release of the plan.
+    pub fn tally(&mut self, label: &str, outcome: &Result<super::Outcome, ReleaseError>) {
+        match outcome {
+            Ok(o) if o.status == super::Status::Stored => self.stored += 1,
+            Ok(o) => {
+                self.new += 1;
+                self.rho_spent += o.manifest.rho;
+            }
+            Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => self.too_recent += 1,
+            Err(e) => self.refused.push(format!("{label}: {e}")),
+        }
+    }
+}
+
+/// Runs the plan, newest windows first and several releases at once (one
+/// per core): each release is still charged before its noise is drawn and
+/// written whole or not at all; two releases of one id never run together
+/// (the release lock), and the ledger's charge transaction keeps the caps
+/// whatever the order.
+pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -> Result<PublishReport, ReleaseError> {
+    let jobs = plan(releaser, data_dir)?;
+    let today = releaser.today();
     progress.total.store(jobs.len(), Ordering::Relaxed);
     let bar = crate::cli_progress(jobs.len() as u64, "publishing");
     // Plain threads taking the next job, not rayon's pool: a release uses
@@ -129,8 +167,8 @@ pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -
                     let mut done = Vec::new();
                     while !progress.stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(i) else { break };
-                        done.push((i, releaser.release(&spec_of(releaser, job), today)));
+                        let Some((spec, _)) = jobs.get(i) else { break };
+                        done.push((i, releaser.release(spec, today)));
                         bar.inc(1);
                         progress.done.fetch_add(1, Ordering::Relaxed);
                     }
@@ -147,26 +185,7 @@ pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -
     progress.finished.store(true, Ordering::Relaxed);
     let mut report = PublishReport::default();
     for (i, outcome) in outcomes {
-        let Job { plan, from, to } = &jobs[i];
-        match outcome {
-            Ok(o) if o.status == super::Status::Stored => report.stored += 1,
-            Ok(o) => {
-                report.new += 1;
-                report.rho_spent += o.manifest.rho;
-            }
-            Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => report.too_recent += 1,
-            Err(e) => report.refused.push(format!(
-                "{} {} {} {}..{}: {e}",
-                plan.metric,
-                plan.bin.as_str(),
-                match plan.unit {
-                    super::Unit::Zone => "zones".to_string(),
-                    super::Unit::Hex => format!("res {}", plan.res),
-                },
-                from,
-                to
-            )),
-        }
+        report.tally(&jobs[i].1, &outcome);
     }
     Ok(report)
 }

@@ -43,9 +43,9 @@ async fn bearer(state: &AppState, headers: &HeaderMap) -> Result<TokenRow, Probl
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must read `Bearer <token>`"))?
         .to_string();
-    let data_dir = state.config.data_dir.clone();
+    let url = state.config.ledger.clone();
     blocking(move || {
-        let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("token check", e))?;
+        let mut ledger = crate::privacy::ledger::Ledger::open(&url).map_err(|e| Problem::internal("token check", e))?;
         ledger
             .token(&token)
             .map_err(|e| Problem::internal("token check", e))?

@@ -34,6 +34,7 @@ use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::policy::Policy;
+use crate::privacy::ledger::{Ledger, LedgerUrl};
 use crate::release::Releaser;
 pub use data::{ReleaseIndex, ReleaseSummary};
 
@@ -79,6 +80,9 @@ pub struct ServeConfig {
     pub max_upload_bytes: usize,
     /// Absolute base URL used in TileJSON documents (else the Host header).
     pub public_url: Option<String>,
+    /// The privacy ledger (`--ledger`): the data dir's SQLite file, or a
+    /// PostgreSQL ledger shared with other instances.
+    pub ledger: LedgerUrl,
 }
 
 impl ServeConfig {
@@ -88,6 +92,7 @@ impl ServeConfig {
             cors_origins: Vec::new(),
             max_upload_bytes: 512 << 20,
             public_url: None,
+            ledger: LedgerUrl::in_data_dir(data_dir),
         }
     }
 }
@@ -111,7 +116,7 @@ pub struct AppState {
     lists: ListCache,
     /// Ledger answers by (ledger version, index version, route and query).
     ledger_bodies: ListCache,
-    /// A read-only connection that asks SQLite whether the ledger changed.
+    /// A connection that asks the ledger whether it changed.
     ledger_watch: std::sync::Mutex<LedgerWatch>,
     metrics: metrics::Metrics,
     /// Renders (maps, tiles, charts) at once: at most one per core, so that
@@ -166,7 +171,7 @@ impl AppState {
         }
         let mut datasets = BTreeMap::new();
         for p in policies {
-            let releaser = Releaser::new(p, &config.data_dir)?;
+            let releaser = Releaser::new(p, &config.data_dir)?.with_ledger_url(config.ledger.clone())?;
             datasets.insert(releaser.policy.dataset().to_string(), Arc::new(Dataset { releaser }));
         }
         // Uploads are removed after their ingest; a crash mid-ingest left
@@ -238,23 +243,25 @@ impl AppState {
     }
 
     /// A number that changes whenever any connection, of this process or
-    /// another, has committed to the ledger since the last call (SQLite's
-    /// `data_version`, made monotonic here); `None` when the ledger cannot be
-    /// asked, and then nothing is cached.
+    /// another, has committed to the ledger since the last call
+    /// (`Ledger::change_marker`, made monotonic here); `None` when the
+    /// ledger cannot be asked, and then nothing is cached. Blocking: with
+    /// PostgreSQL it is a round trip.
     fn ledger_version(&self) -> Option<u64> {
         let mut w = self
             .ledger_watch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if w.conn.is_none() {
-            let path = self.config.data_dir.join("hexflow.sqlite");
-            w.conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok();
+            w.conn = Ledger::open(&self.config.ledger).ok();
         }
-        let seen: i64 = w
-            .conn
-            .as_ref()?
-            .pragma_query_value(None, "data_version", |r| r.get(0))
-            .ok()?;
+        let seen = match w.conn.as_mut()?.change_marker() {
+            Ok(v) => v,
+            Err(_) => {
+                w.conn = None;
+                return None;
+            }
+        };
         if w.last != Some(seen) {
             w.last = Some(seen);
             w.counter += 1;
@@ -437,7 +444,8 @@ pub async fn follow_publication(state: Arc<AppState>, progress: Arc<crate::relea
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
     // The ledger must open: without it nothing can be charged or shown.
-    let ledger = Releaser::ledger(&state.config.data_dir).is_ok();
+    let url = state.config.ledger.clone();
+    let ledger = blocking(move || Ok(Ledger::open(&url).is_ok())).await.unwrap_or(false);
     let status = if ledger {
         StatusCode::OK
     } else {
@@ -509,7 +517,7 @@ struct ListCache {
 /// See [`AppState::ledger_version`].
 #[derive(Default)]
 struct LedgerWatch {
-    conn: Option<rusqlite::Connection>,
+    conn: Option<Ledger>,
     last: Option<i64>,
     counter: u64,
 }

@@ -1162,10 +1162,9 @@ pub async fn ledger(
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
     let ds = state.pick(q.dataset.as_ref())?.clone();
-    let data_dir = state.config.data_dir.clone();
     ledger_cached(&state, "ledger", &uri, move || {
         let p = &ds.releaser.policy;
-        let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;
+        let mut ledger = ds.releaser.open_ledger().map_err(|e| Problem::internal("ledger", e))?;
         let spend = ledger.spend(p.dataset()).map_err(|e| Problem::internal("ledger", e))?;
         let days: Vec<_> = spend
             .into_iter()
@@ -1199,7 +1198,13 @@ async fn ledger_cached(
 ) -> Result<Response, Problem> {
     // Read before the answer is built: a commit in between makes the next
     // request build again, never a stale answer stay.
-    let version = state.ledger_version();
+    let version = if state.config.ledger.is_postgres() {
+        let st = state.clone();
+        blocking(move || Ok(st.ledger_version())).await?
+    } else {
+        // SQLite answers from memory, without a thread hop.
+        state.ledger_version()
+    };
     let index_version = state
         .index
         .read()
@@ -1228,10 +1233,9 @@ pub async fn ledger_releases(
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
     let ds = state.pick(q.dataset.as_ref())?.clone();
-    let data_dir = state.config.data_dir.clone();
     let st = state.clone();
     ledger_cached(&state, "ledger/releases", &uri, move || {
-        let ledger = crate::release::Releaser::ledger(&data_dir).map_err(|e| Problem::internal("ledger", e))?;
+        let mut ledger = ds.releaser.open_ledger().map_err(|e| Problem::internal("ledger", e))?;
         let rows = ledger
             .releases(ds.releaser.policy.dataset())
             .map_err(|e| Problem::internal("ledger", e))?;

@@ -1,0 +1,931 @@
+//! The database under the ledger: SQLite in the data dir (the embedded
+//! default) or PostgreSQL (one ledger shared by several machines).
+//!
+//! Both backends run the same SQL, written once with `?N` placeholders and
+//! portable types (`CAST(… AS BIGINT)`, `TEXT`), and the same numbered
+//! migrations. What differs is kept here: how a write transaction excludes
+//! the others (SQLite: `BEGIN IMMEDIATE`, one writer per file; PostgreSQL:
+//! a transaction-scoped advisory lock per dataset, so that two machines
+//! charging one dataset queue on it exactly as two processes do on the
+//! SQLite file), the clock of leases (the database's own, so that machines
+//! with skewed clocks agree), and the pool: a PostgreSQL connection costs a
+//! round trip or more to open, so each process keeps a pool per URL.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use r2d2_postgres::{PostgresConnectionManager, postgres, r2d2};
+
+/// Where the ledger lives: `sqlite:PATH` or `postgres://…`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LedgerUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl LedgerUrl {
+    /// The embedded default: `<data-dir>/hexflow.sqlite`.
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Self::Sqlite(data_dir.join("hexflow.sqlite"))
+    }
+
+    /// `--ledger` / `HEXFLOW_LEDGER`: `sqlite:PATH`, `postgres://…` or
+    /// `postgresql://…`; none means the data dir's SQLite file.
+    pub fn resolve(arg: Option<&str>, data_dir: &Path) -> Result<Self, DbError> {
+        match arg.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(Self::in_data_dir(data_dir)),
+            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                s.parse::<postgres::Config>().map_err(|e| DbError::BadUrl {
+                    url: redact(s),
+                    why: e.to_string(),
+                })?;
+                Ok(Self::Postgres(s.to_string()))
+            }
+            Some(s) => match s.strip_prefix("sqlite:") {
+                Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path.trim_start_matches("//")))),
+                _ => Err(DbError::BadUrl {
+                    url: redact(s),
+                    why: "expected sqlite:PATH or postgres://USER@HOST:PORT/DB".into(),
+                }),
+            },
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Binds `data_dir` to this ledger, once: a data dir whose releases
+    /// were charged to a PostgreSQL ledger records it (`ledger.url`, the
+    /// URL without password), and from then on refuses any other ledger,
+    /// the SQLite default included: releases charged to two ledgers would
+    /// each see only part of the spending. A data dir whose SQLite ledger
+    /// already holds releases is never bound to PostgreSQL, whose caps
+    /// would not count them.
+    pub fn bind(&self, data_dir: &Path) -> Result<(), DbError> {
+        let marker = data_dir.join(BOUND_MARKER);
+        let Self::Postgres(_) = self else {
+            return match bound_ledger(data_dir) {
+                Some(bound) if *self == Self::in_data_dir(data_dir) => Err(DbError::Bound {
+                    data_dir: data_dir.to_path_buf(),
+                    bound,
+                    asked: self.to_string(),
+                }),
+                _ => Ok(()),
+            };
+        };
+        let shown = self.to_string();
+        match bound_ledger(data_dir) {
+            Some(bound) if bound == shown => Ok(()),
+            Some(bound) => Err(DbError::Bound {
+                data_dir: data_dir.to_path_buf(),
+                bound,
+                asked: shown,
+            }),
+            None => {
+                let sqlite = data_dir.join("hexflow.sqlite");
+                if sqlite.exists() {
+                    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+                    let releases: i64 = rusqlite::Connection::open_with_flags(&sqlite, flags)
+                        .and_then(|c| c.query_row("SELECT COUNT(*) FROM releases", [], |r| r.get(0)))
+                        .unwrap_or(0);
+                    if releases > 0 {
+                        return Err(DbError::SqliteHistory {
+                            data_dir: data_dir.to_path_buf(),
+                            releases,
+                            asked: shown,
+                        });
+                    }
+                }
+                let _ = std::fs::create_dir_all(data_dir);
+                crate::util::write_atomic(&marker, format!("{shown}\n").as_bytes()).map_err(|e| DbError::Connect {
+                    url: marker.display().to_string(),
+                    why: format!("cannot record the ledger of the data dir: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// The file that binds a data dir to its PostgreSQL ledger.
+const BOUND_MARKER: &str = "ledger.url";
+
+/// The PostgreSQL ledger `data_dir` is bound to, if any.
+fn bound_ledger(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(BOUND_MARKER))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The URL without its password: what messages, markers and logs show.
+impl std::fmt::Display for LedgerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Self::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`; a
+/// `password=` key of the query string likewise.
+fn redact(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.find('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let (a, b) = (scheme_end + 3 + colon + 1, scheme_end + 3 + at);
+            out.replace_range(a..b, "***");
+        }
+    }
+    if let Some(i) = out.find("password=") {
+        let end = out[i..].find('&').map_or(out.len(), |e| i + e);
+        out.replace_range(i + "password=".len()..end, "***");
+    }
+    out
+}
+
+/// Errors of the database layer; messages name the ledger by its redacted URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("ledger {url}: {source}")]
+    Sqlite {
+        url: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger {url}: {source}")]
+    Postgres {
+        url: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error(
+        "ledger {url}: cannot connect: {why} (is PostgreSQL running, and does the URL name its user and database?)"
+    )]
+    Connect { url: String, why: String },
+    #[error("ledger URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error(
+        "the data dir {data_dir} charges the ledger {bound}, not {asked}: pass --ledger (or set HEXFLOW_LEDGER) to that ledger on every machine and command"
+    )]
+    Bound {
+        data_dir: PathBuf,
+        bound: String,
+        asked: String,
+    },
+    #[error(
+        "the data dir {data_dir} has {releases} release(s) charged to its SQLite ledger; a new ledger at {asked} would not count them against the caps. Use a fresh data dir for a shared ledger"
+    )]
+    SqliteHistory {
+        data_dir: PathBuf,
+        releases: i64,
+        asked: String,
+    },
+    #[error("ledger {url} has schema version {found}, newer than this hexflow ({known})")]
+    TooNew { url: String, found: i64, known: i64 },
+    #[error("ledger {url}: column {column} holds {found}, expected {expected}")]
+    Type {
+        url: String,
+        column: usize,
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// A parameter of a statement.
+#[derive(Debug, Clone, Copy)]
+pub enum P<'a> {
+    I(i64),
+    T(&'a str),
+}
+
+/// A value of a result row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum V {
+    Null,
+    I(i64),
+    T(String),
+}
+
+/// One result row, read by column index with the expected type.
+pub struct Row<'u> {
+    values: Vec<V>,
+    url: &'u LedgerUrl,
+}
+
+impl Row<'_> {
+    fn mismatch(&self, column: usize, expected: &'static str) -> DbError {
+        let found = match self.values.get(column) {
+            None => "nothing",
+            Some(V::Null) => "NULL",
+            Some(V::I(_)) => "an integer",
+            Some(V::T(_)) => "text",
+        };
+        DbError::Type {
+            url: self.url.to_string(),
+            column,
+            found,
+            expected,
+        }
+    }
+
+    pub fn int(&self, column: usize) -> Result<i64, DbError> {
+        match self.values.get(column) {
+            Some(V::I(v)) => Ok(*v),
+            _ => Err(self.mismatch(column, "an integer")),
+        }
+    }
+
+    pub fn text(&self, column: usize) -> Result<String, DbError> {
+        match self.values.get(column) {
+            Some(V::T(v)) => Ok(v.clone()),
+            _ => Err(self.mismatch(column, "text")),
+        }
+    }
+
+    pub fn opt_text(&self, column: usize) -> Result<Option<String>, DbError> {
+        match self.values.get(column) {
+            Some(V::Null) => Ok(None),
+            _ => self.text(column).map(Some),
+        }
+    }
+}
+
+type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
+type PgConn = r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>;
+
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<PgConn>),
+}
+
+/// One connection to the ledger database.
+pub struct Db {
+    conn: Conn,
+    url: LedgerUrl,
+    /// Inside `begin_write` … `commit`: dropped without a commit, the
+    /// transaction is rolled back (a pooled connection must go back clean).
+    in_tx: bool,
+}
+
+/// Advisory-lock class ids (the first key of PostgreSQL's two-key
+/// advisory locks): 'h','x' followed by a purpose byte.
+const LOCK_MIGRATE: i32 = 0x6878_0001;
+const LOCK_CHARGE: i32 = 0x6878_0002;
+const LOCK_RELEASE: i32 = 0x6878_0003;
+
+/// Each process keeps one pool per PostgreSQL URL, migrated once.
+fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPool, DbError> {
+    static POOLS: OnceLock<Mutex<HashMap<String, PgPool>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(p) = pools.get(url) {
+        return Ok(p.clone());
+    }
+    let config: postgres::Config = url.parse().map_err(|e: postgres::Error| DbError::BadUrl {
+        url: shown.to_string(),
+        why: e.to_string(),
+    })?;
+    let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+    let p = r2d2::Pool::builder()
+        .max_size(16)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(30))
+        .build(manager)
+        .map_err(|e| DbError::Connect {
+            url: shown.to_string(),
+            why: e.to_string(),
+        })?;
+    pools.insert(url.to_string(), p.clone());
+    Ok(p)
+}
+
+/// Migrations, numbered alike on both backends: (SQLite, PostgreSQL).
+/// PostgreSQL's integers are `BIGINT` (nano-ρ sums pass 2^31).
+const MIGRATIONS: &[(&str, &str)] = &[
+    // 1: releases and their per-day charges.
+    (
+        "CREATE TABLE releases (
+            release_id TEXT PRIMARY KEY,
+            dataset TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            rho_units INTEGER NOT NULL CHECK (rho_units > 0),
+            state TEXT NOT NULL CHECK (state IN ('charged', 'published')),
+            spec_json TEXT NOT NULL,
+            charged_at TEXT NOT NULL,
+            published_at TEXT
+         );
+         CREATE TABLE charges (
+            release_id TEXT NOT NULL REFERENCES releases(release_id),
+            dataset TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            day TEXT NOT NULL,
+            rho_units INTEGER NOT NULL CHECK (rho_units > 0),
+            PRIMARY KEY (release_id, day)
+         );
+         CREATE INDEX charges_by_day ON charges (dataset, day, audience);",
+        "CREATE TABLE releases (
+            release_id TEXT PRIMARY KEY,
+            dataset TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            rho_units BIGINT NOT NULL CHECK (rho_units > 0),
+            state TEXT NOT NULL CHECK (state IN ('charged', 'published')),
+            spec_json TEXT NOT NULL,
+            charged_at TEXT NOT NULL,
+            published_at TEXT
+         );
+         CREATE TABLE charges (
+            release_id TEXT NOT NULL REFERENCES releases(release_id),
+            dataset TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            day TEXT NOT NULL,
+            rho_units BIGINT NOT NULL CHECK (rho_units > 0),
+            PRIMARY KEY (release_id, day)
+         );
+         CREATE INDEX charges_by_day ON charges (dataset, day, audience);",
+    ),
+    // 2: API tokens, stored as SHA-256 digests (the token is shown once).
+    (
+        "CREATE TABLE tokens (
+            token_sha256 TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('planner', 'admin')),
+            created_at TEXT NOT NULL
+         );",
+        "CREATE TABLE tokens (
+            token_sha256 TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CONSTRAINT tokens_role CHECK (role IN ('planner', 'admin')),
+            created_at TEXT NOT NULL
+         );",
+    ),
+    // 3: tourism tokens (SQLite cannot change a CHECK: copy the table).
+    (
+        "CREATE TABLE tokens_v3 (
+            token_sha256 TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('planner', 'tourism', 'admin')),
+            created_at TEXT NOT NULL
+         );
+         INSERT INTO tokens_v3 SELECT token_sha256, name, role, created_at FROM tokens;
+         DROP TABLE tokens;
+         ALTER TABLE tokens_v3 RENAME TO tokens;",
+        "ALTER TABLE tokens DROP CONSTRAINT tokens_role;
+         ALTER TABLE tokens ADD CONSTRAINT tokens_role CHECK (role IN ('planner', 'tourism', 'admin'));",
+    ),
+    // 4: publication jobs shared by workers (`hexflow worker`): one row
+    // per release of a plan run, claimed under a lease.
+    (
+        "CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            policy_path TEXT NOT NULL,
+            rank INTEGER NOT NULL,
+            spec_json TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+            worker TEXT,
+            lease_until_ms INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            outcome TEXT,
+            detail TEXT,
+            rho_units INTEGER
+         );
+         CREATE INDEX jobs_queue ON jobs (state, rank);
+         CREATE INDEX jobs_of_run ON jobs (run_id);",
+        "CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            policy_path TEXT NOT NULL,
+            rank BIGINT NOT NULL,
+            spec_json TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+            worker TEXT,
+            lease_until_ms BIGINT,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            outcome TEXT,
+            detail TEXT,
+            rho_units BIGINT
+         );
+         CREATE INDEX jobs_queue ON jobs (state, rank);
+         CREATE INDEX jobs_of_run ON jobs (run_id);",
+    ),
+];
+
+impl Db {
+    /// Connects (SQLite: opens the file; PostgreSQL: takes a pooled
+    /// connection) and brings the schema up to date.
+    pub fn open(url: &LedgerUrl) -> Result<Self, DbError> {
+        let conn = match url {
+            LedgerUrl::Sqlite(path) => {
+                // Every SQLite open of a data dir's own file checks the
+                // binding, so that no command can charge beside the
+                // shared ledger, whatever it was started with.
+                if let Some(parent) = path.parent() {
+                    url.bind(parent)?;
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let err = |source| DbError::Sqlite {
+                    url: url.to_string(),
+                    source,
+                };
+                let conn = rusqlite::Connection::open(path).map_err(err)?;
+                conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+                conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+                conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+                conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+                Conn::Sqlite(conn)
+            }
+            LedgerUrl::Postgres(u) => {
+                let c = pool(u, url)?.get().map_err(|e| DbError::Connect {
+                    url: url.to_string(),
+                    why: e.to_string(),
+                })?;
+                Conn::Postgres(Box::new(c))
+            }
+        };
+        let mut db = Self {
+            conn,
+            url: url.clone(),
+            in_tx: false,
+        };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    pub fn url(&self) -> &LedgerUrl {
+        &self.url
+    }
+
+    fn sqlite_err(&self) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+        |source| DbError::Sqlite {
+            url: self.url.to_string(),
+            source,
+        }
+    }
+
+    fn pg_err(url: &LedgerUrl) -> impl Fn(postgres::Error) -> DbError + '_ {
+        |source| DbError::Postgres {
+            url: url.to_string(),
+            source,
+        }
+    }
+
+    fn schema_version(&mut self) -> Result<i64, DbError> {
+        match &mut self.conn {
+            Conn::Sqlite(c) => c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|source| DbError::Sqlite {
+                    url: self.url.to_string(),
+                    source,
+                }),
+            Conn::Postgres(c) => {
+                let e = Self::pg_err(&self.url);
+                c.batch_execute("CREATE TABLE IF NOT EXISTS hexflow_schema (version BIGINT NOT NULL)")
+                    .map_err(&e)?;
+                let row = c.query_opt("SELECT version FROM hexflow_schema", &[]).map_err(&e)?;
+                Ok(row.map_or(0, |r| r.get::<_, i64>(0)))
+            }
+        }
+    }
+
+    /// Applies the missing migrations under the write lock. Only a ledger
+    /// that needs migrating takes it, so readers never queue.
+    fn migrate(&mut self) -> Result<(), DbError> {
+        let known = MIGRATIONS.len() as i64;
+        let check = |found: i64, url: &LedgerUrl| {
+            if found > known {
+                Err(DbError::TooNew {
+                    url: url.to_string(),
+                    found,
+                    known,
+                })
+            } else {
+                Ok(found)
+            }
+        };
+        if let Conn::Sqlite(c) = &self.conn {
+            let v: i64 = c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(self.sqlite_err())?;
+            if check(v, &self.url)? == known {
+                return Ok(());
+            }
+        }
+        if let Conn::Postgres(c) = &mut self.conn {
+            // A quick look first: a migrated ledger needs no lock.
+            let e = Self::pg_err(&self.url);
+            let exists: bool = c
+                .query_one("SELECT to_regclass('hexflow_schema') IS NOT NULL", &[])
+                .map_err(&e)?
+                .get(0);
+            let v = if exists {
+                c.query_opt("SELECT version FROM hexflow_schema", &[])
+                    .map_err(&e)?
+                    .map_or(0, |r| r.get::<_, i64>(0))
+            } else {
+                0
+            };
+            if check(v, &self.url)? == known {
+                return Ok(());
+            }
+        }
+        self.begin(LOCK_MIGRATE, "migrate")?;
+        let result = (|| {
+            // Re-read under the lock: another process may have migrated.
+            let from = check(self.schema_version()?, &self.url)?;
+            for (i, (lite, pg)) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+                let version = (i + 1) as i64;
+                match &mut self.conn {
+                    Conn::Sqlite(c) => {
+                        c.execute_batch(lite).map_err(|source| DbError::Sqlite {
+                            url: self.url.to_string(),
+                            source,
+                        })?;
+                        c.pragma_update(None, "user_version", version)
+                            .map_err(|source| DbError::Sqlite {
+                                url: self.url.to_string(),
+                                source,
+                            })?;
+                    }
+                    Conn::Postgres(c) => {
+                        let e = Self::pg_err(&self.url);
+                        c.batch_execute(pg).map_err(&e)?;
+                        c.execute("DELETE FROM hexflow_schema", &[]).map_err(&e)?;
+                        c.execute("INSERT INTO hexflow_schema (version) VALUES ($1)", &[&version])
+                            .map_err(&e)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a write transaction that excludes every other writer of the
+    /// same `scope` (a dataset's charges, a job queue): SQLite's single
+    /// writer, or a PostgreSQL advisory lock held to the commit.
+    fn begin(&mut self, class: i32, scope: &str) -> Result<(), DbError> {
+        match &mut self.conn {
+            Conn::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE").map_err(|source| DbError::Sqlite {
+                url: self.url.to_string(),
+                source,
+            })?,
+            Conn::Postgres(c) => {
+                let e = Self::pg_err(&self.url);
+                c.batch_execute("BEGIN").map_err(&e)?;
+                // Set before the lock: a failed lock must still roll back.
+                self.in_tx = true;
+                c.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[&class as &(dyn postgres::types::ToSql + Sync), &scope],
+                )
+                .map_err(&e)?;
+            }
+        }
+        self.in_tx = true;
+        Ok(())
+    }
+
+    /// A write transaction on `dataset`'s charges (see `begin`).
+    pub fn begin_charge(&mut self, dataset: &str) -> Result<(), DbError> {
+        self.begin(LOCK_CHARGE, dataset)
+    }
+
+    /// A transaction on the job queue. On PostgreSQL no lock is taken:
+    /// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`), so that
+    /// workers never queue behind one another; SQLite has one writer.
+    pub fn begin_queue(&mut self) -> Result<(), DbError> {
+        match self.conn {
+            Conn::Sqlite(_) => self.begin(LOCK_CHARGE, "jobs"),
+            Conn::Postgres(_) => {
+                self.in_tx = true;
+                self.batch("BEGIN").inspect_err(|_| self.in_tx = false)
+            }
+        }
+    }
+
+    pub fn commit(&mut self) -> Result<(), DbError> {
+        self.in_tx = false;
+        self.batch("COMMIT")
+    }
+
+    /// Rolls back the open transaction, if any (errors ignored: a broken
+    /// connection has no transaction left, and the pool drops it).
+    pub fn rollback(&mut self) {
+        if std::mem::take(&mut self.in_tx) {
+            let _ = self.batch("ROLLBACK");
+        }
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        match &mut self.conn {
+            Conn::Sqlite(c) => c.execute_batch(sql).map_err(|source| DbError::Sqlite {
+                url: self.url.to_string(),
+                source,
+            }),
+            Conn::Postgres(c) => c.batch_execute(sql).map_err(Self::pg_err(&self.url)),
+        }
+    }
+
+    /// Runs a statement; the number of rows it changed.
+    pub fn exec(&mut self, sql: &str, params: &[P]) -> Result<u64, DbError> {
+        match &mut self.conn {
+            Conn::Sqlite(c) => c
+                .execute(sql, rusqlite::params_from_iter(params.iter().map(lite_param)))
+                .map(|n| n as u64)
+                .map_err(|source| DbError::Sqlite {
+                    url: self.url.to_string(),
+                    source,
+                }),
+            Conn::Postgres(c) => {
+                let owned = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|p| p.as_ref()).collect();
+                c.execute(pg_sql(sql).as_str(), &refs).map_err(Self::pg_err(&self.url))
+            }
+        }
+    }
+
+    /// Runs a query; its rows.
+    pub fn rows(&mut self, sql: &str, params: &[P]) -> Result<Vec<Row<'_>>, DbError> {
+        let values: Vec<Vec<V>> = match &mut self.conn {
+            Conn::Sqlite(c) => {
+                let err = |source| DbError::Sqlite {
+                    url: self.url.to_string(),
+                    source,
+                };
+                let mut stmt = c.prepare_cached(sql).map_err(err)?;
+                let n = stmt.column_count();
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(params.iter().map(lite_param)))
+                    .map_err(err)?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(err)? {
+                    let mut vals = Vec::with_capacity(n);
+                    for i in 0..n {
+                        use rusqlite::types::ValueRef;
+                        vals.push(match r.get_ref(i).map_err(err)? {
+                            ValueRef::Null => V::Null,
+                            ValueRef::Integer(v) => V::I(v),
+                            ValueRef::Text(t) => V::T(String::from_utf8_lossy(t).into_owned()),
+                            ValueRef::Real(f) => V::I(f as i64),
+                            ValueRef::Blob(_) => V::Null,
+                        });
+                    }
+                    out.push(vals);
+                }
+                out
+            }
+            Conn::Postgres(c) => {
+                let owned = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|p| p.as_ref()).collect();
+                let e = Self::pg_err(&self.url);
+                let rows = c.query(pg_sql(sql).as_str(), &refs).map_err(&e)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let mut vals = Vec::with_capacity(r.len());
+                    for (i, col) in r.columns().iter().enumerate() {
+                        use postgres::types::Type;
+                        let t = col.type_();
+                        vals.push(if *t == Type::INT8 {
+                            r.try_get::<_, Option<i64>>(i).map_err(&e)?.map_or(V::Null, V::I)
+                        } else if *t == Type::INT4 {
+                            r.try_get::<_, Option<i32>>(i)
+                                .map_err(&e)?
+                                .map_or(V::Null, |v| V::I(v.into()))
+                        } else {
+                            r.try_get::<_, Option<String>>(i).map_err(&e)?.map_or(V::Null, V::T)
+                        });
+                    }
+                    out.push(vals);
+                }
+                out
+            }
+        };
+        let url = &self.url;
+        Ok(values.into_iter().map(|values| Row { values, url }).collect())
+    }
+
+    /// The first row of a query, if any.
+    pub fn row(&mut self, sql: &str, params: &[P]) -> Result<Option<Row<'_>>, DbError> {
+        Ok(self.rows(sql, params)?.into_iter().next())
+    }
+
+    /// The database's clock in Unix milliseconds, as SQL: leases are
+    /// compared on one clock whichever machine writes them.
+    pub fn now_ms_sql(&self) -> &'static str {
+        match self.conn {
+            Conn::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Conn::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` where the backend has row locks (on
+    /// SQLite the write transaction already excludes other claimers).
+    pub fn skip_locked_sql(&self) -> &'static str {
+        match self.conn {
+            Conn::Sqlite(_) => "",
+            Conn::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Whether a failed statement broke a uniqueness constraint.
+    pub fn is_unique_violation(e: &DbError) -> bool {
+        match e {
+            DbError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => f.code == rusqlite::ErrorCode::ConstraintViolation,
+            DbError::Postgres { source, .. } => source.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+
+    /// A counter that changes whenever another connection commits to the
+    /// ledger (SQLite's `data_version`); `None` where the backend has none
+    /// (PostgreSQL: callers read the ledger afresh).
+    pub fn data_version(&mut self) -> Option<i64> {
+        match &self.conn {
+            Conn::Sqlite(c) => c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok(),
+            Conn::Postgres(_) => None,
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
+/// The lock that keeps two releases of one id from running at once, held
+/// until dropped: a file lock in the data dir with SQLite, an advisory
+/// lock of the shared database with PostgreSQL (a file lock does not hold
+/// across machines). A process killed while holding either loses it: the
+/// kernel closes the file, PostgreSQL ends the session.
+pub enum ReleaseLock {
+    File(crate::util::DirLock),
+    Postgres(Box<PgConn>, i64),
+}
+
+impl ReleaseLock {
+    pub fn acquire(url: &LedgerUrl, lock_file: &Path, key: &str) -> Result<Self, DbError> {
+        match url {
+            LedgerUrl::Sqlite(_) => {
+                crate::util::DirLock::acquire(lock_file)
+                    .map(Self::File)
+                    .map_err(|e| DbError::Connect {
+                        url: format!("lock file {}", lock_file.display()),
+                        why: e.to_string(),
+                    })
+            }
+            LedgerUrl::Postgres(u) => {
+                let mut c = pool(u, url)?.get().map_err(|e| DbError::Connect {
+                    url: url.to_string(),
+                    why: e.to_string(),
+                })?;
+                let k = lock_key(key);
+                c.execute("SELECT pg_advisory_lock($1)", &[&k])
+                    .map_err(Db::pg_err(url))?;
+                Ok(Self::Postgres(Box::new(c), k))
+            }
+        }
+    }
+}
+
+impl Drop for ReleaseLock {
+    fn drop(&mut self) {
+        if let Self::Postgres(c, k) = self
+            && c.execute("SELECT pg_advisory_unlock($1)", &[&*k]).is_err()
+        {
+            // The session may be broken; closing it releases the lock.
+            let _ = c.batch_execute("SELECT pg_advisory_unlock_all()");
+        }
+    }
+}
+
+/// A 64-bit advisory key for a release-lock name, in the release class.
+fn lock_key(name: &str) -> i64 {
+    let digest = crate::util::sha256_parts([name.as_bytes()]);
+    let low = u32::from_str_radix(&digest[..8], 16).unwrap_or(0);
+    (i64::from(LOCK_RELEASE) << 32) | i64::from(low)
+}
+
+fn lite_param(p: &P) -> rusqlite::types::Value {
+    match *p {
+        P::I(v) => rusqlite::types::Value::Integer(v),
+        P::T(s) => rusqlite::types::Value::Text(s.to_string()),
+    }
+}
+
+fn pg_params(params: &[P]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn postgres::types::ToSql + Sync> {
+            match *p {
+                P::I(v) => Box::new(v),
+                P::T(s) => Box::new(s.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// `?N` → `$N`: the statements are written once, in SQLite's spelling.
+fn pg_sql(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// A new, empty database on the PostgreSQL server of `admin_url` (which
+/// must allow `CREATE DATABASE`): its URL. Tests and benchmarks give every
+/// run a ledger of its own this way.
+pub fn scratch_database(admin_url: &str, prefix: &str) -> Result<String, DbError> {
+    let shown = LedgerUrl::Postgres(admin_url.to_string());
+    let mut c = pool(admin_url, &shown)?.get().map_err(|e| DbError::Connect {
+        url: shown.to_string(),
+        why: e.to_string(),
+    })?;
+    let bytes = crate::util::random_bytes::<6>().map_err(|e| DbError::Connect {
+        url: shown.to_string(),
+        why: e.to_string(),
+    })?;
+    let name = format!("{prefix}_{}", crate::util::hex(&bytes));
+    // Identifiers cannot be bound as parameters; `name` is ours (a prefix
+    // of [a-z_] and hex).
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .map_err(Db::pg_err(&shown))?;
+    // Back to a URL: user, host, port of the admin URL and the new name.
+    let base = admin_url.split('?').next().unwrap_or(admin_url);
+    let cut = base.rfind('/').filter(|i| *i > base.find("://").map_or(0, |s| s + 2));
+    Ok(match cut {
+        Some(i) => format!("{}/{name}", &base[..i]),
+        None => format!("{base}/{name}"),
+    })
+}
+
+/// The PostgreSQL server the tests use: `HEXFLOW_TEST_PG`, set by
+/// `scripts/test`, which installs and starts one. A test that needs it
+/// fails with this instruction rather than passing without it.
+pub fn test_server() -> String {
+    std::env::var("HEXFLOW_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "HEXFLOW_TEST_PG is not set: the ledger tests run on PostgreSQL too. Run the tests with ./scripts/test \
+             (it installs Debian's postgresql when missing and starts a throwaway cluster), or point \
+             HEXFLOW_TEST_PG at a server where this user may CREATE DATABASE, e.g. postgres://hexflow@127.0.0.1:5432/postgres"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_never_show_a_password() {
+        let dir = Path::new("/var/lib/hexflow");
+        assert_eq!(
+            LedgerUrl::resolve(None, dir).expect("default"),
+            LedgerUrl::Sqlite(dir.join("hexflow.sqlite"))
+        );
+        assert_eq!(
+            LedgerUrl::resolve(Some("sqlite:/tmp/l.sqlite"), dir).expect("sqlite"),
+            LedgerUrl::Sqlite("/tmp/l.sqlite".into())
+        );
+        let pg = LedgerUrl::resolve(Some("postgres://hex:s3cret@db.example:5433/ledger"), dir).expect("pg");
+        assert!(pg.is_postgres());
+        let shown = pg.to_string();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("hex:***@db.example:5433"),
+            "{shown}"
+        );
+        let shown = redact("postgresql://db/ledger?user=a&password=topsecret&sslmode=disable");
+        assert!(
+            !shown.contains("topsecret") && shown.contains("sslmode=disable"),
+            "{shown}"
+        );
+        for bad in ["mysql://x", "sqlite:", "ledger.sqlite"] {
+            assert!(LedgerUrl::resolve(Some(bad), dir).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn release_lock_keys_differ_per_name_and_stay_in_their_class() {
+        let (a, b) = (lock_key("marseille-01"), lock_key("marseille-02"));
+        assert_ne!(a, b);
+        assert_eq!(a >> 32, i64::from(LOCK_RELEASE));
+    }
+}

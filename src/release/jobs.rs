@@ -1,0 +1,382 @@
+//! Publication over workers: the plan's releases as jobs in the ledger's
+//! database, claimed under a lease.
+//!
+//! `hexflow publish --workers N` puts one job per release of the plan in
+//! the `jobs` table (one run id) and starts N `hexflow worker` processes;
+//! workers on other machines that see the same data dir and ledger take
+//! jobs too. A claim is one statement that picks the first queued job, or
+//! one whose lease ran out, and writes the claimer and a new lease
+//! (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so claimers never wait on each
+//! other; SQLite: its single writer). A worker renews its lease while the
+//! release runs; killed, it stops renewing and another worker takes the
+//! job over when the lease ends.
+//!
+//! The queue only spreads work: what keeps the privacy invariants is the
+//! release itself. A job's release id is fixed by its spec, so a job run
+//! twice (a lease that ran out under a slow but living worker) is charged
+//! once (the ledger), drawn once (the release lock, held across machines
+//! by PostgreSQL) and found stored the second time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::publish::PublishReport;
+use super::{Outcome, ReleaseError, ReleaseSpec, Releaser, Status};
+use crate::policy::Policy;
+use crate::privacy::db::{DbError, P};
+use crate::privacy::ledger::{Ledger, LedgerError, LedgerUrl, NANO};
+
+/// A job abandoned by this many workers (each killed or lost mid-job) is
+/// given up and reported, instead of killing workers forever.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// Errors of the job queue.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("job {job}: {why}")]
+    Bad { job: String, why: String },
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("cannot start worker {index}: {source}")]
+    Spawn {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<DbError> for JobError {
+    fn from(e: DbError) -> Self {
+        Self::Ledger(e.into())
+    }
+}
+
+/// A job this worker holds.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job_id: String,
+    pub run_id: String,
+    pub policy_path: PathBuf,
+    pub spec: ReleaseSpec,
+    pub label: String,
+}
+
+/// How far a run is.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RunStatus {
+    pub queued: u64,
+    pub running: u64,
+    pub done: u64,
+}
+
+impl RunStatus {
+    pub fn total(&self) -> u64 {
+        self.queued + self.running + self.done
+    }
+}
+
+/// A new run id: time and randomness, unique across machines.
+pub fn new_run_id() -> String {
+    let bytes = crate::util::random_bytes::<4>().unwrap_or_default();
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        crate::util::hex(&bytes)
+    )
+}
+
+/// Queues the releases of `plan` (in order: the first is claimed first)
+/// as run `run_id`, in one transaction.
+pub fn enqueue(
+    ledger: &mut Ledger,
+    run_id: &str,
+    policy_path: &Path,
+    plan: &[(ReleaseSpec, String)],
+) -> Result<usize, JobError> {
+    let policy_path = std::path::absolute(policy_path).unwrap_or_else(|_| policy_path.to_path_buf());
+    let policy = policy_path.to_string_lossy();
+    let db = ledger.db();
+    db.begin_queue()?;
+    for (rank, (spec, label)) in plan.iter().enumerate() {
+        let spec_json = serde_json::to_string(&(spec, label)).unwrap_or_default();
+        db.exec(
+            "INSERT INTO jobs (job_id, run_id, dataset, policy_path, rank, spec_json, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued')",
+            &[
+                P::T(&format!("{run_id}/{rank:06}")),
+                P::T(run_id),
+                P::T(&spec.dataset),
+                P::T(&policy),
+                P::I(rank as i64),
+                P::T(&spec_json),
+            ],
+        )?;
+    }
+    db.commit()?;
+    Ok(plan.len())
+}
+
+/// Claims the next job (of `run`, or of any run) for `worker` under a
+/// lease of `lease`; `None` when nothing is claimable now.
+pub fn claim(
+    ledger: &mut Ledger,
+    worker: &str,
+    lease: Duration,
+    run: Option<&str>,
+) -> Result<Option<Claimed>, JobError> {
+    let db = ledger.db();
+    let now = db.now_ms_sql();
+    let skip = db.skip_locked_sql();
+    db.begin_queue()?;
+    // Jobs whose workers all died give up rather than kill more workers.
+    db.exec(
+        &format!(
+            "UPDATE jobs SET state = 'done', outcome = 'failed', detail = 'abandoned by ' || CAST(attempts AS TEXT) || ' workers (each stopped mid-job)'
+             WHERE state = 'running' AND lease_until_ms < {now} AND attempts >= ?1"
+        ),
+        &[P::I(MAX_ATTEMPTS)],
+    )?;
+    let row = db.row(
+        &format!(
+            "UPDATE jobs SET state = 'running', worker = ?1, lease_until_ms = {now} + ?2, attempts = attempts + 1
+             WHERE job_id = (
+                SELECT job_id FROM jobs
+                WHERE (state = 'queued' OR (state = 'running' AND lease_until_ms < {now}))
+                  AND (?3 = '' OR run_id = ?3)
+                ORDER BY rank, job_id LIMIT 1 {skip})
+             RETURNING job_id, run_id, policy_path, spec_json"
+        ),
+        &[P::T(worker), P::I(lease.as_millis() as i64), P::T(run.unwrap_or(""))],
+    )?;
+    let claimed = match row {
+        None => None,
+        Some(r) => {
+            let (job_id, run_id, policy_path, spec_json) = (r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?);
+            let (spec, label): (ReleaseSpec, String) = serde_json::from_str(&spec_json).map_err(|e| JobError::Bad {
+                job: job_id.clone(),
+                why: format!("unreadable spec: {e}"),
+            })?;
+            Some(Claimed {
+                job_id,
+                run_id,
+                policy_path: PathBuf::from(policy_path),
+                spec,
+                label,
+            })
+        }
+    };
+    db.commit()?;
+    Ok(claimed)
+}
+
+/// Extends `worker`'s lease on a job; false when the job is no longer
+/// its own (the lease ran out and another worker took it).
+pub fn renew(ledger: &mut Ledger, job_id: &str, worker: &str, lease: Duration) -> Result<bool, JobError> {
+    let db = ledger.db();
+    let now = db.now_ms_sql();
+    let n = db.exec(
+        &format!("UPDATE jobs SET lease_until_ms = {now} + ?3 WHERE job_id = ?1 AND worker = ?2 AND state = 'running'"),
+        &[P::T(job_id), P::T(worker), P::I(lease.as_millis() as i64)],
+    )?;
+    Ok(n == 1)
+}
+
+/// Records what a job's release did.
+pub fn finish(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, ReleaseError>) -> Result<(), JobError> {
+    let (kind, detail, rho_units): (&str, String, Option<i64>) = match outcome {
+        Ok(o) if o.status == Status::Stored => ("stored", String::new(), None),
+        Ok(o) => (
+            "new",
+            String::new(),
+            Some(crate::privacy::ledger::to_units_up(o.manifest.rho)),
+        ),
+        Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => ("too_recent", String::new(), None),
+        Err(e) => ("refused", e.to_string(), None),
+    };
+    let db = ledger.db();
+    let params = [P::T(&job.job_id), P::T(kind), P::T(&detail)];
+    match rho_units {
+        Some(units) => db.exec(
+            "UPDATE jobs SET state = 'done', outcome = ?2, detail = ?3, rho_units = ?4, lease_until_ms = NULL WHERE job_id = ?1",
+            &[params[0], params[1], params[2], P::I(units)],
+        )?,
+        None => db.exec(
+            "UPDATE jobs SET state = 'done', outcome = ?2, detail = ?3, lease_until_ms = NULL WHERE job_id = ?1",
+            &params,
+        )?,
+    };
+    Ok(())
+}
+
+/// How many jobs of `run` are queued, running and done.
+pub fn status(ledger: &mut Ledger, run_id: &str) -> Result<RunStatus, JobError> {
+    let mut s = RunStatus::default();
+    for r in ledger.db().rows(
+        "SELECT state, CAST(COUNT(*) AS BIGINT) FROM jobs WHERE run_id = ?1 GROUP BY state",
+        &[P::T(run_id)],
+    )? {
+        let n = r.int(1)? as u64;
+        match r.text(0)?.as_str() {
+            "queued" => s.queued = n,
+            "running" => s.running = n,
+            _ => s.done = n,
+        }
+    }
+    Ok(s)
+}
+
+/// The report of a finished run, as `publish` prints it.
+pub fn report(ledger: &mut Ledger, run_id: &str) -> Result<PublishReport, JobError> {
+    let mut report = PublishReport::default();
+    for r in ledger.db().rows(
+        "SELECT outcome, detail, rho_units, spec_json FROM jobs WHERE run_id = ?1 ORDER BY rank",
+        &[P::T(run_id)],
+    )? {
+        match r.opt_text(0)?.as_deref() {
+            Some("new") => {
+                report.new += 1;
+                report.rho_spent += r.int(2)? as f64 / NANO;
+            }
+            Some("stored") => report.stored += 1,
+            Some("too_recent") => report.too_recent += 1,
+            _ => {
+                let label = serde_json::from_str::<(serde_json::Value, String)>(&r.text(3)?)
+                    .map(|(_, l)| l)
+                    .unwrap_or_default();
+                let detail = r.opt_text(1)?.unwrap_or_else(|| "not finished".into());
+                report.refused.push(format!("{label}: {detail}"));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// What a worker does when the queue is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenIdle {
+    /// Stop once no job is queued or running (of `run`, or of any run).
+    Exit,
+    /// Keep polling for new runs (a standing worker on another machine).
+    Wait,
+}
+
+/// What one worker did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerReport {
+    pub worker: String,
+    pub jobs: usize,
+    pub report: PublishReport,
+}
+
+/// This worker's name in the queue: host and process.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Takes jobs until the queue is empty (or `stop` is set): each job's
+/// release is made by a releaser of its policy on `data_dir` and `url`.
+pub fn work(
+    url: &LedgerUrl,
+    data_dir: &Path,
+    run: Option<&str>,
+    lease: Duration,
+    idle: WhenIdle,
+    stop: &AtomicBool,
+) -> Result<WorkerReport, JobError> {
+    let worker = worker_name();
+    let mut ledger = Ledger::open(url)?;
+    let mut releasers: HashMap<PathBuf, Releaser> = HashMap::new();
+    let mut out = WorkerReport {
+        worker: worker.clone(),
+        ..WorkerReport::default()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let Some(job) = claim(&mut ledger, &worker, lease, run)? else {
+            let left = match run {
+                Some(r) => {
+                    let s = status(&mut ledger, r)?;
+                    s.queued + s.running
+                }
+                None => pending(&mut ledger)?,
+            };
+            if left == 0 && idle == WhenIdle::Exit {
+                break;
+            }
+            // Others hold the rest: wait to take over any whose lease ends.
+            std::thread::sleep(Duration::from_millis(250).min(lease / 4));
+            continue;
+        };
+        if !releasers.contains_key(&job.policy_path) {
+            let policy = Policy::load(&job.policy_path)?;
+            let r = Releaser::new(policy, data_dir)?.with_ledger_url(url.clone())?;
+            releasers.insert(job.policy_path.clone(), r);
+        }
+        let releaser = &releasers[&job.policy_path];
+        if releaser.policy.dataset() != job.spec.dataset {
+            return Err(JobError::Bad {
+                job: job.job_id,
+                why: format!(
+                    "{} is now the policy of dataset {:?}, not {:?}",
+                    job.policy_path.display(),
+                    releaser.policy.dataset(),
+                    job.spec.dataset
+                ),
+            });
+        }
+        let outcome = with_lease(url, &job, &worker, lease, || {
+            releaser.release(&job.spec, releaser.today())
+        })?;
+        finish(&mut ledger, &job, &outcome)?;
+        out.report.tally(&job.label, &outcome);
+        out.jobs += 1;
+        crate::util::failpoint("worker:after-job");
+    }
+    Ok(out)
+}
+
+/// Jobs queued or running in any run.
+fn pending(ledger: &mut Ledger) -> Result<u64, JobError> {
+    let row = ledger
+        .db()
+        .row("SELECT CAST(COUNT(*) AS BIGINT) FROM jobs WHERE state <> 'done'", &[])?;
+    Ok(row.map_or(Ok(0), |r| r.int(0))? as u64)
+}
+
+/// Runs `f` while a second connection renews the job's lease every third
+/// of it.
+fn with_lease<T: Send>(
+    url: &LedgerUrl,
+    job: &Claimed,
+    worker: &str,
+    lease: Duration,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, JobError> {
+    let mut renewer = Ledger::open(url)?;
+    // Dropping `tx` (the release is done) ends the renewals.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    Ok(std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(lease / 3) {
+                // Lost (or a broken connection): the release goes on; its
+                // lock and id keep a second run of the job harmless.
+                if !renew(&mut renewer, &job.job_id, worker, lease).unwrap_or(false) {
+                    tracing::warn!("lost the lease on job {}", job.job_id);
+                    break;
+                }
+            }
+        });
+        let value = f();
+        drop(tx);
+        value
+    }))
+}
