@@ -4,7 +4,9 @@
 //! lives in this folder, so that a reviewer can audit one place:
 //! [`sensitivity`] derives L1/L2 bounds from the policy's attested
 //! contribution bounds, [`mechanism`] asks OpenDP for noise and cost, and
-//! [`ledger`] commits charges durably before any noisy value exists.
+//! [`ledger`] commits charges durably before any noisy value exists, in
+//! the database [`db`] opens (the data dir's SQLite file or a PostgreSQL
+//! ledger shared by several machines).
 
 pub mod db;
 pub mod errorbar;
