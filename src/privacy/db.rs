@@ -308,34 +308,16 @@ fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPool, DbError> {
     Ok(p)
 }
 
-/// Migrations, numbered alike on both backends: (SQLite, PostgreSQL).
-/// PostgreSQL's integers are `BIGINT` (nano-ρ sums pass 2^31).
-const MIGRATIONS: &[(&str, &str)] = &[
+/// Migrations, numbered alike on both backends: the SQL, and PostgreSQL's
+/// own where it must differ. Integers are `BIGINT` (nano-ρ sums pass 2^31
+/// on PostgreSQL; SQLite reads it as INTEGER).
+const MIGRATIONS: &[(&str, Option<&str>)] = &[
     // 1: releases and their per-day charges.
     (
         "CREATE TABLE releases (
             release_id TEXT PRIMARY KEY,
             dataset TEXT NOT NULL,
             audience TEXT NOT NULL,
-            rho_units INTEGER NOT NULL CHECK (rho_units > 0),
-            state TEXT NOT NULL CHECK (state IN ('charged', 'published')),
-            spec_json TEXT NOT NULL,
-            charged_at TEXT NOT NULL,
-            published_at TEXT
-         );
-         CREATE TABLE charges (
-            release_id TEXT NOT NULL REFERENCES releases(release_id),
-            dataset TEXT NOT NULL,
-            audience TEXT NOT NULL,
-            day TEXT NOT NULL,
-            rho_units INTEGER NOT NULL CHECK (rho_units > 0),
-            PRIMARY KEY (release_id, day)
-         );
-         CREATE INDEX charges_by_day ON charges (dataset, day, audience);",
-        "CREATE TABLE releases (
-            release_id TEXT PRIMARY KEY,
-            dataset TEXT NOT NULL,
-            audience TEXT NOT NULL,
             rho_units BIGINT NOT NULL CHECK (rho_units > 0),
             state TEXT NOT NULL CHECK (state IN ('charged', 'published')),
             spec_json TEXT NOT NULL,
@@ -351,21 +333,17 @@ const MIGRATIONS: &[(&str, &str)] = &[
             PRIMARY KEY (release_id, day)
          );
          CREATE INDEX charges_by_day ON charges (dataset, day, audience);",
+        None,
     ),
     // 2: API tokens, stored as SHA-256 digests (the token is shown once).
     (
         "CREATE TABLE tokens (
             token_sha256 TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
-            role TEXT NOT NULL CHECK (role IN ('planner', 'admin')),
-            created_at TEXT NOT NULL
-         );",
-        "CREATE TABLE tokens (
-            token_sha256 TEXT PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
             role TEXT NOT NULL CONSTRAINT tokens_role CHECK (role IN ('planner', 'admin')),
             created_at TEXT NOT NULL
          );",
+        None,
     ),
     // 3: tourism tokens (SQLite cannot change a CHECK: copy the table).
     (
@@ -378,29 +356,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
          INSERT INTO tokens_v3 SELECT token_sha256, name, role, created_at FROM tokens;
          DROP TABLE tokens;
          ALTER TABLE tokens_v3 RENAME TO tokens;",
-        "ALTER TABLE tokens DROP CONSTRAINT tokens_role;
-         ALTER TABLE tokens ADD CONSTRAINT tokens_role CHECK (role IN ('planner', 'tourism', 'admin'));",
+        Some(
+            "ALTER TABLE tokens DROP CONSTRAINT tokens_role;
+             ALTER TABLE tokens ADD CONSTRAINT tokens_role CHECK (role IN ('planner', 'tourism', 'admin'));",
+        ),
     ),
     // 4: publication jobs shared by workers (`hexflow worker`): one row
     // per release of a plan run, claimed under a lease.
     (
-        "CREATE TABLE jobs (
-            job_id TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            dataset TEXT NOT NULL,
-            policy_path TEXT NOT NULL,
-            rank INTEGER NOT NULL,
-            spec_json TEXT NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
-            worker TEXT,
-            lease_until_ms INTEGER,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            outcome TEXT,
-            detail TEXT,
-            rho_units INTEGER
-         );
-         CREATE INDEX jobs_queue ON jobs (state, rank);
-         CREATE INDEX jobs_of_run ON jobs (run_id);",
         "CREATE TABLE jobs (
             job_id TEXT PRIMARY KEY,
             run_id TEXT NOT NULL,
@@ -418,6 +381,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
          );
          CREATE INDEX jobs_queue ON jobs (state, rank);
          CREATE INDEX jobs_of_run ON jobs (run_id);",
+        None,
     ),
 ];
 
@@ -559,7 +523,7 @@ impl Db {
                     }
                     Conn::Postgres(c) => {
                         let e = Self::pg_err(&self.url);
-                        c.batch_execute(pg).map_err(&e)?;
+                        c.batch_execute(pg.unwrap_or(lite)).map_err(&e)?;
                         c.execute("DELETE FROM hexflow_schema", &[]).map_err(&e)?;
                         c.execute("INSERT INTO hexflow_schema (version) VALUES ($1)", &[&version])
                             .map_err(&e)?;
