@@ -454,7 +454,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             json,
         } => {
             use crate::release::jobs;
-            ledger.bind(&data_dir)?;
             let idle = if wait {
                 jobs::WhenIdle::Wait
             } else {
@@ -1075,7 +1074,6 @@ fn serve_policies_with(
     args: &ServeArgs,
     publishing: Option<std::sync::Arc<crate::release::publish::Progress>>,
 ) -> Result<ExitCode> {
-    ledger.bind(data_dir)?;
     let mut config = crate::server::ServeConfig::new(data_dir);
     config.ledger = ledger.clone();
     config.cors_origins = args.cors_origins.clone();
@@ -1204,7 +1202,7 @@ fn publish_over_workers(
             .args(["worker", "--run", &run, "--lease-s", &lease.as_secs_f64().to_string()])
             // The URL may carry a password: through the environment, not
             // the command line that `ps` shows.
-            .env("HEXFLOW_LEDGER", ledger_arg(releaser.ledger_url()))
+            .env("HEXFLOW_LEDGER", releaser.ledger_url().to_arg())
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|source| jobs::JobError::Spawn { index, source })?;
@@ -1249,14 +1247,6 @@ fn publish_over_workers(
         )?;
     }
     Ok(jobs::report(&mut ledger, &run)?)
-}
-
-/// The `--ledger` value that names `url` (with its password).
-fn ledger_arg(url: &LedgerUrl) -> String {
-    match url {
-        LedgerUrl::Sqlite(p) => format!("sqlite:{}", p.display()),
-        LedgerUrl::Postgres(u) => u.clone(),
-    }
 }
 
 /// One run of `bench --workers`.

@@ -118,6 +118,18 @@ impl Env {
             .collect()
     }
 
+    /// Whole releases in the store, or (`partial`) half-written ones,
+    /// whose directories start with a dot until they are complete.
+    fn releases_dir_entries(&self, partial: bool) -> usize {
+        fs::read_dir(self.data().join("releases/tiny"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with('.') == partial)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     fn release_args(audience: &str, rho: &str, day: &str) -> Vec<String> {
         [
             "release",
@@ -221,7 +233,17 @@ fn a_crash_at_any_step_is_finished_without_a_second_charge() {
             let crashed = env.cmd(&args).env("HEXFLOW_FAILPOINT", point).output().expect("run");
             assert!(!crashed.status.success(), "{point} {}", env.name());
             let charged: f64 = env.spent().values().sum();
-            assert!((charged - 0.2).abs() < 1e-6, "{point} {}: {charged}", env.name());
+            assert!(
+                (charged - 0.2).abs() < 1e-6,
+                "{point} {}: the charge is committed before the crash: {charged}",
+                env.name()
+            );
+            assert_eq!(
+                env.releases_dir_entries(false),
+                usize::from(point == "release:after-store"),
+                "{point} {}: only whole releases are visible",
+                env.name()
+            );
             let retry = env.run(&args);
             assert!(retry.status.success(), "{point} {}: {}", env.name(), text(&retry));
             let status: Value = serde_json::from_slice(&retry.stdout).expect("json");
@@ -238,6 +260,8 @@ fn a_crash_at_any_step_is_finished_without_a_second_charge() {
                 "{point} {}",
                 env.name()
             );
+            // No half-written copy of noisy values survives a retry.
+            assert_eq!(env.releases_dir_entries(true), 0, "{point} {}", env.name());
         }
     }
 }
@@ -279,12 +303,7 @@ fn workers_share_the_plan_and_a_killed_worker_is_taken_over() {
         let releases = env.ledger_json()["releases"].as_array().expect("releases").clone();
         assert_eq!(releases.len(), 6, "{}", env.name());
         assert!(releases.iter().all(|r| r["state"] == "published"), "{}", env.name());
-        let stored = fs::read_dir(env.data().join("releases/tiny"))
-            .expect("dir")
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .count();
-        assert_eq!(stored, 6, "{}", env.name());
+        assert_eq!(env.releases_dir_entries(false), 6, "{}", env.name());
         // A second run finds everything stored and charges nothing.
         let again = env.run(&["publish", "--policy", &policy(), "--workers", "2", "--json"]);
         assert!(again.status.success(), "{}: {}", env.name(), text(&again));

@@ -57,6 +57,15 @@ impl LedgerUrl {
         matches!(self, Self::Postgres(_))
     }
 
+    /// The `--ledger` value naming this ledger, password included (for
+    /// child processes, through the environment; never for display).
+    pub fn to_arg(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Self::Postgres(u) => u.clone(),
+        }
+    }
+
     /// Binds `data_dir` to this ledger, once: a data dir whose releases
     /// were charged to a PostgreSQL ledger records it (`ledger.url`, the
     /// URL without password), and from then on refuses any other ledger,
@@ -187,6 +196,12 @@ pub enum DbError {
         releases: i64,
         asked: String,
     },
+    #[error("release lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ledger {url} has schema version {found}, newer than this hexflow ({known})")]
     TooNew { url: String, found: i64, known: i64 },
     #[error("ledger {url}: column {column} holds {found}, expected {expected}")]
@@ -269,7 +284,7 @@ enum Conn {
 pub struct Db {
     conn: Conn,
     url: LedgerUrl,
-    /// Inside `begin_write` … `commit`: dropped without a commit, the
+    /// Inside `begin*` … `commit`: dropped without a commit, the
     /// transaction is rolled back (a pooled connection must go back clean).
     in_tx: bool,
 }
@@ -280,9 +295,18 @@ const LOCK_MIGRATE: i32 = 0x6878_0001;
 const LOCK_CHARGE: i32 = 0x6878_0002;
 const LOCK_RELEASE: i32 = 0x6878_0003;
 
+/// A pool and whether this process has brought its schema up to date:
+/// the check costs round trips, and `Db::open` runs on every API request
+/// that asks the ledger.
+#[derive(Clone)]
+struct PgPoolEntry {
+    pool: PgPool,
+    migrated: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Each process keeps one pool per PostgreSQL URL, migrated once.
-fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPool, DbError> {
-    static POOLS: OnceLock<Mutex<HashMap<String, PgPool>>> = OnceLock::new();
+fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPoolEntry, DbError> {
+    static POOLS: OnceLock<Mutex<HashMap<String, PgPoolEntry>>> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Mutex::default)
         .lock()
@@ -304,8 +328,20 @@ fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPool, DbError> {
             url: shown.to_string(),
             why: e.to_string(),
         })?;
-    pools.insert(url.to_string(), p.clone());
-    Ok(p)
+    let entry = PgPoolEntry {
+        pool: p,
+        migrated: std::sync::Arc::default(),
+    };
+    pools.insert(url.to_string(), entry.clone());
+    Ok(entry)
+}
+
+/// A pooled connection to the PostgreSQL ledger `url` (shown as `shown`).
+fn pg_conn(entry: &PgPoolEntry, shown: &LedgerUrl) -> Result<PgConn, DbError> {
+    entry.pool.get().map_err(|e| DbError::Connect {
+        url: shown.to_string(),
+        why: e.to_string(),
+    })
 }
 
 /// Migrations, numbered alike on both backends: the SQL, and PostgreSQL's
@@ -398,43 +434,39 @@ impl Db {
                     url.bind(parent)?;
                     let _ = std::fs::create_dir_all(parent);
                 }
-                let err = |source| DbError::Sqlite {
-                    url: url.to_string(),
-                    source,
-                };
-                let conn = rusqlite::Connection::open(path).map_err(err)?;
-                conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-                conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-                conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-                conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
-                Conn::Sqlite(conn)
+                let err = lite_err(url);
+                let conn = rusqlite::Connection::open(path).map_err(&err)?;
+                conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
+                conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+                conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
+                conn.pragma_update(None, "foreign_keys", "ON").map_err(&err)?;
+                let mut db = Self::new(Conn::Sqlite(conn), url);
+                db.migrate()?;
+                db
             }
             LedgerUrl::Postgres(u) => {
-                let c = pool(u, url)?.get().map_err(|e| DbError::Connect {
-                    url: url.to_string(),
-                    why: e.to_string(),
-                })?;
-                Conn::Postgres(Box::new(c))
+                let entry = pool(u, url)?;
+                let mut db = Self::new(Conn::Postgres(Box::new(pg_conn(&entry, url)?)), url);
+                if !entry.migrated.load(std::sync::atomic::Ordering::Acquire) {
+                    db.migrate()?;
+                    entry.migrated.store(true, std::sync::atomic::Ordering::Release);
+                }
+                db
             }
         };
-        let mut db = Self {
+        Ok(conn)
+    }
+
+    fn new(conn: Conn, url: &LedgerUrl) -> Self {
+        Self {
             conn,
             url: url.clone(),
             in_tx: false,
-        };
-        db.migrate()?;
-        Ok(db)
+        }
     }
 
     pub fn url(&self) -> &LedgerUrl {
         &self.url
-    }
-
-    fn sqlite_err(&self) -> impl Fn(rusqlite::Error) -> DbError + '_ {
-        |source| DbError::Sqlite {
-            url: self.url.to_string(),
-            source,
-        }
     }
 
     fn pg_err(url: &LedgerUrl) -> impl Fn(postgres::Error) -> DbError + '_ {
@@ -444,18 +476,21 @@ impl Db {
         }
     }
 
+    /// The schema version (0 for an empty database).
     fn schema_version(&mut self) -> Result<i64, DbError> {
         match &mut self.conn {
             Conn::Sqlite(c) => c
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(|source| DbError::Sqlite {
-                    url: self.url.to_string(),
-                    source,
-                }),
+                .map_err(lite_err(&self.url)),
             Conn::Postgres(c) => {
                 let e = Self::pg_err(&self.url);
-                c.batch_execute("CREATE TABLE IF NOT EXISTS hexflow_schema (version BIGINT NOT NULL)")
-                    .map_err(&e)?;
+                let exists: bool = c
+                    .query_one("SELECT to_regclass('hexflow_schema') IS NOT NULL", &[])
+                    .map_err(&e)?
+                    .get(0);
+                if !exists {
+                    return Ok(0);
+                }
                 let row = c.query_opt("SELECT version FROM hexflow_schema", &[]).map_err(&e)?;
                 Ok(row.map_or(0, |r| r.get::<_, i64>(0)))
             }
@@ -477,31 +512,8 @@ impl Db {
                 Ok(found)
             }
         };
-        if let Conn::Sqlite(c) = &self.conn {
-            let v: i64 = c
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(self.sqlite_err())?;
-            if check(v, &self.url)? == known {
-                return Ok(());
-            }
-        }
-        if let Conn::Postgres(c) = &mut self.conn {
-            // A quick look first: a migrated ledger needs no lock.
-            let e = Self::pg_err(&self.url);
-            let exists: bool = c
-                .query_one("SELECT to_regclass('hexflow_schema') IS NOT NULL", &[])
-                .map_err(&e)?
-                .get(0);
-            let v = if exists {
-                c.query_opt("SELECT version FROM hexflow_schema", &[])
-                    .map_err(&e)?
-                    .map_or(0, |r| r.get::<_, i64>(0))
-            } else {
-                0
-            };
-            if check(v, &self.url)? == known {
-                return Ok(());
-            }
+        if check(self.schema_version()?, &self.url)? == known {
+            return Ok(());
         }
         self.begin(LOCK_MIGRATE, "migrate")?;
         let result = (|| {
@@ -511,20 +523,18 @@ impl Db {
                 let version = (i + 1) as i64;
                 match &mut self.conn {
                     Conn::Sqlite(c) => {
-                        c.execute_batch(lite).map_err(|source| DbError::Sqlite {
-                            url: self.url.to_string(),
-                            source,
-                        })?;
-                        c.pragma_update(None, "user_version", version)
-                            .map_err(|source| DbError::Sqlite {
-                                url: self.url.to_string(),
-                                source,
-                            })?;
+                        let e = lite_err(&self.url);
+                        c.execute_batch(lite).map_err(&e)?;
+                        c.pragma_update(None, "user_version", version).map_err(&e)?;
                     }
                     Conn::Postgres(c) => {
                         let e = Self::pg_err(&self.url);
                         c.batch_execute(pg.unwrap_or(lite)).map_err(&e)?;
-                        c.execute("DELETE FROM hexflow_schema", &[]).map_err(&e)?;
+                        c.batch_execute(
+                            "CREATE TABLE IF NOT EXISTS hexflow_schema (version BIGINT NOT NULL);
+                             DELETE FROM hexflow_schema",
+                        )
+                        .map_err(&e)?;
                         c.execute("INSERT INTO hexflow_schema (version) VALUES ($1)", &[&version])
                             .map_err(&e)?;
                     }
@@ -545,24 +555,17 @@ impl Db {
     /// same `scope` (a dataset's charges, a job queue): SQLite's single
     /// writer, or a PostgreSQL advisory lock held to the commit.
     fn begin(&mut self, class: i32, scope: &str) -> Result<(), DbError> {
-        match &mut self.conn {
-            Conn::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE").map_err(|source| DbError::Sqlite {
-                url: self.url.to_string(),
-                source,
-            })?,
-            Conn::Postgres(c) => {
-                let e = Self::pg_err(&self.url);
-                c.batch_execute("BEGIN").map_err(&e)?;
-                // Set before the lock: a failed lock must still roll back.
-                self.in_tx = true;
-                c.execute(
-                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                    &[&class as &(dyn postgres::types::ToSql + Sync), &scope],
-                )
-                .map_err(&e)?;
-            }
-        }
+        let immediate = matches!(self.conn, Conn::Sqlite(_));
+        self.batch(if immediate { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
+        // Set before the lock: a failed lock must still roll back.
         self.in_tx = true;
+        if let Conn::Postgres(c) = &mut self.conn {
+            c.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&class as &(dyn postgres::types::ToSql + Sync), &scope],
+            )
+            .map_err(Self::pg_err(&self.url))?;
+        }
         Ok(())
     }
 
@@ -599,10 +602,7 @@ impl Db {
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match &mut self.conn {
-            Conn::Sqlite(c) => c.execute_batch(sql).map_err(|source| DbError::Sqlite {
-                url: self.url.to_string(),
-                source,
-            }),
+            Conn::Sqlite(c) => c.execute_batch(sql).map_err(lite_err(&self.url)),
             Conn::Postgres(c) => c.batch_execute(sql).map_err(Self::pg_err(&self.url)),
         }
     }
@@ -613,10 +613,7 @@ impl Db {
             Conn::Sqlite(c) => c
                 .execute(sql, rusqlite::params_from_iter(params.iter().map(lite_param)))
                 .map(|n| n as u64)
-                .map_err(|source| DbError::Sqlite {
-                    url: self.url.to_string(),
-                    source,
-                }),
+                .map_err(lite_err(&self.url)),
             Conn::Postgres(c) => {
                 let owned = pg_params(params);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|p| p.as_ref()).collect();
@@ -629,21 +626,18 @@ impl Db {
     pub fn rows(&mut self, sql: &str, params: &[P]) -> Result<Vec<Row<'_>>, DbError> {
         let values: Vec<Vec<V>> = match &mut self.conn {
             Conn::Sqlite(c) => {
-                let err = |source| DbError::Sqlite {
-                    url: self.url.to_string(),
-                    source,
-                };
-                let mut stmt = c.prepare_cached(sql).map_err(err)?;
+                let err = lite_err(&self.url);
+                let mut stmt = c.prepare_cached(sql).map_err(&err)?;
                 let n = stmt.column_count();
                 let mut rows = stmt
                     .query(rusqlite::params_from_iter(params.iter().map(lite_param)))
-                    .map_err(err)?;
+                    .map_err(&err)?;
                 let mut out = Vec::new();
-                while let Some(r) = rows.next().map_err(err)? {
+                while let Some(r) = rows.next().map_err(&err)? {
                     let mut vals = Vec::with_capacity(n);
                     for i in 0..n {
                         use rusqlite::types::ValueRef;
-                        vals.push(match r.get_ref(i).map_err(err)? {
+                        vals.push(match r.get_ref(i).map_err(&err)? {
                             ValueRef::Null => V::Null,
                             ValueRef::Integer(v) => V::I(v),
                             ValueRef::Text(t) => V::T(String::from_utf8_lossy(t).into_owned()),
@@ -750,19 +744,14 @@ pub enum ReleaseLock {
 impl ReleaseLock {
     pub fn acquire(url: &LedgerUrl, lock_file: &Path, key: &str) -> Result<Self, DbError> {
         match url {
-            LedgerUrl::Sqlite(_) => {
-                crate::util::DirLock::acquire(lock_file)
-                    .map(Self::File)
-                    .map_err(|e| DbError::Connect {
-                        url: format!("lock file {}", lock_file.display()),
-                        why: e.to_string(),
-                    })
-            }
+            LedgerUrl::Sqlite(_) => crate::util::DirLock::acquire(lock_file)
+                .map(Self::File)
+                .map_err(|source| DbError::Lock {
+                    path: lock_file.to_path_buf(),
+                    source,
+                }),
             LedgerUrl::Postgres(u) => {
-                let mut c = pool(u, url)?.get().map_err(|e| DbError::Connect {
-                    url: url.to_string(),
-                    why: e.to_string(),
-                })?;
+                let mut c = pg_conn(&pool(u, url)?, url)?;
                 let k = lock_key(key);
                 c.execute("SELECT pg_advisory_lock($1)", &[&k])
                     .map_err(Db::pg_err(url))?;
@@ -774,11 +763,10 @@ impl ReleaseLock {
 
 impl Drop for ReleaseLock {
     fn drop(&mut self) {
-        if let Self::Postgres(c, k) = self
-            && c.execute("SELECT pg_advisory_unlock($1)", &[&*k]).is_err()
-        {
-            // The session may be broken; closing it releases the lock.
-            let _ = c.batch_execute("SELECT pg_advisory_unlock_all()");
+        // A failed unlock means a broken session: the pool drops it, and
+        // PostgreSQL releases the lock with the session.
+        if let Self::Postgres(c, k) = self {
+            let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&*k]);
         }
     }
 }
@@ -788,6 +776,13 @@ fn lock_key(name: &str) -> i64 {
     let digest = crate::util::sha256_parts([name.as_bytes()]);
     let low = u32::from_str_radix(&digest[..8], 16).unwrap_or(0);
     (i64::from(LOCK_RELEASE) << 32) | i64::from(low)
+}
+
+fn lite_err(url: &LedgerUrl) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+    |source| DbError::Sqlite {
+        url: url.to_string(),
+        source,
+    }
 }
 
 fn lite_param(p: &P) -> rusqlite::types::Value {
@@ -819,10 +814,7 @@ fn pg_sql(sql: &str) -> String {
 /// run a ledger of its own this way.
 pub fn scratch_database(admin_url: &str, prefix: &str) -> Result<String, DbError> {
     let shown = LedgerUrl::Postgres(admin_url.to_string());
-    let mut c = pool(admin_url, &shown)?.get().map_err(|e| DbError::Connect {
-        url: shown.to_string(),
-        why: e.to_string(),
-    })?;
+    let mut c = pg_conn(&pool(admin_url, &shown)?, &shown)?;
     let bytes = crate::util::random_bytes::<6>().map_err(|e| DbError::Connect {
         url: shown.to_string(),
         why: e.to_string(),

@@ -77,12 +77,6 @@ pub struct RunStatus {
     pub done: u64,
 }
 
-impl RunStatus {
-    pub fn total(&self) -> u64 {
-        self.queued + self.running + self.done
-    }
-}
-
 /// A new run id: time and randomness, unique across machines.
 pub fn new_run_id() -> String {
     let bytes = crate::util::random_bytes::<4>().unwrap_or_default();
@@ -190,28 +184,21 @@ pub fn renew(ledger: &mut Ledger, job_id: &str, worker: &str, lease: Duration) -
 
 /// Records what a job's release did.
 pub fn finish(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, ReleaseError>) -> Result<(), JobError> {
-    let (kind, detail, rho_units): (&str, String, Option<i64>) = match outcome {
-        Ok(o) if o.status == Status::Stored => ("stored", String::new(), None),
+    // `rho_units`: what this job charged (0 unless it made a new release).
+    let (kind, detail, rho_units) = match outcome {
+        Ok(o) if o.status == Status::Stored => ("stored", String::new(), 0),
         Ok(o) => (
             "new",
             String::new(),
-            Some(crate::privacy::ledger::to_units_up(o.manifest.rho)),
+            crate::privacy::ledger::to_units_up(o.manifest.rho),
         ),
-        Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => ("too_recent", String::new(), None),
-        Err(e) => ("refused", e.to_string(), None),
+        Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => ("too_recent", String::new(), 0),
+        Err(e) => ("refused", e.to_string(), 0),
     };
-    let db = ledger.db();
-    let params = [P::T(&job.job_id), P::T(kind), P::T(&detail)];
-    match rho_units {
-        Some(units) => db.exec(
-            "UPDATE jobs SET state = 'done', outcome = ?2, detail = ?3, rho_units = ?4, lease_until_ms = NULL WHERE job_id = ?1",
-            &[params[0], params[1], params[2], P::I(units)],
-        )?,
-        None => db.exec(
-            "UPDATE jobs SET state = 'done', outcome = ?2, detail = ?3, lease_until_ms = NULL WHERE job_id = ?1",
-            &params,
-        )?,
-    };
+    ledger.db().exec(
+        "UPDATE jobs SET state = 'done', outcome = ?2, detail = ?3, rho_units = ?4, lease_until_ms = NULL WHERE job_id = ?1",
+        &[P::T(&job.job_id), P::T(kind), P::T(&detail), P::I(rho_units)],
+    )?;
     Ok(())
 }
 
@@ -339,7 +326,6 @@ pub fn work(
         finish(&mut ledger, &job, &outcome)?;
         out.report.tally(&job.label, &outcome);
         out.jobs += 1;
-        crate::util::failpoint("worker:after-job");
     }
     Ok(out)
 }
