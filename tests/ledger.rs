@@ -176,16 +176,26 @@ fn racing_processes_never_overspend_and_an_identical_spec_is_charged_once() {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 env.cmd(&args)
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(Stdio::piped())
                     .spawn()
                     .expect("spawn")
             })
             .collect();
-        let won = racers
+        let outs: Vec<Output> = racers
             .into_iter()
-            .map(|mut c| c.wait().expect("wait").success())
-            .filter(|ok| *ok)
-            .count();
+            .map(|c| c.wait_with_output().expect("wait"))
+            .collect();
+        // Every loser lost to the cap, not to a lock, a connection or a
+        // serialization error.
+        for out in outs.iter().filter(|o| !o.status.success()) {
+            assert!(
+                text(out).contains("budget"),
+                "{}: a racer failed for another reason: {}",
+                env.name(),
+                text(out)
+            );
+        }
+        let won = outs.iter().filter(|o| o.status.success()).count();
         assert_eq!(won, 4, "{}", env.name());
         // Eight identical tourism requests at once: one charge, one draw.
         let same: Vec<Child> = (0..8)

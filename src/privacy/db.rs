@@ -484,8 +484,17 @@ impl Db {
                 .map_err(lite_err(&self.url)),
             Conn::Postgres(c) => {
                 let e = Self::pg_err(&self.url);
+                // A catalog scan, not `to_regclass`: that looks the name up
+                // without a lock, so a backend that waited on the migration
+                // lock can still hold a stale "no such table" cache entry
+                // and migrate a second time (seen with 8 racing processes).
                 let exists: bool = c
-                    .query_one("SELECT to_regclass('hexflow_schema') IS NOT NULL", &[])
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class k
+                           JOIN pg_catalog.pg_namespace n ON n.oid = k.relnamespace
+                           WHERE k.relname = 'hexflow_schema' AND n.nspname = current_schema())",
+                        &[],
+                    )
                     .map_err(&e)?
                     .get(0);
                 if !exists {
