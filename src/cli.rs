@@ -161,10 +161,10 @@ pub enum Command {
     Publish {
         #[command(flatten)]
         dataset: DatasetArg,
-        /// Spread the plan over this many `hexflow worker` processes, through
-        /// a job queue in the ledger's database (other machines may run
-        /// `hexflow worker` on the same queue); without it, threads of this
-        /// process share the plan.
+        /// Spread the plan over this many `hexflow worker` processes (the
+        /// cores shared among them), through a job queue in the ledger's
+        /// database (other machines may run `hexflow worker` on the same
+        /// queue); without it, threads of this process share the plan.
         #[arg(long)]
         workers: Option<usize>,
         /// How long a worker's claim on a job lasts without renewal (it
@@ -187,6 +187,9 @@ pub enum Command {
         wait: bool,
         #[arg(long, default_value_t = 60.0)]
         lease_s: f64,
+        /// Jobs this process runs at once (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -259,7 +262,9 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         cells: Vec<usize>,
         /// Instead: the demo's year published with each of these numbers
-        /// of worker processes (e.g. 1,2,4), each on a fresh ledger: with
+        /// of worker processes (e.g. 1,2,4; the cores shared among them),
+        /// after a baseline of one process taking one job at a time, each
+        /// on a fresh ledger: with
         /// --ledger postgres://… a new database per run on that server
         /// (its user needs CREATEDB), else a SQLite file.
         #[arg(long, value_delimiter = ',')]
@@ -451,6 +456,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             run,
             wait,
             lease_s,
+            threads,
             json,
         } => {
             use crate::release::jobs;
@@ -460,7 +466,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 jobs::WhenIdle::Exit
             };
             let stop = std::sync::atomic::AtomicBool::new(false);
-            let done = jobs::work(&ledger, &data_dir, run.as_deref(), lease_of(lease_s)?, idle, &stop)?;
+            let threads = match threads {
+                Some(0) => bail!("--threads must be at least 1"),
+                Some(n) => n,
+                None => cores(),
+            };
+            let done = jobs::work(
+                &ledger,
+                &data_dir,
+                run.as_deref(),
+                lease_of(lease_s)?,
+                idle,
+                &stop,
+                threads,
+            )?;
             if json {
                 print_json(&done)?;
             } else {
@@ -687,7 +706,7 @@ fn publish_cmd(
     let report = match workers {
         None => crate::release::publish::publish(&releaser, data_dir)?,
         Some(0) => bail!("--workers must be at least 1"),
-        Some(n) => publish_over_workers(&releaser, data_dir, policies_dir, n, lease)?,
+        Some(n) => publish_over_workers(&releaser, data_dir, policies_dir, n, None, lease)?,
     };
     if json {
         print_json(&report)?;
@@ -1176,16 +1195,24 @@ fn print_demo(
     Ok(())
 }
 
+/// The cores of this machine.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// `publish --workers N`: queues the plan as one run and starts N `hexflow
-/// worker` processes on it; jobs that no worker finished (all of them
+/// worker` processes on it, `threads` jobs at a time each (default: the
+/// cores shared among them); jobs that no worker finished (all of them
 /// killed) are finished here once their leases end.
 fn publish_over_workers(
     releaser: &crate::release::Releaser,
     data_dir: &Path,
     policies_dir: &Path,
     workers: usize,
+    threads: Option<usize>,
     lease: std::time::Duration,
 ) -> Result<crate::release::publish::PublishReport> {
+    let threads = threads.unwrap_or((cores() / workers).max(1));
     use crate::release::jobs;
     let plan = crate::release::publish::plan(releaser, data_dir)?;
     let run = jobs::new_run_id();
@@ -1200,6 +1227,7 @@ fn publish_over_workers(
             .arg("--policies-dir")
             .arg(policies_dir)
             .args(["worker", "--run", &run, "--lease-s", &lease.as_secs_f64().to_string()])
+            .args(["--threads", &threads.to_string()])
             // The URL may carry a password: through the environment, not
             // the command line that `ps` shows.
             .env("HEXFLOW_LEDGER", releaser.ledger_url().to_arg())
@@ -1244,6 +1272,7 @@ fn publish_over_workers(
             lease,
             jobs::WhenIdle::Exit,
             &stop,
+            cores(),
         )?;
     }
     Ok(jobs::report(&mut ledger, &run)?)
@@ -1253,6 +1282,7 @@ fn publish_over_workers(
 #[derive(Debug, Serialize)]
 struct WorkersRun {
     workers: usize,
+    threads_each: usize,
     releases: usize,
     seconds: f64,
     releases_per_s: f64,
@@ -1273,11 +1303,15 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
         eprintln!("preparing the demo's year (simulate, ingest, weights) ...");
         let policy = demo(policies_dir, &prepared, from, to, 8, true)?;
         let mut runs: Vec<WorkersRun> = Vec::new();
-        for &n in workers {
-            if n == 0 {
-                bail!("--workers: each number must be at least 1");
-            }
-            let dir = tmp.join(format!("workers-{n}"));
+        if workers.contains(&0) {
+            bail!("--workers: each number must be at least 1");
+        }
+        // The baseline: one process taking one job at a time. Then each
+        // number of processes with the cores shared among them, as
+        // `publish --workers N` starts them.
+        let sizes = std::iter::once((1, 1)).chain(workers.iter().map(|&n| (n, (cores() / n).max(1))));
+        for (n, threads) in sizes {
+            let dir = tmp.join(format!("workers-{n}x{threads}"));
             link_tree(&prepared, &dir)?;
             let url = match ledger {
                 LedgerUrl::Postgres(admin) => {
@@ -1287,11 +1321,18 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
             };
             let releaser = crate::release::Releaser::new(policy.clone(), &dir)?.with_ledger_url(url)?;
             eprintln!(
-                "publishing with {n} worker process(es) on {} ...",
+                "publishing with {n} worker process(es) × {threads} thread(s) on {} ...",
                 releaser.ledger_url()
             );
             let t0 = std::time::Instant::now();
-            let report = publish_over_workers(&releaser, &dir, policies_dir, n, std::time::Duration::from_secs(60))?;
+            let report = publish_over_workers(
+                &releaser,
+                &dir,
+                policies_dir,
+                n,
+                Some(threads),
+                std::time::Duration::from_secs(60),
+            )?;
             let seconds = t0.elapsed().as_secs_f64();
             if !report.refused.is_empty() {
                 bail!("{} releases refused, e.g. {}", report.refused.len(), report.refused[0]);
@@ -1299,6 +1340,7 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
             let first = runs.first().map_or(seconds, |r| r.seconds);
             runs.push(WorkersRun {
                 workers: n,
+                threads_each: threads,
                 releases: report.new,
                 seconds,
                 releases_per_s: report.new as f64 / seconds,
@@ -1316,11 +1358,12 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
         out!(
             "the demo's year published by worker processes on {} ({} cores)",
             if ledger.is_postgres() { "PostgreSQL" } else { "SQLite" },
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            cores()
         );
         out!(
-            "{:>8} {:>9} {:>9} {:>11} {:>9}",
+            "{:>8} {:>8} {:>9} {:>9} {:>11} {:>9}",
             "workers",
+            "threads",
             "releases",
             "seconds",
             "releases/s",
@@ -1328,8 +1371,9 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
         );
         for r in &runs {
             out!(
-                "{:>8} {:>9} {:>9.1} {:>11.1} {:>8.2}×",
+                "{:>8} {:>8} {:>9} {:>9.1} {:>11.1} {:>8.2}×",
                 r.workers,
+                r.threads_each,
                 r.releases,
                 r.seconds,
                 r.releases_per_s,

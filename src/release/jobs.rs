@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -270,8 +271,12 @@ pub fn worker_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Takes jobs until the queue is empty (or `stop` is set): each job's
-/// release is made by a releaser of its policy on `data_dir` and `url`.
+/// Takes jobs until the queue is empty (or `stop` is set), `threads` at a
+/// time: each job's release is made by a releaser of its policy on
+/// `data_dir` and `url`. One process per machine with a thread per core
+/// uses the machine as the threaded `publish` does; separate processes
+/// would each load the grid and weights, and their rayon pools would
+/// contend for the same cores.
 pub fn work(
     url: &LedgerUrl,
     data_dir: &Path,
@@ -279,39 +284,108 @@ pub fn work(
     lease: Duration,
     idle: WhenIdle,
     stop: &AtomicBool,
+    threads: usize,
 ) -> Result<WorkerReport, JobError> {
     let worker = worker_name();
-    let mut ledger = Ledger::open(url)?;
-    let mut releasers: HashMap<PathBuf, Releaser> = HashMap::new();
-    let mut out = WorkerReport {
+    let releasers: Mutex<HashMap<PathBuf, Arc<Releaser>>> = Mutex::default();
+    let report = Mutex::new(WorkerReport {
         worker: worker.clone(),
         ..WorkerReport::default()
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let Some(job) = claim(&mut ledger, &worker, lease, run)? else {
-            let left = match run {
-                Some(r) => {
-                    let s = status(&mut ledger, r)?;
-                    s.queued + s.running
+    });
+    // One thread's error stops the others after their current job.
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<(), JobError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                let name = format!("{worker}#{t}");
+                let ctx = WorkLoop {
+                    url,
+                    data_dir,
+                    run,
+                    lease,
+                    idle,
+                    releasers: &releasers,
+                    report: &report,
+                };
+                let (stop, failed) = (stop, &failed);
+                scope.spawn(move || {
+                    let r = ctx.run(&name, &|| {
+                        stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed)
+                    });
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), _>>()?;
+    Ok(report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// What the claim loops of one worker process share.
+struct WorkLoop<'a> {
+    url: &'a LedgerUrl,
+    data_dir: &'a Path,
+    run: Option<&'a str>,
+    lease: Duration,
+    idle: WhenIdle,
+    releasers: &'a Mutex<HashMap<PathBuf, Arc<Releaser>>>,
+    report: &'a Mutex<WorkerReport>,
+}
+
+impl WorkLoop<'_> {
+    fn run(&self, worker: &str, stopped: &dyn Fn() -> bool) -> Result<(), JobError> {
+        let mut ledger = Ledger::open(self.url)?;
+        while !stopped() {
+            let Some(job) = claim(&mut ledger, worker, self.lease, self.run)? else {
+                let left = match self.run {
+                    Some(r) => {
+                        let s = status(&mut ledger, r)?;
+                        s.queued + s.running
+                    }
+                    None => pending(&mut ledger)?,
+                };
+                if left == 0 && self.idle == WhenIdle::Exit {
+                    break;
                 }
-                None => pending(&mut ledger)?,
+                // Others hold the rest: wait to take over any whose lease ends.
+                std::thread::sleep(Duration::from_millis(250).min(self.lease / 4));
+                continue;
             };
-            if left == 0 && idle == WhenIdle::Exit {
-                break;
-            }
-            // Others hold the rest: wait to take over any whose lease ends.
-            std::thread::sleep(Duration::from_millis(250).min(lease / 4));
-            continue;
-        };
-        if !releasers.contains_key(&job.policy_path) {
-            let policy = Policy::load(&job.policy_path)?;
-            let r = Releaser::new(policy, data_dir)?.with_ledger_url(url.clone())?;
-            releasers.insert(job.policy_path.clone(), r);
+            let releaser = self.releaser(&job)?;
+            let outcome = with_lease(self.url, &job, worker, self.lease, || {
+                releaser.release(&job.spec, releaser.today())
+            })?;
+            finish(&mut ledger, &job, &outcome)?;
+            let mut report = self.report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            report.report.tally(&job.label, &outcome);
+            report.jobs += 1;
         }
-        let releaser = &releasers[&job.policy_path];
+        Ok(())
+    }
+
+    /// The releaser of the job's policy, made once per process (it holds
+    /// the grid and its weights).
+    fn releaser(&self, job: &Claimed) -> Result<Arc<Releaser>, JobError> {
+        let mut releasers = self.releasers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let releaser = match releasers.get(&job.policy_path) {
+            Some(r) => r.clone(),
+            None => {
+                let policy = Policy::load(&job.policy_path)?;
+                let r = Arc::new(Releaser::new(policy, self.data_dir)?.with_ledger_url(self.url.clone())?);
+                releasers.insert(job.policy_path.clone(), r.clone());
+                r
+            }
+        };
         if releaser.policy.dataset() != job.spec.dataset {
             return Err(JobError::Bad {
-                job: job.job_id,
+                job: job.job_id.clone(),
                 why: format!(
                     "{} is now the policy of dataset {:?}, not {:?}",
                     job.policy_path.display(),
@@ -320,14 +394,8 @@ pub fn work(
                 ),
             });
         }
-        let outcome = with_lease(url, &job, &worker, lease, || {
-            releaser.release(&job.spec, releaser.today())
-        })?;
-        finish(&mut ledger, &job, &outcome)?;
-        out.report.tally(&job.label, &outcome);
-        out.jobs += 1;
+        Ok(releaser)
     }
-    Ok(out)
 }
 
 /// Jobs queued or running in any run.
