@@ -263,8 +263,9 @@ pub enum Command {
         cells: Vec<usize>,
         /// Instead: the demo's year published with each of these numbers
         /// of worker processes (e.g. 1,2,4; the cores shared among them),
-        /// after a baseline of one process taking one job at a time, each
-        /// on a fresh ledger: with
+        /// after a baseline of one process taking one job at a time and
+        /// before the threaded `publish` (no queue), each on a fresh
+        /// ledger: with
         /// --ledger postgres://… a new database per run on that server
         /// (its user needs CREATEDB), else a SQLite file.
         #[arg(long, value_delimiter = ',')]
@@ -1278,7 +1279,8 @@ fn publish_over_workers(
     Ok(jobs::report(&mut ledger, &run)?)
 }
 
-/// One run of `bench --workers`.
+/// One run of `bench --workers` (`workers` 0: the threaded `publish`,
+/// without the queue).
 #[derive(Debug, Serialize)]
 struct WorkersRun {
     workers: usize,
@@ -1309,7 +1311,11 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
         // The baseline: one process taking one job at a time. Then each
         // number of processes with the cores shared among them, as
         // `publish --workers N` starts them.
-        let sizes = std::iter::once((1, 1)).chain(workers.iter().map(|&n| (n, (cores() / n).max(1))));
+        // Last, the threaded `publish` of one process (no queue, no
+        // worker), as the reference the queue's cost is read against.
+        let sizes = std::iter::once((1, 1))
+            .chain(workers.iter().map(|&n| (n, (cores() / n).max(1))))
+            .chain(std::iter::once((0, cores())));
         for (n, threads) in sizes {
             let dir = tmp.join(format!("workers-{n}x{threads}"));
             link_tree(&prepared, &dir)?;
@@ -1320,19 +1326,30 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
                 LedgerUrl::Sqlite(_) => LedgerUrl::in_data_dir(&dir),
             };
             let releaser = crate::release::Releaser::new(policy.clone(), &dir)?.with_ledger_url(url)?;
-            eprintln!(
-                "publishing with {n} worker process(es) × {threads} thread(s) on {} ...",
-                releaser.ledger_url()
-            );
+            if n == 0 {
+                eprintln!(
+                    "publishing in this process, {threads} threads, on {} ...",
+                    releaser.ledger_url()
+                );
+            } else {
+                eprintln!(
+                    "publishing with {n} worker process(es) × {threads} thread(s) on {} ...",
+                    releaser.ledger_url()
+                );
+            }
             let t0 = std::time::Instant::now();
-            let report = publish_over_workers(
-                &releaser,
-                &dir,
-                policies_dir,
-                n,
-                Some(threads),
-                std::time::Duration::from_secs(60),
-            )?;
+            let report = if n == 0 {
+                crate::release::publish::publish(&releaser, &dir)?
+            } else {
+                publish_over_workers(
+                    &releaser,
+                    &dir,
+                    policies_dir,
+                    n,
+                    Some(threads),
+                    std::time::Duration::from_secs(60),
+                )?
+            };
             let seconds = t0.elapsed().as_secs_f64();
             if !report.refused.is_empty() {
                 bail!("{} releases refused, e.g. {}", report.refused.len(), report.refused[0]);
@@ -1372,7 +1389,11 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
         for r in &runs {
             out!(
                 "{:>8} {:>8} {:>9} {:>9.1} {:>11.1} {:>8.2}×",
-                r.workers,
+                if r.workers == 0 {
+                    "publish".to_string()
+                } else {
+                    r.workers.to_string()
+                },
                 r.threads_each,
                 r.releases,
                 r.seconds,

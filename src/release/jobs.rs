@@ -196,10 +196,13 @@ pub fn finish(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, Rele
         Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => ("too_recent", String::new(), 0),
         Err(e) => ("refused", e.to_string(), 0),
     };
-    ledger.db().exec(
+    let db = ledger.db();
+    db.begin_queue()?;
+    db.exec(
         "UPDATE jobs SET state = 'done', outcome = ?2, detail = ?3, rho_units = ?4, lease_until_ms = NULL WHERE job_id = ?1",
         &[P::T(&job.job_id), P::T(kind), P::T(&detail), P::I(rho_units)],
     )?;
+    db.commit()?;
     Ok(())
 }
 

@@ -410,16 +410,20 @@ pub struct Cache {
 const CACHE_VALUES: usize = 8_000_000;
 
 impl Cache {
+    /// The release's data if it is in memory (no I/O: safe on the async
+    /// runtime, which a hit then never leaves).
+    pub fn get(&self, id: &str) -> Option<Arc<ReleaseData>> {
+        let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pos = e.iter().position(|(k, _)| k == id)?;
+        let hit = e.remove(pos)?;
+        let data = hit.1.clone();
+        e.push_front(hit);
+        Some(data)
+    }
+
     pub fn get_or_load(&self, id: &str, dir: &Path) -> Result<Arc<ReleaseData>, Problem> {
-        {
-            let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(pos) = e.iter().position(|(k, _)| k == id)
-                && let Some(hit) = e.remove(pos)
-            {
-                let data = hit.1.clone();
-                e.push_front(hit);
-                return Ok(data);
-            }
+        if let Some(data) = self.get(id) {
+            return Ok(data);
         }
         let data = Arc::new(ReleaseData::load(dir)?);
         let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -263,6 +263,9 @@ async fn load_as(
         .join("releases")
         .join(&s.dataset)
         .join(&s.release_id);
+    if let Some(data) = state.cache.get(id) {
+        return Ok(data);
+    }
     let st = state.clone();
     let id = id.to_string();
     blocking(move || st.cache.get_or_load(&id, &dir)).await

@@ -379,30 +379,29 @@ impl CountStore {
         // syncfs, before the catalog commits: a per-file fsync (and a
         // directory fsync per day) made ingest slower the more days a
         // delivery spans.
-        let mut written: Vec<PathBuf> = Vec::with_capacity(merged.len());
-        let wrote = (|| {
-            for (day, mut frame) in merged {
-                rows_added += frame.height();
-                let dir = self.partition_dir(metric, day);
-                let path = dir.join(&file_name);
-                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                written.push(path.clone());
-                std::fs::File::create(&path)
-                    .and_then(|mut f| table::write_parquet(&mut frame, &mut f).map_err(std::io::Error::other))
-                    .map_err(io_err(&path))?;
-                next.partitions
-                    .entry(metric)
-                    .or_default()
-                    .insert(day, file_name.clone());
-            }
-            util::sync_filesystem(&self.root).map_err(io_err(&self.root))
-        })();
+        // Days are written in parallel: with thousands of small days the
+        // per-file work (encoding, compression, open and close) is what
+        // an ingest of years spends its time on.
+        let written: Vec<PathBuf> = merged
+            .iter()
+            .map(|(day, _)| self.partition_dir(metric, *day).join(&file_name))
+            .collect();
+        let wrote = write_days(&mut merged, &written)
+            .and_then(|()| util::sync_filesystem(&self.root).map_err(io_err(&self.root)));
         if let Err(e) = wrote {
-            // A full disk or an I/O error: nothing of this commit stays.
+            // A full disk or an I/O error: nothing of this commit stays
+            // (files never created are simply not there to remove).
             for p in &written {
                 let _ = std::fs::remove_file(p);
             }
             return Err(e);
+        }
+        for (day, frame) in &merged {
+            rows_added += frame.height();
+            next.partitions
+                .entry(metric)
+                .or_default()
+                .insert(*day, file_name.clone());
         }
         util::failpoint("ingest:after-partitions");
 
@@ -529,6 +528,40 @@ impl CountStore {
 
 /// "cell_id=X, bin_start=2025-03-14T10:00:00Z" for the first row of a key
 /// frame; never includes a count.
+/// Writes each day's frame to its path, on one thread per core. The
+/// threads get a large stack: polars' Parquet writer recurses deeper than
+/// a spawned thread's default 2 MiB allows in a debug build.
+fn write_days(days: &mut [(NaiveDate, DataFrame)], paths: &[PathBuf]) -> Result<(), StoreError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(days.len())
+        .max(1);
+    let chunk = days.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        for (frames, paths) in days.chunks_mut(chunk).zip(paths.chunks(chunk)) {
+            let spawned = std::thread::Builder::new()
+                .name("ingest-write".into())
+                .stack_size(64 << 20)
+                .spawn_scoped(scope, move || {
+                    for ((_, frame), path) in frames.iter_mut().zip(paths) {
+                        let dir = path.parent().unwrap_or(path);
+                        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                        std::fs::File::create(path)
+                            .and_then(|mut f| table::write_parquet(frame, &mut f).map_err(std::io::Error::other))
+                            .map_err(io_err(path))?;
+                    }
+                    Ok(())
+                })
+                .map_err(io_err(&paths[0]))?;
+            handles.push(spawned);
+        }
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })
+}
+
 fn describe_key(df: &DataFrame, metric: Metric) -> String {
     let mut parts = Vec::new();
     for c in metric.key_columns() {
