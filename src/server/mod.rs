@@ -103,6 +103,7 @@ const MAX_JSON_BODY: usize = 64 << 10;
 /// One dataset served: its policy, grid and releaser.
 pub struct Dataset {
     pub releaser: Releaser,
+    pub places: rows::Places,
 }
 
 /// Shared state of the server.
@@ -172,7 +173,13 @@ impl AppState {
         let mut datasets = BTreeMap::new();
         for p in policies {
             let releaser = Releaser::new(p, &config.data_dir)?.with_ledger_url(config.ledger.clone())?;
-            datasets.insert(releaser.policy.dataset().to_string(), Arc::new(Dataset { releaser }));
+            datasets.insert(
+                releaser.policy.dataset().to_string(),
+                Arc::new(Dataset {
+                    places: rows::Places::of(&releaser.grid),
+                    releaser,
+                }),
+            );
         }
         // Uploads are removed after their ingest; a crash mid-ingest left
         // a delivery's raw counts here, outside the store's bookkeeping.

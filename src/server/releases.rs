@@ -414,35 +414,37 @@ pub async fn values(
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let bin = bin_index(&data, q.bin.as_deref())?;
     let format = q.format.unwrap_or_default();
-    let places = rows::Places::of(&ds.releaser.grid);
-    let (keys, filter_s) = key_filter(&data, &places, &q)?;
+    let places = &ds.places;
+    let (keys, filter_s) = key_filter(&data, places, &q)?;
     let k = data.keys.len();
-    let bins: Vec<usize> = match bin {
-        Some(b) => vec![b],
-        None => (0..data.bins.len()).collect(),
+    let bins = match bin {
+        Some(b) => b..b + 1,
+        None => 0..data.bins.len(),
     };
-    let idx: Vec<usize> = bins
-        .iter()
-        .flat_map(|b| {
-            let start = b * k;
-            match &keys {
-                Some(keys) => keys.iter().map(|i| start + i).collect::<Vec<_>>(),
-                None => (start..start + k).collect(),
-            }
-        })
-        .collect();
-    if format == Format::Geojson && idx.len() > MAX_GEOJSON_FEATURES {
+    let n_values = bins.len() * keys.as_ref().map_or(k, Vec::len);
+    // Value positions, listed only when the body is not cached.
+    let idx = || -> Vec<usize> {
+        bins.clone()
+            .flat_map(|b| {
+                let start = b * k;
+                match &keys {
+                    Some(keys) => keys.iter().map(|i| start + i).collect::<Vec<_>>(),
+                    None => (start..start + k).collect(),
+                }
+            })
+            .collect()
+    };
+    if format == Format::Geojson && n_values > MAX_GEOJSON_FEATURES {
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "answer too large",
             format!(
-                "{} features; GeoJSON answers hold at most {MAX_GEOJSON_FEATURES}: ask one bin (?bin=0..{}), fewer places (hex=, bbox=, near=) or use format=parquet",
-                idx.len(),
+                "{n_values} features; GeoJSON answers hold at most {MAX_GEOJSON_FEATURES}: ask one bin (?bin=0..{}), fewer places (hex=, bbox=, near=) or use format=parquet",
                 data.bins.len() - 1
             ),
         ));
     }
-    if idx.is_empty() {
+    if n_values == 0 {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "no values",
@@ -475,10 +477,10 @@ pub async fn values(
         ),
         ctype,
         || match format {
-            Format::Json => values_json(&data, &places, &idx, &unit),
-            Format::Csv => Ok(rows::csv(&data, &places, &idx)),
-            Format::Geojson => values_geojson(&data, &ds.releaser.grid, &places, &idx),
-            Format::Parquet => rows::parquet(&data, &places, &idx),
+            Format::Json => values_json(&data, places, &idx(), &unit),
+            Format::Csv => Ok(rows::csv(&data, places, &idx())),
+            Format::Geojson => values_geojson(&data, &ds.releaser.grid, places, &idx()),
+            Format::Parquet => rows::parquet(&data, places, &idx()),
         },
     );
     let name = format!("attachment; filename=\"{id}-{bin_s}.{ext}\"");

@@ -58,13 +58,14 @@ impl Cell {
     }
 }
 
-/// Names and centroids of the grid's zones (public geometry).
-pub struct Places<'g> {
-    zones: HashMap<&'g str, (&'g str, [f64; 2])>,
+/// Names and centroids of the grid's zones (public geometry), computed
+/// once per dataset: every answer that names zones needs them.
+pub struct Places {
+    zones: HashMap<String, (String, [f64; 2])>,
 }
 
-impl<'g> Places<'g> {
-    pub fn of(grid: &'g crate::grid::Grid) -> Self {
+impl Places {
+    pub fn of(grid: &crate::grid::Grid) -> Self {
         use geo::Centroid;
         Self {
             zones: grid
@@ -72,7 +73,7 @@ impl<'g> Places<'g> {
                 .iter()
                 .map(|z| {
                     let c = z.area.centroid().map_or([0.0, 0.0], |c| [c.x(), c.y()]);
-                    (z.id.as_str(), (z.name.as_str(), c))
+                    (z.id.clone(), (z.name.clone(), c))
                 })
                 .collect(),
         }

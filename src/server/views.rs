@@ -1138,7 +1138,7 @@ pub async fn flows(
 
 fn flow_map(ds: &Dataset, v: &views::FlowsView) -> Result<Vec<u8>, Problem> {
     let grid = &ds.releaser.grid;
-    let places = super::rows::Places::of(grid);
+    let places = &ds.places;
     let centre = |id: &str| places.zone(id).1.map(|c| (c[0], c[1]));
     let lines: Vec<crate::render::FlowLine> = v
         .largest
