@@ -14,12 +14,10 @@ use serde::Deserialize;
 /// Errors loading a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message, not a `source`: printed with its chain
+    // it would say "No such file or directory" twice.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: invalid policy: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
@@ -373,9 +371,9 @@ pub struct Policy {
 impl Policy {
     /// Loads a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| PolicyError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let invalid = |reason: String| PolicyError::Invalid {
             path: path.to_path_buf(),

@@ -162,18 +162,12 @@ fn redact(url: &str) -> String {
 /// Errors of the database layer; messages name the ledger by its redacted URL.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("ledger {url}: {source}")]
-    Sqlite {
-        url: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("ledger {url}: {source}")]
-    Postgres {
-        url: String,
-        #[source]
-        source: postgres::Error,
-    },
+    // The causes are in the messages, not `source`s: printed with their
+    // chains they would say "database is locked" three times.
+    #[error("ledger {url}: {cause}")]
+    Sqlite { url: String, cause: rusqlite::Error },
+    #[error("ledger {url}: {}", pg_detail(.cause))]
+    Postgres { url: String, cause: postgres::Error },
     #[error(
         "ledger {url}: cannot connect: {why} (is PostgreSQL running, and does the URL name its user and database?)"
     )]
@@ -437,7 +431,21 @@ impl Db {
                 let err = lite_err(url);
                 let conn = rusqlite::Connection::open(path).map_err(&err)?;
                 conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
-                conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+                // Turning a new file to WAL takes an exclusive lock without
+                // the busy handler: processes opening a new ledger at once
+                // wait for each other here.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    match conn.pragma_update(None, "journal_mode", "WAL") {
+                        Ok(()) => break,
+                        Err(rusqlite::Error::SqliteFailure(f, _))
+                            if f.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
+                }
                 conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
                 conn.pragma_update(None, "foreign_keys", "ON").map_err(&err)?;
                 let mut db = Self::new(Conn::Sqlite(conn), url);
@@ -470,9 +478,9 @@ impl Db {
     }
 
     fn pg_err(url: &LedgerUrl) -> impl Fn(postgres::Error) -> DbError + '_ {
-        |source| DbError::Postgres {
+        |cause| DbError::Postgres {
             url: url.to_string(),
-            source,
+            cause,
         }
     }
 
@@ -721,10 +729,10 @@ impl Db {
     pub fn is_unique_violation(e: &DbError) -> bool {
         match e {
             DbError::Sqlite {
-                source: rusqlite::Error::SqliteFailure(f, _),
+                cause: rusqlite::Error::SqliteFailure(f, _),
                 ..
             } => f.code == rusqlite::ErrorCode::ConstraintViolation,
-            DbError::Postgres { source, .. } => source.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            DbError::Postgres { cause, .. } => cause.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
             _ => false,
         }
     }
@@ -794,9 +802,19 @@ fn lock_key(name: &str) -> i64 {
 }
 
 fn lite_err(url: &LedgerUrl) -> impl Fn(rusqlite::Error) -> DbError + '_ {
-    |source| DbError::Sqlite {
+    |cause| DbError::Sqlite {
         url: url.to_string(),
-        source,
+        cause,
+    }
+}
+
+/// A PostgreSQL error in words: the server's message when there is one
+/// (the driver's own says only "db error").
+fn pg_detail(e: &postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => db.to_string(),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
     }
 }
 
@@ -864,6 +882,36 @@ pub fn test_server() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Processes that open a new SQLite ledger together all get it: the
+    /// conversion to WAL used to fail one of them with "database is
+    /// locked" (seen in CI with 8 racing `release` processes).
+    #[test]
+    fn a_new_sqlite_ledger_opened_at_once_by_many_opens_for_all() {
+        for trial in 0..20 {
+            let dir = tempfile::tempdir().expect("tmp");
+            let url = LedgerUrl::Sqlite(dir.path().join("ledger.sqlite"));
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            Db::open(&url).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for o in opens {
+                    let r = o.join().expect("thread");
+                    assert!(
+                        r.is_ok(),
+                        "trial {trial}: {}",
+                        r.err().map(|e| e.to_string()).unwrap_or_default()
+                    );
+                }
+            });
+        }
+    }
 
     #[test]
     fn urls_parse_and_never_show_a_password() {
