@@ -31,7 +31,7 @@ pub struct Args {
     /// The privacy ledger: sqlite:PATH, or postgres://USER@HOST:PORT/DB to
     /// share one ledger between machines (default: the data dir's
     /// hexflow.sqlite). A data dir once charged to PostgreSQL keeps it.
-    #[arg(long, global = true, env = "HEXFLOW_LEDGER")]
+    #[arg(long, global = true, env = "HEXFLOW_LEDGER", hide_env_values = true)]
     pub ledger: Option<String>,
     #[command(subcommand)]
     pub command: Command,

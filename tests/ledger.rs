@@ -348,12 +348,29 @@ fn a_data_dir_keeps_the_ledger_it_was_charged_to() {
         .expect("run");
     assert!(!plain.status.success());
     assert!(text(&plain).contains("pass --ledger"), "{}", text(&plain));
+    // So is any other SQLite file: a fresh one would see no spending.
+    let elsewhere = format!("sqlite:{}", bound.dir.path().join("elsewhere.sqlite").display());
+    let other = bound
+        .cmd(&args)
+        .env("HEXFLOW_LEDGER", &elsewhere)
+        .output()
+        .expect("run");
+    assert!(!other.status.success());
+    assert!(text(&other).contains("pass --ledger"), "{}", text(&other));
     // Charged to SQLite: a PostgreSQL ledger that would not count those
     // charges is refused.
     let local = &envs[0];
     local.ingest_days(1);
     assert!(local.run(&args).status.success());
     let moved = local.cmd(&args).env("HEXFLOW_LEDGER", &pg).output().expect("run");
+    assert!(!moved.status.success());
+    assert!(text(&moved).contains("would not count them"), "{}", text(&moved));
+    let elsewhere = format!("sqlite:{}", local.dir.path().join("elsewhere.sqlite").display());
+    let moved = local
+        .cmd(&args)
+        .env("HEXFLOW_LEDGER", &elsewhere)
+        .output()
+        .expect("run");
     assert!(!moved.status.success());
     assert!(text(&moved).contains("would not count them"), "{}", text(&moved));
 }

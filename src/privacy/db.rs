@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use r2d2_postgres::{PostgresConnectionManager, postgres, r2d2};
 
-/// Where the ledger lives: `sqlite:PATH` or `postgres://…`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where the ledger lives: `sqlite:PATH` or `postgres://…`. Printed (also
+/// with `{:?}`, so in panics and assertions) without its password.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum LedgerUrl {
     Sqlite(PathBuf),
     Postgres(String),
@@ -66,48 +67,34 @@ impl LedgerUrl {
         }
     }
 
-    /// Binds `data_dir` to this ledger, once: a data dir whose releases
-    /// were charged to a PostgreSQL ledger records it (`ledger.url`, the
-    /// URL without password), and from then on refuses any other ledger,
-    /// the SQLite default included: releases charged to two ledgers would
-    /// each see only part of the spending. A data dir whose SQLite ledger
-    /// already holds releases is never bound to PostgreSQL, whose caps
+    /// Binds `data_dir` to this ledger, once: a data dir charged to any
+    /// ledger other than its own SQLite file records it (`ledger.url`, the
+    /// URL without password), and from then on refuses every other ledger,
+    /// its own file included: releases charged to two ledgers would each
+    /// see only part of the spending. A data dir whose own SQLite file
+    /// already holds releases is never bound elsewhere, where the caps
     /// would not count them.
     pub fn bind(&self, data_dir: &Path) -> Result<(), DbError> {
-        let marker = data_dir.join(BOUND_MARKER);
-        let Self::Postgres(_) = self else {
-            return match bound_ledger(data_dir) {
-                Some(bound) if *self == Self::in_data_dir(data_dir) => Err(DbError::Bound {
-                    data_dir: data_dir.to_path_buf(),
-                    bound,
-                    asked: self.to_string(),
-                }),
-                _ => Ok(()),
-            };
-        };
         let shown = self.to_string();
+        let own = *self == Self::in_data_dir(data_dir);
         match bound_ledger(data_dir) {
-            Some(bound) if bound == shown => Ok(()),
+            Some(bound) if !own && bound == shown => Ok(()),
             Some(bound) => Err(DbError::Bound {
                 data_dir: data_dir.to_path_buf(),
                 bound,
                 asked: shown,
             }),
+            None if own => Ok(()),
             None => {
-                let sqlite = data_dir.join("hexflow.sqlite");
-                if sqlite.exists() {
-                    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-                    let releases: i64 = rusqlite::Connection::open_with_flags(&sqlite, flags)
-                        .and_then(|c| c.query_row("SELECT COUNT(*) FROM releases", [], |r| r.get(0)))
-                        .unwrap_or(0);
-                    if releases > 0 {
-                        return Err(DbError::SqliteHistory {
-                            data_dir: data_dir.to_path_buf(),
-                            releases,
-                            asked: shown,
-                        });
-                    }
+                let releases = own_releases(data_dir)?;
+                if releases > 0 {
+                    return Err(DbError::SqliteHistory {
+                        data_dir: data_dir.to_path_buf(),
+                        releases,
+                        asked: shown,
+                    });
                 }
+                let marker = data_dir.join(BOUND_MARKER);
                 let _ = std::fs::create_dir_all(data_dir);
                 crate::util::write_atomic(&marker, format!("{shown}\n").as_bytes()).map_err(|e| DbError::Connect {
                     url: marker.display().to_string(),
@@ -116,9 +103,40 @@ impl LedgerUrl {
             }
         }
     }
+
+    /// Refuses to open a data dir's own SQLite file once the data dir is
+    /// bound to another ledger, whatever command or code path asks (a
+    /// check only: opening a SQLite file elsewhere binds nothing).
+    fn check_own_file(&self) -> Result<(), DbError> {
+        let Self::Sqlite(path) = self else { return Ok(()) };
+        match path.parent() {
+            Some(dir) if *self == Self::in_data_dir(dir) => match bound_ledger(dir) {
+                Some(bound) => Err(DbError::Bound {
+                    data_dir: dir.to_path_buf(),
+                    bound,
+                    asked: self.to_string(),
+                }),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
 }
 
-/// The file that binds a data dir to its PostgreSQL ledger.
+/// How many releases the data dir's own SQLite ledger holds (0 without
+/// the file); an unreadable file is an error, never "none".
+fn own_releases(data_dir: &Path) -> Result<i64, DbError> {
+    let own = LedgerUrl::in_data_dir(data_dir);
+    let LedgerUrl::Sqlite(path) = &own else { return Ok(0) };
+    if !path.exists() {
+        return Ok(0);
+    }
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM releases", [], |r| r.get(0)))
+        .map_err(lite_err(&own))
+}
+
+/// The file that binds a data dir to a ledger other than its own file.
 const BOUND_MARKER: &str = "ledger.url";
 
 /// The PostgreSQL ledger `data_dir` is bound to, if any.
@@ -130,6 +148,12 @@ fn bound_ledger(data_dir: &Path) -> Option<String> {
 }
 
 /// The URL without its password: what messages, markers and logs show.
+impl std::fmt::Debug for LedgerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LedgerUrl({self})")
+    }
+}
+
 impl std::fmt::Display for LedgerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -421,11 +445,8 @@ impl Db {
     pub fn open(url: &LedgerUrl) -> Result<Self, DbError> {
         let conn = match url {
             LedgerUrl::Sqlite(path) => {
-                // Every SQLite open of a data dir's own file checks the
-                // binding, so that no command can charge beside the
-                // shared ledger, whatever it was started with.
+                url.check_own_file()?;
                 if let Some(parent) = path.parent() {
-                    url.bind(parent)?;
                     let _ = std::fs::create_dir_all(parent);
                 }
                 let err = lite_err(url);
@@ -573,17 +594,28 @@ impl Db {
     /// writer, or a PostgreSQL advisory lock held to the commit.
     fn begin(&mut self, class: i32, scope: &str) -> Result<(), DbError> {
         let immediate = matches!(self.conn, Conn::Sqlite(_));
-        self.batch(if immediate { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
-        // Set before the lock: a failed lock must still roll back.
-        self.in_tx = true;
+        self.open_tx(if immediate { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
         if let Conn::Postgres(c) = &mut self.conn {
-            c.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[&class as &(dyn postgres::types::ToSql + Sync), &scope],
-            )
-            .map_err(Self::pg_err(&self.url))?;
+            let locked = c
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[&class as &(dyn postgres::types::ToSql + Sync), &scope],
+                )
+                .map_err(Self::pg_err(&self.url));
+            if let Err(e) = locked {
+                self.rollback();
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// Runs `sql`, which opens a transaction; whatever fails of it, the
+    /// connection is left outside any transaction (a pooled connection
+    /// must never go back inside an aborted one).
+    fn open_tx(&mut self, sql: &str) -> Result<(), DbError> {
+        self.in_tx = true;
+        self.batch(sql).inspect_err(|_| self.rollback())
     }
 
     /// A write transaction on `dataset`'s charges (see `begin`).
@@ -602,17 +634,16 @@ impl Db {
     pub fn begin_queue(&mut self) -> Result<(), DbError> {
         match self.conn {
             Conn::Sqlite(_) => self.begin(LOCK_CHARGE, "jobs"),
-            Conn::Postgres(_) => {
-                self.in_tx = true;
-                self.batch("BEGIN; SET LOCAL synchronous_commit TO OFF")
-                    .inspect_err(|_| self.in_tx = false)
-            }
+            Conn::Postgres(_) => self.open_tx("BEGIN; SET LOCAL synchronous_commit TO OFF"),
         }
     }
 
+    /// Commits; a failed commit (SQLite busy, a lost connection) rolls
+    /// back, so nothing of the transaction counts.
     pub fn commit(&mut self) -> Result<(), DbError> {
+        self.batch("COMMIT").inspect_err(|_| self.rollback())?;
         self.in_tx = false;
-        self.batch("COMMIT")
+        Ok(())
     }
 
     /// Rolls back the open transaction, if any (errors ignored: a broken

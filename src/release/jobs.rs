@@ -345,6 +345,9 @@ struct WorkLoop<'a> {
 impl WorkLoop<'_> {
     fn run(&self, worker: &str, stopped: &dyn Fn() -> bool) -> Result<(), JobError> {
         let mut ledger = Ledger::open(self.url)?;
+        // The lease renewals' own connection, kept for every job: the
+        // queue's statements run on `ledger` while a release goes on.
+        let mut renewer = Ledger::open(self.url)?;
         while !stopped() {
             let Some(job) = claim(&mut ledger, worker, self.lease, self.run)? else {
                 let left = match self.run {
@@ -362,9 +365,9 @@ impl WorkLoop<'_> {
                 continue;
             };
             let releaser = self.releaser(&job)?;
-            let outcome = with_lease(self.url, &job, worker, self.lease, || {
+            let outcome = with_lease(&mut renewer, &job, worker, self.lease, || {
                 releaser.release(&job.spec, releaser.today())
-            })?;
+            });
             finish(&mut ledger, &job, &outcome)?;
             let mut report = self.report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             report.report.tally(&job.label, &outcome);
@@ -409,24 +412,23 @@ fn pending(ledger: &mut Ledger) -> Result<u64, JobError> {
     Ok(row.map_or(Ok(0), |r| r.int(0))? as u64)
 }
 
-/// Runs `f` while a second connection renews the job's lease every third
-/// of it.
+/// Runs `f` while `renewer` (a second connection) renews the job's lease
+/// every third of it.
 fn with_lease<T: Send>(
-    url: &LedgerUrl,
+    renewer: &mut Ledger,
     job: &Claimed,
     worker: &str,
     lease: Duration,
     f: impl FnOnce() -> T + Send,
-) -> Result<T, JobError> {
-    let mut renewer = Ledger::open(url)?;
+) -> T {
     // Dropping `tx` (the release is done) ends the renewals.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    Ok(std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope.spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(lease / 3) {
                 // Lost (or a broken connection): the release goes on; its
                 // lock and id keep a second run of the job harmless.
-                if !renew(&mut renewer, &job.job_id, worker, lease).unwrap_or(false) {
+                if !renew(renewer, &job.job_id, worker, lease).unwrap_or(false) {
                     tracing::warn!("lost the lease on job {}", job.job_id);
                     break;
                 }
@@ -435,5 +437,5 @@ fn with_lease<T: Send>(
         let value = f();
         drop(tx);
         value
-    }))
+    })
 }
