@@ -50,6 +50,29 @@ pub fn write_parquet(df: &mut DataFrame, file: &mut std::fs::File) -> PolarsResu
     Ok(())
 }
 
+/// Writes frames of one schema into one Parquet file, in order, each in
+/// row groups of its own (so that a reader can take one frame's rows
+/// without decoding the others').
+pub fn write_row_groups(frames: &mut [&mut DataFrame], file: &mut std::fs::File) -> PolarsResult<()> {
+    let Some(first) = frames.first() else {
+        return Ok(());
+    };
+    let schema = first.schema().clone();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+    // LZ4: zstd builds a compression context for every page, which was
+    // the largest single cost of writing thousands of one-day row groups.
+    let mut writer = parquet_writer(&mut out)
+        .with_compression(ParquetCompression::Lz4Raw)
+        .batched(&schema)?;
+    for frame in frames.iter_mut() {
+        writer.write_batch(frame.align_chunks())?;
+    }
+    writer.finish()?;
+    drop(writer);
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
 /// hexflow's Parquet settings (zstd; min, max and null counts), for a whole
 /// frame or, through `batched`, one row group at a time.
 pub fn parquet_writer<W: std::io::Write>(file: W) -> ParquetWriter<W> {

@@ -176,7 +176,7 @@ fn a_presence_file_with_an_unknown_code_a_double_count_or_a_partial_day_is_refus
     assert!(
         store()
             .keys()
-            .any(|p| p.to_string_lossy().contains("presence/date=2025-03-13"))
+            .any(|p| p.to_string_lossy().contains("presence/g000001-2025-03.parquet"))
     );
 }
 

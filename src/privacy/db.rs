@@ -792,7 +792,7 @@ impl Drop for Db {
 /// kernel closes the file, PostgreSQL ends the session.
 pub enum ReleaseLock {
     File(crate::util::DirLock),
-    Postgres(Box<PgConn>, i64),
+    Postgres(Box<postgres::Client>, i64),
 }
 
 impl ReleaseLock {
@@ -805,7 +805,19 @@ impl ReleaseLock {
                     source,
                 }),
             LedgerUrl::Postgres(u) => {
-                let mut c = pg_conn(&pool(u, url)?, url)?;
+                // A session of its own, not a pooled one: closing it frees
+                // the lock whatever became of the unlock (a pooled
+                // connection would go back to the pool still holding it),
+                // and a waiting release takes no pool slot from the charges
+                // of the release it waits for.
+                let config: postgres::Config = u.parse().map_err(|e: postgres::Error| DbError::BadUrl {
+                    url: url.to_string(),
+                    why: e.to_string(),
+                })?;
+                let mut c = config.connect(postgres::NoTls).map_err(|e| DbError::Connect {
+                    url: url.to_string(),
+                    why: pg_detail(&e),
+                })?;
                 let k = lock_key(key);
                 c.execute("SELECT pg_advisory_lock($1)", &[&k])
                     .map_err(Db::pg_err(url))?;
@@ -817,8 +829,9 @@ impl ReleaseLock {
 
 impl Drop for ReleaseLock {
     fn drop(&mut self) {
-        // A failed unlock means a broken session: the pool drops it, and
-        // PostgreSQL releases the lock with the session.
+        // The session closes right after (dropping the client), which
+        // releases the lock too; the unlock only frees it without waiting
+        // for the server to see the connection end.
         if let Self::Postgres(c, k) = self {
             let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&*k]);
         }
@@ -970,6 +983,48 @@ mod tests {
         for bad in ["mysql://x", "sqlite:", "ledger.sqlite"] {
             assert!(LedgerUrl::resolve(Some(bad), dir).is_err(), "{bad}");
         }
+    }
+
+    /// Release locks on PostgreSQL hold sessions of their own: more of them
+    /// than the pool has slots leave the ledger usable (pooled locks would
+    /// have starved the charges they wait for), and a dropped lock is free
+    /// for another session at once.
+    #[test]
+    fn postgres_release_locks_take_no_pool_slot_and_free_on_drop() {
+        let url = LedgerUrl::resolve(
+            Some(&scratch_database(&test_server(), "hexflow_lock").expect("a scratch database")),
+            Path::new("/nonexistent"),
+        )
+        .expect("url");
+        let LedgerUrl::Postgres(raw) = &url else {
+            panic!("a PostgreSQL url")
+        };
+        let unused = Path::new("/nonexistent/lock");
+        let held: Vec<ReleaseLock> = (0..20)
+            .map(|i| ReleaseLock::acquire(&url, unused, &format!("t-{i:02}")).expect("lock"))
+            .collect();
+        let mut other: postgres::Client = raw
+            .parse::<postgres::Config>()
+            .expect("config")
+            .connect(postgres::NoTls)
+            .expect("connect");
+        let free = |c: &mut postgres::Client, name: &str| -> bool {
+            let k = lock_key(name);
+            let got: bool = c
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&k])
+                .expect("try")
+                .get(0);
+            if got {
+                c.execute("SELECT pg_advisory_unlock($1)", &[&k]).expect("unlock");
+            }
+            got
+        };
+        assert!(!free(&mut other, "t-07"), "a held lock is held");
+        let mut db = Db::open(&url).expect("the ledger opens while 20 release locks are held");
+        db.begin_charge("t").expect("a charge transaction");
+        db.commit().expect("commit");
+        drop(held);
+        assert!(free(&mut other, "t-07"), "a dropped lock is free");
     }
 
     #[test]

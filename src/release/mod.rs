@@ -1363,10 +1363,9 @@ fn read_window(
     spec: &ReleaseSpec,
 ) -> Result<Option<(DataFrame, Int64Chunked)>, ReleaseError> {
     let perr = polars_err(store);
-    let Some(lf) = store.scan(catalog, metric, spec.from, spec.to)? else {
+    let Some(df) = store.read_range(catalog, metric, spec.from, spec.to)? else {
         return Ok(None);
     };
-    let df = lf.collect().map_err(perr)?;
     let times = df
         .column("bin_start")
         .map_err(perr)?

@@ -5,16 +5,22 @@
 //! <data-dir>/store/<dataset>/
 //!   catalog.json                         the commit point (see below)
 //!   .lock                                held by every writer
-//!   footfall/date=2025-03-14/g000007.parquet
-//!   flows/date=2025-03-14/g000007.parquet
+//!   footfall/g000007-2025-03.parquet     one commit's days of one month
+//!   flows/g000007-2025-03.parquet
 //! ```
 //!
-//! Each day of each metric is one Parquet file; an ingest that touches a
-//! day writes a new version of that day's file (old rows + new rows) under a
-//! new generation name, then atomically replaces `catalog.json`, which names
-//! the current file of every day. Readers only follow the catalog, so a crash
-//! before the catalog is replaced leaves the store exactly as it was; the
-//! orphaned files are deleted by the next writer ([`CountStore::recover`]).
+//! A commit writes the days it touches (old rows + new rows of each day)
+//! into one Parquet file per calendar month under a new generation name,
+//! days in order, then atomically replaces `catalog.json`, which names for
+//! every day its file and its run of rows there ([`DayRows`]). Readers only
+//! follow the catalog, so a crash before the catalog is replaced leaves the
+//! store exactly as it was; the orphaned files are deleted by the next
+//! writer ([`CountStore::recover`]). A file is garbage once no day of the
+//! catalog points into it. (Version 1 stores wrote a file per day,
+//! `footfall/date=2025-03-14/g000007.parquet`; they are read as they are and
+//! their days move to month files as commits touch them. A file per day made
+//! a delivery of years create thousands of files, and the file system's
+//! inode allocation became most of its cost.)
 //!
 //! Readers hold `.readers` shared ([`CountStore::read_guard`]) from before
 //! they read the catalog until they have read the files it names. Files a
@@ -33,8 +39,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{table, util};
 
-/// Store schema version written in `catalog.json`.
-pub const CATALOG_VERSION: u32 = 1;
+/// Store schema version written in `catalog.json` (1 is still read).
+pub const CATALOG_VERSION: u32 = 2;
 
 pub use crate::vocab::Metric;
 
@@ -106,8 +112,18 @@ pub struct Catalog {
     /// Incremented by every commit; names the files it writes.
     pub generation: u64,
     pub deliveries: Vec<Delivery>,
-    /// metric → day → file name (relative to `<metric>/date=<day>/`).
-    pub partitions: BTreeMap<Metric, BTreeMap<NaiveDate, String>>,
+    /// metric → day → where its rows are.
+    pub partitions: BTreeMap<Metric, BTreeMap<NaiveDate, DayRows>>,
+}
+
+/// Where one day's rows of one metric are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DayRows {
+    /// Rows `offset .. offset + rows` of `<metric>/<file>` (version 2).
+    Run { file: String, offset: usize, rows: usize },
+    /// The whole of `<metric>/date=<day>/<file>` (version 1).
+    DayFile(String),
 }
 
 impl Catalog {
@@ -211,7 +227,7 @@ impl CountStore {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                if c.version != CATALOG_VERSION {
+                if c.version != CATALOG_VERSION && c.version != 1 {
                     return Err(StoreError::Catalog {
                         path,
                         reason: format!("version {} (this hexflow reads {CATALOG_VERSION})", c.version),
@@ -227,17 +243,22 @@ impl CountStore {
         }
     }
 
-    /// Path of one day's current file.
-    pub fn day_path(&self, catalog: &Catalog, metric: Metric, day: NaiveDate) -> Option<PathBuf> {
-        catalog
-            .partitions
-            .get(&metric)
-            .and_then(|days| days.get(&day))
-            .map(|f| self.partition_dir(metric, day).join(f))
+    /// The file holding one day's rows.
+    fn day_file(&self, metric: Metric, day: NaiveDate, rows: &DayRows) -> PathBuf {
+        let mdir = self.root.join(metric.as_str());
+        match rows {
+            DayRows::Run { file, .. } => mdir.join(file),
+            DayRows::DayFile(file) => mdir.join(format!("date={day}")).join(file),
+        }
     }
 
-    fn partition_dir(&self, metric: Metric, day: NaiveDate) -> PathBuf {
-        self.root.join(metric.as_str()).join(format!("date={day}"))
+    /// Every file the catalog points into.
+    fn referenced(&self, catalog: &Catalog) -> BTreeSet<PathBuf> {
+        catalog
+            .partitions
+            .iter()
+            .flat_map(|(metric, days)| days.iter().map(|(day, rows)| self.day_file(*metric, *day, rows)))
+            .collect()
     }
 
     /// Deletes files no catalog entry refers to: leftovers of a crashed or
@@ -253,30 +274,35 @@ impl CountStore {
                 }
             }
         }
-        // Superseded day files may still be read under an older catalog.
+        // Superseded files may still be read under an older catalog.
         let Some(_no_readers) = self.no_readers()? else {
             return Ok(removed);
         };
+        let keep = self.referenced(catalog);
+        let mut unreferenced = |path: PathBuf| -> Result<(), StoreError> {
+            if !keep.contains(&path) {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                removed += 1;
+            }
+            Ok(())
+        };
         for metric in Metric::ALL {
             let mdir = self.root.join(metric.as_str());
-            let Ok(days) = std::fs::read_dir(&mdir) else { continue };
-            for day_entry in days.flatten() {
-                let dpath = day_entry.path();
-                let current = day_entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("date="))
-                    .and_then(|d| d.parse::<NaiveDate>().ok())
-                    .and_then(|d| catalog.partitions.get(&metric)?.get(&d).cloned());
-                let Ok(files) = std::fs::read_dir(&dpath) else { continue };
-                for f in files.flatten() {
-                    if current.as_deref() != f.file_name().to_str() {
-                        std::fs::remove_file(f.path()).map_err(io_err(&f.path()))?;
-                        removed += 1;
-                    }
+            let Ok(entries) = std::fs::read_dir(&mdir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !path.is_dir() {
+                    unreferenced(path)?;
+                    continue;
                 }
-                if current.is_none() {
-                    std::fs::remove_dir(&dpath).map_err(io_err(&dpath))?;
+                // A version-1 day folder: removed once empty.
+                for f in std::fs::read_dir(&path).map_err(io_err(&path))?.flatten() {
+                    unreferenced(f.path())?;
+                }
+                if std::fs::read_dir(&path).map_err(io_err(&path))?.next().is_none() {
+                    std::fs::remove_dir(&path).map_err(io_err(&path))?;
                 }
             }
         }
@@ -285,9 +311,9 @@ impl CountStore {
 
     /// Reads one day's stored rows.
     pub fn read_day(&self, catalog: &Catalog, metric: Metric, day: NaiveDate) -> Result<Option<DataFrame>, StoreError> {
-        match self.day_path(catalog, metric, day) {
+        match catalog.partitions.get(&metric).and_then(|days| days.get(&day)) {
             None => Ok(None),
-            Some(p) => table::read_parquet(&p).map(Some).map_err(polars_err(&p)),
+            Some(rows) => read_rows(&self.day_file(metric, day, rows), rows.slice()).map(Some),
         }
     }
 
@@ -315,7 +341,7 @@ impl CountStore {
                 merged.push((day, frame));
                 continue;
             };
-            let path = self.day_path(catalog, metric, day).unwrap_or_default();
+            let path = self.root.join(metric.as_str());
             // Stored rows, marked by whether the new delivery has their key.
             let marked = old
                 .lazy()
@@ -367,41 +393,57 @@ impl CountStore {
             });
         }
 
-        // Second pass: write the new day files under a fresh generation.
+        // Second pass: write the merged days under a fresh generation, one
+        // file per calendar month, days in order.
         let generation = catalog.generation + 1;
-        let file_name = format!("g{generation:06}.parquet");
-        let mut next = catalog.clone();
-        next.generation = generation;
-        let mut rows_added = 0;
-        // Day files go straight to their final names: until the catalog
-        // below names them they belong to no generation, and a crash leaves
-        // them to `recover`. They are made durable together, with one
-        // syncfs, before the catalog commits: a per-file fsync (and a
-        // directory fsync per day) made ingest slower the more days a
-        // delivery spans.
-        // Days are written in parallel: with thousands of small days the
-        // per-file work (encoding, compression, open and close) is what
-        // an ingest of years spends its time on.
-        let written: Vec<PathBuf> = merged
-            .iter()
-            .map(|(day, _)| self.partition_dir(metric, *day).join(&file_name))
-            .collect();
-        let wrote = write_days(&mut merged, &written)
+        let mdir = self.root.join(metric.as_str());
+        let mut months: Vec<MonthFile> = Vec::new();
+        for (day, frame) in merged {
+            let name = format!("g{generation:06}-{}.parquet", day.format("%Y-%m"));
+            match months.last_mut() {
+                Some(m) if m.name == name => m.days.push((day, frame)),
+                _ => months.push(MonthFile {
+                    path: mdir.join(&name),
+                    name,
+                    days: vec![(day, frame)],
+                }),
+            }
+        }
+        // Files go straight to their final names: until the catalog below
+        // names them they belong to no generation, and a crash leaves them
+        // to `recover`. They are made durable together, with one syncfs,
+        // before the catalog commits, and written on one thread per core.
+        let wrote = std::fs::create_dir_all(&mdir)
+            .map_err(io_err(&mdir))
+            .and_then(|()| write_months(&mut months))
             .and_then(|()| util::sync_filesystem(&self.root).map_err(io_err(&self.root)));
         if let Err(e) = wrote {
             // A full disk or an I/O error: nothing of this commit stays
             // (files never created are simply not there to remove).
-            for p in &written {
-                let _ = std::fs::remove_file(p);
+            for m in &months {
+                let _ = std::fs::remove_file(&m.path);
             }
             return Err(e);
         }
-        for (day, frame) in &merged {
-            rows_added += frame.height();
-            next.partitions
-                .entry(metric)
-                .or_default()
-                .insert(*day, file_name.clone());
+        let mut next = catalog.clone();
+        next.version = CATALOG_VERSION;
+        next.generation = generation;
+        let mut rows_added = 0;
+        for m in &months {
+            let mut offset = 0;
+            for (day, frame) in &m.days {
+                let rows = frame.height();
+                next.partitions.entry(metric).or_default().insert(
+                    *day,
+                    DayRows::Run {
+                        file: m.name.clone(),
+                        offset,
+                        rows,
+                    },
+                );
+                offset += rows;
+                rows_added += rows;
+            }
         }
         util::failpoint("ingest:after-partitions");
 
@@ -416,74 +458,90 @@ impl CountStore {
         let cpath = self.catalog_path();
         util::write_atomic(&cpath, &bytes).map_err(io_err(&cpath))?;
         util::failpoint("ingest:after-commit");
-        // The day files this commit superseded are garbage now, unless a
+        // The files this commit superseded are garbage now, unless a
         // reader still follows the old catalog; a crash or a reader here
         // only delays their removal to a later writer's `recover`.
-        let Some(_no_readers) = self.no_readers()? else {
-            return Ok(CommitSummary {
-                generation,
-                days_written,
-                rows_added: rows_added - replaced,
-                rows_replaced: replaced,
-            });
-        };
-        for (day, new_file) in next.partitions.get(&metric).into_iter().flatten() {
-            if let Some(old) = self.day_path(catalog, metric, *day)
-                && old.file_name().and_then(|n| n.to_str()) != Some(new_file.as_str())
-            {
-                std::fs::remove_file(&old).map_err(io_err(&old))?;
-            }
-        }
-        Ok(CommitSummary {
+        let summary = CommitSummary {
             generation,
             days_written,
             rows_added: rows_added - replaced,
             rows_replaced: replaced,
-        })
+        };
+        let Some(_no_readers) = self.no_readers()? else {
+            return Ok(summary);
+        };
+        let current = self.referenced(&next);
+        for old in self.referenced(catalog).difference(&current) {
+            std::fs::remove_file(old).map_err(io_err(old))?;
+            // A version-1 day folder left empty.
+            if let Some(dir) = old.parent().filter(|d| d != &mdir) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        Ok(summary)
     }
 
-    /// Lazily scans every stored day of `metric` in `[from, to]` (inclusive).
-    pub fn scan(
+    /// Every stored row of `metric` on the days `[from, to]` (inclusive),
+    /// in day order; `None` when no day of the range is stored. Days that
+    /// follow on in one file are read in one slice.
+    pub fn read_range(
         &self,
         catalog: &Catalog,
         metric: Metric,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<Option<LazyFrame>, StoreError> {
-        let paths: Vec<PathBuf> = catalog
+    ) -> Result<Option<DataFrame>, StoreError> {
+        let mut runs: Vec<(PathBuf, Option<(usize, usize)>)> = Vec::new();
+        for (day, rows) in catalog
             .partitions
             .get(&metric)
             .into_iter()
-            .flat_map(|days| days.range(from..=to))
-            .map(|(day, f)| self.partition_dir(metric, *day).join(f))
-            .collect();
-        if paths.is_empty() {
-            return Ok(None);
+            .flat_map(|d| d.range(from..=to))
+        {
+            let path = self.day_file(metric, *day, rows);
+            let slice = rows.slice();
+            if let (Some((last_path, Some((offset, len)))), Some((next, more))) = (runs.last_mut(), slice)
+                && *last_path == path
+                && *offset + *len == next
+            {
+                *len += more;
+                continue;
+            }
+            runs.push((path, slice));
         }
-        let frames = paths
-            .iter()
-            .map(|p| {
-                LazyFrame::scan_parquet(PlRefPath::new(p.to_string_lossy().as_ref()), ScanArgsParquet::default())
-                    .map_err(polars_err(p))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        concat(frames, UnionArgs::default())
-            .map(Some)
-            .map_err(polars_err(&self.root))
+        let mut out: Option<DataFrame> = None;
+        for (path, slice) in &runs {
+            let frame = read_rows(path, *slice)?;
+            match out.as_mut() {
+                None => out = Some(frame),
+                Some(all) => {
+                    all.vstack_mut_owned(frame).map_err(polars_err(path))?;
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Per-metric totals, from the catalog and Parquet footers only.
+    /// Per-metric totals, from the catalog (and version-1 files' footers).
     pub fn summary(&self, catalog: &Catalog) -> Result<Vec<MetricSummary>, StoreError> {
         let mut out = Vec::new();
         for metric in Metric::ALL {
             let days = catalog.partitions.get(&metric);
             let mut rows = 0;
+            let mut files = BTreeSet::new();
+            for (day, entry) in days.into_iter().flatten() {
+                let p = self.day_file(metric, *day, entry);
+                rows += match entry.rows_in_file() {
+                    Some(n) => n,
+                    None => ParquetReader::new(std::fs::File::open(&p).map_err(io_err(&p))?)
+                        .num_rows()
+                        .map_err(polars_err(&p))?,
+                };
+                files.insert(p);
+            }
             let mut bytes = 0;
-            for (day, f) in days.into_iter().flatten() {
-                let p = self.partition_dir(metric, *day).join(f);
-                let mut reader = ParquetReader::new(std::fs::File::open(&p).map_err(io_err(&p))?);
-                rows += reader.num_rows().map_err(polars_err(&p))?;
-                bytes += std::fs::metadata(&p).map_err(io_err(&p))?.len();
+            for p in &files {
+                bytes += std::fs::metadata(p).map_err(io_err(p))?.len();
             }
             out.push(MetricSummary {
                 metric,
@@ -526,34 +584,68 @@ impl CountStore {
     }
 }
 
-/// "cell_id=X, bin_start=2025-03-14T10:00:00Z" for the first row of a key
-/// frame; never includes a count.
-/// Writes each day's frame to its path, on one thread per core. The
-/// threads get a large stack: polars' Parquet writer recurses deeper than
-/// a spawned thread's default 2 MiB allows in a debug build.
-fn write_days(days: &mut [(NaiveDate, DataFrame)], paths: &[PathBuf]) -> Result<(), StoreError> {
+/// Rows `slice` (offset, length) of a Parquet file, or all of it; row
+/// groups outside the slice are not decoded.
+fn read_rows(path: &Path, slice: Option<(usize, usize)>) -> Result<DataFrame, StoreError> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    ParquetReader::new(file)
+        .with_slice(slice)
+        .finish()
+        .map_err(polars_err(path))
+}
+
+impl DayRows {
+    /// The run of rows to read from the file (`None`: the whole file).
+    fn slice(&self) -> Option<(usize, usize)> {
+        match self {
+            DayRows::Run { offset, rows, .. } => Some((*offset, *rows)),
+            DayRows::DayFile(_) => None,
+        }
+    }
+
+    fn rows_in_file(&self) -> Option<usize> {
+        match self {
+            DayRows::Run { rows, .. } => Some(*rows),
+            DayRows::DayFile(_) => None,
+        }
+    }
+}
+
+/// One file of a commit: the days of one calendar month, in order.
+struct MonthFile {
+    name: String,
+    path: PathBuf,
+    days: Vec<(NaiveDate, DataFrame)>,
+}
+
+/// Writes each month's file, on one thread per core. The threads get a
+/// large stack: polars' Parquet writer recurses deeper than a spawned
+/// thread's default 2 MiB allows in a debug build.
+fn write_months(months: &mut [MonthFile]) -> Result<(), StoreError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
-        .min(days.len())
+        .min(months.len())
         .max(1);
-    let chunk = days.len().div_ceil(threads).max(1);
+    let chunk = months.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(threads);
-        for (frames, paths) in days.chunks_mut(chunk).zip(paths.chunks(chunk)) {
+        for files in months.chunks_mut(chunk) {
+            let first = files[0].path.clone();
             let spawned = std::thread::Builder::new()
                 .name("ingest-write".into())
                 .stack_size(64 << 20)
                 .spawn_scoped(scope, move || {
-                    for ((_, frame), path) in frames.iter_mut().zip(paths) {
-                        let dir = path.parent().unwrap_or(path);
-                        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-                        std::fs::File::create(path)
-                            .and_then(|mut f| table::write_parquet(frame, &mut f).map_err(std::io::Error::other))
-                            .map_err(io_err(path))?;
+                    for m in files.iter_mut() {
+                        let mut frames: Vec<&mut DataFrame> = m.days.iter_mut().map(|(_, f)| f).collect();
+                        std::fs::File::create(&m.path)
+                            .and_then(|mut f| {
+                                table::write_row_groups(&mut frames, &mut f).map_err(std::io::Error::other)
+                            })
+                            .map_err(io_err(&m.path))?;
                     }
                     Ok(())
                 })
-                .map_err(io_err(&paths[0]))?;
+                .map_err(io_err(&first))?;
             handles.push(spawned);
         }
         handles
@@ -562,6 +654,8 @@ fn write_days(days: &mut [(NaiveDate, DataFrame)], paths: &[PathBuf]) -> Result<
     })
 }
 
+/// "cell_id=X, bin_start=2025-03-14T10:00:00Z" for the first row of a key
+/// frame; never includes a count.
 fn describe_key(df: &DataFrame, metric: Metric) -> String {
     let mut parts = Vec::new();
     for c in metric.key_columns() {
@@ -591,4 +685,199 @@ fn describe_key(df: &DataFrame, metric: Metric) -> String {
         }
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: &str) -> NaiveDate {
+        d.parse().expect("date")
+    }
+
+    /// Footfall rows of one day: `cells` cells × 2 bins, each counting `devices`.
+    fn rows(d: &str, cells: u32, devices: u32) -> DataFrame {
+        let start = day(d)
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_micros();
+        let (mut ids, mut bins, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+        for c in 0..cells {
+            for b in 0..2i64 {
+                ids.push(format!("C{c}"));
+                bins.push(start + b * 3_600_000_000);
+                counts.push(devices);
+            }
+        }
+        df!("cell_id" => ids, "bin_start" => bins, "devices" => counts).expect("frame")
+    }
+
+    fn delivery(name: &str, days: &DayFrames, correction: bool) -> Delivery {
+        Delivery {
+            sha256: name.into(),
+            file_name: name.into(),
+            metric: Metric::Footfall,
+            rows: days.values().map(DataFrame::height).sum(),
+            first_day: *days.keys().next().expect("a day"),
+            last_day: *days.keys().next_back().expect("a day"),
+            days: days.len(),
+            correction,
+            replaced_rows: 0,
+            ingested_at: Utc::now(),
+            generation: 0,
+        }
+    }
+
+    fn commit(store: &CountStore, days: &[(&str, u32, u32)], correction: bool) -> CommitSummary {
+        let _lock = store.lock().expect("lock");
+        let catalog = store.catalog().expect("catalog");
+        store.recover(&catalog).expect("recover");
+        let frames: DayFrames = days.iter().map(|(d, c, n)| (day(d), rows(d, *c, *n))).collect();
+        let name = format!("{days:?}{correction}");
+        let d = delivery(&name, &frames, correction);
+        store.commit(&catalog, Metric::Footfall, frames, d).expect("commit")
+    }
+
+    fn devices(df: &DataFrame) -> Vec<u32> {
+        df.column("devices")
+            .expect("devices")
+            .u32()
+            .expect("u32")
+            .into_no_null_iter()
+            .collect()
+    }
+
+    fn files(store: &CountStore) -> Vec<String> {
+        store
+            .snapshot()
+            .into_keys()
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .map(|p| p.strip_prefix(store.root()).expect("under root").display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_delivery_writes_a_file_per_month_and_reads_back_by_day_and_range() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = CountStore::new(tmp.path(), "t");
+        let days = [("2025-03-30", 3, 1), ("2025-03-31", 2, 2), ("2025-04-01", 4, 3)];
+        commit(&store, &days, false);
+        assert_eq!(
+            files(&store),
+            ["footfall/g000001-2025-03.parquet", "footfall/g000001-2025-04.parquet"]
+        );
+        let catalog = store.catalog().expect("catalog");
+        assert_eq!(catalog.version, CATALOG_VERSION);
+        for (d, cells, n) in days {
+            let got = store
+                .read_day(&catalog, Metric::Footfall, day(d))
+                .expect("read")
+                .expect("day");
+            assert_eq!(devices(&got), vec![n; 2 * cells as usize], "{d}");
+        }
+        let all = store
+            .read_range(&catalog, Metric::Footfall, day("2025-03-01"), day("2025-04-30"))
+            .expect("range")
+            .expect("rows");
+        assert_eq!(devices(&all), [vec![1; 6], vec![2; 4], vec![3; 8]].concat());
+        let last_two = store
+            .read_range(&catalog, Metric::Footfall, day("2025-03-31"), day("2025-04-01"))
+            .expect("range")
+            .expect("rows");
+        assert_eq!(devices(&last_two), [vec![2; 4], vec![3; 8]].concat());
+        let summary = store.summary(&catalog).expect("summary");
+        assert_eq!((summary[0].days, summary[0].rows), (3, 18));
+    }
+
+    #[test]
+    fn a_correction_mid_month_is_read_instead_of_the_rows_it_replaced() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = CountStore::new(tmp.path(), "t");
+        let days: Vec<(&str, u32, u32)> = ["2025-05-01", "2025-05-02", "2025-05-03", "2025-05-04"]
+            .into_iter()
+            .map(|d| (d, 2, 1))
+            .collect();
+        commit(&store, &days, false);
+        // Day 2 corrected: its rows in the first file are no longer the
+        // day's, and a range read must skip them although they lie between
+        // days 1 and 3 there.
+        let s = commit(&store, &[("2025-05-02", 2, 9)], true);
+        assert_eq!((s.rows_replaced, s.rows_added), (4, 0));
+        let catalog = store.catalog().expect("catalog");
+        let all = store
+            .read_range(&catalog, Metric::Footfall, day("2025-05-01"), day("2025-05-04"))
+            .expect("range")
+            .expect("rows");
+        assert_eq!(devices(&all), [vec![1; 4], vec![9; 4], vec![1; 8]].concat());
+        // The first file still holds days 1, 3 and 4: it stays.
+        assert_eq!(
+            files(&store),
+            ["footfall/g000001-2025-05.parquet", "footfall/g000002-2025-05.parquet"]
+        );
+        assert_eq!(store.recover(&catalog).expect("recover"), 0);
+        // Once no day points into it, it goes with the commit.
+        commit(
+            &store,
+            &[("2025-05-01", 2, 5), ("2025-05-03", 2, 5), ("2025-05-04", 2, 5)],
+            true,
+        );
+        assert_eq!(
+            files(&store),
+            ["footfall/g000002-2025-05.parquet", "footfall/g000003-2025-05.parquet"]
+        );
+    }
+
+    #[test]
+    fn a_version_1_store_is_read_and_its_day_files_retire_as_days_are_rewritten() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = CountStore::new(tmp.path(), "t");
+        let mut v1 = Catalog {
+            version: 1,
+            generation: 1,
+            ..Catalog::default()
+        };
+        for (d, n) in [("2025-03-12", 4), ("2025-03-13", 5)] {
+            let dir = store.root().join("footfall").join(format!("date={d}"));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let mut f = std::fs::File::create(dir.join("g000001.parquet")).expect("create");
+            table::write_parquet(&mut rows(d, 2, n), &mut f).expect("write");
+            v1.partitions
+                .entry(Metric::Footfall)
+                .or_default()
+                .insert(day(d), DayRows::DayFile("g000001.parquet".into()));
+        }
+        // As version 1 wrote it: plain file names.
+        let text = serde_json::to_string(&v1).expect("json");
+        assert!(text.contains(r#""2025-03-12":"g000001.parquet""#), "{text}");
+        std::fs::write(store.root().join("catalog.json"), text).expect("catalog");
+
+        let catalog = store.catalog().expect("a version-1 catalog is read");
+        let range = store
+            .read_range(&catalog, Metric::Footfall, day("2025-03-12"), day("2025-03-13"))
+            .expect("range")
+            .expect("rows");
+        assert_eq!(devices(&range), [vec![4; 4], vec![5; 4]].concat());
+        assert_eq!(store.summary(&catalog).expect("summary")[0].rows, 8);
+
+        commit(&store, &[("2025-03-12", 2, 7)], true);
+        let catalog = store.catalog().expect("catalog");
+        assert_eq!(catalog.version, CATALOG_VERSION);
+        assert_eq!(
+            files(&store),
+            [
+                "footfall/date=2025-03-13/g000001.parquet",
+                "footfall/g000002-2025-03.parquet"
+            ]
+        );
+        assert!(
+            !store.root().join("footfall/date=2025-03-12").exists(),
+            "the emptied day folder goes"
+        );
+        let range = store
+            .read_range(&catalog, Metric::Footfall, day("2025-03-12"), day("2025-03-13"))
+            .expect("range")
+            .expect("rows");
+        assert_eq!(devices(&range), [vec![7; 4], vec![5; 4]].concat());
+    }
 }
