@@ -122,11 +122,14 @@ def ingest(policy_path, data, delivery):
     d = (d.join(pos, on="cell").with_columns(day=loc.dt.date()).sort("t", "ci")
          .select(pl.col("cell").alias("cell_id"), pl.col("t").alias("bin_start"), pl.col("v").cast(pl.UInt32).alias("devices"), "day"))
     gen, parts = cat["generation"] + 1, cat["partitions"].setdefault("footfall", {})
-    for (day,), frame in d.partition_by("day", as_dict=True, maintain_order=True).items():
-        path = store / "footfall" / f"day={day}" / f"g{gen:06}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.drop("day").write_parquet(path, compression="zstd"); fsync(path)
-        parts[str(day)] = path.name
+    # As hexflow's store (v2): one LZ4 file per commit and calendar month, a row group per day (as long as
+    # the days are equally long: polars has no batched writer), each day a run of rows named in the catalog.
+    for (month,), frame in d.with_columns(month=pl.col("day").dt.strftime("%Y-%m")).partition_by("month", as_dict=True).items():
+        path = store / "footfall" / f"g{gen:06}-{month}.parquet"; path.parent.mkdir(parents=True, exist_ok=True)
+        sizes = frame.group_by("day", maintain_order=True).len()
+        frame.drop("day", "month").write_parquet(path, compression="lz4", row_group_size=int(sizes["len"].max())); fsync(path)
+        for day, n, off in zip(sizes["day"], sizes["len"], np.cumsum(sizes["len"]) - sizes["len"]):
+            parts[str(day)] = {"file": path.name, "offset": int(off), "rows": int(n)}
     cat["generation"] = gen
     cat["deliveries"].append({"sha256": sha, "file": delivery.name, "rows": d.height, "days": d["day"].n_unique()})
     tmp = cat_path.with_suffix(".tmp"); tmp.write_text(json.dumps(cat)); fsync(tmp); os.replace(tmp, cat_path)
@@ -153,13 +156,10 @@ def weights(policy_path, data, res):
     clipped = shapely.intersection(np.array(cov_m), area_m)
     inside = shapely.area(clipped) >= 1.0; shapely.prepare(clipped)  # MIN_COVERAGE_M2
     polys = {}
-    def hex_polys(hexes):
-        new = [h for h in dict.fromkeys(hexes) if h not in polys]
-        if new:
+    def hex_polys(hexes):  # projected hex outlines, each built once
+        if new := [h for h in dict.fromkeys(hexes) if h not in polys]:
             b = [np.array(h3.cell_to_boundary(h))[:, ::-1] for h in new]
-            ring = xy(np.vstack(b))
-            geoms = shapely.polygons(shapely.linearrings(ring, indices=np.repeat(np.arange(len(b)), [len(x) for x in b])))
-            polys.update(zip(new, geoms))
+            polys.update(zip(new, shapely.polygons(shapely.linearrings(xy(np.vstack(b)), indices=np.repeat(np.arange(len(b)), [len(x) for x in b])))))
         return np.array([polys[h] for h in hexes], dtype=object)
     todo = {i: hex_cells(h3.LatLngPoly([(y, x) for x, y in cov_deg[i]]), res) for i in np.flatnonzero(inside)}
     done, pieces = defaultdict(set), defaultdict(list)
@@ -199,15 +199,12 @@ def weights(policy_path, data, res):
 def calibrate(rho, l2, n):
     """mechanism::calibrate: the smallest scale whose OpenDP zCDP map is ≤ ρ."""
     textbook = l2 / math.sqrt(2 * rho)
-    if n is None:
-        mk = lambda s: dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T=float), s)
-    else:  # Draw::float: OpenDP's grid 2^k with k = ⌊log2 σ⌋ − 30, the n values in one sized measurement
-        k = max(math.floor(math.log2(textbook)) - 30, -1074)
-        dom = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=n)
-        mk = lambda s: dp.m.make_gaussian(dom, dp.l2_distance(T=float), s, k=k)
+    # Integer counts; or Draw::float: n real sums in one sized measurement on OpenDP's grid 2^k, k = ⌊log2 σ⌋ − 30.
+    k = None if n is None else max(math.floor(math.log2(textbook)) - 30, -1074)
+    dom = dp.vector_domain(dp.atom_domain(T="i64")) if n is None else dp.vector_domain(dp.atom_domain(T=float, nan=False), size=n)
+    mk = lambda s: dp.m.make_gaussian(dom, dp.l2_distance(T=float), s, k=k)
     scale = dp.binary_search(lambda s: mk(s).map(l2) <= rho, bounds=(textbook * 0.5, textbook * 2.0 + 1e-9))
-    m = mk(scale)
-    return dict(scale=scale, rho=m.map(l2), l2=l2, m=m)
+    return dict(scale=scale, rho=mk(scale).map(l2), l2=l2, m=mk(scale))
 
 def cell_bars(scale, cols):
     """errorbar::cell_placement: the 95 % point of Σ w_c N_c (N_c OpenDP's discrete Gaussian),
@@ -281,8 +278,10 @@ def release(policy_path, data, res, rho, audience):
     cols = [np.array(x) for x in np.split(w[np.argsort(hi, kind="stable")], np.cumsum(np.bincount(hi, minlength=len(keys)))[:-1])]
     bars = cell_bars(c["scale"], cols) if placement == "cell" else np.array([(Z95 * c["scale"], c["scale"]) if len(x) else (0.0, 0.0) for x in cols])
     # Counts per (bin, cell), then OpenDP's noise.
-    files = [str(data / "store" / ds / "footfall" / f"day={d}" / cat[str(d)]) for d in days]
-    df = pl.scan_parquet(files).join(pl.LazyFrame({"cell_id": ids, "ci": np.arange(len(ids))}), on="cell_id") \
+    runs = defaultdict(list)  # the window's days, a run of rows per file
+    for d in days:
+        runs[cat[str(d)]["file"]].append(cat[str(d)])
+    df = pl.concat([pl.scan_parquet(data / "store" / ds / "footfall" / f).slice(r[0]["offset"], sum(x["rows"] for x in r)) for f, r in runs.items()]).join(pl.LazyFrame({"cell_id": ids, "ci": np.arange(len(ids))}), on="cell_id") \
         .select("ci", pl.col("bin_start").dt.epoch("s"), "devices").collect()
     t = df["bin_start"].to_numpy(); b = np.searchsorted(bins, t, side="right") - 1
     ok = (b >= 0) & (t < midnight(TO + timedelta(days=1)))
