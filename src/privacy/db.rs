@@ -332,11 +332,7 @@ fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPoolEntry, DbError> {
     if let Some(p) = pools.get(url) {
         return Ok(p.clone());
     }
-    let config: postgres::Config = url.parse().map_err(|e: postgres::Error| DbError::BadUrl {
-        url: shown.to_string(),
-        why: e.to_string(),
-    })?;
-    let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+    let manager = PostgresConnectionManager::new(pg_config(url, shown)?, postgres::NoTls);
     let p = r2d2::Pool::builder()
         .max_size(16)
         .min_idle(Some(0))
@@ -352,6 +348,14 @@ fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPoolEntry, DbError> {
     };
     pools.insert(url.to_string(), entry.clone());
     Ok(entry)
+}
+
+/// The connection settings of the PostgreSQL URL `url` (shown as `shown`).
+fn pg_config(url: &str, shown: &LedgerUrl) -> Result<postgres::Config, DbError> {
+    url.parse().map_err(|e: postgres::Error| DbError::BadUrl {
+        url: shown.to_string(),
+        why: e.to_string(),
+    })
 }
 
 /// A pooled connection to the PostgreSQL ledger `url` (shown as `shown`).
@@ -810,14 +814,12 @@ impl ReleaseLock {
                 // connection would go back to the pool still holding it),
                 // and a waiting release takes no pool slot from the charges
                 // of the release it waits for.
-                let config: postgres::Config = u.parse().map_err(|e: postgres::Error| DbError::BadUrl {
-                    url: url.to_string(),
-                    why: e.to_string(),
-                })?;
-                let mut c = config.connect(postgres::NoTls).map_err(|e| DbError::Connect {
-                    url: url.to_string(),
-                    why: pg_detail(&e),
-                })?;
+                let mut c = pg_config(u, url)?
+                    .connect(postgres::NoTls)
+                    .map_err(|e| DbError::Connect {
+                        url: url.to_string(),
+                        why: pg_detail(&e),
+                    })?;
                 let k = lock_key(key);
                 c.execute("SELECT pg_advisory_lock($1)", &[&k])
                     .map_err(Db::pg_err(url))?;

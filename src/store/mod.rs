@@ -531,8 +531,8 @@ impl CountStore {
             let mut files = BTreeSet::new();
             for (day, entry) in days.into_iter().flatten() {
                 let p = self.day_file(metric, *day, entry);
-                rows += match entry.rows_in_file() {
-                    Some(n) => n,
+                rows += match entry.slice() {
+                    Some((_, n)) => n,
                     None => ParquetReader::new(std::fs::File::open(&p).map_err(io_err(&p))?)
                         .num_rows()
                         .map_err(polars_err(&p))?,
@@ -599,13 +599,6 @@ impl DayRows {
     fn slice(&self) -> Option<(usize, usize)> {
         match self {
             DayRows::Run { offset, rows, .. } => Some((*offset, *rows)),
-            DayRows::DayFile(_) => None,
-        }
-    }
-
-    fn rows_in_file(&self) -> Option<usize> {
-        match self {
-            DayRows::Run { rows, .. } => Some(*rows),
             DayRows::DayFile(_) => None,
         }
     }
