@@ -17,6 +17,7 @@ use crate::policy::Policy;
 use crate::privacy::ledger::LedgerUrl;
 use crate::simulate::{self, Format};
 use crate::store::CountStore;
+use crate::util::cores;
 
 /// Differentially private footfall and flow heatmaps on H3 hexagons.
 #[derive(Debug, Parser)]
@@ -1155,10 +1156,12 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
         bail!("no deliveries found in {}", deliveries.display());
     }
     eprintln!("ingesting {} files ...", files.len());
-    for file in &files {
-        // Already-ingested files are a no-op, so a restart costs a hash each.
-        ingestor.ingest(file, IngestOptions::default())?;
-    }
+    // Side by side: a file is read and checked outside the store's lock,
+    // which is held only while it commits. Already-ingested files are a
+    // no-op, so a restart costs a hash each.
+    crate::util::on_threads("ingest", files, |file| ingestor.ingest(&file, IngestOptions::default()))
+        .into_iter()
+        .try_for_each(|r| r.map(drop))?;
     // Built (or read) now: the first release of each resolution would
     // otherwise wait for it.
     let (_, weights) = WeightMatrix::load_or_build(grid, res, data_dir)?;
@@ -1194,11 +1197,6 @@ fn print_demo(
         );
     }
     Ok(())
-}
-
-/// The cores of this machine.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// `publish --workers N`: queues the plan as one run and starts N `hexflow

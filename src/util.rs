@@ -1,5 +1,5 @@
 //! Small file-system helpers shared by the stages: content hashes, crash-safe
-//! writes, advisory locks and test failpoints.
+//! writes, advisory locks, work on every core and test failpoints.
 //!
 //! Every file hexflow persists goes through [`write_atomic`]: the bytes land
 //! in a temporary sibling, are fsynced, renamed over the target and the parent
@@ -187,6 +187,48 @@ impl Drop for DirLock {
     }
 }
 
+/// The cores of this machine (1 when it cannot tell).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// `f` over `items` on one plain thread per core (at most one per item),
+/// each taking the next item; the results come back in the items' order.
+/// Plain threads, not rayon's pool: the work may use rayon inside, and a
+/// rayon worker blocked there would steal more of this loop. The threads
+/// get a large stack: polars' Parquet writer recurses deeper than a
+/// spawned thread's default 2 MiB allows in a debug build.
+pub fn on_threads<T: Send, R: Send>(name: &str, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = cores().min(items.len());
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name(name.to_string())
+                    .stack_size(64 << 20)
+                    .spawn_scoped(scope, || {
+                        let mut done = Vec::new();
+                        // The lock is held only to take the next item.
+                        let take = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+                        while let Some((i, item)) = take() {
+                            done.push((i, f(item)));
+                        }
+                        done
+                    })
+                    // Only when the system cannot make a thread at all.
+                    .expect("cannot start a thread")
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.sort_unstable_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Aborts the process when the environment variable `HEXFLOW_FAILPOINT`
 /// names this point.
 ///
@@ -211,6 +253,23 @@ pub fn failpoint(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_threads_keeps_the_items_order() {
+        let items: Vec<u64> = (0..500).collect();
+        // Uneven work, so threads finish out of order.
+        let out = on_threads("test", items, |i| {
+            if i % 7 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            (i, std::thread::current().name().map(str::to_string))
+        });
+        assert_eq!(
+            out.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..500).collect::<Vec<_>>()
+        );
+        assert!(out.iter().all(|(_, name)| name.as_deref() == Some("test")));
+    }
 
     #[test]
     fn parts_hash_is_length_prefixed() {

@@ -208,12 +208,35 @@ pub struct Validator<'a> {
     /// Alignment and local day of each distinct instant (a month has ~720).
     /// PlHashMap: polars' fast hasher; SipHash cost a third of ingest time.
     instants: PlHashMap<i64, Result<NaiveDate, String>>,
-    /// (cell, dest, bin, line) of every valid row so far, for the
+    /// (bin, cell, dest, line) of every valid row so far, for the
     /// duplicate check at the end ([`Validator::finish`]); presence packs
-    /// (period, segment, origin) into `dest` and the day into `bin`.
-    keys: Vec<(u32, u32, i64, u32)>,
+    /// (period, segment, origin) into `dest` and the day into `bin`. Bin
+    /// first: deliveries come bin by bin, so the keys are runs already
+    /// sorted, which the (run-adaptive) stable sort merges in linear time.
+    keys: Vec<(i64, u32, u32, u32)>,
     /// Rows validated so far (batches continue the line numbers).
     rows_seen: usize,
+    /// A bin's timestamp, or a presence day, is the same text on every row
+    /// of the bin: parsed once per run of rows.
+    last_instant: LastParsed<i64>,
+    last_day: LastParsed<NaiveDate>,
+}
+
+/// The last text parsed and what it gave.
+#[derive(Default)]
+struct LastParsed<T>(Option<(String, Result<T, String>)>);
+
+impl<T: Clone> LastParsed<T> {
+    fn get(&mut self, raw: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, String> {
+        if let Some((last, parsed)) = &self.0
+            && last == raw
+        {
+            return parsed.clone();
+        }
+        let parsed = parse(raw);
+        self.0 = Some((raw.to_string(), parsed.clone()));
+        parsed
+    }
 }
 
 impl<'a> Validator<'a> {
@@ -232,6 +255,8 @@ impl<'a> Validator<'a> {
             instants: PlHashMap::default(),
             keys: Vec::new(),
             rows_seen: 0,
+            last_instant: LastParsed::default(),
+            last_day: LastParsed::default(),
         }
     }
 
@@ -278,7 +303,7 @@ impl<'a> Validator<'a> {
             let (Some((bin_s, day)), Some(value), true) = (bin, value, row_ok) else {
                 continue;
             };
-            self.keys.push((cells[0], cells[1], bin_s, line as u32));
+            self.keys.push((bin_s, cells[0], cells[1], line as u32));
             out.cell.push(cells[0]);
             if n_keys == 2 {
                 out.dest.push(cells[1]);
@@ -330,7 +355,11 @@ impl<'a> Validator<'a> {
             )
             .map_err(|r| row.reject(3, r))
             .ok();
-            let day = local_day(views[4].text(i), self.limits, today, &self.grid.spec.timezone)
+            let (limits, tz) = (self.limits, &self.grid.spec.timezone);
+            let day = views[4]
+                .text(i)
+                .ok_or_else(|| "empty day".to_string())
+                .and_then(|raw| self.last_day.get(raw, |raw| local_day(raw, limits, today, tz)))
                 .map_err(|r| row.reject(4, r))
                 .ok();
             let value = count(&views[5], i, limit).map_err(|r| row.reject(5, r)).ok();
@@ -344,7 +373,7 @@ impl<'a> Validator<'a> {
             // segments (policy names), ≤ 65,535 origin codes.
             let packed = ((p as u32) << 24) | ((s as u32) << 16) | o as u32;
             self.keys
-                .push((cell, packed, i64::from(day.num_days_from_ce()), line as u32));
+                .push((i64::from(day.num_days_from_ce()), cell, packed, line as u32));
             out.cell.push(cell);
             out.day.push(day);
             out.value.push(value);
@@ -362,7 +391,7 @@ impl<'a> Validator<'a> {
         let keys = &mut self.keys;
         // Duplicates: sort the keys (line last, so the first occurrence of a
         // key comes first) and compare neighbours.
-        keys.sort_unstable();
+        keys.sort();
         let key_names = &names[..=n_keys];
         for pair in keys.windows(2) {
             let (a, b) = (pair[0], pair[1]);
@@ -396,7 +425,10 @@ impl<'a> Validator<'a> {
 
     fn instant(&mut self, col: &View, i: usize) -> Result<(i64, NaiveDate), String> {
         let secs = match col {
-            View::Text(_) => parse_rfc3339(col.text(i).ok_or("empty timestamp")?)?,
+            View::Text(_) => {
+                let raw = col.text(i).ok_or("empty timestamp")?;
+                self.last_instant.get(raw, parse_rfc3339)?
+            }
             View::Instant(v) => match v[i] {
                 None => return Err("empty timestamp".into()),
                 Some(Err(())) => return Err("timestamp has a fraction of a second".into()),
@@ -415,8 +447,7 @@ impl<'a> Validator<'a> {
 }
 
 /// A presence `day`: a local date, old enough to be plausible and over.
-fn local_day(raw: Option<&str>, limits: &IngestLimits, today: NaiveDate, tz: &str) -> Result<NaiveDate, String> {
-    let raw = raw.ok_or("empty day")?;
+fn local_day(raw: &str, limits: &IngestLimits, today: NaiveDate, tz: &str) -> Result<NaiveDate, String> {
     let day = match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
         Ok(d) if raw.len() == 10 => d,
         _ if raw.len() > 10 && NaiveDate::parse_from_str(&raw[..10], "%Y-%m-%d").is_ok() => {

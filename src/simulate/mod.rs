@@ -170,6 +170,36 @@ struct PresenceTruth {
     monthly: BTreeMap<(String, String, String, String), u64>,
 }
 
+impl PresenceTruth {
+    fn add(&mut self, other: PresenceTruth) {
+        for (k, v) in other.daily {
+            *self.daily.entry(k).or_default() += v;
+        }
+        for (k, v) in other.monthly {
+            *self.monthly.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// The local calendar months of `[from, to]`, each clipped to the window.
+fn month_spans(from: NaiveDate, to: NaiveDate) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut spans = Vec::new();
+    let mut first = from;
+    while first <= to {
+        let next = first
+            .with_day(1)
+            .and_then(|d| d.checked_add_months(chrono::Months::new(1)))
+            .unwrap_or(NaiveDate::MAX);
+        let last = next.pred_opt().unwrap_or(next).min(to);
+        spans.push((first, last));
+        if next == NaiveDate::MAX {
+            break;
+        }
+        first = next;
+    }
+    spans
+}
+
 const MODEL_NOTES: &[&str] = &[
     "residents: home distribution from 'residential' landmarks (plus some in the centre); weekday work 06:30-09:00 to 16:30-19:30 towards business, centre, station, hospital, university and port landmarks",
     "Saturdays and Sundays/public holidays: little work, afternoon leisure in town and on the coast (coast share grows in summer); Friday and Saturday evenings busier",
@@ -295,38 +325,43 @@ fn simulate_in_batches(
         path: out.to_path_buf(),
         source,
     })?;
+    // Every day draws from its own seeded stream, so months are simulated
+    // side by side and each writes its own files.
+    let progress = crate::cli_progress((to - from).num_days() as u64 + 1, "simulating");
+    let months = util::on_threads("simulate", month_spans(from, to), |(first, last)| {
+        let mut month = MonthOutput::new(grid, out, format, first.format("%Y-%m").to_string(), batch_rows);
+        let mut truth = PresenceTruth::default();
+        for day in first.iter_days().take_while(|d| *d <= last) {
+            let kind = DayKind::new(day, cal.is_public_holiday(day), cal.is_school_holiday(day));
+            let todays_match = matches.iter().find(|m| m.date == day);
+            let todays_cruise = cruises.iter().find(|c| c.date == day);
+            ctx.day(day, kind, todays_match, todays_cruise, seed, &mut month)?;
+            if let Some(p) = presence {
+                ctx.presence(
+                    day,
+                    kind,
+                    (todays_match, todays_cruise),
+                    seed,
+                    p,
+                    &mut month,
+                    &mut truth,
+                )?;
+            }
+            progress.inc(1);
+        }
+        let peak_buffered_rows = month.peak_buffered_rows;
+        Ok::<_, SimulateError>((month.finish()?, peak_buffered_rows, truth))
+    });
+    progress.finish_and_clear();
     let mut files = Vec::new();
     let mut peak_buffered_rows = 0;
     let mut presence_truth = PresenceTruth::default();
-    let new_month = |day: NaiveDate| MonthOutput::new(grid, out, format, day.format("%Y-%m").to_string(), batch_rows);
-    let mut month = new_month(from);
-    let progress = crate::cli_progress((to - from).num_days() as u64 + 1, "simulating");
-    for day in from.iter_days().take_while(|d| *d <= to) {
-        if day.format("%Y-%m").to_string() != month.label {
-            let done = std::mem::replace(&mut month, new_month(day));
-            peak_buffered_rows = peak_buffered_rows.max(done.peak_buffered_rows);
-            files.extend(done.finish()?);
-        }
-        let kind = DayKind::new(day, cal.is_public_holiday(day), cal.is_school_holiday(day));
-        let todays_match = matches.iter().find(|m| m.date == day);
-        let todays_cruise = cruises.iter().find(|c| c.date == day);
-        ctx.day(day, kind, todays_match, todays_cruise, seed, &mut month)?;
-        if let Some(p) = presence {
-            ctx.presence(
-                day,
-                kind,
-                (todays_match, todays_cruise),
-                seed,
-                p,
-                &mut month,
-                &mut presence_truth,
-            )?;
-        }
-        progress.inc(1);
+    for month in months {
+        let (month_files, peak, truth) = month?;
+        files.extend(month_files);
+        peak_buffered_rows = peak_buffered_rows.max(peak);
+        presence_truth.add(truth);
     }
-    peak_buffered_rows = peak_buffered_rows.max(month.peak_buffered_rows);
-    files.extend(month.finish()?);
-    progress.finish_and_clear();
 
     let truth_path = out.join("events.json");
     let truth = Truth {
@@ -411,6 +446,17 @@ struct DayContext<'a> {
     tourists_peak: f64,
 }
 
+/// (cell, day label, period, segment, origin code, devices); labels are
+/// shared by a period's rows.
+type PresenceRow = (
+    u32,
+    std::sync::Arc<str>,
+    std::sync::Arc<str>,
+    &'static str,
+    &'static str,
+    u32,
+);
+
 /// Rows not written yet, and the labels of the bins they refer to.
 #[derive(Default)]
 struct Pending {
@@ -422,8 +468,7 @@ struct Pending {
     flow_dest: Vec<u32>,
     flow_bin: Vec<u32>,
     flow_trips: Vec<u32>,
-    /// Presence rows: (cell, day label, period, segment, origin code, devices).
-    presence: Vec<(u32, String, String, &'static str, &'static str, u32)>,
+    presence: Vec<PresenceRow>,
 }
 
 fn poisson(rng: &mut Xoshiro256PlusPlus, mean: f64) -> u32 {
@@ -606,7 +651,7 @@ impl DayContext<'_> {
         };
         let tourists = self.tourists_peak * model::tourist_level(kind);
         let trippers = visitors::day_trippers(kind, self.tourists_peak);
-        let label = day.format("%Y-%m-%d").to_string();
+        let label: std::sync::Arc<str> = day.format("%Y-%m-%d").to_string().into();
         let month = day.format("%Y-%m").to_string();
         for period in spec.periods.keys() {
             let Some((from_s, to_s)) = spec.period_bounds(period) else {
@@ -614,7 +659,8 @@ impl DayContext<'_> {
             };
             let (from_h, to_h) = (f64::from(from_s) / 3600.0, f64::from(to_s) / 3600.0);
             let mix = visitors::PeriodMix::new(s, kind, from_h, to_h);
-            let mut counts: BTreeMap<(u32, &'static str, &'static str), u32> = BTreeMap::new();
+            // Hashed while devices are placed, sorted once at the end.
+            let mut counts: PlHashMap<(u32, &'static str, &'static str), u32> = PlHashMap::default();
             // Residents: one Poisson count per cell.
             if let Some(seg) = segment(RESIDENT) {
                 let r = self.residents * mix.residents_present;
@@ -663,31 +709,31 @@ impl DayContext<'_> {
                     continue;
                 }
                 for (origin, mean) in origins {
+                    let origin = code(origin);
                     for _ in 0..poisson(&mut rng, mean) {
                         let u = rng.random::<f64>() * total;
                         let c = cumulative.partition_point(|x| *x <= u).min(n - 1);
-                        *counts.entry((c as u32, seg, code(origin))).or_default() += 1;
+                        *counts.entry((c as u32, seg, origin)).or_default() += 1;
                     }
                 }
             }
+            let mut counts: Vec<_> = counts.into_iter().collect();
+            counts.sort_unstable();
+            let period_label: std::sync::Arc<str> = period.as_str().into();
+            let mut by_group: BTreeMap<(&str, &str), u64> = BTreeMap::new();
             for ((cell, seg, origin), v) in counts {
                 out.pending
                     .presence
-                    .push((cell, label.clone(), period.clone(), seg, origin, v));
-                *truth.daily.entry((day, period.clone(), seg.to_string())).or_default() += u64::from(v);
+                    .push((cell, label.clone(), period_label.clone(), seg, origin, v));
+                let group = code_groups.get(origin).copied().unwrap_or(crate::policy::OTHER_ORIGIN);
+                *by_group.entry((seg, group)).or_default() += u64::from(v);
+            }
+            for ((seg, group), v) in by_group {
+                *truth.daily.entry((day, period.clone(), seg.to_string())).or_default() += v;
                 *truth
                     .monthly
-                    .entry((
-                        month.clone(),
-                        period.clone(),
-                        seg.to_string(),
-                        code_groups
-                            .get(origin)
-                            .copied()
-                            .unwrap_or(crate::policy::OTHER_ORIGIN)
-                            .to_string(),
-                    ))
-                    .or_default() += u64::from(v);
+                    .entry((month.clone(), period.clone(), seg.to_string(), group.to_string()))
+                    .or_default() += v;
             }
             out.unit_done()?;
         }
@@ -776,8 +822,8 @@ impl<'a> MonthOutput<'a> {
             let r = &p.presence;
             let df = df!(
                 "cell_id" => r.iter().map(|r| ids[r.0 as usize]).collect::<Vec<_>>(),
-                "day" => r.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
-                "period" => r.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+                "day" => r.iter().map(|r| &*r.1).collect::<Vec<_>>(),
+                "period" => r.iter().map(|r| &*r.2).collect::<Vec<_>>(),
                 "segment" => r.iter().map(|r| r.3).collect::<Vec<_>>(),
                 "origin" => r.iter().map(|r| r.4).collect::<Vec<_>>(),
                 "devices" => r.iter().map(|r| r.5).collect::<Vec<_>>(),
@@ -973,5 +1019,62 @@ mod tests {
         assert_eq!(whole.0.len(), 6, "three metrics in two months");
         assert_eq!(run(1), whole);
         assert_eq!(run(100), whole);
+    }
+
+    /// Months are simulated side by side: a window's files are those of
+    /// its months simulated one at a time, and its truth their sum.
+    #[test]
+    fn a_window_is_its_months_simulated_apart() {
+        let (policy, grid) = tiny();
+        let presence = policy.spec.presence.as_ref();
+        let day = |s: &str| s.parse::<NaiveDate>().expect("day");
+        let run = |from, to| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let report = simulate(&grid, from, to, dir.path(), Format::Csv, 3, presence).expect("simulate");
+            let files: Vec<(String, Vec<u8>)> = report
+                .files
+                .iter()
+                .map(|f| {
+                    let name = f.path.file_name().expect("name").to_string_lossy().into_owned();
+                    (name, std::fs::read(&f.path).expect("read"))
+                })
+                .collect();
+            let truth: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&report.truth).expect("truth")).expect("truth json");
+            let daily: Vec<PresenceTotal> =
+                serde_json::from_value(truth["presence_daily"].clone()).expect("presence_daily");
+            (files, daily)
+        };
+        let (mut files, mut daily) = run(day("2025-01-30"), day("2025-01-31"));
+        let (feb, feb_daily) = run(day("2025-02-01"), day("2025-03-02"));
+        let (mar, mar_daily) = run(day("2025-03-01"), day("2025-03-02"));
+        files.extend(feb.into_iter().filter(|f| f.0.contains("2025-02")));
+        files.extend(mar);
+        daily.extend(feb_daily.into_iter().filter(|t| t.day.month() == 2));
+        daily.extend(mar_daily);
+        files.sort();
+        let (mut whole, whole_daily) = run(day("2025-01-30"), day("2025-03-02"));
+        whole.sort();
+        assert_eq!(whole.len(), 9, "three metrics in three months");
+        assert_eq!(whole, files);
+        assert!(!daily.is_empty());
+        assert_eq!(whole_daily, daily);
+    }
+
+    #[test]
+    fn month_spans_clip_to_the_window() {
+        let day = |s: &str| s.parse::<NaiveDate>().expect("day");
+        assert_eq!(
+            month_spans(day("2024-12-30"), day("2025-02-01")),
+            vec![
+                (day("2024-12-30"), day("2024-12-31")),
+                (day("2025-01-01"), day("2025-01-31")),
+                (day("2025-02-01"), day("2025-02-01")),
+            ]
+        );
+        assert_eq!(
+            month_spans(day("2025-02-10"), day("2025-02-10")),
+            vec![(day("2025-02-10"), day("2025-02-10"))]
+        );
     }
 }

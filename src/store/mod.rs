@@ -611,40 +611,16 @@ struct MonthFile {
     days: Vec<(NaiveDate, DataFrame)>,
 }
 
-/// Writes each month's file, on one thread per core. The threads get a
-/// large stack: polars' Parquet writer recurses deeper than a spawned
-/// thread's default 2 MiB allows in a debug build.
+/// Writes each month's file, on one thread per core.
 fn write_months(months: &mut [MonthFile]) -> Result<(), StoreError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(months.len())
-        .max(1);
-    let chunk = months.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(threads);
-        for files in months.chunks_mut(chunk) {
-            let first = files[0].path.clone();
-            let spawned = std::thread::Builder::new()
-                .name("ingest-write".into())
-                .stack_size(64 << 20)
-                .spawn_scoped(scope, move || {
-                    for m in files.iter_mut() {
-                        let mut frames: Vec<&mut DataFrame> = m.days.iter_mut().map(|(_, f)| f).collect();
-                        std::fs::File::create(&m.path)
-                            .and_then(|mut f| {
-                                table::write_row_groups(&mut frames, &mut f).map_err(std::io::Error::other)
-                            })
-                            .map_err(io_err(&m.path))?;
-                    }
-                    Ok(())
-                })
-                .map_err(io_err(&first))?;
-            handles.push(spawned);
-        }
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    crate::util::on_threads("ingest-write", months.iter_mut().collect(), |m| {
+        let mut frames: Vec<&mut DataFrame> = m.days.iter_mut().map(|(_, f)| f).collect();
+        std::fs::File::create(&m.path)
+            .and_then(|mut f| table::write_row_groups(&mut frames, &mut f).map_err(std::io::Error::other))
+            .map_err(io_err(&m.path))
     })
+    .into_iter()
+    .collect()
 }
 
 /// "cell_id=X, bin_start=2025-03-14T10:00:00Z" for the first row of a key
