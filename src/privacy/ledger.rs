@@ -138,18 +138,15 @@ impl Ledger {
     }
 
     /// A number that changes whenever another connection has changed the
-    /// releases (SQLite's `data_version`; on PostgreSQL the number of
-    /// releases and of published ones, which only grow), for caches of
-    /// ledger answers.
+    /// releases (SQLite's `data_version`; on PostgreSQL the counter that
+    /// every transaction writing `releases` bumps, so one row's read
+    /// whatever the number of releases), for caches of ledger answers.
     pub fn change_marker(&mut self) -> Result<i64, LedgerError> {
         if let Some(v) = self.db.data_version() {
             return Ok(v);
         }
-        let row = self.db.row(
-            "SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(published_at) AS BIGINT) FROM releases",
-            &[],
-        )?;
-        Ok(row.map_or(Ok(0), |r| Ok::<_, DbError>((r.int(0)? << 32) ^ r.int(1)?))?)
+        let row = self.db.row("SELECT n FROM ledger_changes WHERE id = 1", &[])?;
+        Ok(row.map_or(Ok(0), |r| r.int(0))?)
     }
 
     /// Checks every day against the audience and dataset caps and records
@@ -491,6 +488,29 @@ mod tests {
                 Err(LedgerError::TokenExists(_))
             ));
             assert!(l.token("hxf_wrong").expect("lookup").is_none());
+        }
+    }
+
+    /// The marker a server caches ledger answers by: it moves when another
+    /// connection charges or publishes, not when a charge is refused.
+    #[test]
+    fn the_change_marker_moves_with_every_change_of_the_releases() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for url in backends(dir.path()) {
+            let mut watcher = Ledger::open(&url).expect("open");
+            let mut writer = Ledger::open(&url).expect("open");
+            let d = days(1);
+            let m0 = watcher.change_marker().expect("marker");
+            assert_eq!(watcher.change_marker().expect("marker"), m0, "{url}: nothing changed");
+            writer.charge(&req("a", "public", &d, 0.1)).expect("charge");
+            let m1 = watcher.change_marker().expect("marker");
+            assert_ne!(m1, m0, "{url}: a charge");
+            // A refused charge changes nothing (SQLite's marker also moves
+            // with other commits, a token's say: a cache built once more).
+            writer.charge(&req("b", "public", &d, 0.9)).expect_err("over the cap");
+            assert_eq!(watcher.change_marker().expect("marker"), m1, "{url}: a refusal");
+            writer.mark_published("a").expect("publish");
+            assert_ne!(watcher.change_marker().expect("marker"), m1, "{url}: a publication");
         }
     }
 
