@@ -201,29 +201,33 @@ pub fn cores() -> usize {
 pub fn on_threads<T: Send, R: Send>(name: &str, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let threads = cores().min(items.len());
     let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    // The lock is held only to take the next item.
+    let take = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+    let work = || {
+        let mut done = Vec::new();
+        while let Some((i, item)) = take() {
+            done.push((i, f(item)));
+        }
+        done
+    };
     let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+        // A thread the system refuses is one fewer.
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
+            .filter_map(|_| {
                 std::thread::Builder::new()
                     .name(name.to_string())
                     .stack_size(64 << 20)
-                    .spawn_scoped(scope, || {
-                        let mut done = Vec::new();
-                        // The lock is held only to take the next item.
-                        let take = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
-                        while let Some((i, item)) = take() {
-                            done.push((i, f(item)));
-                        }
-                        done
-                    })
-                    // Only when the system cannot make a thread at all.
-                    .expect("cannot start a thread")
+                    .spawn_scoped(scope, work)
+                    .ok()
             })
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        let mut done = Vec::new();
+        for w in workers {
+            done.extend(w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        // Nothing is left unless no thread could be started at all.
+        done.extend(work());
+        done
     });
     results.sort_unstable_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, r)| r).collect()
