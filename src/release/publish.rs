@@ -154,38 +154,26 @@ pub fn publish_with(releaser: &Releaser, data_dir: &Path, progress: &Progress) -
     let today = releaser.today();
     progress.total.store(jobs.len(), Ordering::Relaxed);
     let bar = crate::cli_progress(jobs.len() as u64, "publishing");
-    // Plain threads taking the next job, not rayon's pool: a release uses
+    // Plain threads (util::on_threads), not rayon's pool: a release uses
     // rayon inside, and a rayon worker waiting there would take another
     // release from this loop while holding its release lock (a thread that
-    // waits for a lock it holds).
-    let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-    let outcomes: Vec<(usize, Result<super::Outcome, ReleaseError>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.min(jobs.len()))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    while !progress.stop.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((spec, _)) = jobs.get(i) else { break };
-                        done.push((i, releaser.release(spec, today)));
-                        bar.inc(1);
-                        progress.done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+    // waits for a lock it holds). Jobs left when `stop` is set are skipped.
+    let outcomes = crate::util::on_threads("publish", jobs.iter().collect(), |(spec, _)| {
+        if progress.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let outcome = releaser.release(spec, today);
+        bar.inc(1);
+        progress.done.fetch_add(1, Ordering::Relaxed);
+        Some(outcome)
     });
     bar.finish_and_clear();
     progress.finished.store(true, Ordering::Relaxed);
     let mut report = PublishReport::default();
-    for (i, outcome) in outcomes {
-        report.tally(&jobs[i].1, &outcome);
+    for ((_, item), outcome) in jobs.iter().zip(outcomes) {
+        if let Some(outcome) = outcome {
+            report.tally(item, &outcome);
+        }
     }
     Ok(report)
 }
