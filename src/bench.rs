@@ -7,6 +7,7 @@
 //! resolutions (no cache). Figures are printed, never asserted.
 
 pub mod scale;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -271,6 +271,20 @@ pub enum Command {
         /// (its user needs CREATEDB), else a SQLite file.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
+        /// Instead: the demo's first start (until /healthz answers, the
+        /// first release is listed, the plan is published), its restart,
+        /// then the restarted server under load over real connections:
+        /// tiles and values never asked before (16 connections), cached
+        /// answers, the release list and the ledger (32).
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: load this running server instead (its caches as
+        /// they are), e.g. 127.0.0.1:8080; no demo is started.
+        #[arg(long, requires = "serve")]
+        against: Option<std::net::SocketAddr>,
+        /// Seconds of each load run of --serve.
+        #[arg(long, default_value_t = 5.0, requires = "serve")]
+        seconds: f64,
         #[arg(long)]
         json: bool,
     },
@@ -568,6 +582,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(a) => init_cmd(a),
+        Command::Bench {
+            serve: true,
+            seconds,
+            against,
+            json,
+            ..
+        } => {
+            if !(seconds.is_finite() && (0.1..=3600.0).contains(&seconds)) {
+                anyhow::bail!("--seconds must be between 0.1 and 3600, not {seconds}");
+            }
+            let tmp = crate::bench::tempdir()?;
+            let report = crate::bench::serve::run(&args.policies_dir, &tmp, seconds, against);
+            let _ = std::fs::remove_dir_all(&tmp);
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else {
+                crate::bench::serve::print(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { workers, json, .. } if !workers.is_empty() => {
             bench_workers(&args.policies_dir, &ledger, &workers, json)
         }

@@ -601,7 +601,9 @@ async fn series_add_values_and_their_independent_noise() {
 }
 
 fn decode_png(bytes: &[u8]) -> (u32, u32, png::ColorType, Vec<u8>) {
-    let dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    // As a browser decodes it: a palette and its transparency expanded.
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    dec.set_transformations(png::Transformations::EXPAND);
     let mut reader = dec.read_info().expect("png header");
     let mut buf = vec![0; reader.output_buffer_size().expect("size")];
     let info = reader.next_frame(&mut buf).expect("png frame");
@@ -2225,7 +2227,8 @@ async fn a_publication_beside_the_server_is_listed_as_it_goes_and_said_in_health
         to: day("2025-03-04"),
         budget: hexflow::privacy::mechanism::Budget::Rho(0.01),
     };
-    let made = tokio::task::spawn_blocking(move || releaser.release(&spec, day("2025-03-20")))
+    let first = spec.clone();
+    let made = tokio::task::spawn_blocking(move || releaser.release(&first, day("2025-03-20")))
         .await
         .expect("join")
         .expect("release");
@@ -2239,8 +2242,24 @@ async fn a_publication_beside_the_server_is_listed_as_it_goes_and_said_in_health
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(now, before + 1, "the new release is listed while the plan runs");
-    // Done: `/healthz` says nothing of a publication any more.
+    // The plan's last release, and at once its end.
+    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    let releaser = hexflow::release::Releaser::new(policy, &f.data).expect("releaser");
+    let last = hexflow::release::ReleaseSpec {
+        from: day("2025-03-05"),
+        to: day("2025-03-05"),
+        ..spec
+    };
+    let made = tokio::task::spawn_blocking(move || releaser.release(&last, day("2025-03-20")))
+        .await
+        .expect("join")
+        .expect("release");
+    assert_eq!(made.status, hexflow::release::Status::New);
     progress.finished.store(true, Ordering::Relaxed);
+    // Done: `/healthz` says nothing of a publication any more, and not
+    // before the list holds everything the plan made (regression: it said
+    // done up to a second before the last releases were listed, and a
+    // viewer reloading then missed them).
     for _ in 0..400 {
         health = get(&state, "/healthz").await.json();
         if health["publishing"].is_null() {
@@ -2249,4 +2268,6 @@ async fn a_publication_beside_the_server_is_listed_as_it_goes_and_said_in_health
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(health["publishing"].is_null(), "{health}");
+    assert_eq!(listed(state.clone()).await, before + 2, "{health}");
+    assert_eq!(health["releases"].as_u64(), Some(before + 2), "{health}");
 }

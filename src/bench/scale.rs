@@ -60,7 +60,11 @@ fn reset_peak() {
 
 /// The process's peak resident memory since the last reset (MiB).
 fn peak_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_mib(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The peak resident memory (MiB) a `/proc/PID/status` text states.
+pub(crate) fn vm_hwm_mib(status: &str) -> Option<f64> {
     let kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))?

@@ -129,6 +129,9 @@ pub struct AppState {
     /// A publication running beside the server (the demo's first start):
     /// `/healthz` says how far it is, and the index follows it.
     pub publishing: std::sync::OnceLock<Arc<crate::release::publish::Progress>>,
+    /// Set once the index has read what the publication made: only then
+    /// does `/healthz` say it is done.
+    publication_listed: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -217,6 +220,7 @@ impl AppState {
             renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
             tile_key: std::sync::OnceLock::new(),
             publishing: std::sync::OnceLock::new(),
+            publication_listed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -437,18 +441,41 @@ pub async fn serve(
 pub async fn follow_publication(state: Arc<AppState>, progress: Arc<crate::release::publish::Progress>) {
     use std::sync::atomic::Ordering;
     let _ = state.publishing.set(progress.clone());
+    let every = std::time::Duration::from_secs(1);
+    let mut read_at = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // The end is looked for ten times a second, so that a plan with
+        // nothing left to do (a restart) is over at once, not in a second.
+        tokio::time::sleep(every / 10).await;
         let done = progress.finished.load(Ordering::Relaxed);
+        if !done && read_at.elapsed() < every {
+            continue;
+        }
+        read_at = tokio::time::Instant::now();
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.refresh_index()).await;
         if done {
+            state.publication_listed.store(true, Ordering::Release);
             break;
         }
     }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    use std::sync::atomic::Ordering;
+    // Windows of the plan done so far while a publication runs beside the
+    // server; null otherwise. Read before the count: once it says done,
+    // the count holds every release the plan made.
+    let publishing = state
+        .publishing
+        .get()
+        .filter(|_| !state.publication_listed.load(Ordering::Acquire))
+        .map(|p| {
+            serde_json::json!({
+                "done": p.done.load(Ordering::Relaxed),
+                "total": p.total.load(Ordering::Relaxed),
+            })
+        });
     let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
     // The ledger must open: without it nothing can be charged or shown.
     let url = state.config.ledger.clone();
@@ -462,12 +489,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "status": if ledger { "ok" } else { "ledger unavailable" },
         "datasets": state.datasets.keys().collect::<Vec<_>>(),
         "releases": releases,
-        // Windows of the plan done so far while a publication runs beside
-        // the server; null otherwise.
-        "publishing": state.publishing.get().filter(|p| !p.finished.load(std::sync::atomic::Ordering::Relaxed)).map(|p| serde_json::json!({
-            "done": p.done.load(std::sync::atomic::Ordering::Relaxed),
-            "total": p.total.load(std::sync::atomic::Ordering::Relaxed),
-        })),
+        "publishing": publishing,
         "version": env!("CARGO_PKG_VERSION"),
     });
     (status, no_cache(), axum::Json(body)).into_response()
