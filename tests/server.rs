@@ -304,6 +304,7 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
     // JSON, bin 3.
     let j = get(state, &format!("/api/v1/releases/{id}/values?bin=3")).await;
     assert_eq!(j.status, StatusCode::OK);
+    let raw = j.text();
     let j = j.json();
     let rows = j["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), keys);
@@ -329,10 +330,20 @@ async fn values_come_in_four_formats_that_agree_with_the_stored_release() {
     // RFC 4180: CRLF line ends.
     assert_eq!(text.matches("\r\n").count(), keys + 1, "CRLF line ends");
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next(),
-        Some("hex_id,lon,lat,bin_start,local_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd")
-    );
+    let header_line = "hex_id,lon,lat,bin_start,local_start,value,ci95,low,covered,estimate,estimate_ci95,noise_sd";
+    assert_eq!(lines.next(), Some(header_line));
+    // A JSON row holds the CSV's fields in the CSV's order.
+    let first_row = &raw[raw.find("\"rows\":[{").expect("rows")..];
+    let first_row = &first_row[..first_row.find('}').expect("row end")];
+    let at: Vec<usize> = header_line
+        .split(',')
+        .map(|k| {
+            first_row
+                .find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k} in {first_row}"))
+        })
+        .collect();
+    assert!(at.is_sorted(), "{first_row}");
     let rows_csv: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     let csv_values: Vec<i64> = rows_csv.iter().map(|r| r[5].parse().expect("int")).collect();
     assert_eq!(csv_values, json_values);

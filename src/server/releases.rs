@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
 use h3o::CellIndex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::data::{Key, ReleaseData, ReleaseSummary};
@@ -618,20 +618,28 @@ fn values_json(data: &ReleaseData, places: &rows::Places, idx: &[usize], unit: &
     let mut bins: Vec<usize> = idx.iter().map(|i| i / k).collect();
     bins.dedup();
     let bins: Vec<_> = bins.into_iter().map(|b| data.bins[b]).collect();
-    let rows: Vec<Value> = idx
-        .iter()
-        .map(|i| Value::Object(rows::json_row(rows::row(data, places, *i))))
-        .collect();
-    serde_json::to_vec(&json!({
-        "release_id": m.release_id,
-        "metric": m.spec.metric,
-        "unit": unit,
-        "timezone": m.timezone,
-        "display_threshold": m.display_threshold,
-        "scale_max": data.scale_max,
-        "bins": bins,
-        "rows": rows,
-    }))
+    let rows: Vec<rows::JsonRow> = idx.iter().map(|i| rows::JsonRow(rows::row(data, places, *i))).collect();
+    #[derive(Serialize)]
+    struct Body<'a, M: Serialize> {
+        release_id: &'a str,
+        metric: M,
+        unit: &'a str,
+        timezone: &'a str,
+        display_threshold: f64,
+        scale_max: f64,
+        bins: Vec<chrono::DateTime<chrono::Utc>>,
+        rows: Vec<rows::JsonRow>,
+    }
+    serde_json::to_vec(&Body {
+        release_id: &m.release_id,
+        metric: m.spec.metric,
+        unit,
+        timezone: &m.timezone,
+        display_threshold: m.display_threshold,
+        scale_max: data.scale_max,
+        bins,
+        rows,
+    })
     .map_err(|e| Problem::internal("values", e))
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use h3o::CellIndex;
 use polars::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Problem;
 use super::data::{Key, ReleaseData};
@@ -29,17 +29,40 @@ pub enum Cell {
     Null,
 }
 
+impl serde::Serialize for Cell {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cell::Text(t) => s.serialize_str(t),
+            // Not finite: null, as serde_json writes it.
+            Cell::Num(x) => x.serialize(s),
+            Cell::Int(x) => s.serialize_i64(*x),
+            Cell::Bool(b) => s.serialize_bool(*b),
+            Cell::Instant(t) => t.serialize(s),
+            Cell::Date(d) => s.collect_str(d),
+            Cell::Null => s.serialize_none(),
+        }
+    }
+}
+
+/// A row written as a JSON object straight from its fields, in the row
+/// model's order: building a `serde_json::Map` (a B-tree) for every row
+/// and dropping it was most of a values answer's first render.
+pub struct JsonRow(pub Vec<(&'static str, Cell)>);
+
+impl serde::Serialize for JsonRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 impl Cell {
     fn json(&self) -> Value {
-        match self {
-            Cell::Text(s) => json!(s),
-            Cell::Num(x) => json!(x),
-            Cell::Int(x) => json!(x),
-            Cell::Bool(b) => json!(b),
-            Cell::Instant(t) => json!(t),
-            Cell::Date(d) => json!(d.to_string()),
-            Cell::Null => Value::Null,
-        }
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// RFC 4180: a field with a comma, quote or line break is quoted, its
