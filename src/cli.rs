@@ -275,7 +275,9 @@ pub enum Command {
         /// first release is listed, the plan is published), its restart,
         /// then the restarted server under load over real connections:
         /// tiles and values never asked before (16 connections), cached
-        /// answers, the release list and the ledger (32).
+        /// answers, the release list and the ledger (32). With
+        /// --ledger postgres://… the demo charges a new database on that
+        /// server (its user needs CREATEDB).
         #[arg(long)]
         serve: bool,
         /// With --serve: load this running server instead (its caches as
@@ -593,7 +595,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 anyhow::bail!("--seconds must be between 0.1 and 3600, not {seconds}");
             }
             let tmp = crate::bench::tempdir()?;
-            let report = crate::bench::serve::run(&args.policies_dir, &tmp, seconds, against);
+            // On PostgreSQL, a fresh database: the demo's charges must
+            // start from nothing, as in its own data dir.
+            let scratch = match &ledger {
+                crate::privacy::ledger::LedgerUrl::Postgres(admin) if against.is_none() => {
+                    Some(crate::privacy::db::scratch_database(admin, "hexflow_bench")?)
+                }
+                _ => None,
+            };
+            let report = crate::bench::serve::run(&args.policies_dir, &tmp, scratch.as_deref(), seconds, against);
             let _ = std::fs::remove_dir_all(&tmp);
             let report = report?;
             if json {

@@ -75,6 +75,8 @@ pub struct ServeReport {
     /// Null with `--against` (a server already running).
     pub first_start: Option<FirstStart>,
     pub restart: Option<Restart>,
+    /// The demo's ledger backend: "SQLite" or "PostgreSQL".
+    pub ledger: Option<String>,
     pub load: Vec<Load>,
 }
 
@@ -87,17 +89,21 @@ struct Demo {
 }
 
 impl Demo {
-    fn spawn(policies_dir: &Path, data_dir: &Path, addr: SocketAddr, log: &Path) -> Result<Self> {
+    fn spawn(policies_dir: &Path, data_dir: &Path, ledger: Option<&str>, addr: SocketAddr, log: &Path) -> Result<Self> {
         let exe = std::env::current_exe().context("the path of this binary")?;
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let started = Instant::now();
-        let child = Command::new(exe)
-            .arg("--policies-dir")
+        let mut cmd = Command::new(exe);
+        cmd.arg("--policies-dir")
             .arg(policies_dir)
             .arg("--data-dir")
             .arg(data_dir)
-            // The bench's own data dir, whatever the caller's environment.
-            .env_remove("HEXFLOW_LEDGER")
+            // The bench's own ledger, whatever the caller's environment.
+            .env_remove("HEXFLOW_LEDGER");
+        if let Some(url) = ledger {
+            cmd.args(["--ledger", url]);
+        }
+        let child = cmd
             .args(["demo", "--addr", &addr.to_string()])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -317,7 +323,15 @@ fn free_addr() -> Result<SocketAddr> {
 
 /// Runs the whole measurement in `tmp`, which it leaves for the caller to
 /// remove.
-pub fn run(policies_dir: &Path, tmp: &Path, seconds: f64, against: Option<SocketAddr>) -> Result<ServeReport> {
+/// `ledger`: a PostgreSQL database for the demo's ledger (a fresh one),
+/// else SQLite in its data dir.
+pub fn run(
+    policies_dir: &Path,
+    tmp: &Path,
+    ledger: Option<&str>,
+    seconds: f64,
+    against: Option<SocketAddr>,
+) -> Result<ServeReport> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(crate::util::cores())
         .enable_all()
@@ -332,10 +346,11 @@ pub fn run(policies_dir: &Path, tmp: &Path, seconds: f64, against: Option<Socket
             return Ok(ServeReport {
                 first_start: None,
                 restart: None,
+                ledger: None,
                 load: load_all(addr, duration).await?,
             });
         }
-        let mut demo = Demo::spawn(policies_dir, &data_dir, free_addr()?, &tmp.join("demo-1.log"))?;
+        let mut demo = Demo::spawn(policies_dir, &data_dir, ledger, free_addr()?, &tmp.join("demo-1.log"))?;
         let (mut healthz_s, mut first_release_s, mut releases) = (None, None, 0);
         wait_for(&mut demo, timeout, |h, s| {
             healthz_s.get_or_insert(s);
@@ -355,7 +370,7 @@ pub fn run(policies_dir: &Path, tmp: &Path, seconds: f64, against: Option<Socket
             peak_mib,
         };
         let stop_s = tokio::task::block_in_place(|| demo.stop())?;
-        let mut demo = Demo::spawn(policies_dir, &data_dir, free_addr()?, &tmp.join("demo-2.log"))?;
+        let mut demo = Demo::spawn(policies_dir, &data_dir, ledger, free_addr()?, &tmp.join("demo-2.log"))?;
         let (mut healthz_s, mut releases) = (None, 0);
         wait_for(&mut demo, timeout, |h, s| {
             healthz_s.get_or_insert(s);
@@ -373,6 +388,7 @@ pub fn run(policies_dir: &Path, tmp: &Path, seconds: f64, against: Option<Socket
         Ok(ServeReport {
             first_start: Some(first_start),
             restart: Some(restart),
+            ledger: Some(if ledger.is_some() { "PostgreSQL" } else { "SQLite" }.to_string()),
             load,
         })
     })
@@ -456,8 +472,9 @@ async fn load_all(addr: SocketAddr, duration: Duration) -> Result<Vec<Load>> {
 /// Prints the report as a table.
 pub fn print(r: &ServeReport) {
     out!(
-        "hexflow bench --serve — the demo's year, this binary, {} cores",
-        crate::util::cores()
+        "hexflow bench --serve — the demo's year, this binary, {} cores, ledger {}",
+        crate::util::cores(),
+        r.ledger.as_deref().unwrap_or("of the running server")
     );
     if let Some(f) = &r.first_start {
         out!(

@@ -252,7 +252,9 @@ impl Ledger {
     pub fn mark_published(&mut self, release_id: &str) -> Result<(), LedgerError> {
         let now = Utc::now().to_rfc3339();
         self.db.exec(
-            "UPDATE releases SET state = 'published', published_at = ?2 WHERE release_id = ?1",
+            // Once: a second call (two processes finishing one crashed
+            // release) keeps the first time.
+            "UPDATE releases SET state = 'published', published_at = ?2 WHERE release_id = ?1 AND state <> 'published'",
             &[P::T(release_id), P::T(&now)],
         )?;
         Ok(())
