@@ -569,5 +569,41 @@ fn two_servers_on_one_ledger_never_overspend_and_answer_alike() {
             "{}",
             env.name()
         );
+        // Both servers' ledger answers (cached per ledger version) say so,
+        // and move when another process charges: on PostgreSQL the
+        // servers are told by a LISTEN, on SQLite they read data_version.
+        let public = |port: u16| {
+            let (status, body) = http(port, "GET", "/api/v1/ledger", &token, None);
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: Value = serde_json::from_slice(&body).expect("json");
+            (
+                v["total_rho_by_audience"]["planners"].as_f64().unwrap_or(0.0),
+                v["total_rho_by_audience"]["public"].as_f64().unwrap_or(0.0),
+            )
+        };
+        for s in &servers {
+            let (p, q) = public(s.1);
+            assert!((p - planners).abs() < 1e-9 && q == 0.0, "{}: {p} {q}", env.name());
+        }
+        let args = Env::release_args("public", "0.1", "2025-03-01");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = env.run(&args);
+        assert!(out.status.success(), "{}: {}", env.name(), text(&out));
+        for s in &servers {
+            // A deadlock guard, not a speed bound: a notification takes ms.
+            let mut seen = 0.0;
+            for _ in 0..1200 {
+                seen = public(s.1).1;
+                if seen > 0.0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                (seen - 0.1).abs() < 1e-9,
+                "{}: a cached ledger answer stayed: {seen}",
+                env.name()
+            );
+        }
     }
 }

@@ -460,7 +460,89 @@ const MIGRATIONS: &[(&str, Option<&str>)] = &[
                  FOR EACH STATEMENT EXECUTE FUNCTION hexflow_ledger_changed();",
         ),
     ),
+    // 6: the same trigger also notifies LISTENers at commit (PostgreSQL),
+    // so a server knows the ledger changed without asking per request.
+    (
+        "-- nothing: SQLite's data_version is read from memory",
+        Some(
+            "CREATE OR REPLACE FUNCTION hexflow_ledger_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 UPDATE ledger_changes SET n = n + 1 WHERE id = 1;
+                 PERFORM pg_notify('hexflow_ledger_changes', '');
+                 RETURN NULL;
+             END $$;",
+        ),
+    ),
 ];
+
+/// What [`listen_for_changes`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSignal {
+    /// Listening (again): changes made before now may have been missed.
+    Listening,
+    /// A transaction that wrote the releases committed.
+    Changed,
+    /// The listening connection is lost; it is tried again each second.
+    Lost,
+    /// Nothing happened in the last second.
+    Quiet,
+}
+
+/// On a PostgreSQL ledger, a thread that LISTENs for the notification the
+/// releases' trigger sends at every commit (migration 6) and reports it;
+/// it stops when `report` returns false. The connection is checked every
+/// second, so a connection lost without an error is noticed within about
+/// two. Nothing to do on SQLite (its `data_version` is in memory).
+pub fn listen_for_changes(
+    url: &LedgerUrl,
+    mut report: impl FnMut(ChangeSignal) -> bool + Send + 'static,
+) -> Result<(), DbError> {
+    let LedgerUrl::Postgres(u) = url else {
+        return Ok(());
+    };
+    let config = pg_config(u, url)?;
+    let spawned = std::thread::Builder::new().name("ledger-listen".into()).spawn(move || {
+        let second = Duration::from_secs(1);
+        loop {
+            if let Ok(mut c) = config.connect(postgres::NoTls)
+                && c.batch_execute("LISTEN hexflow_ledger_changes").is_ok()
+            {
+                if !report(ChangeSignal::Listening) {
+                    return;
+                }
+                loop {
+                    use postgres::fallible_iterator::FallibleIterator;
+                    let mut changed = false;
+                    {
+                        let mut notes = c.notifications();
+                        let mut it = notes.timeout_iter(second);
+                        // An error ends the second; the check below tells.
+                        while let Ok(Some(_)) = it.next() {
+                            changed = true;
+                            if !report(ChangeSignal::Changed) {
+                                return;
+                            }
+                        }
+                    }
+                    if c.is_valid(second).is_err() {
+                        break;
+                    }
+                    if !changed && !report(ChangeSignal::Quiet) {
+                        return;
+                    }
+                }
+            }
+            if !report(ChangeSignal::Lost) {
+                return;
+            }
+            std::thread::sleep(second);
+        }
+    });
+    spawned.map(drop).map_err(|e| DbError::Connect {
+        url: url.to_string(),
+        why: format!("cannot start the ledger listener: {e}"),
+    })
+}
 
 impl Db {
     /// Connects (SQLite: opens the file; PostgreSQL: takes a pooled

@@ -517,6 +517,37 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_is_told_of_every_commit_to_the_releases() {
+        use crate::privacy::db::{ChangeSignal, listen_for_changes};
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().expect("tmp");
+        let pg = backends(dir.path()).pop().expect("postgres");
+        let mut writer = Ledger::open(&pg).expect("open");
+        let (tx, rx) = mpsc::channel();
+        listen_for_changes(&pg, move |s| tx.send(s).is_ok()).expect("listen");
+        // Deadlock guards, not speed bounds: each signal comes in ms.
+        let next = |want: ChangeSignal| loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a signal") {
+                s if s == want => break,
+                ChangeSignal::Quiet => {}
+                other => panic!("{other:?} while waiting for {want:?}"),
+            }
+        };
+        next(ChangeSignal::Listening);
+        let d = days(1);
+        writer.charge(&req("a", "public", &d, 0.1)).expect("charge");
+        next(ChangeSignal::Changed);
+        writer.mark_published("a").expect("publish");
+        next(ChangeSignal::Changed);
+        // A refused charge commits nothing: a quiet second follows, with
+        // no change before it.
+        writer.charge(&req("b", "public", &d, 0.9)).expect_err("over the cap");
+        next(ChangeSignal::Quiet);
+        // Dropping the receiver stops the listener: its next report fails.
+        drop(rx);
+    }
+
+    #[test]
     fn rounding_never_lets_the_cap_be_passed() {
         let dir = tempfile::tempdir().expect("tmp");
         for url in backends(dir.path()) {

@@ -117,8 +117,9 @@ pub struct AppState {
     lists: ListCache,
     /// Ledger answers by (ledger version, index version, route and query).
     ledger_bodies: ListCache,
-    /// A connection that asks the ledger whether it changed.
-    ledger_watch: std::sync::Mutex<LedgerWatch>,
+    /// Whether the ledger changed: a connection that asks, or (PostgreSQL)
+    /// a listener that is told.
+    ledger_watch: Arc<std::sync::Mutex<LedgerWatch>>,
     metrics: metrics::Metrics,
     /// Renders (maps, tiles, charts) at once: at most one per core, so that
     /// a client asking for many never-seen images queues behind them while
@@ -215,7 +216,7 @@ impl AppState {
             bodies: BodyCache::default(),
             lists: ListCache::default(),
             ledger_bodies: ListCache::default(),
-            ledger_watch: std::sync::Mutex::new(LedgerWatch::default()),
+            ledger_watch: Arc::default(),
             metrics: metrics::Metrics::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(render_permits())),
             tile_key: std::sync::OnceLock::new(),
@@ -257,12 +258,41 @@ impl AppState {
     /// another, has committed to the ledger since the last call
     /// (`Ledger::change_marker`, made monotonic here); `None` when the
     /// ledger cannot be asked, and then nothing is cached. Blocking: with
-    /// PostgreSQL it is a round trip.
+    /// PostgreSQL it is a round trip, unless the listener that this call
+    /// starts is listening (then [`Self::pushed_ledger_version`] answers).
     fn ledger_version(&self) -> Option<u64> {
         let mut w = self
             .ledger_watch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !w.listener && self.config.ledger.is_postgres() {
+            w.listener = true;
+            let watch = Arc::downgrade(&self.ledger_watch);
+            let started = crate::privacy::db::listen_for_changes(&self.config.ledger, move |signal| {
+                use crate::privacy::db::ChangeSignal;
+                // The server is gone: the listener stops.
+                let Some(watch) = watch.upgrade() else { return false };
+                let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match signal {
+                    ChangeSignal::Quiet => {}
+                    ChangeSignal::Changed => w.counter += 1,
+                    // Either way what is cached may be stale: a new
+                    // version, and a fresh read when asking again.
+                    ChangeSignal::Listening | ChangeSignal::Lost => {
+                        w.listening = signal == ChangeSignal::Listening;
+                        w.last = None;
+                        w.counter += 1;
+                    }
+                }
+                true
+            });
+            if let Err(e) = started {
+                tracing::warn!("ledger answers ask the ledger per request: {e}");
+            }
+        }
+        if w.listening {
+            return Some(w.counter);
+        }
         if w.conn.is_none() {
             w.conn = Ledger::open(&self.config.ledger).ok();
         }
@@ -280,10 +310,29 @@ impl AppState {
         Some(w.counter)
     }
 
+    /// The ledger's version without asking it, when a listener is told of
+    /// every change (PostgreSQL); `None` otherwise.
+    fn pushed_ledger_version(&self) -> Option<u64> {
+        let w = self
+            .ledger_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.listening.then_some(w.counter)
+    }
+
     /// Re-reads the release store after a publish or query.
     pub fn refresh_index(&self) {
         let index = ReleaseIndex::scan(&self.config.data_dir, self.datasets.keys());
         *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+        // What this process just charged is in the next ledger answer,
+        // before the listener hears of it (a planner's question, then the
+        // transparency page).
+        let mut w = self
+            .ledger_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.last = None;
+        w.counter += 1;
     }
 }
 
@@ -549,6 +598,10 @@ struct LedgerWatch {
     conn: Option<Ledger>,
     last: Option<i64>,
     counter: u64,
+    /// The PostgreSQL listener was started (once per server).
+    listener: bool,
+    /// It is listening: `counter` moves at every change, no read needed.
+    listening: bool,
 }
 
 /// Most distinct list queries kept per index version.

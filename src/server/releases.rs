@@ -1211,7 +1211,9 @@ async fn ledger_cached(
 ) -> Result<Response, Problem> {
     // Read before the answer is built: a commit in between makes the next
     // request build again, never a stale answer stay.
-    let version = if state.config.ledger.is_postgres() {
+    let version = if let Some(v) = state.pushed_ledger_version() {
+        Some(v)
+    } else if state.config.ledger.is_postgres() {
         let st = state.clone();
         blocking(move || Ok(st.ledger_version())).await?
     } else {
