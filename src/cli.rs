@@ -363,6 +363,16 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
+/// A report as `--json` or as the command's table.
+fn show<T: Serialize>(value: &T, json: bool, table: impl FnOnce(&T)) -> Result<ExitCode> {
+    if json {
+        print_json(value)?;
+    } else {
+        table(value);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a parsed command line.
 pub fn run(args: Args) -> Result<ExitCode> {
     let data_dir = args.data_dir.clone();
@@ -605,13 +615,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             let report = crate::bench::serve::run(&args.policies_dir, &tmp, scratch.as_deref(), seconds, against);
             let _ = std::fs::remove_dir_all(&tmp);
-            let report = report?;
-            if json {
-                print_json(&report)?;
-            } else {
-                crate::bench::serve::print(&report);
-            }
-            Ok(ExitCode::SUCCESS)
+            show(&report?, json, crate::bench::serve::print)
         }
         Command::Bench { workers, json, .. } if !workers.is_empty() => {
             bench_workers(&args.policies_dir, &ledger, &workers, json)
@@ -630,25 +634,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 })
                 .collect::<Result<Vec<_>>>();
             let _ = std::fs::remove_dir_all(&tmp);
-            let runs = runs?;
-            if json {
-                print_json(&runs)?;
-            } else {
-                crate::bench::scale::print(&runs);
-            }
-            Ok(ExitCode::SUCCESS)
+            show(&runs?, json, |r| crate::bench::scale::print(r))
         }
         Command::Bench {
             grid, month, res, json, ..
-        } => {
-            let report = crate::bench::run(&grid, month, &res)?;
-            if json {
-                print_json(&report)?;
-            } else {
-                crate::bench::print(&report);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => show(&crate::bench::run(&grid, month, &res)?, json, crate::bench::print),
     }
 }
 
