@@ -268,7 +268,8 @@ pub enum Command {
         /// before the threaded `publish` (no queue), each on a fresh
         /// ledger: with
         /// --ledger postgres://… a new database per run on that server
-        /// (its user needs CREATEDB), else a SQLite file.
+        /// (its user needs CREATEDB; dropped after the run), else a SQLite
+        /// file.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
         /// Instead: the demo's first start (until /healthz answers, the
@@ -277,7 +278,7 @@ pub enum Command {
         /// tiles and values never asked before (16 connections), cached
         /// answers, the release list and the ledger (32). With
         /// --ledger postgres://… the demo charges a new database on that
-        /// server (its user needs CREATEDB).
+        /// server (its user needs CREATEDB; dropped at the end).
         #[arg(long)]
         serve: bool,
         /// With --serve: load this running server instead (its caches as
@@ -615,6 +616,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             let report = crate::bench::serve::run(&args.policies_dir, &tmp, scratch.as_deref(), seconds, against);
             let _ = std::fs::remove_dir_all(&tmp);
+            if let (crate::privacy::ledger::LedgerUrl::Postgres(admin), Some(url)) = (&ledger, &scratch) {
+                crate::privacy::db::drop_scratch_database(admin, url, "hexflow_bench")?;
+            }
             show(&report?, json, crate::bench::serve::print)
         }
         Command::Bench { workers, json, .. } if !workers.is_empty() => {
@@ -1397,6 +1401,9 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
                 speedup: first / seconds,
             });
             let _ = std::fs::remove_dir_all(&dir);
+            if let (LedgerUrl::Postgres(admin), LedgerUrl::Postgres(scratch)) = (ledger, releaser.ledger_url()) {
+                crate::privacy::db::drop_scratch_database(admin, scratch, "hexflow_bench")?;
+            }
         }
         Ok(runs)
     })();

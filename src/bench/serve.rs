@@ -215,7 +215,9 @@ async fn get_once(addr: SocketAddr, path: &str) -> Result<(hyper::StatusCode, By
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Result<Sender> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the server at {addr}"))?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // Drives the connection; it ends when the sender is dropped.

@@ -1013,6 +1013,31 @@ pub fn scratch_database(admin_url: &str, prefix: &str) -> Result<String, DbError
     })
 }
 
+/// Drops a database that [`scratch_database`] made on the server of
+/// `admin_url` (a benchmark's, once it is done), ending any session still
+/// on it. Refuses any other name: it never drops a ledger by mistake.
+pub fn drop_scratch_database(admin_url: &str, scratch_url: &str, prefix: &str) -> Result<(), DbError> {
+    let shown = LedgerUrl::Postgres(admin_url.to_string());
+    let name = scratch_url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or_default();
+    let ours = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ours {
+        return Err(DbError::BadUrl {
+            url: scratch_url.to_string(),
+            why: format!("not a scratch database of {prefix}: not dropped"),
+        });
+    }
+    let mut c = pg_conn(&pool(admin_url, &shown)?, &shown)?;
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .map_err(Db::pg_err(&shown))
+}
+
 /// The PostgreSQL server the tests use: `HEXFLOW_TEST_PG`, set by
 /// `scripts/test`, which installs and starts one. A test that needs it
 /// fails with this instruction rather than passing without it.
@@ -1029,6 +1054,32 @@ pub fn test_server() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scratch_database_is_dropped_and_nothing_else_is() {
+        let admin = test_server();
+        let scratch = scratch_database(&admin, "hexflow_dropme").expect("scratch");
+        // In use, as a benchmark's pool would leave it: dropped all the same.
+        let url = LedgerUrl::Postgres(scratch.clone());
+        let _held = Db::open(&url).expect("open");
+        let name = scratch.rsplit('/').next().expect("name").to_string();
+        let exists = |name: &str| {
+            let shown = LedgerUrl::Postgres(admin.clone());
+            let mut c = pg_conn(&pool(&admin, &shown).expect("pool"), &shown).expect("conn");
+            c.query_one("SELECT COUNT(*) FROM pg_database WHERE datname = $1", &[&name])
+                .expect("query")
+                .get::<_, i64>(0)
+        };
+        assert_eq!(exists(&name), 1);
+        // Not ours: refused whatever the server holds.
+        for other in [admin.as_str(), &scratch.replace("hexflow_dropme_", "hexflow_other_")] {
+            let e = drop_scratch_database(&admin, other, "hexflow_dropme").expect_err("not a scratch");
+            assert!(e.to_string().contains("not dropped"), "{e}");
+        }
+        assert_eq!(exists(&name), 1);
+        drop_scratch_database(&admin, &scratch, "hexflow_dropme").expect("drop");
+        assert_eq!(exists(&name), 0);
+    }
 
     /// Processes that open a new SQLite ledger together all get it: the
     /// conversion to WAL used to fail one of them with "database is
