@@ -2,7 +2,9 @@
 //! days of Marseille), Debian's headless Chromium driven over WebDriver
 //! (chromedriver). The test moves the time slider with the keyboard, checks
 //! that the map shows coloured hexes, hovers a hex with the pointer and
-//! reads its value with its error bar from the tooltip.
+//! reads its value with its error bar from the tooltip. A second demo is
+//! loaded by `hexflow bench --serve --against`, as a planner's many
+//! browsers would.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
 //! `chromium` and `chromium-driver`); `scripts/test` installs them.
@@ -629,4 +631,42 @@ fn the_viewer_shows_coloured_hexes_moves_in_time_and_explains_a_hex() {
     );
     let nav = d.js("return document.querySelector('.site-nav a').textContent");
     assert_eq!(nav, json!("Carte"));
+}
+
+/// `hexflow bench --serve --against` loads a server that is already
+/// running: every answer it asks for is a 2xx (it stops on any other), it
+/// reaches tiles and values that exist on a demo of three days (not the
+/// year it was written for), and it only reads: the ledger is the same
+/// after it.
+#[test]
+fn bench_serve_loads_a_running_server_and_charges_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, url) = start_demo(dir.path());
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let ledger_before = http(port, "GET", "/api/v1/ledger", None).expect("ledger");
+    let out = Command::new(env!("CARGO_BIN_EXE_hexflow"))
+        .args(["bench", "--serve", "--against", &addr, "--seconds", "0.3", "--json"])
+        .output()
+        .expect("run hexflow bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    assert_eq!(report["against"], json!(addr));
+    assert!(
+        report["first_start"].is_null() && report["restart"].is_null(),
+        "{report}"
+    );
+    let loads = report["load"].as_array().expect("loads");
+    assert_eq!(loads.len(), 6, "{report}");
+    for l in loads {
+        assert!(l["requests"].as_u64().unwrap_or(0) > 0, "nothing answered: {l}");
+        assert!(l["mean_bytes"].as_f64().unwrap_or(0.0) > 0.0, "empty answers: {l}");
+        assert!(l["p50_ms"].as_f64().unwrap_or(-1.0) > 0.0, "{l}");
+    }
+    assert!(
+        loads[0]["what"].as_str().is_some_and(|w| w.contains("never drawn")),
+        "the first load is of cold tiles: {report}"
+    );
+    let ledger_after = http(port, "GET", "/api/v1/ledger", None).expect("ledger");
+    assert_eq!(ledger_before, ledger_after, "loading public answers charged something");
 }

@@ -77,6 +77,8 @@ pub struct ServeReport {
     pub restart: Option<Restart>,
     /// The demo's ledger backend: "SQLite" or "PostgreSQL".
     pub ledger: Option<String>,
+    /// With `--against`: the server loaded (whatever its data).
+    pub against: Option<String>,
     pub load: Vec<Load>,
 }
 
@@ -349,6 +351,7 @@ pub fn run(
                 first_start: None,
                 restart: None,
                 ledger: None,
+                against: Some(addr.to_string()),
                 load: load_all(addr, duration).await?,
             });
         }
@@ -391,6 +394,7 @@ pub fn run(
             first_start: Some(first_start),
             restart: Some(restart),
             ledger: Some(if ledger.is_some() { "PostgreSQL" } else { "SQLite" }.to_string()),
+            against: None,
             load,
         })
     })
@@ -473,11 +477,17 @@ async fn load_all(addr: SocketAddr, duration: Duration) -> Result<Vec<Load>> {
 
 /// Prints the report as a table.
 pub fn print(r: &ServeReport) {
-    out!(
-        "hexflow bench --serve — the demo's year, this binary, {} cores, ledger {}",
-        crate::util::cores(),
-        r.ledger.as_deref().unwrap_or("of the running server")
-    );
+    match (&r.against, &r.ledger) {
+        (Some(addr), _) => out!(
+            "hexflow bench --serve — the server at {addr} as it runs, {} cores here",
+            crate::util::cores()
+        ),
+        (None, ledger) => out!(
+            "hexflow bench --serve — the demo's year, this binary, {} cores, ledger {}",
+            crate::util::cores(),
+            ledger.as_deref().unwrap_or("unknown")
+        ),
+    }
     if let Some(f) = &r.first_start {
         out!(
             "  first start: /healthz after {:.1} s, first release listed after {:.1} s, {} releases published after {:.1} s, peak {}",
