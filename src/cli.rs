@@ -364,6 +364,9 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
+/// The prefix of the PostgreSQL databases benchmarks make (and drop).
+const BENCH_DB_PREFIX: &str = "hexflow_bench";
+
 /// A report as `--json` or as the command's table.
 fn show<T: Serialize>(value: &T, json: bool, table: impl FnOnce(&T)) -> Result<ExitCode> {
     if json {
@@ -610,14 +613,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             // start from nothing, as in its own data dir.
             let scratch = match &ledger {
                 crate::privacy::ledger::LedgerUrl::Postgres(admin) if against.is_none() => {
-                    Some(crate::privacy::db::scratch_database(admin, "hexflow_bench")?)
+                    Some(crate::privacy::db::scratch_database(admin, BENCH_DB_PREFIX)?)
                 }
                 _ => None,
             };
             let report = crate::bench::serve::run(&args.policies_dir, &tmp, scratch.as_deref(), seconds, against);
             let _ = std::fs::remove_dir_all(&tmp);
             if let (crate::privacy::ledger::LedgerUrl::Postgres(admin), Some(url)) = (&ledger, &scratch) {
-                crate::privacy::db::drop_scratch_database(admin, url, "hexflow_bench")?;
+                crate::privacy::db::drop_scratch_database(admin, url, BENCH_DB_PREFIX)?;
             }
             show(&report?, json, crate::bench::serve::print)
         }
@@ -1358,7 +1361,7 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
             link_tree(&prepared, &dir)?;
             let url = match ledger {
                 LedgerUrl::Postgres(admin) => {
-                    LedgerUrl::Postgres(crate::privacy::db::scratch_database(admin, "hexflow_bench")?)
+                    LedgerUrl::Postgres(crate::privacy::db::scratch_database(admin, BENCH_DB_PREFIX)?)
                 }
                 LedgerUrl::Sqlite(_) => LedgerUrl::in_data_dir(&dir),
             };
@@ -1376,7 +1379,7 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
             }
             let t0 = std::time::Instant::now();
             let report = if n == 0 {
-                crate::release::publish::publish(&releaser, &dir)?
+                crate::release::publish::publish(&releaser, &dir).map_err(anyhow::Error::from)
             } else {
                 publish_over_workers(
                     &releaser,
@@ -1385,9 +1388,14 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
                     n,
                     Some(threads),
                     std::time::Duration::from_secs(60),
-                )?
+                )
             };
             let seconds = t0.elapsed().as_secs_f64();
+            let _ = std::fs::remove_dir_all(&dir);
+            if let (LedgerUrl::Postgres(admin), LedgerUrl::Postgres(scratch)) = (ledger, releaser.ledger_url()) {
+                crate::privacy::db::drop_scratch_database(admin, scratch, BENCH_DB_PREFIX)?;
+            }
+            let report = report?;
             if !report.refused.is_empty() {
                 bail!("{} releases refused, e.g. {}", report.refused.len(), report.refused[0]);
             }
@@ -1400,18 +1408,11 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
                 releases_per_s: report.new as f64 / seconds,
                 speedup: first / seconds,
             });
-            let _ = std::fs::remove_dir_all(&dir);
-            if let (LedgerUrl::Postgres(admin), LedgerUrl::Postgres(scratch)) = (ledger, releaser.ledger_url()) {
-                crate::privacy::db::drop_scratch_database(admin, scratch, "hexflow_bench")?;
-            }
         }
         Ok(runs)
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    let runs = result?;
-    if json {
-        print_json(&runs)?;
-    } else {
+    show(&result?, json, |runs| {
         out!(
             "the demo's year published by worker processes on {} ({} cores)",
             if ledger.is_postgres() { "PostgreSQL" } else { "SQLite" },
@@ -1426,7 +1427,7 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
             "releases/s",
             "speed-up"
         );
-        for r in &runs {
+        for r in runs {
             out!(
                 "{:>8} {:>8} {:>9} {:>9.1} {:>11.1} {:>8.2}×",
                 if r.workers == 0 {
@@ -1441,8 +1442,7 @@ fn bench_workers(policies_dir: &Path, ledger: &LedgerUrl, workers: &[usize], jso
                 r.speedup
             );
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// A copy of the tree `from` at `to` whose files are hard links (the

@@ -186,8 +186,8 @@ async fn health(addr: SocketAddr) -> Option<Health> {
     })
 }
 
-/// Polls `/healthz` until `done` holds; the seconds since the demo's spawn
-/// at which it first answered and at which `done` held.
+/// Polls `/healthz` until the plan is published, telling `seen` what each
+/// answer says and when (seconds since the demo's spawn).
 async fn wait_for(demo: &mut Demo, timeout: Duration, mut seen: impl FnMut(&Health, f64)) -> Result<()> {
     loop {
         demo.exited()?;
@@ -404,15 +404,27 @@ pub fn run(
 /// caches are cold, then cached answers.
 async fn load_all(addr: SocketAddr, duration: Duration) -> Result<Vec<Load>> {
     let api = "/api/v1";
-    let list = get_json(addr, &format!("{api}/releases?metric=footfall&res=8&bin=1h&limit=500")).await?;
-    // A day's bins: 23 or 25 on the days clocks change.
-    let releases: Vec<(String, u64)> = list["releases"]
+    // Hourly hex footfall of the newest such release's dataset and
+    // resolution, whatever the city's plan (the demo's is res 8): the
+    // tiles of one area, one grid.
+    let list = get_json(
+        addr,
+        &format!("{api}/releases?metric=footfall&unit=hex&bin=1h&limit=500"),
+    )
+    .await?;
+    let listed = list["releases"]
         .as_array()
-        .context("the release list has no releases")?
+        .context("the release list has no releases")?;
+    let newest = listed.first().context("no hourly hex footfall release to load")?;
+    // A day's bins: 23 or 25 on the days clocks change.
+    let releases: Vec<(String, u64)> = listed
         .iter()
+        .filter(|r| r["dataset"] == newest["dataset"] && r["res"] == newest["res"])
         .filter_map(|r| Some((r["release_id"].as_str()?.to_string(), r["bins"].as_u64()?)))
         .collect();
-    let (first, _) = releases.first().context("no hourly res-8 footfall release to load")?;
+    let (first, _) = releases
+        .first()
+        .context("the release list's summaries have no id or bins")?;
     let tilejson = get_json(addr, &format!("{api}/releases/{first}/tilejson.json")).await?;
     let bounds: Vec<f64> = serde_json::from_value(tilejson["bounds"].clone()).context("tilejson bounds")?;
     let bbox: [f64; 4] = bounds

@@ -1018,11 +1018,8 @@ pub fn scratch_database(admin_url: &str, prefix: &str) -> Result<String, DbError
 /// on it. Refuses any other name: it never drops a ledger by mistake.
 pub fn drop_scratch_database(admin_url: &str, scratch_url: &str, prefix: &str) -> Result<(), DbError> {
     let shown = LedgerUrl::Postgres(admin_url.to_string());
-    let name = scratch_url
-        .split('?')
-        .next()
-        .and_then(|u| u.rsplit('/').next())
-        .unwrap_or_default();
+    let config = pg_config(scratch_url, &LedgerUrl::Postgres(scratch_url.to_string()))?;
+    let name = config.get_dbname().unwrap_or_default();
     let ours = name
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))

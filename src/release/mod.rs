@@ -494,7 +494,6 @@ impl Releaser {
         Utc::now().with_timezone(&self.grid.tz).date_naive()
     }
 
-    /// Reads a stored release's manifest.
     /// The stored release `id`, if there is one, its ledger row finished:
     /// a crash after the values were stored left it at `charged`, and
     /// finishing is idempotent and costs nothing.
@@ -515,6 +514,7 @@ impl Releaser {
         }))
     }
 
+    /// Reads a stored release's manifest.
     pub fn stored(&self, id: &str) -> Option<Manifest> {
         serde_json::from_slice(&std::fs::read(self.dir(id).join("manifest.json")).ok()?).ok()
     }

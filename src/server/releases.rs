@@ -620,9 +620,9 @@ fn values_json(data: &ReleaseData, places: &rows::Places, idx: &[usize], unit: &
     let bins: Vec<_> = bins.into_iter().map(|b| data.bins[b]).collect();
     let rows: Vec<rows::JsonRow> = idx.iter().map(|i| rows::JsonRow(rows::row(data, places, *i))).collect();
     #[derive(Serialize)]
-    struct Body<'a, M: Serialize> {
+    struct Body<'a> {
         release_id: &'a str,
-        metric: M,
+        metric: crate::store::Metric,
         unit: &'a str,
         timezone: &'a str,
         display_threshold: f64,
@@ -694,7 +694,7 @@ fn values_geojson(
                 Key::Zone(z) => zone(z).clone(),
                 Key::ZonePair(o, d) => line(centre(o), centre(d)),
             };
-            json!({"type": "Feature", "geometry": geometry, "properties": rows::json_row(rows::row(data, places, i))})
+            json!({"type": "Feature", "geometry": geometry, "properties": rows::JsonRow(rows::row(data, places, i))})
         })
         .collect();
     serde_json::to_vec(&json!({"type": "FeatureCollection", "features": features}))

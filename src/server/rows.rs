@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use h3o::CellIndex;
 use polars::prelude::*;
-use serde_json::Value;
 
 use super::Problem;
 use super::data::{Key, ReleaseData};
@@ -44,9 +43,10 @@ impl serde::Serialize for Cell {
     }
 }
 
-/// A row written as a JSON object straight from its fields, in the row
-/// model's order: building a `serde_json::Map` (a B-tree) for every row
-/// and dropping it was most of a values answer's first render.
+/// A row as a JSON object (JSON rows, GeoJSON properties), written
+/// straight from its fields in the row model's order: building a
+/// `serde_json::Map` (a B-tree) for every row and dropping it was most of
+/// a values answer's first render.
 pub struct JsonRow(pub Vec<(&'static str, Cell)>);
 
 impl serde::Serialize for JsonRow {
@@ -61,10 +61,6 @@ impl serde::Serialize for JsonRow {
 }
 
 impl Cell {
-    fn json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
     /// RFC 4180: a field with a comma, quote or line break is quoted, its
     /// quotes doubled.
     fn csv(&self) -> String {
@@ -201,11 +197,6 @@ pub fn local_start(data: &ReleaseData, b: usize) -> String {
 /// The local date bin `b` starts on.
 pub fn local_date(data: &ReleaseData, b: usize) -> NaiveDate {
     data.bins[b].with_timezone(&data.tz).date_naive()
-}
-
-/// A row as a JSON object (JSON rows, GeoJSON properties).
-pub fn json_row(fields: Vec<(&'static str, Cell)>) -> serde_json::Map<String, Value> {
-    fields.into_iter().map(|(k, v)| (k.to_string(), v.json())).collect()
 }
 
 /// RFC 4180 CSV: a header, CRLF line ends.
