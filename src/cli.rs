@@ -235,7 +235,14 @@ pub enum Command {
     },
     /// How well the public releases recover a simulation's injected truth
     /// (event recall, profile correlations, flow ranks, forecast errors).
-    /// Runs only on deliveries simulated by hexflow.
+    ///
+    /// It reads raw counts for the truth, so it runs only on a store whose
+    /// every delivery is a file `hexflow simulate` or `demo` wrote (checked
+    /// by the SHA-256s in the simulation's marker). What it reveals of the
+    /// truth: agreement figures only — correlations and error quantiles over
+    /// many values, recall, and single comparisons as bands ("≤ 1 %");
+    /// never a count, a true statistic, or an error the published figure
+    /// would turn back into one.
     Evaluate {
         #[command(flatten)]
         dataset: DatasetArg,
@@ -877,18 +884,18 @@ fn evaluate_cmd(policies_dir: &Path, data_dir: &Path, dataset: DatasetArg, json:
         );
         if let Some(v) = &r.visitors {
             out!(
-                "visitors ({} whole months, ρ {} per day and period for daily presence, ρ {} per day for monthly origins): overnight stays off by {:.2} % on average ({:.2} % at worst), day visitors by {:.2} % ({:.2} %); top-10 origins of visitors in summer months {:.0} % right; excursionists on the {} cruise-call days ×{:.2} the other days ({:.1} % off the true ratio); people per zone and day ({} values): correlation {:.4}, median error {:.2} % (95th percentile {:.2} %)",
+                "visitors ({} whole months, ρ {} per day and period for daily presence, ρ {} per day for monthly origins): overnight stays off by {} on average ({} at worst), day visitors by {} ({}); top-10 origins of visitors in summer months {:.0} % right; excursionists on the {} cruise-call days ×{:.2} the other days ({} off the true ratio); people per zone and day ({} values): correlation {:.4}, median error {:.2} % (95th percentile {:.2} %)",
                 v.months,
                 rho_text(v.rho_per_day_daily),
                 rho_text(v.rho_per_day_origins),
-                100.0 * v.nights_tourists_rel_error_mean,
-                100.0 * v.nights_tourists_rel_error_max,
-                100.0 * v.day_visitors_rel_error_mean,
-                100.0 * v.day_visitors_rel_error_max,
+                v.nights_tourists_rel_error_mean.as_str(),
+                v.nights_tourists_rel_error_max.as_str(),
+                v.day_visitors_rel_error_mean.as_str(),
+                v.day_visitors_rel_error_max.as_str(),
                 100.0 * v.top10_origins_overlap_mean,
                 v.cruise_days,
                 v.cruise_day_excursionist_ratio_dp,
-                100.0 * v.cruise_day_ratio_rel_error,
+                v.cruise_day_ratio_rel_error.as_str(),
                 v.zone_days,
                 v.zone_day_correlation,
                 100.0 * v.zone_day_rel_error_median,
@@ -994,6 +1001,13 @@ fn ingest(policy: &Policy, data_dir: &Path, files: &[PathBuf], opts: IngestOptio
                                 String::new()
                             }
                         ),
+                    }
+                    if r.rows_clamped > 0 {
+                        eprintln!(
+                            "warning: {}: {} rows counted more than the policy's plausibility maximum ([ingest] max_devices_per_cell_bin, max_trips_per_pair_bin or [presence] max_devices_per_cell_day) and were stored at it; check the delivery, or raise the maximum if such counts are real",
+                            file.display(),
+                            r.rows_clamped
+                        );
                     }
                 }
                 reports.push(serde_json::to_value(&r)?);
@@ -1164,7 +1178,7 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
     let grid = &ingestor.grid;
     let deliveries = data_dir.join("deliveries").join(policy.dataset());
     // v2: presence deliveries, and day trippers in the footfall.
-    let marker = deliveries.join(format!("simulated-v2-{from}-{to}.json"));
+    let marker = deliveries.join(simulate::marker_name(from, to));
     if deliveries.join(format!("simulated-{from}-{to}.json")).exists() && !marker.exists() {
         bail!(
             "{} holds deliveries simulated by an earlier hexflow (without presence); remove {} (or give another --data-dir) to simulate them afresh",
@@ -1178,7 +1192,7 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
             grid.name(),
             deliveries.display()
         );
-        let report = simulate::simulate(
+        simulate::simulate(
             grid,
             from,
             to,
@@ -1187,7 +1201,6 @@ fn demo(policies_dir: &Path, data_dir: &Path, from: NaiveDate, to: NaiveDate, re
             1,
             policy.spec.presence.as_ref(),
         )?;
-        crate::util::write_atomic(&marker, &serde_json::to_vec_pretty(&report)?)?;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&deliveries)?
         .filter_map(|e| e.ok().map(|e| e.path()))

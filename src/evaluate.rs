@@ -5,8 +5,13 @@
 //! browser would. Two figures need the truth the views are compared with
 //! (profiles and flows): it is computed from the count store, which is why
 //! this command refuses any dataset whose deliveries were not simulated by
-//! hexflow (`deliveries/<dataset>/events.json` must exist). It prints only
-//! agreement figures (correlations, recall, errors), never a count.
+//! hexflow: every stored delivery must be a file listed, with its SHA-256,
+//! in the `simulated-*.json` marker `simulate` writes beside its files. It
+//! prints only agreement figures (correlations over many values, recall,
+//! error quantiles over many values, and single comparisons as bands such
+//! as "≤ 1 %"), never a count nor a statistic of the truth, nor a single
+//! relative error that the published figure beside it would turn back
+//! into the truth.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -43,12 +48,13 @@ pub struct Report {
 pub struct VisitorFigures {
     pub months: usize,
     /// |DP − truth| / truth of the city's monthly overnight stays
-    /// (tourists' night presence summed over the month): mean and worst.
-    pub nights_tourists_rel_error_mean: f64,
-    pub nights_tourists_rel_error_max: f64,
+    /// (tourists' night presence summed over the month), as bands: the
+    /// mean over months and the worst month.
+    pub nights_tourists_rel_error_mean: Within,
+    pub nights_tourists_rel_error_max: Within,
     /// The same for monthly day visitors (excursionists by day).
-    pub day_visitors_rel_error_mean: f64,
-    pub day_visitors_rel_error_max: f64,
+    pub day_visitors_rel_error_mean: Within,
+    pub day_visitors_rel_error_max: Within,
     /// Per summer month (June–August): share of the true 10 largest origin
     /// groups of visitors among the DP 10 largest, and its mean.
     pub top10_origins_overlap: BTreeMap<String, f64>,
@@ -56,9 +62,10 @@ pub struct VisitorFigures {
     /// Mean excursionists by day on cruise-call days over other days: DP
     /// and truth.
     pub cruise_day_excursionist_ratio_dp: f64,
-    /// |DP ratio − true ratio| / true ratio: agreement only (the true ratio
-    /// is a statistic of raw counts and is not printed).
-    pub cruise_day_ratio_rel_error: f64,
+    /// |DP ratio − true ratio| / true ratio, as a band: agreement only
+    /// (the true ratio is a statistic of raw counts and is never printed,
+    /// nor anything it could be solved from).
+    pub cruise_day_ratio_rel_error: Within,
     pub cruise_days: usize,
     /// People present by day per zone and day (all segments), DP against
     /// truth: Pearson correlation, and the median and 95th percentile of
@@ -164,21 +171,11 @@ fn ranks(v: &[f64]) -> Vec<f64> {
 pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     let ds = policy.dataset().to_string();
     let truth_path = data_dir.join("deliveries").join(&ds).join("events.json");
-    // Both files `hexflow demo` writes must be there: events.json alone is
-    // too easy to drop beside a real operator's deliveries.
+    // The truth is read from raw counts: only where every stored delivery
+    // is a file `simulate` wrote, by its hash in the simulation's marker
+    // (a marker alone is too easy to drop beside an operator's files).
     let deliveries = data_dir.join("deliveries").join(&ds);
-    let simulated = std::fs::read_dir(&deliveries)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("simulated-"))
-        })
-        .unwrap_or(false);
-    if !simulated {
-        bail!(
-            "{}: no simulated-*.json marker; evaluate reads raw counts for its truth and runs only on deliveries `hexflow demo` simulated",
-            deliveries.display()
-        );
-    }
+    check_simulated(&deliveries, &CountStore::new(data_dir, &ds).catalog()?)?;
     let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path).with_context(|| {
         format!(
             "{}: evaluate compares releases with a simulation's truth and runs only on deliveries simulated by hexflow (as `hexflow demo` makes)",
@@ -446,6 +443,83 @@ pub fn run(policy: Policy, data_dir: &Path) -> Result<Report> {
     })
 }
 
+/// Refuses unless `catalog`'s every delivery is a file listed, with its
+/// SHA-256, in a `simulated-*.json` marker in `deliveries`.
+fn check_simulated(deliveries: &Path, catalog: &crate::store::Catalog) -> Result<()> {
+    let mut simulated: HashSet<String> = HashSet::new();
+    for entry in std::fs::read_dir(deliveries).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !(name.starts_with("simulated-") && name.ends_with(".json")) {
+            continue;
+        }
+        let marker: Value = serde_json::from_slice(&std::fs::read(entry.path())?)
+            .with_context(|| format!("{}: unreadable simulation marker", entry.path().display()))?;
+        simulated.extend(
+            marker["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["sha256"].as_str().filter(|h| !h.is_empty()).map(str::to_string)),
+        );
+    }
+    if simulated.is_empty() {
+        bail!(
+            "{}: no simulated-*.json marker listing its files' hashes; evaluate reads raw counts for its truth and runs only on deliveries `hexflow simulate` (or `hexflow demo`) wrote",
+            deliveries.display()
+        );
+    }
+    if catalog.deliveries.is_empty() {
+        bail!("nothing ingested yet: ingest the simulated deliveries, publish, then evaluate");
+    }
+    if let Some(d) = catalog.deliveries.iter().find(|d| !simulated.contains(&d.sha256)) {
+        bail!(
+            "the store holds {} (SHA-256 {}…), which no simulation marker lists: evaluate reads raw counts for its truth and runs only on a store that holds simulated deliveries alone",
+            d.file_name,
+            &d.sha256[..12.min(d.sha256.len())]
+        );
+    }
+    Ok(())
+}
+
+/// How close a published figure came to the truth, as a band: a relative
+/// error printed to its digits beside the published figure would give the
+/// truth back (the true cruise-day ratio came back to its last digit).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Within {
+    #[serde(rename = "≤ 0.1 %")]
+    PerMille,
+    #[serde(rename = "≤ 1 %")]
+    OnePercent,
+    #[serde(rename = "≤ 5 %")]
+    FivePercent,
+    #[serde(rename = "≤ 10 %")]
+    TenPercent,
+    #[serde(rename = "> 10 %")]
+    More,
+}
+
+impl Within {
+    pub fn of(rel_error: f64) -> Self {
+        match rel_error {
+            e if e <= 0.001 => Within::PerMille,
+            e if e <= 0.01 => Within::OnePercent,
+            e if e <= 0.05 => Within::FivePercent,
+            e if e <= 0.10 => Within::TenPercent,
+            _ => Within::More,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Within::PerMille => "≤ 0.1 %",
+            Within::OnePercent => "≤ 1 %",
+            Within::FivePercent => "≤ 5 %",
+            Within::TenPercent => "≤ 10 %",
+            Within::More => "> 10 %",
+        }
+    }
+}
+
 fn rel(dp: f64, truth: f64) -> f64 {
     (dp - truth).abs() / truth.max(1.0)
 }
@@ -626,14 +700,14 @@ fn visitor_figures(
     let ratio_true = mean_by(true, &true_exc) / mean_by(false, &true_exc).max(1e-9);
     Ok(VisitorFigures {
         months: complete.len(),
-        nights_tourists_rel_error_mean: n_mean,
-        nights_tourists_rel_error_max: n_max,
-        day_visitors_rel_error_mean: v_mean,
-        day_visitors_rel_error_max: v_max,
+        nights_tourists_rel_error_mean: Within::of(n_mean),
+        nights_tourists_rel_error_max: Within::of(n_max),
+        day_visitors_rel_error_mean: Within::of(v_mean),
+        day_visitors_rel_error_max: Within::of(v_max),
         top10_origins_overlap_mean: overlap.values().sum::<f64>() / overlap.len().max(1) as f64,
         top10_origins_overlap: overlap,
         cruise_day_excursionist_ratio_dp: ratio_dp,
-        cruise_day_ratio_rel_error: (ratio_dp - ratio_true).abs() / ratio_true.max(1e-9),
+        cruise_day_ratio_rel_error: Within::of((ratio_dp - ratio_true).abs() / ratio_true.max(1e-9)),
         cruise_days: view.daily.iter().filter(|d| cruise_days.contains(&d.day)).count(),
         zone_days: dp.len(),
         zone_day_correlation: pearson(&dp, &tr),

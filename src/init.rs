@@ -222,6 +222,17 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             outside += 1;
         }
     }
+    if outside == cells.len() {
+        // Every cell in a hole of the area, or beside it: a wrong file.
+        return Err(invalid(
+            &args.area,
+            format!(
+                "none of the {} cells of {} lies inside the area (are they in one of its holes, or is the area another place's?); the area must hold the network it maps",
+                cells.len(),
+                args.cells.display()
+            ),
+        ));
+    }
     if let Some(p) = &args.coverage {
         catalogue::read_coverage(p, &cells)?;
     }

@@ -449,6 +449,31 @@ impl Policy {
                     "publication[{i}]: period (and by) are for presence releases only, and a presence release needs a period"
                 )));
             }
+            // The plan publishes to the public: an item beyond the public's
+            // purpose limits would load, then make every `publish` fail.
+            let public = &spec.audiences[crate::vocab::audience::PUBLIC];
+            match r.unit {
+                crate::vocab::Unit::Hex if r.res > public.finest_res => {
+                    return Err(invalid(format!(
+                        "publication[{i}].res = {} is finer than the public may see (audiences.public.finest_res = {}): lower it, or raise the audience's limit if its purpose allows",
+                        r.res, public.finest_res
+                    )));
+                }
+                crate::vocab::Unit::Zone if r.res != 0 => {
+                    return Err(invalid(format!(
+                        "publication[{i}]: a zone release has no resolution (res = {}; leave it out)",
+                        r.res
+                    )));
+                }
+                _ => {}
+            }
+            if r.bin < public.shortest_bin {
+                return Err(invalid(format!(
+                    "publication[{i}].bin = \"{}\" is shorter than the public may see (audiences.public.shortest_bin = \"{}\")",
+                    r.bin.as_str(),
+                    public.shortest_bin.as_str()
+                )));
+            }
             if let Some(period) = &r.period {
                 let known = spec.presence.as_ref().is_some_and(|p| p.periods.contains_key(period));
                 if !known {

@@ -1179,22 +1179,85 @@ pub struct ChangeView {
     pub source: Source,
 }
 
-/// The median of values with their noise sds, and the sd of the median:
-/// σ·√(π/2)/√k for k ≥ 3 values (normal approximation), the mean's for 1–2.
-fn median_with_sd(values: &mut [(f64, f64)]) -> Option<(f64, f64)> {
+/// The median of `values` (the mean of the two middle ones for an even
+/// count), reordering them.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
     let k = values.len();
-    if k == 0 {
-        return None;
-    }
-    values.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let m = if k % 2 == 1 {
-        values[k / 2].0
+    if k % 2 == 1 {
+        values[k / 2]
     } else {
-        0.5 * (values[k / 2 - 1].0 + values[k / 2].0)
+        0.5 * (values[k / 2 - 1] + values[k / 2])
+    }
+}
+
+/// Draws of the parametric bootstrap behind a change's bar. The bar's own
+/// Monte Carlo error at 2,000 draws is about 1 % of its width.
+const BOOTSTRAP_DRAWS: usize = 2_000;
+
+/// The bootstrap's percentile is itself an estimate (2,000 draws, centred
+/// on noisy values): at the 95 % point the bars held the true change in
+/// 94.3–96.4 % of 4,000 trials per case, at the 95.5 % point in 94.8–96.8 %
+/// (the test below), so the bar is the 95.5 % point.
+const BOOTSTRAP_COVERAGE: f64 = 0.955;
+
+/// The % change of `(a, sd_a)` against the median of the published
+/// baseline values `(value, noise sd)`, and its 95 % half-width.
+///
+/// The median's error depends on how far apart the baseline days truly
+/// are: with equal days it is about σ·√(π/2)/√k, with days further apart
+/// than the noise it is one noisy day's (σ) or the mean of two. A closed
+/// form taken for the first case under-covered the second (92.4 % with 3
+/// days). So the bar is a parametric bootstrap: each draw adds normal
+/// noise of the public σ to the day and to every published baseline value,
+/// and the bar is the 95th percentile of how far the draw's change lands
+/// from the published one. It reads only published values and public
+/// σ (post-processing, nothing charged), and its generator is seeded by
+/// those inputs, so the same question always gets the same bar.
+/// No ratio when the baseline is not clearly above 0.
+fn change_against(a: f64, sd_a: f64, baseline: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
+    use rand::{SeedableRng, rngs::Xoshiro256PlusPlus};
+    use rand_distr::{Distribution, StandardNormal};
+    let mut values: Vec<f64> = baseline.iter().map(|v| v.0).collect();
+    if values.is_empty() {
+        return (None, None);
+    }
+    let m = median(&mut values);
+    let spread = baseline.iter().map(|v| v.1).fold(0.0, f64::max);
+    if !(m > 0.0 && m > 2.0 * spread) {
+        return (None, None);
+    }
+    let r = a / m;
+    let mut seed = a.to_bits() ^ sd_a.to_bits().rotate_left(17);
+    for (v, sd) in baseline {
+        seed = seed.rotate_left(29) ^ v.to_bits() ^ sd.to_bits().rotate_left(7);
+    }
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut draw = |sd: f64| -> f64 {
+        let z: f64 = StandardNormal.sample(&mut rng);
+        sd * z
     };
-    let mean_var = values.iter().map(|v| v.1 * v.1).sum::<f64>() / (k * k) as f64;
-    let factor = if k >= 3 { std::f64::consts::FRAC_PI_2 } else { 1.0 };
-    Some((m, (factor * mean_var).sqrt()))
+    let mut gaps = Vec::with_capacity(BOOTSTRAP_DRAWS);
+    for _ in 0..BOOTSTRAP_DRAWS {
+        let a_star = a + draw(sd_a);
+        for (slot, (v, sd)) in values.iter_mut().zip(baseline) {
+            *slot = v + draw(*sd);
+        }
+        let m_star = median(&mut values);
+        // A draw whose baseline reaches 0 has no ratio: it counts as far
+        // off, which widens the bar rather than dropping the draw.
+        gaps.push(if m_star > 0.0 {
+            (a_star / m_star - r).abs()
+        } else {
+            f64::INFINITY
+        });
+    }
+    gaps.sort_by(f64::total_cmp);
+    let half_width = gaps[(BOOTSTRAP_COVERAGE * BOOTSTRAP_DRAWS as f64).ceil() as usize - 1];
+    if !half_width.is_finite() {
+        return (Some(100.0 * (r - 1.0)), None);
+    }
+    (Some(100.0 * (r - 1.0)), Some(100.0 * half_width))
 }
 
 /// Per day of `points` within `[from, to]`: the change against the median
@@ -1216,25 +1279,18 @@ pub fn change(
             .or_default()
             .push((p.value, p.noise_sd));
     }
-    let medians: BTreeMap<u32, (f64, f64, usize)> = by_weekday
-        .into_iter()
-        .filter_map(|(w, mut v)| {
-            let k = v.len();
-            median_with_sd(&mut v).map(|(m, sd)| (w, (m, sd, k)))
-        })
-        .collect();
     let days = points
         .iter()
         .filter(|p| p.day >= range.0 && p.day <= range.1)
         .map(|p| {
-            let b = medians.get(&p.day.weekday().num_days_from_monday());
-            let (pct, pct_ci) = b.map_or((None, None), |(m, sd, _)| change_pct(p.value, p.noise_sd, *m, *sd));
+            let b = by_weekday.get(&p.day.weekday().num_days_from_monday());
+            let (pct, pct_ci) = b.map_or((None, None), |b| change_against(p.value, p.noise_sd, b));
             ChangeDay {
                 day: p.day,
                 value: p.value,
                 ci95: Z95 * p.noise_sd,
-                baseline: b.map(|x| x.0),
-                baseline_days: b.map_or(0, |x| x.2),
+                baseline: b.map(|b| median(&mut b.iter().map(|v| v.0).collect::<Vec<_>>())),
+                baseline_days: b.map_or(0, Vec::len),
                 change_pct: pct,
                 change_pct_ci95: pct_ci,
             }
@@ -1246,7 +1302,7 @@ pub fn change(
         segment: segment.to_string(),
         baseline_from: b0,
         baseline_to: b1,
-        baseline: "median of the same weekday in the baseline window, as the community mobility reports of 2020; the bar of the change holds the day's noise and the median's (σ·√(π/2)/√k for k ≥ 3 days), by the delta method".into(),
+        baseline: "median of the same weekday in the baseline window, as the community mobility reports of 2020; the bar of the change holds the day's noise and the median's, by a parametric bootstrap of the published values with their public noise σ (2,000 draws; post-processing, nothing charged)".into(),
         days,
         source,
     }
@@ -1397,6 +1453,51 @@ mod presence_tests {
         assert!(august.year_over_year.is_none(), "1 day against 2 is not a comparison");
     }
 
+    /// Issue 23: the change's bar covered 92.4 % with 3 baseline days and
+    /// 92.1 % with 5 when the days differ by more than the noise. For k = 3
+    /// to 8 baseline days, equal or 0.5σ or 4σ apart, each case over 4,000
+    /// noisy publications: the bar holds the true change in at least
+    /// 94.5 % of them. Deterministic (seeded noise, and a bootstrap seeded
+    /// by its inputs), so it never flakes. The count's sd is 0.33 %; the
+    /// cases measure 94.8–96.8 %, the lowest (3 days 4σ apart) about one sd
+    /// above the bound, so a change of seed could need the trials raised.
+    #[test]
+    fn the_change_bar_covers_the_true_change_whatever_the_baseline_spread() {
+        use rand::{SeedableRng, rngs::Xoshiro256PlusPlus};
+        use rand_distr::{Distribution, StandardNormal};
+        const TRIALS: usize = 4_000;
+        let sigma = 10.0;
+        let a_true = 900.0;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(23);
+        let mut lowest = (1.0f64, 0, 0.0);
+        for k in 3..=8usize {
+            for gap_sd in [0.0, 0.5, 4.0] {
+                let truth: Vec<f64> = (0..k).map(|i| 1000.0 + gap_sd * sigma * ((i * 5) % k) as f64).collect();
+                let true_pct = 100.0 * (a_true / median(&mut truth.clone()) - 1.0);
+                let mut inside = 0;
+                for _ in 0..TRIALS {
+                    let mut noisy = |x: f64| {
+                        let z: f64 = StandardNormal.sample(&mut rng);
+                        x + sigma * z
+                    };
+                    let a = noisy(a_true);
+                    let baseline: Vec<(f64, f64)> = truth.iter().map(|t| (noisy(*t), sigma)).collect();
+                    let (pct, ci) = change_against(a, sigma, &baseline);
+                    let (pct, ci) = (pct.expect("pct"), ci.expect("ci"));
+                    if (pct - true_pct).abs() <= ci {
+                        inside += 1;
+                    }
+                }
+                let coverage = inside as f64 / TRIALS as f64;
+                eprintln!("k {k}, days {gap_sd}σ apart: coverage {coverage:.4}");
+                if coverage < lowest.0 {
+                    lowest = (coverage, k, gap_sd);
+                }
+            }
+        }
+        assert!(lowest.0 >= 0.945, "lowest coverage {lowest:?}");
+    }
+
     #[test]
     fn change_is_against_the_median_of_the_same_weekday_with_the_bar_of_a_ratio() {
         // Baseline: three Mondays 100, 120, 110 (σ 2) → median 110.
@@ -1420,10 +1521,17 @@ mod presence_tests {
         let d = &c.days[0];
         assert_eq!((d.baseline, d.baseline_days), (Some(110.0), 3));
         assert!((d.change_pct.expect("pct") + 50.0).abs() < 1e-9);
-        let sd_b = (std::f64::consts::FRAC_PI_2 * 12.0 / 9.0).sqrt();
+        // The bootstrap's bar: about 1.96·100·sd of the ratio, whose sd
+        // here is dominated by the day's (2/110) and the median's (one
+        // middle day, sd ≤ 2, the days being 10σ apart).
+        let ci = d.change_pct_ci95.expect("ci");
         let r: f64 = 0.5;
-        let expected = 100.0 * Z95 * ((2.0f64 / 110.0).powi(2) + (r * sd_b / 110.0).powi(2)).sqrt();
-        assert!((d.change_pct_ci95.expect("ci") - expected).abs() < 1e-9);
+        let low = 100.0 * Z95 * (2.0f64 / 110.0);
+        let high = 100.0 * Z95 * ((2.0f64 / 110.0).powi(2) + (r * 2.0 / 110.0).powi(2)).sqrt();
+        assert!(ci > 0.95 * low && ci < 1.1 * high, "{ci} against [{low}, {high}]");
+        // The same question gets the same bar.
+        let again = change("1", "devices".into(), "all", &pts, window, range, Source::of(&[]));
+        assert_eq!(again.days[0].change_pct_ci95, d.change_pct_ci95);
         // No baseline weekday, no change; a baseline near 0 has no ratio.
         assert_eq!(change_pct(5.0, 1.0, 1.0, 1.0), (None, None));
     }

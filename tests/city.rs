@@ -316,13 +316,84 @@ fn init_refuses_bad_inputs_with_the_file_and_what_to_change_and_writes_nothing()
         "{\"type\":\"Point\",\"coordinates\":[144.9,-37.8]}",
     )
     .expect("write");
+    // Issue 23: areas that passed init and failed later, or refused every
+    // release. Each is a polygon (or two) in lon, lat order.
+    let (lat1, lon1) = (LAT0 + 0.05, LON0 + 0.06);
+    let polygon = |rings: String| format!("{{\"type\":\"Polygon\",\"coordinates\":[{rings}]}}");
+    let ring = |pts: &[(f64, f64)]| {
+        let p: Vec<String> = pts.iter().map(|(x, y)| format!("[{x},{y}]")).collect();
+        format!("[{}]", p.join(","))
+    };
+    let square = |a: f64, b: f64, c: f64, d: f64| ring(&[(a, c), (b, c), (b, d), (a, d), (a, c)]);
+    let areas = [
+        (
+            "lon540.geojson",
+            polygon(square(LON0 + 360.0, lon1 + 360.0, LAT0, lat1)),
+        ),
+        ("lat91.geojson", polygon(square(LON0, lon1, 89.0, 91.0))),
+        (
+            "two-points.geojson",
+            polygon(ring(&[(LON0, LAT0), (lon1, lat1), (LON0, LAT0)])),
+        ),
+        (
+            "bowtie.geojson",
+            polygon(ring(&[
+                (LON0, LAT0),
+                (lon1, lat1),
+                (lon1, LAT0),
+                (LON0, lat1),
+                (LON0, LAT0),
+            ])),
+        ),
+        (
+            "flat.geojson",
+            polygon(ring(&[(LON0, LAT0), (lon1, LAT0), (LON0 + 0.03, LAT0), (LON0, LAT0)])),
+        ),
+        ("world.geojson", polygon(square(-179.0, 179.0, -80.0, 80.0))),
+        ("continent.geojson", polygon(square(-10.0, 40.0, 35.0, 60.0))),
+        (
+            // Every site of the 4 × 4 grid sits in the hole.
+            "hole.geojson",
+            polygon(format!(
+                "{},{}",
+                square(LON0 - 0.01, lon1 + 0.01, LAT0 - 0.01, lat1 + 0.01),
+                square(LON0 + 0.001, lon1 - 0.001, LAT0 + 0.001, lat1 - 0.001)
+            )),
+        ),
+        (
+            "overlapping-parts.geojson",
+            format!(
+                "{{\"type\":\"MultiPolygon\",\"coordinates\":[[{}],[{}]]}}",
+                square(LON0, lon1, LAT0, lat1),
+                square(LON0 + 0.01, lon1, LAT0, lat1)
+            ),
+        ),
+    ];
+    for (name, text) in &areas {
+        fs::write(inp.join(name), text).expect("write");
+    }
     let out = dir.path().join("out");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["--zones", &p("overlap.geojson")], "overlap by"),
         (&["--zones", &p("gap.geojson")], "in no zone"),
         (&["--cells", &p("far.csv")], "line 18: cell FAR-0"),
         (&["--cells", &p("extra.csv")], "unknown column \"owner\""),
         (&["--area", &p("point.geojson")], "expected a Polygon or MultiPolygon"),
+        (
+            &["--area", &p("lon540.geojson")],
+            "not a longitude, latitude in degrees",
+        ),
+        (&["--area", &p("lat91.geojson")], "not a longitude, latitude in degrees"),
+        (&["--area", &p("two-points.geojson")], "at least 3 distinct points"),
+        (&["--area", &p("bowtie.geojson")], "self-intersection"),
+        (&["--area", &p("flat.geojson")], "less than a hectare"),
+        (&["--area", &p("world.geojson")], "spans 358° of longitude"),
+        (&["--area", &p("continent.geojson")], "more than a country"),
+        (&["--area", &p("hole.geojson")], "lies inside the area"),
+        (
+            &["--area", &p("overlapping-parts.geojson")],
+            "polygon 0 and the study area, polygon 1 overlap by",
+        ),
     ];
     for (extra, reason) in cases {
         let mut args = vec!["init", "--name", "bad", "--out", out.to_str().expect("utf8")];

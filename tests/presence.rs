@@ -132,13 +132,6 @@ fn a_presence_file_with_an_unknown_code_a_double_count_or_a_partial_day_is_refus
             "day",
             "not a whole local day yet",
         ),
-        (
-            "a count above the policy's maximum",
-            replace_line(4, "A-1,2025-03-12,day,tourist,DE,99999".into()),
-            4,
-            "devices",
-            "presence.max_devices_per_cell_day",
-        ),
     ];
     for (what, content, line, column, reason) in cases {
         let before = store();

@@ -318,33 +318,173 @@ fn geometry_name(g: &geo::Geometry<f64>) -> &'static str {
 }
 
 /// Reads the study area: a Polygon or MultiPolygon, bare, in a Feature or in
-/// a FeatureCollection (all features are merged).
+/// a FeatureCollection (all features are merged), and refuses an area that
+/// would pass here and fail later (see [`check_area`]).
 pub fn read_area(path: &Path) -> Result<MultiPolygon<f64>, GridError> {
-    let mut polygons = Vec::new();
+    let mut parts: Vec<(String, geo::Polygon<f64>)> = Vec::new();
+    let mut add = |what: String, g: &geojson::Geometry| -> Result<(), GridError> {
+        let mp = to_multi_polygon(path, &what, g)?;
+        let many = mp.0.len() > 1;
+        for (j, p) in mp.0.into_iter().enumerate() {
+            let label = if many {
+                format!("{what}, polygon {j}")
+            } else {
+                what.clone()
+            };
+            parts.push((label, p));
+        }
+        Ok(())
+    };
     match read_geojson(path)? {
-        geojson::GeoJson::Geometry(g) => polygons.extend(to_multi_polygon(path, "study area", &g)?),
+        geojson::GeoJson::Geometry(g) => add("the study area".into(), &g)?,
         geojson::GeoJson::Feature(f) => {
             let g = f.geometry.ok_or_else(|| GridError::InvalidFile {
                 path: path.to_path_buf(),
                 reason: "the study-area feature has no geometry".into(),
             })?;
-            polygons.extend(to_multi_polygon(path, "study area", &g)?);
+            add("the study area".into(), &g)?;
         }
         geojson::GeoJson::FeatureCollection(fc) => {
             for (i, f) in fc.features.iter().enumerate() {
                 if let Some(g) = &f.geometry {
-                    polygons.extend(to_multi_polygon(path, &format!("feature {i}"), g)?);
+                    add(format!("feature {i}"), g)?;
                 }
             }
         }
     }
-    if polygons.is_empty() {
+    if parts.is_empty() {
         return Err(GridError::InvalidFile {
             path: path.to_path_buf(),
             reason: "the study area has no polygon".into(),
         });
     }
-    Ok(MultiPolygon(polygons))
+    check_area(path, parts)
+}
+
+/// Largest study area: a country. Beyond it the grid's equal-area
+/// projection (centred on the area) distorts, and a file this large is
+/// almost always the wrong one (a world outline, degrees in the wrong unit).
+pub const MAX_AREA_KM2: f64 = 1_000_000.0;
+
+/// Smallest study area: below a hectare there is not one hex of the finest
+/// resolution a city would publish, and every release would be empty.
+pub const MIN_AREA_KM2: f64 = 0.01;
+
+/// Parts may overlap by digitising noise: up to this share of the smaller
+/// part, the parts are merged; beyond it the file is refused.
+const OVERLAP_TOLERANCE: f64 = 0.005;
+
+/// Refuses what later stages cannot use, naming the part and what to
+/// change: coordinates outside degrees of WGS84, invalid rings (too few
+/// points, self-intersections, holes outside their polygon), parts without
+/// area, an area beyond a country's, and parts that overlap beyond noise
+/// (each place must be counted once; an overlap also made `init` report
+/// 44.8 km² for 5.4 km²). Returns the parts, merged where they overlapped
+/// by noise.
+fn check_area(path: &Path, parts: Vec<(String, geo::Polygon<f64>)>) -> Result<MultiPolygon<f64>, GridError> {
+    use geo::{BooleanOps, BoundingRect, GeodesicArea, Intersects, Validation};
+
+    let bad = |reason: String| GridError::InvalidFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Exteriors anticlockwise, holes clockwise, as the geodesic area
+    // expects (a hole wound the other way measured as the whole Earth).
+    let parts: Vec<(String, geo::Polygon<f64>)> = parts
+        .into_iter()
+        .map(|(label, p)| (label, geo::Orient::orient(&p, geo::orient::Direction::Default)))
+        .collect();
+    let mut total_km2 = 0.0;
+    let mut areas_km2 = Vec::with_capacity(parts.len());
+    for (label, p) in &parts {
+        for c in p
+            .exterior()
+            .coords()
+            .chain(p.interiors().iter().flat_map(|r| r.coords()))
+        {
+            if !(c.x.is_finite() && c.y.is_finite() && (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y))
+            {
+                return Err(bad(format!(
+                    "{label}: the point ({}, {}) is not a longitude, latitude in degrees (longitude −180..180, latitude −90..90); GeoJSON lists longitude first, in WGS84 degrees: reproject the file (ogr2ogr -t_srs EPSG:4326)",
+                    c.x, c.y
+                )));
+            }
+        }
+        if let Err(e) = p.check_validation() {
+            return Err(bad(format!(
+                "{label}: invalid polygon: {e}; repair it (QGIS's \"Fix geometries\", or ogr2ogr -makevalid) and run again"
+            )));
+        }
+        if let Some(r) = p.bounding_rect()
+            && r.width() > 180.0
+        {
+            return Err(bad(format!(
+                "{label}: spans {:.0}° of longitude; an area crossing the antimeridian or the whole globe is not a city's, region's or country's",
+                r.width()
+            )));
+        }
+        let km2 = p.geodesic_area_unsigned() / 1e6;
+        if km2 < MIN_AREA_KM2 / 100.0 {
+            return Err(bad(format!(
+                "{label}: has no area ({:.0} m²); a study area is a polygon around the places to map",
+                km2 * 1e6
+            )));
+        }
+        total_km2 += km2;
+        areas_km2.push(km2);
+    }
+    // Overlapping parts, pair by pair (bounding boxes first).
+    let mut overlapping = false;
+    for i in 0..parts.len() {
+        for j in i + 1..parts.len() {
+            let (a, b) = (&parts[i].1, &parts[j].1);
+            let boxes_meet = match (a.bounding_rect(), b.bounding_rect()) {
+                (Some(x), Some(y)) => x.intersects(&y),
+                _ => false,
+            };
+            if !boxes_meet {
+                continue;
+            }
+            let shared_km2 = a.intersection(b).geodesic_area_unsigned() / 1e6;
+            if shared_km2 <= 0.0 {
+                continue;
+            }
+            let smaller = areas_km2[i].min(areas_km2[j]);
+            if shared_km2 > OVERLAP_TOLERANCE * smaller {
+                return Err(bad(format!(
+                    "{} and {} overlap by {shared_km2:.3} km² ({:.1} % of the smaller): each place must be in the study area once; dissolve the parts into one outline (QGIS's \"Dissolve\", or ogr2ogr -dialect sqlite -sql \"SELECT ST_Union(geometry) FROM …\") or remove the duplicate",
+                    parts[i].0,
+                    parts[j].0,
+                    100.0 * shared_km2 / smaller
+                )));
+            }
+            overlapping = true;
+        }
+    }
+    let polygons: Vec<geo::Polygon<f64>> = parts.into_iter().map(|(_, p)| p).collect();
+    // Below the tolerance: merged, so that no place is counted twice.
+    let area = if overlapping {
+        geo::unary_union(&polygons)
+    } else {
+        MultiPolygon(polygons)
+    };
+    let km2 = if overlapping {
+        area.geodesic_area_unsigned() / 1e6
+    } else {
+        total_km2
+    };
+    if km2 > MAX_AREA_KM2 {
+        return Err(bad(format!(
+            "the study area covers {km2:.0} km², more than a country ({MAX_AREA_KM2:.0} km² at most): check that the file is the area to map, not a world or continent outline"
+        )));
+    }
+    if km2 < MIN_AREA_KM2 {
+        return Err(bad(format!(
+            "the study area covers {:.0} m², less than a hectare: no hex of a published resolution would fit; check the file's units (degrees, WGS84)",
+            km2 * 1e6
+        )));
+    }
+    Ok(area)
 }
 
 /// Reads explicit coverage polygons (`FeatureCollection`, property

@@ -101,6 +101,9 @@ pub struct FileReport {
     pub metric: Option<Metric>,
     pub rows: usize,
     pub rows_rejected: usize,
+    /// Rows whose count was above the policy's plausibility maximum and
+    /// were stored at it (their values are not shown).
+    pub rows_clamped: usize,
     pub quarantine: Option<PathBuf>,
     pub first_day: Option<NaiveDate>,
     pub last_day: Option<NaiveDate>,
@@ -152,6 +155,7 @@ impl Ingestor {
             metric: None,
             rows: 0,
             rows_rejected: 0,
+            rows_clamped: 0,
             quarantine: None,
             first_day: None,
             last_day: None,
@@ -226,6 +230,14 @@ impl Ingestor {
             });
         }
 
+        report.rows_clamped = valid.clamped;
+        if valid.clamped > 0 {
+            tracing::warn!(
+                file = %path.display(),
+                rows = valid.clamped,
+                "counts above the policy's plausibility maximum were stored at it"
+            );
+        }
         let frames = match &presence {
             Some(keys) => self.presence_frames(keys, valid),
             None => self.day_frames(metric, valid),

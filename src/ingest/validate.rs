@@ -155,6 +155,8 @@ pub struct Validated {
     pub period: Vec<u16>,
     pub segment: Vec<u16>,
     pub origin: Vec<u32>,
+    /// Rows whose count was above the plausibility maximum, kept at it.
+    pub clamped: usize,
 }
 
 /// A public list with each name's position (looked up per row).
@@ -275,10 +277,8 @@ impl<'a> Validator<'a> {
         let views: Vec<View> = columns.iter().map(View::of).collect();
         let value_limit = match metric {
             // Presence rows go through `run_presence`.
-            Metric::Footfall | Metric::Presence => {
-                (self.limits.max_devices_per_cell_bin, "ingest.max_devices_per_cell_bin")
-            }
-            Metric::Flows => (self.limits.max_trips_per_pair_bin, "ingest.max_trips_per_pair_bin"),
+            Metric::Footfall | Metric::Presence => self.limits.max_devices_per_cell_bin,
+            Metric::Flows => self.limits.max_trips_per_pair_bin,
         };
         let n_keys = names.len() - 2;
         let first = self.rows_seen;
@@ -298,7 +298,11 @@ impl<'a> Validator<'a> {
                 .ok();
             let value = count(&views[n_keys + 1], i, value_limit)
                 .map_err(|reason| row.reject(n_keys + 1, reason))
-                .ok();
+                .ok()
+                .map(|(v, clamped)| {
+                    out.clamped += usize::from(clamped);
+                    v
+                });
             let (line, row_ok) = (row.line, row.ok);
             let (Some((bin_s, day)), Some(value), true) = (bin, value, row_ok) else {
                 continue;
@@ -328,7 +332,7 @@ impl<'a> Validator<'a> {
     ) {
         let names = Metric::Presence.columns();
         let views: Vec<View> = columns.iter().map(View::of).collect();
-        let limit = (keys.spec.max_devices_per_cell_day, "presence.max_devices_per_cell_day");
+        let limit = keys.spec.max_devices_per_cell_day;
         let first = self.rows_seen;
         self.rows_seen += height;
         let today = self.now.with_timezone(&self.grid.tz).date_naive();
@@ -362,7 +366,13 @@ impl<'a> Validator<'a> {
                 .and_then(|raw| self.last_day.get(raw, |raw| local_day(raw, limits, today, tz)))
                 .map_err(|r| row.reject(4, r))
                 .ok();
-            let value = count(&views[5], i, limit).map_err(|r| row.reject(5, r)).ok();
+            let value = count(&views[5], i, limit)
+                .map_err(|r| row.reject(5, r))
+                .ok()
+                .map(|(v, clamped)| {
+                    out.clamped += usize::from(clamped);
+                    v
+                });
             let (line, row_ok) = (row.line, row.ok);
             let (Some(cell), Some(p), Some(s), Some(o), Some(day), Some(value), true) =
                 (cell, period, segment, origin, day, value, row_ok)
@@ -516,8 +526,17 @@ fn check_instant(grid: &Grid, limits: &IngestLimits, now: DateTime<Utc>, secs: i
     Ok(day)
 }
 
-/// Reads a non-negative integer count within the plausible maximum.
-fn count(col: &View, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, String> {
+/// Reads a non-negative integer count, kept at the plausible maximum when
+/// above it (the `bool` says so).
+///
+/// Above the maximum is clamped, not refused: a refusal would drop the
+/// whole file, so whether a day is published would hang on a threshold of
+/// one true count — a fact about the data that no noise covers. Clamping
+/// keeps the day and the contribution bounds (one device still moves a
+/// clamped count by at most 1); the ingest report counts the clamped rows
+/// for the operator, never their values. What cannot be a count (text,
+/// fractions, negatives) is still refused.
+fn count(col: &View, i: usize, max: u32) -> Result<(u32, bool), String> {
     let v: i128 = match col {
         View::Int(v) => v[i].ok_or("empty count")?.into(),
         View::Text(_) => {
@@ -538,11 +557,9 @@ fn count(col: &View, i: usize, (max, limit_name): (u32, &str)) -> Result<u32, St
         return Err("negative count".into());
     }
     if v > i128::from(max) {
-        return Err(format!(
-            "count above the plausible maximum {max} ({limit_name} in the policy)"
-        ));
+        return Ok((max, true));
     }
-    Ok(v as u32)
+    Ok((v as u32, false))
 }
 
 /// An optional sign followed by decimal digits only.

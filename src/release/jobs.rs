@@ -191,7 +191,7 @@ pub fn finish(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, Rele
         Ok(o) => (
             "new",
             String::new(),
-            crate::privacy::ledger::to_units_up(o.manifest.rho),
+            crate::privacy::ledger::to_units_up(o.manifest.rho_charged()),
         ),
         Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => ("too_recent", String::new(), 0),
         Err(e) => ("refused", e.to_string(), 0),

@@ -181,6 +181,14 @@ pub struct Manifest {
     pub created_at: DateTime<Utc>,
 }
 
+impl Manifest {
+    /// ρ this release took from the ledger: its ρ on every day its window
+    /// touches (a monthly release is charged on each of its days).
+    pub fn rho_charged(&self) -> f64 {
+        self.rho * self.days_charged.len() as f64
+    }
+}
+
 /// What a presence release's values are split by, and how its devices
 /// become estimated people.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1313,7 +1321,7 @@ impl Releaser {
             display_threshold: threshold,
             ci95_method: match placement {
                 Placement::Cell => format!(
-                    "estimate_ci95: the 95 % point of |Σ_c W_ch N_c|, N_c OpenDP's integer noise on the cells, from its exact distribution (numerical convolution; where that distribution jumps past 95 % the bar covers {:.1}–{:.1} %); ci95 of the rounded value: estimate_ci95 + 0.5",
+                    "estimate_ci95: the 95 % point of |Σ_c W_ch N_c|, N_c OpenDP's integer noise on the cells, from its exact distribution (numerical convolution on a grid, the bar widened by the grid's rounding so that it never covers less than 95 %; it covers at least {:.1}–{:.1} %, more where the distribution jumps past 95 %); ci95 of the rounded value: estimate_ci95 + 0.5",
                     100.0
                         * bars
                             .iter()

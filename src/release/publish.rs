@@ -23,6 +23,7 @@ pub struct PublishReport {
     pub new: usize,
     pub stored: usize,
     pub too_recent: usize,
+    /// ρ taken from the ledger, summed over every day charged.
     pub rho_spent: f64,
     pub refused: Vec<String>,
 }
@@ -136,7 +137,7 @@ impl PublishReport {
             Ok(o) if o.status == super::Status::Stored => self.stored += 1,
             Ok(o) => {
                 self.new += 1;
-                self.rho_spent += o.manifest.rho;
+                self.rho_spent += o.manifest.rho_charged();
             }
             Err(ReleaseError::Spec(super::SpecError::TooRecent { .. })) => self.too_recent += 1,
             Err(e) => self.refused.push(format!("{label}: {e}")),

@@ -94,6 +94,9 @@ pub struct SimFile {
     pub metric: Metric,
     pub month: String,
     pub rows: usize,
+    /// SHA-256 of the file's bytes, as the store records a delivery:
+    /// `evaluate` checks that every stored delivery is one of these.
+    pub sha256: String,
 }
 
 /// What `hexflow simulate` reports.
@@ -115,6 +118,12 @@ pub struct SimulationReport {
     pub cruise_calls: usize,
     pub truth: PathBuf,
     pub elapsed_s: f64,
+}
+
+/// The file beside the deliveries that lists what [`simulate`] wrote (v2:
+/// with presence, day trippers and each file's SHA-256).
+pub fn marker_name(from: NaiveDate, to: NaiveDate) -> String {
+    format!("simulated-v2-{from}-{to}.json")
 }
 
 /// `events.json`: what was injected.
@@ -418,7 +427,7 @@ fn simulate_in_batches(
         source,
     })?;
     let count = |m: Metric| files.iter().filter(|f: &&SimFile| f.metric == m).map(|f| f.rows).sum();
-    Ok(SimulationReport {
+    let report = SimulationReport {
         grid: grid.name().to_string(),
         from,
         to,
@@ -433,7 +442,17 @@ fn simulate_in_batches(
         cruise_calls: cruises.len(),
         truth: truth_path,
         elapsed_s: started.elapsed().as_secs_f64(),
-    })
+    };
+    // The marker names every file written and its hash: `evaluate` reads
+    // raw counts for its truth, and runs only where each stored delivery
+    // is one of these files.
+    let marker = out.join(marker_name(from, to));
+    let bytes = serde_json::to_vec_pretty(&report).map_err(|e| SimulateError::Io {
+        path: marker.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    crate::util::write_atomic(&marker, &bytes).map_err(|source| SimulateError::Io { path: marker, source })?;
+    Ok(report)
 }
 
 struct DayContext<'a> {
@@ -920,6 +939,7 @@ impl MonthFile {
                 metric,
                 month: month.to_string(),
                 rows: 0,
+                sha256: String::new(),
             },
             file,
             writer,
@@ -949,6 +969,10 @@ impl MonthFile {
             source,
         })?;
         self.file.commit().map_err(|source| SimulateError::Io {
+            path: self.info.path.clone(),
+            source,
+        })?;
+        self.info.sha256 = crate::util::sha256_file(&self.info.path).map_err(|source| SimulateError::Io {
             path: self.info.path.clone(),
             source,
         })?;

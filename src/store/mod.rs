@@ -623,14 +623,18 @@ fn write_months(months: &mut [MonthFile]) -> Result<(), StoreError> {
     .collect()
 }
 
-/// "cell_id=X, bin_start=2025-03-14T10:00:00Z" for the first row of a key
-/// frame; never includes a count.
+/// "bin_start=2025-03-14T10:00:00Z" for the first row of a key frame.
+///
+/// Only the time keys are named, never a cell, origin or group: a
+/// re-delivery whose columns are swapped can pass validation when cell ids
+/// are numbers (a count of 101 in `cell_id` is cell 101), and the message
+/// would then print a count. A timestamp column cannot hold one, since a
+/// count does not parse as a timestamp.
 fn describe_key(df: &DataFrame, metric: Metric) -> String {
     let mut parts = Vec::new();
     for c in metric.key_columns() {
         let Ok(col) = df.column(c) else { continue };
         let text = match col.dtype() {
-            DataType::String => col.str().ok().and_then(|s| s.get(0)).map(str::to_string),
             DataType::Datetime(_, _) => col
                 .as_materialized_series()
                 .to_physical_repr()
