@@ -913,15 +913,16 @@ fn init_cmd(a: InitCmdArgs) -> Result<ExitCode> {
     } else {
         out!(
             "wrote {} and {}
-  {} cells on {} sites ({} outside the area), {:.1} km², sites {:.0} m apart (dense part; median {:.0} m)
+  {} cells at {} distinct site positions ({} site ids co-located with another; {} cells outside the area), {:.1} km², sites {:.0} m apart (dense part; median {:.0} m)
   timezone {} ({})
-  resolutions {:?}; {} zones; {} holidays
-  publication plan: {}
+  resolutions {:?} (the public hourly map: {} hexes a bin); {} zones; {} holidays
+  publication plan: {}{}
 next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish and serve",
             report.grid_dir.display(),
             report.policy.display(),
             report.cells,
             report.sites,
+            report.co_located_sites,
             report.cells_outside_area,
             report.area_km2,
             report.site_spacing_p10_m,
@@ -929,6 +930,7 @@ next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish a
             report.timezone,
             report.timezone_source,
             report.resolutions,
+            report.public_map_hexes_per_bin,
             report.zones,
             report.holidays,
             report
@@ -946,6 +948,11 @@ next: hexflow --policies-dir {} ingest --dataset {} DELIVERY... ; then publish a
                 ))
                 .collect::<Vec<_>>()
                 .join(", "),
+            report
+                .warnings
+                .iter()
+                .map(|w| format!("\n  warning: {w}"))
+                .collect::<String>(),
             report
                 .policy
                 .parent()

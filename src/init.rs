@@ -78,7 +78,24 @@ pub struct InitArgs {
     /// Folder that receives grids/NAME/ and privacy-budgets/NAME.toml.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
+    /// H3 resolutions to offer (e.g. 7,8,9) instead of those chosen from
+    /// the sites' spacing; the public map uses the second finest.
+    #[arg(long, value_delimiter = ',')]
+    pub resolutions: Option<Vec<u8>>,
+    /// Replace an existing grids/NAME/ and privacy-budgets/NAME.toml (kept
+    /// until the new ones are written and load).
+    #[arg(long)]
+    pub force: bool,
 }
+
+/// Sites closer than this are one mast: operators list each sector, or
+/// each operator's antennas on a shared mast, as its own site.
+pub const CO_LOCATED_M: f64 = 25.0;
+
+/// Most hexes a bin of the public hourly map may hold: beyond it a bin's
+/// answer is tens of MB of JSON, the viewer's GeoJSON limit is passed and a
+/// day's publish takes minutes (265,645 hexes a bin at res 11 on 512 km²).
+pub const MAX_HEXES_PER_BIN: f64 = 50_000.0;
 
 /// What `init` wrote and chose.
 #[derive(Debug, Clone, Serialize)]
@@ -89,7 +106,15 @@ pub struct InitReport {
     /// `given`, or how it was found.
     pub timezone_source: String,
     pub cells: usize,
+    /// Distinct site positions: sites within [`CO_LOCATED_M`] of another
+    /// count once (the spacing is measured between positions).
     pub sites: usize,
+    /// Site ids listed at a position another site id already had.
+    pub co_located_sites: usize,
+    /// Hexes in a bin of the public hourly map (area / hex area).
+    pub public_map_hexes_per_bin: u64,
+    /// Choices `init` made that a city should know of.
+    pub warnings: Vec<String>,
     /// Cells outside the area (kept: they count where their coverage reaches it).
     pub cells_outside_area: usize,
     pub area_km2: f64,
@@ -141,26 +166,52 @@ pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
     }
     let grid_dir = args.out.join("grids").join(&args.name);
     let policy_path = args.out.join("privacy-budgets").join(format!("{}.toml", args.name));
-    for p in [&grid_dir, &policy_path] {
-        if p.exists() {
-            return Err(InitError::Exists { path: p.clone() });
+    if !args.force {
+        for p in [&grid_dir, &policy_path] {
+            if p.exists() {
+                return Err(InitError::Exists { path: p.clone() });
+            }
         }
     }
     let plan = plan(args)?;
-    let written = write(args, &plan, &grid_dir, &policy_path);
-    if written.is_err() {
+    // With --force the old folder and policy step aside, and come back if
+    // the new ones cannot be written or do not load.
+    let aside = |p: &Path| {
+        p.with_file_name(format!(
+            ".{}.init-old",
+            p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ))
+    };
+    let moved: Vec<(PathBuf, PathBuf)> = [&grid_dir, &policy_path]
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| (p.clone(), aside(p)))
+        .collect();
+    for (from, to) in &moved {
+        let _ = std::fs::remove_dir_all(to).or_else(|_| std::fs::remove_file(to));
+        std::fs::rename(from, to).map_err(io(from))?;
+    }
+    let restore = || {
         let _ = std::fs::remove_dir_all(&grid_dir);
         let _ = std::fs::remove_file(&policy_path);
+        for (from, to) in &moved {
+            let _ = std::fs::rename(to, from);
+        }
+    };
+    if let Err(e) = write(args, &plan, &grid_dir, &policy_path) {
+        restore();
+        return Err(e);
     }
-    written?;
     // What init wrote must load exactly as ingest, publish and serve will.
     let loaded = crate::policy::Policy::load(&policy_path)
         .map_err(InitError::from)
         .and_then(|p| p.load_grid().map_err(InitError::from));
     if let Err(e) = loaded {
-        let _ = std::fs::remove_dir_all(&grid_dir);
-        let _ = std::fs::remove_file(&policy_path);
+        restore();
         return Err(e);
+    }
+    for (_, to) in &moved {
+        let _ = std::fs::remove_dir_all(to).or_else(|_| std::fs::remove_file(to));
     }
     Ok(InitReport {
         grid_dir,
@@ -301,15 +352,19 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             )
         }
     };
-    // Site spacing: distance from each site to its nearest other site.
-    let mut sites: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    // Site spacing between distinct positions: cells of one mast are often
+    // listed as several sites at the same coordinates, which made "sites
+    // 0 m apart" and resolution 12.
+    let mut site_pos: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for c in &cells {
-        sites.entry(c.site_id.as_str()).or_insert((c.lat, c.lon));
+        site_pos.entry(c.site_id.as_str()).or_insert((c.lat, c.lon));
     }
-    let pts: Vec<geo::Coord<f64>> = sites
+    let projected: Vec<geo::Coord<f64>> = site_pos
         .values()
         .map(|(lat, lon)| laea.forward(geo::Coord { x: *lon, y: *lat }))
         .collect();
+    let pts = distinct_positions(&projected, CO_LOCATED_M);
+    let co_located_sites = projected.len() - pts.len();
     let mut nearest: Vec<f64> = pts
         .iter()
         .enumerate()
@@ -325,21 +380,70 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
     let pick = |q: f64| nearest.get(((nearest.len() as f64 - 1.0) * q) as usize).copied();
     let (p10, median) = (pick(0.1).unwrap_or(1000.0), pick(0.5).unwrap_or(1000.0));
     let edge_km = |r: usize| (2.0 * H3_AREA_KM2[r] / (3.0 * 3f64.sqrt())).sqrt();
-    // Finest: hexes whose edge is at least a third of the dense spacing
-    // (finer hexes only spread one cell's count over more hexes).
-    let finest = (0..=12usize)
-        .rev()
-        .find(|r| edge_km(*r) * 1000.0 >= p10 / 3.0)
-        .unwrap_or(6)
-        .max(1);
-    // Coarsest: at least 10 hexes in the area.
-    let coarsest = (0..=finest)
-        .find(|r| area_km2 / H3_AREA_KM2[*r] >= 10.0)
-        .unwrap_or(finest);
-    let coarsest = coarsest.max(finest.saturating_sub(4));
-    let resolutions: Vec<u8> = (coarsest..=finest).map(|r| r as u8).collect();
-    let planners_finest = finest as u8;
-    let public_finest = (finest as u8).saturating_sub(1).max(coarsest as u8);
+    let hexes = |r: u8| area_km2 / H3_AREA_KM2[usize::from(r)];
+    let mut warnings = Vec::new();
+    let resolutions: Vec<u8> = match &args.resolutions {
+        Some(given) => {
+            let mut r = given.clone();
+            r.sort_unstable();
+            r.dedup();
+            if r.is_empty() || r.iter().any(|x| *x > 15) {
+                return Err(invalid(
+                    Path::new("--resolutions"),
+                    format!("{given:?}: H3 resolutions are 0 to 15"),
+                ));
+            }
+            r
+        }
+        None => {
+            // Finest: hexes whose edge is at least a third of the dense
+            // spacing (finer hexes only spread one cell's count over more).
+            let finest = (0..=12usize)
+                .rev()
+                .find(|r| edge_km(*r) * 1000.0 >= p10 / 3.0)
+                .unwrap_or(6)
+                .max(1);
+            // Coarsest: at least 10 hexes in the area.
+            let coarsest = (0..=finest)
+                .find(|r| area_km2 / H3_AREA_KM2[*r] >= 10.0)
+                .unwrap_or(finest);
+            let coarsest = coarsest.max(finest.saturating_sub(4));
+            let mut r: Vec<u8> = (coarsest..=finest).map(|r| r as u8).collect();
+            // The public's hourly map (the second finest) must stay a map a
+            // browser can draw: drop the finest while it holds too many.
+            while r.len() > 1 && hexes(r[r.len() - 2]) > MAX_HEXES_PER_BIN {
+                let dropped = r.pop().unwrap_or_default();
+                warnings.push(format!(
+                    "resolution {dropped} left out: the public hourly map one coarser would hold {:.0} hexes a bin (at most {MAX_HEXES_PER_BIN:.0}); give --resolutions to choose",
+                    hexes(r[r.len() - 1])
+                ));
+            }
+            r
+        }
+    };
+    let finest = *resolutions.last().unwrap_or(&8);
+    let coarsest = *resolutions.first().unwrap_or(&8);
+    let planners_finest = finest;
+    let public_finest = if resolutions.len() > 1 {
+        resolutions[resolutions.len() - 2]
+    } else {
+        finest
+    };
+    let public_map_hexes_per_bin = hexes(public_finest).round() as u64;
+    if public_map_hexes_per_bin as f64 > MAX_HEXES_PER_BIN {
+        return Err(invalid(
+            Path::new("--resolutions"),
+            format!(
+                "{resolutions:?}: the public hourly map at resolution {public_finest} would hold {public_map_hexes_per_bin} hexes a bin over {area_km2:.0} km² (at most {MAX_HEXES_PER_BIN:.0}): a viewer cannot draw it and a day's publish takes minutes; offer coarser resolutions"
+            ),
+        ));
+    }
+    if co_located_sites > 0 {
+        warnings.push(format!(
+            "{co_located_sites} site ids are listed within {CO_LOCATED_M:.0} m of another (one mast, several sectors or operators): the spacing is measured between {} distinct positions",
+            pts.len()
+        ));
+    }
     // The plan: the map and the event view (hourly, at the public's finest),
     // the city-wide picture (daily, coarsest), and with zones the
     // seasonality, forecast and flows views.
@@ -378,11 +482,11 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             rho: 0.04,
         });
     }
-    if (coarsest as u8) < public_finest {
+    if coarsest < public_finest {
         publication.push(StandingRelease {
             metric: Metric::Footfall,
             unit: Unit::Hex,
-            res: coarsest as u8,
+            res: coarsest,
             bin: Bin::Day,
             period: None,
             by: None,
@@ -396,7 +500,10 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             timezone,
             timezone_source,
             cells: cells.len(),
-            sites: sites.len(),
+            sites: pts.len(),
+            co_located_sites,
+            public_map_hexes_per_bin,
+            warnings,
             cells_outside_area: outside,
             area_km2,
             site_spacing_p10_m: p10,
@@ -409,6 +516,42 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
         public_finest,
         planners_finest,
     })
+}
+
+/// One point per cluster of points within `radius_m` of one another
+/// (single linkage on a hash grid of `radius_m` cells): a mast listed as
+/// several sites counts once.
+fn distinct_positions(points: &[geo::Coord<f64>], radius_m: f64) -> Vec<geo::Coord<f64>> {
+    let cell = |p: &geo::Coord<f64>| ((p.x / radius_m).floor() as i64, (p.y / radius_m).floor() as i64);
+    let mut grid: std::collections::HashMap<(i64, i64), Vec<usize>> = std::collections::HashMap::new();
+    for (i, p) in points.iter().enumerate() {
+        grid.entry(cell(p)).or_default().push(i);
+    }
+    let mut cluster: Vec<Option<usize>> = vec![None; points.len()];
+    let mut reps = Vec::new();
+    for start in 0..points.len() {
+        if cluster[start].is_some() {
+            continue;
+        }
+        cluster[start] = Some(reps.len());
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            let (cx, cy) = cell(&points[i]);
+            for dx in -1..=1 {
+                for dy in -1..=1 {
+                    for &j in grid.get(&(cx + dx, cy + dy)).into_iter().flatten() {
+                        let (a, b) = (points[i], points[j]);
+                        if cluster[j].is_none() && ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt() <= radius_m {
+                            cluster[j] = Some(reps.len());
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+        }
+        reps.push(points[start]);
+    }
+    reps
 }
 
 /// Zones must lie in the area, not overlap and leave no gap: a zone sum
@@ -516,8 +659,9 @@ fn write(args: &InitArgs, plan: &Plan, grid_dir: &Path, policy_path: &Path) -> R
     let _ = writeln!(g, "study_area = \"area.geojson\"");
     let _ = writeln!(
         g,
-        "# From the network: sites are {:.0} m apart in its dense part (10th percentile of\n# the nearest-site distance; median {:.0} m), so hexes finer than resolution {} would\n# only spread one cell over more hexes; the {:.0} km² area holds at least 10 hexes\n# from resolution {} on.",
+        "# From the network: sites are {:.0} m apart in its dense part (10th percentile of\n# the nearest-site distance between {} distinct positions, sites within {CO_LOCATED_M:.0} m counted\n# once; median {:.0} m), so hexes finer than resolution {} would only spread one cell\n# over more hexes; the {:.0} km² area holds at least 10 hexes from resolution {} on.\n# (Or as given with --resolutions.)",
         r.site_spacing_p10_m,
+        r.sites,
         r.site_spacing_median_m,
         r.resolutions.last().copied().unwrap_or(0),
         r.area_km2,

@@ -453,3 +453,82 @@ fn init_refuses_bad_inputs_with_the_file_and_what_to_change_and_writes_nothing()
         "{err}"
     );
 }
+
+/// Issue 24: operators list each sector, or each operator's antennas on a
+/// shared mast, as its own site at the same coordinates: "sites 0 m apart"
+/// made init choose resolution 12 and a public map of 265,645 hexes a bin.
+/// Co-located sites count once; `--resolutions` overrides; a public map
+/// too large to draw is refused with its size; `--force` redoes a folder.
+#[test]
+fn init_counts_a_mast_once_and_keeps_the_public_map_drawable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inp = dir.path().join("in");
+    fs::create_dir_all(&inp).expect("mkdir");
+    inputs(&inp);
+    let p = |n: &str| inp.join(n).display().to_string();
+    // Each of the 16 sites becomes three site ids with a sector each, two
+    // at its coordinates and one 3 m away (rounding in the catalogue).
+    let plain = fs::read_to_string(inp.join("cells.csv")).expect("cells");
+    let mut sectors = String::from("cell_id,site_id,lat,lon,azimuth_deg,beamwidth_deg,range_m\n");
+    for line in plain.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (lat, lon): (f64, f64) = (f[2].parse().expect("lat"), f[3].parse().expect("lon"));
+        for (s, az, dlat) in [("a", 0, 0.0), ("b", 120, 0.0), ("c", 240, 0.000_027)] {
+            let _ = writeln!(sectors, "{}-{s},{}{s},{:.6},{lon},{az},120,", f[1], f[1], lat + dlat);
+        }
+    }
+    fs::write(inp.join("sectors.csv"), sectors).expect("write");
+    let out = dir.path().join("out");
+    let area = p("area.geojson");
+    let init = |cells: &str, extra: &[&str]| {
+        let mut args = vec![
+            "init",
+            "--name",
+            "mast",
+            "--cells",
+            cells,
+            "--area",
+            &area,
+            "--out",
+            out.to_str().expect("utf8"),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(BIN).args(&args).output().expect("run")
+    };
+    let o = init(&p("cells.csv"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plain: Value = serde_json::from_slice(&o.stdout).expect("json");
+    // A second init on the same folder is refused unless --force.
+    let again = init(&p("sectors.csv"), &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let o = init(&p("sectors.csv"), &["--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let masts: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(masts["cells"], 48, "{masts}");
+    assert_eq!(masts["sites"], 16, "{masts}");
+    assert_eq!(masts["co_located_sites"], 32, "{masts}");
+    assert_eq!(masts["resolutions"], plain["resolutions"], "{masts} against {plain}");
+    assert_eq!(masts["site_spacing_p10_m"], plain["site_spacing_p10_m"]);
+    assert!(masts["warnings"].to_string().contains("32 site ids"), "{masts}");
+    let policy = fs::read_to_string(out.join("privacy-budgets/mast.toml")).expect("policy");
+    assert!(policy.contains("\"mast\""), "--force wrote the new policy");
+    assert!(
+        !out.join("grids/.mast.init-old").exists(),
+        "the old folder is gone once the new one loads"
+    );
+    // --resolutions overrides; a public map too large to draw is refused
+    // with its size, and the folder --force would replace is kept.
+    let o = init(&p("sectors.csv"), &["--force", "--resolutions", "8,9"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let chosen: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(chosen["resolutions"], serde_json::json!([8, 9]));
+    assert_eq!(chosen["publication"][0]["res"], 8, "{chosen}");
+    let o = init(&p("sectors.csv"), &["--force", "--resolutions", "12,13"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("would hold") && err.contains("hexes a bin"), "{err}");
+    let grid = fs::read_to_string(out.join("grids/mast/grid.toml")).expect("grid");
+    assert!(grid.contains("resolutions = [8, 9]"), "{grid}");
+}
