@@ -86,7 +86,15 @@ pub struct InitArgs {
     /// until the new ones are written and load).
     #[arg(long)]
     pub force: bool,
+    /// Cut the zones to the study area where they reach beyond it.
+    #[arg(long)]
+    pub clip: bool,
 }
+
+/// Zones may overlap by digitising noise: up to this share of the smaller
+/// zone, the overlap is given to the zone listed first; beyond it the file
+/// is refused.
+pub const ZONE_OVERLAP_TOLERANCE: f64 = 0.01;
 
 /// Sites closer than this are one mast: operators list each sector, or
 /// each operator's antennas on a shared mast, as its own site.
@@ -123,6 +131,9 @@ pub struct InitReport {
     pub site_spacing_median_m: f64,
     pub resolutions: Vec<u8>,
     pub zones: usize,
+    /// What init changed in the zones (overlaps given to one zone, parts
+    /// cut to the area), zone by zone.
+    pub zone_repairs: Vec<String>,
     pub holidays: usize,
     pub publication: Vec<crate::policy::StandingRelease>,
 }
@@ -223,6 +234,9 @@ pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
 /// Everything decided before a byte is written.
 struct Plan {
     report: InitReport,
+    /// The zones as written when init repaired them (else the file is
+    /// copied as given).
+    repaired_zones: Option<Vec<zones::Zone>>,
     public_finest: u8,
     planners_finest: u8,
 }
@@ -287,13 +301,12 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
     if let Some(p) = &args.coverage {
         catalogue::read_coverage(p, &cells)?;
     }
-    let zone_list = match &args.zones {
+    let (zone_list, zone_repairs) = match &args.zones {
         Some(p) => {
             let z = zones::read_zones(p)?;
-            check_zones(p, &z, &area, &laea, area_km2)?;
-            z
+            fit_zones(p, z, &area, &laea, area_km2, args.clip)?
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let holidays = match &args.holidays {
         Some(p) => catalogue::read_holidays(p)?.len(),
@@ -510,9 +523,11 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             site_spacing_median_m: median,
             resolutions,
             zones: zone_list.len(),
+            zone_repairs: zone_repairs.clone(),
             holidays,
             publication,
         },
+        repaired_zones: (!zone_repairs.is_empty()).then_some(zone_list),
         public_finest,
         planners_finest,
     })
@@ -555,42 +570,78 @@ fn distinct_positions(points: &[geo::Coord<f64>], radius_m: f64) -> Vec<geo::Coo
 }
 
 /// Zones must lie in the area, not overlap and leave no gap: a zone sum
-/// would otherwise count a place twice or never.
-fn check_zones(
+/// would otherwise count a place twice or never. Real boundary files
+/// overlap by digitising noise: up to [`ZONE_OVERLAP_TOLERANCE`] of the
+/// smaller zone the overlap goes to the zone listed first, and with `clip`
+/// zones are cut to the area. Returns the zones as they are to be written
+/// and what was changed, zone by zone.
+fn fit_zones(
     path: &Path,
-    zones: &[zones::Zone],
+    mut zones: Vec<zones::Zone>,
     area: &geo::MultiPolygon<f64>,
     laea: &Laea,
     area_km2: f64,
-) -> Result<(), InitError> {
+    clip: bool,
+) -> Result<(Vec<zones::Zone>, Vec<String>), InitError> {
     if zones.is_empty() {
         return Err(invalid(path, "no zone: the FeatureCollection is empty".into()));
     }
-    let projected: Vec<geo::MultiPolygon<f64>> = zones.iter().map(|z| laea.multi_polygon(&z.area)).collect();
-    let km2 = |m: &geo::MultiPolygon<f64>| m.unsigned_area() / 1e6;
-    for i in 0..zones.len() {
-        for j in i + 1..zones.len() {
-            let overlap = km2(&projected[i].intersection(&projected[j]));
-            let smaller = km2(&projected[i]).min(km2(&projected[j]));
-            if overlap > 0.001 * smaller && overlap > 1e-4 {
+    let km2 = |m: &geo::MultiPolygon<f64>| laea.multi_polygon(m).unsigned_area() / 1e6;
+    let mut repairs = Vec::new();
+    if clip {
+        for z in &mut zones {
+            let before = km2(&z.area);
+            let inside = z.area.intersection(area);
+            let cut = before - km2(&inside);
+            if km2(&inside) <= 0.0 {
                 return Err(invalid(
                     path,
                     format!(
-                        "zones {} and {} overlap by {overlap:.3} km² ({:.1} % of the smaller): a place in both would be counted twice; make the zones disjoint",
-                        zones[i].id,
-                        zones[j].id,
-                        100.0 * overlap / smaller
+                        "zone {} lies wholly outside the area: remove it or check the area file",
+                        z.id
                     ),
                 ));
             }
+            if cut > 1e-6 {
+                repairs.push(format!("zone {}: {cut:.3} km² beyond the area cut off (--clip)", z.id));
+                z.area = inside;
+            }
         }
     }
-    let union = projected
+    for i in 0..zones.len() {
+        for j in i + 1..zones.len() {
+            let shared = zones[i].area.intersection(&zones[j].area);
+            let overlap = km2(&shared);
+            if overlap <= 1e-6 {
+                continue;
+            }
+            let smaller = km2(&zones[i].area).min(km2(&zones[j].area));
+            if overlap > ZONE_OVERLAP_TOLERANCE * smaller && overlap > 1e-4 {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "zones {} and {} overlap by {overlap:.3} km² ({:.1} % of the smaller, beyond the {:.0} % of digitising noise init repairs): a place in both would be counted twice; make the zones disjoint",
+                        zones[i].id,
+                        zones[j].id,
+                        100.0 * overlap / smaller,
+                        100.0 * ZONE_OVERLAP_TOLERANCE
+                    ),
+                ));
+            }
+            repairs.push(format!(
+                "zone {} gave zone {} the {overlap:.4} km² ({:.2} % of the smaller) they both held (the zone listed first keeps an overlap)",
+                zones[j].id,
+                zones[i].id,
+                100.0 * overlap / smaller
+            ));
+            zones[j].area = zones[j].area.difference(&shared);
+        }
+    }
+    let union = zones
         .iter()
         .skip(1)
-        .fold(projected[0].clone(), |acc, z| acc.union(z));
-    let area_p = laea.multi_polygon(area);
-    let gap = km2(&area_p.difference(&union));
+        .fold(zones[0].area.clone(), |acc, z| acc.union(&z.area));
+    let gap = km2(&area.difference(&union));
     if gap > 0.01 * area_km2 {
         return Err(invalid(
             path,
@@ -600,17 +651,17 @@ fn check_zones(
             ),
         ));
     }
-    let beyond = km2(&union.difference(&area_p));
+    let beyond = km2(&union.difference(area));
     if beyond > 0.05 * area_km2 {
         return Err(invalid(
             path,
             format!(
-                "the zones reach {beyond:.2} km² beyond the area ({:.1} % of it): a zone covers only the area; check that zones and area are of the same city",
+                "the zones reach {beyond:.2} km² beyond the area ({:.1} % of it): a zone covers only the area; give --clip to cut them to it, or check that zones and area are of the same city",
                 100.0 * beyond / area_km2
             ),
         ));
     }
-    Ok(())
+    Ok((zones, repairs))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
@@ -629,8 +680,13 @@ fn write(args: &InitArgs, plan: &Plan, grid_dir: &Path, policy_path: &Path) -> R
     };
     copy(&args.cells, "cells.csv")?;
     copy(&args.area, "area.geojson")?;
-    if let Some(p) = &args.zones {
-        copy(p, "zones.geojson")?;
+    match (&plan.repaired_zones, &args.zones) {
+        (Some(zones), _) => {
+            let target = grid_dir.join("zones.geojson");
+            crate::util::write_atomic(&target, zones::to_geojson(zones).as_bytes()).map_err(io(&target))?;
+        }
+        (None, Some(p)) => copy(p, "zones.geojson")?,
+        (None, None) => {}
     }
     if let Some(p) = &args.coverage {
         copy(p, "coverage.geojson")?;

@@ -532,3 +532,76 @@ fn init_counts_a_mast_once_and_keeps_the_public_map_drawable() {
     let grid = fs::read_to_string(out.join("grids/mast/grid.toml")).expect("grid");
     assert!(grid.contains("resolutions = [8, 9]"), "{grid}");
 }
+
+/// Issue 24: real boundary files overlap by digitising noise (county
+/// outlines by 0.2 %) and overhang the area; both were refused with no way
+/// out. Overlaps up to 1 % of the smaller zone go to the zone listed first,
+/// `--clip` cuts zones to the area, and each repair is said; what init
+/// writes reads back as disjoint zones inside the area.
+#[test]
+fn init_repairs_zones_that_overlap_or_overhang_by_noise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inp = dir.path().join("in");
+    fs::create_dir_all(&inp).expect("mkdir");
+    inputs(&inp);
+    let p = |n: &str| inp.join(n).display().to_string();
+    let zones = fs::read_to_string(inp.join("zones.geojson")).expect("zones");
+    let mid = LON0 + 0.03;
+    // Westbank reaches 0.0002° (0.7 % of its width) into Eastbank.
+    let west = zones.split(",{\"type\":\"Feature\"").next().expect("first").to_string();
+    let nudged = west.replace(&format!("[{mid},"), &format!("[{},", mid + 0.0002));
+    fs::write(inp.join("noisy.geojson"), zones.replacen(&west, &nudged, 1)).expect("write");
+    // Both zones reach 0.006° west and east of the area (20 % beyond it).
+    let wide = zones
+        .replace(&format!("[{LON0},"), &format!("[{},", LON0 - 0.006))
+        .replace(&format!("[{},", LON0 + 0.06), &format!("[{},", LON0 + 0.066));
+    fs::write(inp.join("wide.geojson"), wide).expect("write");
+    let out = dir.path().join("out");
+    let init = |zones: &str, extra: &[&str]| {
+        let mut args = vec![
+            "init",
+            "--name",
+            "z",
+            "--force",
+            "--json",
+            "--out",
+            out.to_str().expect("utf8"),
+        ];
+        let (c, a, z) = (p("cells.csv"), p("area.geojson"), p(zones));
+        args.extend_from_slice(&["--cells", &c, "--area", &a, "--zones", &z]);
+        args.extend_from_slice(extra);
+        Command::new(BIN).args(&args).output().expect("run")
+    };
+    let o = init("noisy.geojson", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let repairs = report["zone_repairs"].to_string();
+    assert!(repairs.contains("zone E gave zone W the 0.09"), "{report}");
+    let written = hexflow::grid::zones::read_zones(&out.join("grids/z/zones.geojson")).expect("zones read back");
+    use geo::{Area, BooleanOps};
+    assert!(written[0].area.intersection(&written[1].area).unsigned_area() < 1e-12);
+    // Overhanging zones: refused, saying --clip; with --clip, cut.
+    let o = init("wide.geojson", &[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--clip"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = init("wide.geojson", &["--clip"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        report["zone_repairs"].to_string().contains("cut off (--clip)"),
+        "{report}"
+    );
+    let area = hexflow::grid::catalogue::read_area(&inp.join("area.geojson")).expect("area");
+    for z in hexflow::grid::zones::read_zones(&out.join("grids/z/zones.geojson")).expect("zones") {
+        let beyond = z.area.difference(&area).unsigned_area();
+        assert!(
+            beyond < 1e-10,
+            "zone {} still reaches beyond the area ({beyond} deg²)",
+            z.id
+        );
+    }
+}

@@ -62,6 +62,30 @@ pub fn read_zones(path: &Path) -> Result<Vec<Zone>, GridError> {
     Ok(zones)
 }
 
+/// The zones as a `zones.geojson` that [`read_zones`] reads back: what
+/// `init` writes when it repaired the zones it was given.
+pub fn to_geojson(zones: &[Zone]) -> String {
+    let features = zones
+        .iter()
+        .map(|z| {
+            let mut properties = geojson::JsonObject::new();
+            properties.insert("zone_id".into(), z.id.clone().into());
+            properties.insert("name".into(), z.name.clone().into());
+            geojson::Feature {
+                geometry: Some(geojson::Geometry::from(&z.area)),
+                properties: Some(properties),
+                ..Default::default()
+            }
+        })
+        .collect();
+    geojson::GeoJson::FeatureCollection(geojson::FeatureCollection {
+        features,
+        bbox: None,
+        foreign_members: None,
+    })
+    .to_string()
+}
+
 /// W onto the zones of `grid`: `(zone ids, entries)` with `entries[i].hex`
 /// the zone's index.
 pub fn zone_weights(grid: &Grid) -> Result<(Vec<String>, Vec<WeightEntry>), GridError> {
