@@ -254,6 +254,24 @@ pub fn failpoint(name: &str) {
     }
 }
 
+/// A pause for tests at the step `name` (`HEXFLOW_PAUSE=name`): creates
+/// `$HEXFLOW_PAUSE_FILE.paused`, then waits until `$HEXFLOW_PAUSE_FILE`
+/// exists, so that a test can act (end a database session, start a rival
+/// process) at exactly that step.
+pub fn pausepoint(name: &str) {
+    if std::env::var("HEXFLOW_PAUSE").is_ok_and(|v| v == name)
+        && let Some(go) = std::env::var_os("HEXFLOW_PAUSE_FILE")
+    {
+        let go = std::path::PathBuf::from(go);
+        let mut paused = go.clone().into_os_string();
+        paused.push(".paused");
+        let _ = fs::write(&paused, b"");
+        while !go.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,9 @@
 //! (`HEXFLOW_TEST_PG`, started by `scripts/test`; without it these tests
 //! fail with the instruction). Races of processes, crashes at every step of
 //! a release, workers sharing a plan with one of them killed mid-job, and
-//! two API servers answering planners from one ledger.
+//! two API servers answering planners from one ledger; on PostgreSQL also
+//! outages (a proxy the test cuts), a lost release-lock session, and TLS
+//! against a throwaway TLS-only cluster (`initdb`, as `scripts/test`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -428,9 +430,15 @@ fn http(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) 
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
     let body = body.map(Value::to_string).unwrap_or_default();
+    // No token: an anonymous request (the public's).
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write");
@@ -606,4 +614,661 @@ fn two_servers_on_one_ledger_never_overspend_and_answer_alike() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------
+// PostgreSQL away, a lost release lock, TLS (issue 23, findings 4, 5, 8)
+// ---------------------------------------------------------------------
+
+/// What a [`Proxy`] does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Forwards to the server.
+    Up,
+    /// Closes every connection at once (a server that is down).
+    Refuse,
+    /// Accepts and never answers (a network that drops packets).
+    BlackHole,
+}
+
+/// A TCP proxy in front of the test server that a test can cut: a
+/// PostgreSQL outage for one test's processes, while the server other
+/// tests use runs on.
+struct Proxy {
+    port: u16,
+    link: std::sync::Arc<std::sync::Mutex<Link>>,
+    /// Both ends of every forwarded connection, and the held black-holed
+    /// ones: a cut closes them all.
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let link = Arc::new(Mutex::new(Link::Up));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (l, o) = (link.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let mode = *l.lock().expect("link");
+                match mode {
+                    Link::Refuse => drop(client),
+                    Link::BlackHole => o.lock().expect("open").push(client),
+                    Link::Up => {
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        let mut held = o.lock().expect("open");
+                        for (from, to) in [(&client, &server), (&server, &client)] {
+                            let (mut from, mut to) = (from.try_clone().expect("clone"), to.try_clone().expect("clone"));
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                        held.push(client);
+                        held.push(server);
+                    }
+                }
+            }
+        });
+        Proxy { port, link, open }
+    }
+
+    /// Cuts every connection and handles new ones as `mode` says.
+    fn set(&self, mode: Link) {
+        *self.link.lock().expect("link") = mode;
+        for s in self.open.lock().expect("open").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// `url` (a test server's) through this proxy.
+    fn url(&self, url: &str) -> String {
+        let (head, rest) = url.split_once('@').expect("user@host");
+        let db = rest.split_once('/').map_or("postgres", |(_, db)| db);
+        format!("{head}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+/// The port of a test server's URL.
+fn port_of(url: &str) -> u16 {
+    let hostport = url
+        .split_once('@')
+        .expect("user@host")
+        .1
+        .split('/')
+        .next()
+        .expect("host");
+    hostport.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+}
+
+/// A PostgreSQL-only environment whose ledger is reached through a proxy.
+fn proxied() -> (Env, Proxy) {
+    let pg = hexflow::privacy::db::scratch_database(&hexflow::privacy::db::test_server(), "hexflow_it")
+        .expect("a scratch PostgreSQL database");
+    let proxy = Proxy::start(port_of(&pg));
+    let env = Env {
+        dir: tempfile::tempdir().expect("tmp"),
+        ledger: Some(proxy.url(&pg)),
+    };
+    (env, proxy)
+}
+
+/// A client of the test server, for what the tests check behind hexflow.
+fn pg_client(url: &str) -> r2d2_postgres::postgres::Client {
+    r2d2_postgres::postgres::Client::connect(url, r2d2_postgres::postgres::NoTls).expect("connect")
+}
+
+/// The policies folder `serve` reads, with the tiny grid's absolute path.
+fn policies_dir(env: &Env) -> PathBuf {
+    let policies = env.dir.path().join("policies");
+    fs::create_dir_all(&policies).expect("mkdir");
+    let tiny = fs::read_to_string(fixture("tiny.toml")).expect("policy");
+    let grid = fixture("tiny").display().to_string();
+    fs::write(
+        policies.join("tiny.toml"),
+        tiny.replace("grid = \"tiny\"", &format!("grid = {grid:?}")),
+    )
+    .expect("write");
+    policies
+}
+
+/// Runs `cmd` paused at `step` (`HEXFLOW_PAUSE`): returns the child once
+/// it waits there, and the file whose creation lets it go on.
+fn paused_at(env: &Env, mut cmd: Command, step: &str) -> (Child, PathBuf) {
+    let go = env.dir.path().join(format!("go-{}", step.replace(':', "-")));
+    let mut paused = go.clone().into_os_string();
+    paused.push(".paused");
+    let mut child = cmd
+        .env("HEXFLOW_PAUSE", step)
+        .env("HEXFLOW_PAUSE_FILE", &go)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    while !Path::new(&paused).exists() {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            panic!("exited ({status}) before pausing at {step}: {}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, go)
+}
+
+/// Issue 23, finding 4: an unreachable `--ledger` URL bound the data dir
+/// (after a 30 s hang); from then on the right URL was refused.
+#[test]
+fn an_unreachable_ledger_url_binds_nothing() {
+    let env = Env::both().pop().expect("pg");
+    let right = env.ledger.clone().expect("pg");
+    // A port nobody listens on, and one that accepts and never answers.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let hole = Proxy::start(port_of(&right));
+    hole.set(Link::BlackHole);
+    for wrong in [
+        right.replace(&format!(":{}/", port_of(&right)), &format!(":{closed_port}/")),
+        hole.url(&right),
+    ] {
+        let started = std::time::Instant::now();
+        let out = env
+            .cmd(&["ledger", "--policy", &policy()])
+            .env("HEXFLOW_LEDGER", &wrong)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{wrong}: {}", text(&out));
+        assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+        // A deadlock guard, not a speed bound: it used to take 30 s.
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(
+            !env.data().join("ledger.url").exists(),
+            "an unreachable ledger bound the data dir"
+        );
+    }
+    let ok = env.run(&["ledger", "--policy", &policy()]);
+    assert!(ok.status.success(), "the right URL: {}", text(&ok));
+}
+
+/// Issue 23, finding 4: during an outage `/healthz` hung (25 s in a 20 s
+/// outage); it must say "ledger unavailable" at once while stored
+/// releases are still served, and "ok" again once the ledger is back.
+#[test]
+fn healthz_says_the_ledger_is_away_at_once_and_stored_releases_stay_served() {
+    let (env, proxy) = proxied();
+    env.ingest_days(1);
+    let out = env.run(&["publish", "--policy", &policy(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let server = serve(&env, &policies_dir(&env));
+    let health = |port| {
+        let (status, body) = http(port, "GET", "/healthz", "", None);
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        (status, body["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(health(server.1), (200, "ok".to_string()));
+    let (status, list) = http(server.1, "GET", "/api/v1/releases", "", None);
+    assert_eq!(status, 200);
+    let list: Value = serde_json::from_slice(&list).expect("json");
+    let id = list["releases"][0]["release_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a public release: {list}"))
+        .to_string();
+    for mode in [Link::BlackHole, Link::Refuse] {
+        proxy.set(mode);
+        let started = std::time::Instant::now();
+        assert_eq!(health(server.1), (503, "ledger unavailable".to_string()), "{mode:?}");
+        // Generous: it waited for the pool's 30 s before.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{mode:?}: {:?}",
+            started.elapsed()
+        );
+        for path in [
+            "/api/v1/releases".to_string(),
+            format!("/api/v1/releases/{id}"),
+            format!("/api/v1/releases/{id}/values"),
+        ] {
+            let started = std::time::Instant::now();
+            let (status, _) = http(server.1, "GET", &path, "", None);
+            assert_eq!(status, 200, "{mode:?} {path}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{mode:?} {path}");
+        }
+        proxy.set(Link::Up);
+        let mut back = health(server.1);
+        for _ in 0..300 {
+            if back.0 == 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            back = health(server.1);
+        }
+        assert_eq!(back, (200, "ok".to_string()), "{mode:?}: back");
+    }
+}
+
+/// Issue 23, finding 4: a release drawn and stored while the ledger went
+/// away stayed `charged`; it is made (exit 0) and marked `published` by
+/// the next releaser that connects once the ledger is back.
+#[test]
+fn a_release_stored_during_an_outage_is_marked_published_when_the_ledger_returns() {
+    let (env, proxy) = proxied();
+    env.ingest_days(2);
+    let args = Env::release_args("planners", "0.1", "2025-03-01");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (child, go) = paused_at(&env, env.cmd(&args), "release:after-store");
+    proxy.set(Link::Refuse);
+    fs::write(&go, b"").expect("go");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "stored values are a made release: {}", text(&out));
+    proxy.set(Link::Up);
+    let state = |env: &Env| env.ledger_json()["releases"][0]["state"].as_str().map(str::to_string);
+    assert_eq!(
+        state(&env).as_deref(),
+        Some("charged"),
+        "marked while the ledger was away?"
+    );
+    // Any later release of the dataset (another day here) connects and
+    // finishes the bookkeeping.
+    let other = Env::release_args("planners", "0.1", "2025-03-02");
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    let out = env.run(&other);
+    assert!(out.status.success(), "{}", text(&out));
+    let releases = env.ledger_json()["releases"].as_array().expect("releases").clone();
+    assert_eq!(releases.len(), 2);
+    assert!(releases.iter().all(|r| r["state"] == "published"), "{releases:?}");
+    let spent: f64 = env.spent().values().sum();
+    assert!((spent - 0.2).abs() < 1e-6, "{spent}");
+}
+
+/// Issue 23, finding 4: `publish --workers` exited 1 when the ledger went
+/// away mid-run. Workers paused at their first draw see the ledger cut
+/// (their lock sessions end with it) and come back: the run finishes,
+/// every release charged once and published.
+#[test]
+fn publish_over_workers_rides_out_a_ledger_outage() {
+    let (env, proxy) = proxied();
+    env.ingest_days(4);
+    let cmd = env.cmd(&[
+        "publish",
+        "--policy",
+        &policy(),
+        "--workers",
+        "2",
+        "--lease-s",
+        "2",
+        "--json",
+    ]);
+    let (child, go) = paused_at(&env, cmd, "release:before-draw");
+    proxy.set(Link::Refuse);
+    // Long enough for every process to meet the outage (the parent polls
+    // every 200 ms, leases are renewed every 0.7 s).
+    std::thread::sleep(Duration::from_secs(3));
+    fs::write(&go, b"").expect("go");
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.set(Link::Up);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["refused"], json!([]), "{report}");
+    let releases = env.ledger_json()["releases"].as_array().expect("releases").clone();
+    assert_eq!(releases.len(), 4, "{releases:?}");
+    assert!(releases.iter().all(|r| r["state"] == "published"), "{releases:?}");
+    assert_eq!(env.releases_dir_entries(false), 4);
+    assert_eq!(env.releases_dir_entries(true), 0);
+    for (k, rho) in env.spent() {
+        assert!((rho - 0.2).abs() < 1e-6, "{k:?}: {rho}: charged once");
+    }
+}
+
+/// Issue 23, finding 4: jobs of a killed `publish --workers` stayed queued
+/// or running for ever. The next run expires them, and finishes.
+#[test]
+fn jobs_left_by_a_killed_run_do_not_stay_behind() {
+    let env = Env::both().pop().expect("pg");
+    env.ingest_days(3);
+    let cmd = env.cmd(&["publish", "--policy", &policy(), "--workers", "1", "--lease-s", "1"]);
+    let (mut child, _go) = paused_at(&env, cmd, "release:before-draw");
+    // The parent and its worker, as kill -9 of the process group would.
+    let pids = fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()))
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(str::to_string))
+                .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()))
+                == Some(child.id())
+        })
+        .collect::<Vec<_>>();
+    child.kill().expect("kill");
+    let _ = child.wait();
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let mut db = pg_client(env.ledger.as_ref().expect("pg"));
+    let left = |db: &mut r2d2_postgres::postgres::Client| -> i64 {
+        db.query_one("SELECT COUNT(*) FROM jobs WHERE state <> 'done'", &[])
+            .expect("jobs")
+            .get(0)
+    };
+    assert!(left(&mut db) > 0, "the killed run left jobs");
+    // Past the killed worker's 1 s lease (on the database's clock, which
+    // the lease is written in): its job is stale, not merely slow.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = env.run(&["publish", "--policy", &policy(), "--workers", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["refused"], json!([]), "{report}");
+    assert_eq!(left(&mut db), 0, "jobs of the killed run stay behind");
+    let releases = env.ledger_json()["releases"].as_array().expect("releases").clone();
+    assert_eq!(releases.len(), 3);
+    assert!(releases.iter().all(|r| r["state"] == "published"), "{releases:?}");
+}
+
+/// Issue 23, finding 8: losing the release lock's session let a second
+/// process draw the same release. The first, its lock's backend
+/// terminated before it draws, stops; the second makes the release; one
+/// charge, one draw, one stored release.
+#[test]
+fn a_lost_release_lock_stops_the_release_before_it_draws() {
+    for step in ["release:before-draw", "release:before-store"] {
+        let env = Env::both().pop().expect("pg");
+        env.ingest_days(1);
+        let url = env.ledger.clone().expect("pg");
+        let args = Env::release_args("planners", "0.2", "2025-03-01");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (first, go) = paused_at(&env, env.cmd(&args), step);
+        let mut db = pg_client(&url);
+        let ended = db
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'hexflow-release-lock' AND datname = current_database()",
+                &[],
+            )
+            .expect("terminate");
+        assert_eq!(ended.len(), 1, "{step}: one lock session");
+        // The lock is free: a second process takes it and makes the release.
+        let second = env.run(&args);
+        assert!(second.status.success(), "{step}: {}", text(&second));
+        let second: Value = serde_json::from_slice(&second.stdout).expect("json");
+        assert_eq!(second["status"], "finished", "{step}: {second}");
+        fs::write(&go, b"").expect("go");
+        let first = first.wait_with_output().expect("wait");
+        assert!(!first.status.success(), "{step}: the first drew too: {}", text(&first));
+        assert!(
+            text(&first).contains("release lock") && text(&first).contains("before drawing"),
+            "{step}: {}",
+            text(&first)
+        );
+        assert_eq!(env.releases_dir_entries(false), 1, "{step}");
+        assert_eq!(env.releases_dir_entries(true), 0, "{step}");
+        let spent: f64 = env.spent().values().sum();
+        assert!((spent - 0.2).abs() < 1e-6, "{step}: {spent}");
+        assert_eq!(env.ledger_json()["releases"][0]["state"], "published", "{step}");
+    }
+}
+
+/// A throwaway PostgreSQL cluster that accepts TLS connections only, with
+/// a certificate signed by a CA made here; stopped when dropped. Started
+/// as `scripts/test` starts the shared one (as the `postgres` user when
+/// this runs as root).
+struct TlsCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    root: bool,
+}
+
+/// A key pair and certificate: the CA's (`issuer` None) or one it signs.
+fn certificate(
+    name: &str,
+    issuer: Option<(&openssl::x509::X509, &openssl::pkey::PKey<openssl::pkey::Private>)>,
+) -> (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
+    use openssl::x509::{X509, X509NameBuilder};
+    let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("key");
+    let mut subject = X509NameBuilder::new().expect("name");
+    subject.append_entry_by_text("CN", name).expect("cn");
+    let subject = subject.build();
+    let mut b = X509::builder().expect("x509");
+    b.set_version(2).expect("version");
+    let serial = BigNum::from_u32(rand_serial())
+        .and_then(|n| n.to_asn1_integer())
+        .expect("serial");
+    b.set_serial_number(&serial).expect("serial");
+    b.set_subject_name(&subject).expect("subject");
+    b.set_pubkey(&key).expect("pubkey");
+    b.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+        .expect("before");
+    b.set_not_after(&Asn1Time::days_from_now(2).expect("time"))
+        .expect("after");
+    match issuer {
+        None => {
+            b.set_issuer_name(&subject).expect("issuer");
+            b.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
+                .expect("ext");
+            b.append_extension(KeyUsage::new().key_cert_sign().crl_sign().build().expect("ku"))
+                .expect("ext");
+            b.sign(&key, MessageDigest::sha256()).expect("sign");
+        }
+        Some((ca, ca_key)) => {
+            b.set_issuer_name(ca.subject_name()).expect("issuer");
+            let san = SubjectAlternativeName::new()
+                .ip("127.0.0.1")
+                .dns("localhost")
+                .build(&b.x509v3_context(Some(ca), None))
+                .expect("san");
+            b.append_extension(san).expect("ext");
+            b.sign(ca_key, MessageDigest::sha256()).expect("sign");
+        }
+    }
+    (b.build(), key)
+}
+
+fn rand_serial() -> u32 {
+    let mut n = [0u8; 4];
+    openssl::rand::rand_bytes(&mut n).expect("rand");
+    u32::from_le_bytes(n) >> 1
+}
+
+impl TlsCluster {
+    fn start() -> (TlsCluster, PathBuf, PathBuf) {
+        let bin = std::env::var_os("HEXFLOW_TEST_PG_BIN")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let mut bins: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .collect();
+                bins.sort_by_key(|b| {
+                    b.parent()
+                        .and_then(|v| v.file_name())
+                        .and_then(|v| v.to_str())
+                        .and_then(|v| v.parse::<u32>().ok())
+                });
+                bins.pop()
+            })
+            .expect(
+                "PostgreSQL's initdb is not installed: run the tests with ./scripts/test (it installs Debian's postgresql), or set HEXFLOW_TEST_PG_BIN to its bin folder",
+            );
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::Builder::new().prefix("hexflow-tls").tempdir().expect("tmp");
+        let (ca, ca_key) = certificate("hexflow test CA", None);
+        let (server, server_key) = certificate("127.0.0.1", Some((&ca, &ca_key)));
+        let (other_ca, _) = certificate("another CA", None);
+        let pem = |c: &openssl::x509::X509| c.to_pem().expect("pem");
+        let ca_file = dir.path().join("ca.pem");
+        let wrong_ca = dir.path().join("other-ca.pem");
+        fs::write(&ca_file, pem(&ca)).expect("write");
+        fs::write(&wrong_ca, pem(&other_ca)).expect("write");
+        let pg = dir.path().join("pg");
+        fs::create_dir(&pg).expect("mkdir");
+        fs::write(pg.join("server.crt"), pem(&server)).expect("write");
+        fs::write(
+            pg.join("server.key"),
+            server_key.private_key_to_pem_pkcs8().expect("pem"),
+        )
+        .expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(pg.join("server.key"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        if root {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&pg)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let cluster = TlsCluster { dir, bin, port, root };
+        let data = pg.join("data");
+        let init = cluster
+            .pg_cmd("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "hexflow", "-A", "trust", "--no-sync"])
+            .output()
+            .expect("initdb");
+        assert!(init.status.success(), "initdb: {}", text(&init));
+        // TLS or nothing, on loopback only.
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("hba");
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            pg.display(),
+            pg.join("server.crt").display(),
+            pg.join("server.key").display()
+        );
+        let started = cluster
+            .pg_cmd("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(pg.join("log"))
+            .args(["-w", "-o", &opts, "start"])
+            .output()
+            .expect("pg_ctl");
+        let log = fs::read_to_string(pg.join("log")).unwrap_or_default();
+        assert!(started.status.success(), "pg_ctl start: {} {log}", text(&started));
+        (cluster, ca_file, wrong_ca)
+    }
+
+    fn pg_cmd(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    /// The cluster's URL with a password (which trust ignores, and which
+    /// no message may show) and `query`.
+    fn url(&self, query: &str) -> String {
+        format!("postgres://hexflow:s3cret-pw@127.0.0.1:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("pg/data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// Issue 23, finding 5: connections to PostgreSQL were plain TCP. Against
+/// a TLS-only cluster: verify-full with the right CA connects and charges,
+/// verify-ca takes its CA from HEXFLOW_LEDGER_CA, require connects without
+/// a CA; a wrong CA is refused, saying so; no message shows the password;
+/// sslmode=disable is refused by the server (the connections that work
+/// are encrypted).
+#[test]
+fn tls_connections_verify_the_server_and_refuse_a_wrong_ca() {
+    let (cluster, ca, wrong) = TlsCluster::start();
+    let fresh = |ledger: String| Env {
+        dir: tempfile::tempdir().expect("tmp"),
+        ledger: Some(ledger),
+    };
+    let full = fresh(cluster.url(&format!("sslmode=verify-full&sslrootcert={}", ca.display())));
+    full.ingest_days(1);
+    let args = Env::release_args("planners", "0.2", "2025-03-01");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = full.run(&args);
+    assert!(out.status.success(), "verify-full: {}", text(&out));
+    let spent: f64 = full.spent().values().sum();
+    assert!((spent - 0.2).abs() < 1e-6, "{spent}");
+    let via_env = fresh(cluster.url("sslmode=verify-ca"));
+    let out = via_env
+        .cmd(&["ledger", "--policy", &policy()])
+        .env("HEXFLOW_LEDGER_CA", &ca)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "verify-ca, HEXFLOW_LEDGER_CA: {}", text(&out));
+    let require = fresh(cluster.url("sslmode=require"));
+    let out = require.run(&["ledger", "--policy", &policy()]);
+    assert!(out.status.success(), "require: {}", text(&out));
+    for (query, says) in [
+        (
+            format!("sslmode=verify-full&sslrootcert={}", wrong.display()),
+            "certificate",
+        ),
+        (
+            format!("sslmode=verify-ca&sslrootcert={}", wrong.display()),
+            "certificate",
+        ),
+        ("sslmode=verify-full".to_string(), "certificate"),
+        ("sslmode=disable".to_string(), "no pg_hba.conf entry"),
+        (
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem".to_string(),
+            "does not exist",
+        ),
+    ] {
+        let env = fresh(cluster.url(&query));
+        let out = env.run(&["ledger", "--policy", &policy()]);
+        assert!(!out.status.success(), "{query}: connected");
+        let said = text(&out);
+        assert!(said.contains(says), "{query}: {said}");
+        if says == "certificate" {
+            assert!(said.contains("sslrootcert"), "{query}: says what to do: {said}");
+        }
+        assert!(!said.contains("s3cret-pw"), "{query}: the password shows: {said}");
+        assert!(!env.data().join("ledger.url").exists(), "{query}: bound the data dir");
+    }
+    // The certificate's host is checked under verify-full only.
+    let by_name = fresh(
+        cluster
+            .url(&format!("sslmode=verify-full&sslrootcert={}", ca.display()))
+            .replace("127.0.0.1", "localhost"),
+    );
+    let out = by_name.run(&["ledger", "--policy", &policy()]);
+    assert!(out.status.success(), "localhost is in the certificate: {}", text(&out));
 }

@@ -10,6 +10,16 @@
 //! SQLite file), the clock of leases (the database's own, so that machines
 //! with skewed clocks agree), and the pool: a PostgreSQL connection costs a
 //! round trip or more to open, so each process keeps a pool per URL.
+//!
+//! PostgreSQL is a server that can go away. Every connection has short
+//! timeouts ([`Timeouts`]: connect, pool checkout, statement, lock and
+//! idle-in-transaction, plus TCP's user timeout and keepalives, so that a
+//! black-holed network fails a statement instead of hanging it), so that
+//! an outage is an error within seconds, which callers retry
+//! ([`DbError::is_transient`]) or report; [`probe`] answers "is the ledger
+//! there" without ever waiting longer than its caller allows. Connections
+//! are TLS-protected as the URL's `sslmode` asks (libpq's five modes,
+//! with `sslrootcert` or `HEXFLOW_LEDGER_CA` naming the CA file).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,11 +48,9 @@ impl LedgerUrl {
         match arg.map(str::trim).filter(|s| !s.is_empty()) {
             None => Ok(Self::in_data_dir(data_dir)),
             Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-                s.parse::<postgres::Config>().map_err(|e| DbError::BadUrl {
-                    url: redact(s),
-                    why: e.to_string(),
-                })?;
-                Ok(Self::Postgres(s.to_string()))
+                let url = Self::Postgres(s.to_string());
+                pg_target(s, &url)?;
+                Ok(url)
             }
             Some(s) => match s.strip_prefix("sqlite:") {
                 Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path.trim_start_matches("//")))),
@@ -86,6 +94,12 @@ impl LedgerUrl {
             }),
             None if own => Ok(()),
             None => {
+                // Only a ledger that answers binds the data dir: an
+                // unreachable or mistyped URL must leave it free for the
+                // right one (connecting also brings the schema up).
+                if self.is_postgres() {
+                    Db::open(self)?;
+                }
                 let releases = own_releases(data_dir)?;
                 if releases > 0 {
                     return Err(DbError::SqliteHistory {
@@ -198,6 +212,12 @@ pub enum DbError {
     Connect { url: String, why: String },
     #[error("ledger URL {url:?}: {why}")]
     BadUrl { url: String, why: String },
+    #[error("ledger {url}: TLS: {why}")]
+    Tls { url: String, why: String },
+    #[error(
+        "ledger {url}: the session holding the release lock of {lock} ended; the release was stopped before drawing noise or storing what it drew (its charge, if made, is kept and a rerun finishes it)"
+    )]
+    LockLost { url: String, lock: String },
     #[error(
         "the data dir {data_dir} charges the ledger {bound}, not {asked}: pass --ledger (or set HEXFLOW_LEDGER) to that ledger on every machine and command"
     )]
@@ -229,6 +249,106 @@ pub enum DbError {
         found: &'static str,
         expected: &'static str,
     },
+}
+
+impl DbError {
+    /// Whether the error is the database being away (a lost or refused
+    /// connection, a server shutting down or starting, a timeout) rather
+    /// than a fault of the request: what a worker retries with backoff.
+    /// A lost release lock is one too (a rerun finishes the release).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::LockLost { .. } => true,
+            Self::Postgres { cause, .. } => match cause.code() {
+                Some(code) => {
+                    use postgres::error::SqlState;
+                    let c = code.code();
+                    c.starts_with("08")
+                        || [
+                            SqlState::ADMIN_SHUTDOWN,
+                            SqlState::CRASH_SHUTDOWN,
+                            SqlState::CANNOT_CONNECT_NOW,
+                            SqlState::TOO_MANY_CONNECTIONS,
+                            SqlState::QUERY_CANCELED,
+                            SqlState::LOCK_NOT_AVAILABLE,
+                            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                        ]
+                        .contains(code)
+                }
+                // No server code: the connection itself failed (closed,
+                // reset, timed out), not a statement.
+                None => {
+                    cause.is_closed()
+                        || std::error::Error::source(cause)
+                            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                }
+            },
+            Self::Sqlite {
+                cause: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the ledger answers (a connection and a round trip) within
+/// `wait`; `Err` says why not. Never waits longer than `wait`, however
+/// the network behaves: on PostgreSQL the check runs on a thread of its
+/// own, one at a time per URL, and callers that come while one runs wait
+/// for its answer (a `/healthz` polled during an outage starts no pile of
+/// hanging checks). What `/healthz` answers.
+pub fn probe(url: &LedgerUrl, wait: Duration) -> Result<(), String> {
+    if !url.is_postgres() {
+        return Db::open(url).map(drop).map_err(|e| e.to_string());
+    }
+    #[derive(Default)]
+    struct Probe {
+        running: bool,
+        done: u64,
+        last: Option<Result<(), String>>,
+    }
+    type Slot = std::sync::Arc<(Mutex<Probe>, std::sync::Condvar)>;
+    static PROBES: OnceLock<Mutex<HashMap<LedgerUrl, Slot>>> = OnceLock::new();
+    let slot: Slot = PROBES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(url.clone())
+        .or_default()
+        .clone();
+    let (lock, ready) = &*slot;
+    let mut p = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seen = p.done;
+    if !p.running {
+        p.running = true;
+        let (slot, url) = (slot.clone(), url.clone());
+        let started = std::thread::Builder::new().name("ledger-probe".into()).spawn(move || {
+            let r = Db::open(&url)
+                .and_then(|mut db| db.row("SELECT 1", &[]).map(drop))
+                .map_err(|e| e.to_string());
+            let (lock, ready) = &*slot;
+            let mut p = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.running = false;
+            p.done += 1;
+            p.last = Some(r);
+            ready.notify_all();
+        });
+        if let Err(e) = started {
+            p.running = false;
+            return Err(format!("cannot start the ledger check: {e}"));
+        }
+    }
+    let (p, _) = ready
+        .wait_timeout_while(p, wait, |p| p.done == seen)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if p.done == seen {
+        return Err(format!("{url}: no answer within {} ms", wait.as_millis()));
+    }
+    p.last.clone().unwrap_or(Ok(()))
 }
 
 /// A parameter of a statement.
@@ -290,8 +410,9 @@ impl Row<'_> {
     }
 }
 
-type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
-type PgConn = r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>;
+type Tls = postgres_openssl::MakeTlsConnector;
+type PgPool = r2d2::Pool<PostgresConnectionManager<Tls>>;
+type PgConn = r2d2::PooledConnection<PostgresConnectionManager<Tls>>;
 
 enum Conn {
     Sqlite(rusqlite::Connection),
@@ -320,6 +441,23 @@ const LOCK_RELEASE: i32 = 0x6878_0003;
 struct PgPoolEntry {
     pool: PgPool,
     migrated: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    target: std::sync::Arc<PgTarget>,
+    last_error: LastError,
+}
+
+/// The pool's last failure to connect, in words ([`pg_detail`]): r2d2
+/// keeps only the driver's `Display`, which for a server's refusal says
+/// "db error" and nothing of why. Logged at debug level, where r2d2's own
+/// handler would log every retry as an error.
+#[derive(Debug, Clone, Default)]
+struct LastError(std::sync::Arc<Mutex<Option<String>>>);
+
+impl r2d2::HandleError<postgres::Error> for LastError {
+    fn handle_error(&self, e: postgres::Error) {
+        let why = pg_detail(&e);
+        tracing::debug!("ledger connection failed: {why}");
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+    }
 }
 
 /// Each process keeps one pool per PostgreSQL URL, migrated once.
@@ -332,11 +470,14 @@ fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPoolEntry, DbError> {
     if let Some(p) = pools.get(url) {
         return Ok(p.clone());
     }
-    let manager = PostgresConnectionManager::new(pg_config(url, shown)?, postgres::NoTls);
+    let target = pg_target(url, shown)?;
+    let last_error = LastError::default();
+    let manager = PostgresConnectionManager::new(target.config.clone(), target.tls(shown)?);
     let p = r2d2::Pool::builder()
         .max_size(16)
         .min_idle(Some(0))
-        .connection_timeout(Duration::from_secs(30))
+        .connection_timeout(target.timeouts.checkout)
+        .error_handler(Box::new(last_error.clone()))
         .build(manager)
         .map_err(|e| DbError::Connect {
             url: shown.to_string(),
@@ -345,24 +486,296 @@ fn pool(url: &str, shown: &LedgerUrl) -> Result<PgPoolEntry, DbError> {
     let entry = PgPoolEntry {
         pool: p,
         migrated: std::sync::Arc::default(),
+        target: std::sync::Arc::new(target),
+        last_error,
     };
     pools.insert(url.to_string(), entry.clone());
     Ok(entry)
 }
 
-/// The connection settings of the PostgreSQL URL `url` (shown as `shown`).
-fn pg_config(url: &str, shown: &LedgerUrl) -> Result<postgres::Config, DbError> {
-    url.parse().map_err(|e: postgres::Error| DbError::BadUrl {
+/// How long a PostgreSQL ledger may keep hexflow waiting. The defaults
+/// keep an outage an error within seconds while leaving room for the
+/// waits that are part of the design:
+///
+/// * `connect` 3 s (`connect_timeout=` of the URL overrides it): a
+///   connection on a working network takes milliseconds;
+/// * `checkout` = connect + 2 s: a pooled connection, including one
+///   attempt to open a new one;
+/// * `statement` 30 s and `lock` 20 s (`options=-c statement_timeout=…`
+///   of the URL overrides them): the longest legitimate wait of a ledger
+///   statement is a charge queueing on its dataset's advisory lock behind
+///   the other charges of that dataset, each of which holds it for a few
+///   statements and one commit (milliseconds), so even a hundred
+///   concurrent charges wait well under a second; the lock timeout is the
+///   shorter so that such a wait fails as "lock timeout", naming its cause;
+/// * `idle_in_transaction` 60 s: a process stopped (SIGSTOP, a debugger)
+///   inside a charge frees its dataset's lock instead of blocking every
+///   other charge of it;
+/// * TCP user timeout 20 s and keepalives after 10 s: a network that drops
+///   packets without a reset breaks the connection instead of hanging a
+///   statement for the kernel's 15 minutes.
+///
+/// The release lock's own session waits without a statement or lock
+/// timeout: it queues behind another process's release of the same id,
+/// which takes as long as that release takes (see [`ReleaseLock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub checkout: Duration,
+    pub statement: Duration,
+    pub lock: Duration,
+    pub idle_in_transaction: Duration,
+    pub tcp_user: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            checkout: Duration::from_secs(5),
+            statement: Duration::from_secs(30),
+            lock: Duration::from_secs(20),
+            idle_in_transaction: Duration::from_secs(60),
+            tcp_user: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How a PostgreSQL connection is protected: the URL's `sslmode`, with
+/// libpq's meanings (`prefer` when absent, as libpq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, unverified; plain TCP otherwise.
+    Prefer,
+    /// TLS or no connection; the certificate is verified against the CA
+    /// file when one is given (libpq's rule), not otherwise.
+    Require,
+    /// TLS, the server's certificate signed by the CA file's CA.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host connected to.
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
+                ));
+            }
+        })
+    }
+}
+
+/// A PostgreSQL ledger URL read: the driver's settings (timeouts and the
+/// TLS mode it knows applied) and what hexflow does itself (the TLS
+/// verification, the pool's checkout timeout).
+#[derive(Clone)]
+pub struct PgTarget {
+    pub config: postgres::Config,
+    pub ssl: SslMode,
+    /// The CA file certificates are verified against (`sslrootcert=`, or
+    /// `HEXFLOW_LEDGER_CA`); the system's CAs when none.
+    pub root_cert: Option<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+impl PgTarget {
+    /// Whether the server's certificate is checked against a CA.
+    fn verifies(&self) -> bool {
+        match self.ssl {
+            SslMode::Disable | SslMode::Prefer => false,
+            SslMode::Require => self.root_cert.is_some(),
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+        }
+    }
+
+    /// The TLS connector for this URL's `sslmode` and CA file.
+    fn tls(&self, shown: &LedgerUrl) -> Result<Tls, DbError> {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        let err = |why: String| DbError::Tls {
+            url: shown.to_string(),
+            why,
+        };
+        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| err(e.to_string()))?;
+        if self.verifies() {
+            match &self.root_cert {
+                Some(ca) if !ca.is_file() => {
+                    return Err(err(format!(
+                        "the CA file {} (sslrootcert) does not exist",
+                        ca.display()
+                    )));
+                }
+                Some(ca) => b
+                    .set_ca_file(ca)
+                    .map_err(|e| err(format!("cannot read the CA file {}: {e}", ca.display())))?,
+                None => b
+                    .set_default_verify_paths()
+                    .map_err(|e| err(format!("cannot read the system's CA certificates: {e}")))?,
+            }
+            b.set_verify(SslVerifyMode::PEER);
+        } else {
+            b.set_verify(SslVerifyMode::NONE);
+        }
+        let mut tls = postgres_openssl::MakeTlsConnector::new(b.build());
+        let hostname = self.ssl == SslMode::VerifyFull;
+        tls.set_callback(move |c, _| {
+            c.set_verify_hostname(hostname);
+            Ok(())
+        });
+        Ok(tls)
+    }
+
+    /// A connection of its own (not pooled), with `options` after the
+    /// defaults (later settings win).
+    fn connect(&self, shown: &LedgerUrl, options: &str) -> Result<postgres::Client, DbError> {
+        let mut config = self.config.clone();
+        let joined = format!("{} {options}", config.get_options().unwrap_or_default());
+        config.options(joined.trim());
+        config
+            .connect(self.tls(shown)?)
+            .map_err(|e| connect_error(shown, self, &pg_detail(&e)))
+    }
+}
+
+/// A failed connection in words: a certificate that does not verify is
+/// said so, with what to check (not "is PostgreSQL running").
+fn connect_error(shown: &LedgerUrl, target: &PgTarget, why: &str) -> DbError {
+    let tls = [
+        "certificate verify failed",
+        "TLS handshake",
+        "server does not support TLS",
+        "SSL routines",
+    ];
+    if target.ssl != SslMode::Disable && tls.iter().any(|t| why.contains(t)) {
+        let ca = target.root_cert.as_ref().map_or_else(
+            || "the system's CAs".to_string(),
+            |p| format!("the CA file {}", p.display()),
+        );
+        let mode = format!("{:?}", target.ssl).to_lowercase();
+        return DbError::Tls {
+            url: shown.to_string(),
+            why: format!(
+                "the server's certificate was refused (sslmode {mode}, checked against {ca}): {why}; give the CA that signed the server's certificate (sslrootcert= in the URL, or HEXFLOW_LEDGER_CA)"
+            ),
+        };
+    }
+    DbError::Connect {
         url: shown.to_string(),
-        why: e.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Reads a PostgreSQL ledger URL: `sslmode` (all of libpq's values) and
+/// `sslrootcert` are hexflow's to apply (the driver knows only three
+/// modes and no CA file); the rest is the driver's, with [`Timeouts`]'
+/// defaults where the URL sets none.
+pub fn pg_target(url: &str, shown: &LedgerUrl) -> Result<PgTarget, DbError> {
+    let bad = |why: String| DbError::BadUrl {
+        url: shown.to_string(),
+        why,
+    };
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut ssl, mut root_cert) = (SslMode::Prefer, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "sslmode" => ssl = v.parse().map_err(bad)?,
+            "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(v))),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut config: postgres::Config = rest.parse().map_err(|e: postgres::Error| bad(e.to_string()))?;
+    if root_cert.is_none() {
+        root_cert = std::env::var_os("HEXFLOW_LEDGER_CA")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+    }
+    let mut timeouts = Timeouts::default();
+    match config.get_connect_timeout() {
+        Some(t) => timeouts.connect = *t,
+        None => {
+            config.connect_timeout(timeouts.connect);
+        }
+    }
+    timeouts.checkout = timeouts.connect + Duration::from_secs(2);
+    let ms = |d: Duration| d.as_millis();
+    let defaults = format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        ms(timeouts.statement),
+        ms(timeouts.lock),
+        ms(timeouts.idle_in_transaction)
+    );
+    // The URL's own options after ours: PostgreSQL applies them in order.
+    let options = format!("{defaults} {}", config.get_options().unwrap_or_default());
+    config.options(options.trim());
+    config
+        .tcp_user_timeout(timeouts.tcp_user)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(3))
+        .keepalives_retries(3)
+        .ssl_mode(match ssl {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            _ => postgres::config::SslMode::Require,
+        });
+    Ok(PgTarget {
+        config,
+        ssl,
+        root_cert,
+        timeouts,
     })
+}
+
+/// `%2F` → `/` (a CA file's path in a URL's query string).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A pooled connection to the PostgreSQL ledger `url` (shown as `shown`).
 fn pg_conn(entry: &PgPoolEntry, shown: &LedgerUrl) -> Result<PgConn, DbError> {
-    entry.pool.get().map_err(|e| DbError::Connect {
-        url: shown.to_string(),
-        why: e.to_string(),
+    entry.pool.get().map_err(|e| {
+        let last = entry
+            .last_error
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let why = match last {
+            Some(why) => format!("{e} ({why})").replace(": db error (", " ("),
+            None => e.to_string(),
+        };
+        connect_error(shown, &entry.target, &why)
     })
 }
 
@@ -500,11 +913,12 @@ pub fn listen_for_changes(
     let LedgerUrl::Postgres(u) = url else {
         return Ok(());
     };
-    let config = pg_config(u, url)?;
+    let target = pg_target(u, url)?;
+    let shown = url.clone();
     let spawned = std::thread::Builder::new().name("ledger-listen".into()).spawn(move || {
         let second = Duration::from_secs(1);
         loop {
-            if let Ok(mut c) = config.connect(postgres::NoTls)
+            if let Ok(mut c) = target.connect(&shown, "")
                 && c.batch_execute("LISTEN hexflow_ledger_changes").is_ok()
             {
                 if !report(ChangeSignal::Listening) {
@@ -895,9 +1309,26 @@ impl Drop for Db {
 /// lock of the shared database with PostgreSQL (a file lock does not hold
 /// across machines). A process killed while holding either loses it: the
 /// kernel closes the file, PostgreSQL ends the session.
+///
+/// On PostgreSQL the lock lives in a session of its own, never a pooled
+/// one: closing it frees the lock whatever became of the unlock (a pooled
+/// connection would go back to the pool still holding it), and a waiting
+/// release takes no pool slot from the charges of the release it waits
+/// for. That session can end under the release (a restarted server, a
+/// terminated backend, a broken network) and with it the lock, which
+/// another process may then take: [`ReleaseLock::ensure_held`] asks the
+/// server whether this session still holds it, and the release calls it
+/// right before it draws noise and again before it stores the values, so
+/// that a release whose lock was lost stops instead of drawing a second
+/// time what the new holder draws.
 pub enum ReleaseLock {
     File(crate::util::DirLock),
-    Postgres(Box<postgres::Client>, i64),
+    Postgres {
+        client: Box<postgres::Client>,
+        key: i64,
+        name: String,
+        url: LedgerUrl,
+    },
 }
 
 impl ReleaseLock {
@@ -910,22 +1341,47 @@ impl ReleaseLock {
                     source,
                 }),
             LedgerUrl::Postgres(u) => {
-                // A session of its own, not a pooled one: closing it frees
-                // the lock whatever became of the unlock (a pooled
-                // connection would go back to the pool still holding it),
-                // and a waiting release takes no pool slot from the charges
-                // of the release it waits for.
-                let mut c = pg_config(u, url)?
-                    .connect(postgres::NoTls)
-                    .map_err(|e| DbError::Connect {
-                        url: url.to_string(),
-                        why: pg_detail(&e),
-                    })?;
+                // No statement or lock timeout: the wait lasts as long as
+                // the release it waits for (see `Timeouts`).
+                let mut c = pg_target(u, url)?.connect(
+                    url,
+                    "-c statement_timeout=0 -c lock_timeout=0 -c application_name=hexflow-release-lock",
+                )?;
                 let k = lock_key(key);
                 c.execute("SELECT pg_advisory_lock($1)", &[&k])
                     .map_err(Db::pg_err(url))?;
-                Ok(Self::Postgres(Box::new(c), k))
+                Ok(Self::Postgres {
+                    client: Box::new(c),
+                    key: k,
+                    name: key.to_string(),
+                    url: url.clone(),
+                })
             }
+        }
+    }
+
+    /// Fails unless this lock is still held: on PostgreSQL, its session
+    /// answers and the server lists the lock as granted to it (a file lock
+    /// cannot be lost while its file is open).
+    pub fn ensure_held(&mut self) -> Result<(), DbError> {
+        let Self::Postgres { client, key, name, url } = self else {
+            return Ok(());
+        };
+        let held = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                   AND granted AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1)",
+                &[&*key],
+            )
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if held {
+            Ok(())
+        } else {
+            Err(DbError::LockLost {
+                url: url.to_string(),
+                lock: name.clone(),
+            })
         }
     }
 }
@@ -935,8 +1391,8 @@ impl Drop for ReleaseLock {
         // The session closes right after (dropping the client), which
         // releases the lock too; the unlock only frees it without waiting
         // for the server to see the connection end.
-        if let Self::Postgres(c, k) = self {
-            let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&*k]);
+        if let Self::Postgres { client, key, .. } = self {
+            let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&*key]);
         }
     }
 }
@@ -1018,8 +1474,8 @@ pub fn scratch_database(admin_url: &str, prefix: &str) -> Result<String, DbError
 /// on it. Refuses any other name: it never drops a ledger by mistake.
 pub fn drop_scratch_database(admin_url: &str, scratch_url: &str, prefix: &str) -> Result<(), DbError> {
     let shown = LedgerUrl::Postgres(admin_url.to_string());
-    let config = pg_config(scratch_url, &LedgerUrl::Postgres(scratch_url.to_string()))?;
-    let name = config.get_dbname().unwrap_or_default();
+    let target = pg_target(scratch_url, &LedgerUrl::Postgres(scratch_url.to_string()))?;
+    let name = target.config.get_dbname().unwrap_or_default();
     let ours = name
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
@@ -1136,6 +1592,44 @@ mod tests {
         }
     }
 
+    /// `sslmode` takes libpq's five values (the driver knows three) and
+    /// `sslrootcert` a path; both are hexflow's, not passed on; the
+    /// timeouts default where the URL sets none, and the URL's own win.
+    #[test]
+    fn tls_and_timeout_settings_are_read_from_the_url() {
+        let dir = Path::new("/var/lib/hexflow");
+        let read = |u: &str| pg_target(u, &LedgerUrl::Postgres(u.to_string()));
+        let t = read("postgres://h:pw@db:5432/l?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x")
+            .expect("url");
+        assert_eq!(t.ssl, SslMode::VerifyFull);
+        assert_eq!(t.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert!(t.verifies());
+        assert_eq!(t.config.get_application_name(), Some("x"));
+        assert_eq!(t.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(t.config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let opts = t.config.get_options().expect("options");
+        assert!(
+            opts.contains("statement_timeout=30000") && opts.contains("lock_timeout=20000"),
+            "{opts}"
+        );
+        let t = read("postgres://h@db/l?sslmode=require&connect_timeout=7&options=-c%20statement_timeout%3D5s")
+            .expect("url");
+        assert_eq!((t.ssl, t.verifies()), (SslMode::Require, t.root_cert.is_some()));
+        assert_eq!(t.timeouts.connect, Duration::from_secs(7));
+        assert_eq!(t.timeouts.checkout, Duration::from_secs(9));
+        let opts = t.config.get_options().expect("options");
+        assert!(
+            opts.ends_with("statement_timeout=5s"),
+            "the URL's own comes last: {opts}"
+        );
+        assert_eq!(read("postgres://h@db/l").expect("url").ssl, SslMode::Prefer);
+        let e = LedgerUrl::resolve(Some("postgres://h:s3cret@db/l?sslmode=verify"), dir).expect_err("bad mode");
+        assert!(
+            e.to_string().contains("verify-full") && !e.to_string().contains("s3cret"),
+            "{e}"
+        );
+    }
+
     /// Release locks on PostgreSQL hold sessions of their own: more of them
     /// than the pool has slots leave the ledger usable (pooled locks would
     /// have starved the charges they wait for), and a dropped lock is free
@@ -1154,11 +1648,7 @@ mod tests {
         let held: Vec<ReleaseLock> = (0..20)
             .map(|i| ReleaseLock::acquire(&url, unused, &format!("t-{i:02}")).expect("lock"))
             .collect();
-        let mut other: postgres::Client = raw
-            .parse::<postgres::Config>()
-            .expect("config")
-            .connect(postgres::NoTls)
-            .expect("connect");
+        let mut other = pg_target(raw, &url).expect("url").connect(&url, "").expect("connect");
         let free = |c: &mut postgres::Client, name: &str| -> bool {
             let k = lock_key(name);
             let got: bool = c

@@ -260,6 +260,15 @@ impl Ledger {
         Ok(())
     }
 
+    /// The releases of `dataset` charged but not (yet) marked published.
+    pub fn charged(&mut self, dataset: &str) -> Result<Vec<String>, LedgerError> {
+        let rows = self.db.rows(
+            "SELECT release_id FROM releases WHERE dataset = ?1 AND state = 'charged' ORDER BY release_id",
+            &[P::T(dataset)],
+        )?;
+        Ok(rows.iter().map(|r| r.text(0)).collect::<Result<_, _>>()?)
+    }
+
     /// ρ spent per day and audience for a dataset.
     pub fn spend(&mut self, dataset: &str) -> Result<Vec<DaySpend>, LedgerError> {
         let rows = self.db.rows(

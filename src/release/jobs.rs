@@ -16,6 +16,18 @@
 //! twice (a lease that ran out under a slow but living worker) is charged
 //! once (the ledger), drawn once (the release lock, held across machines
 //! by PostgreSQL) and found stored the second time.
+//!
+//! The ledger's database can go away (a PostgreSQL restart, a network
+//! cut). Every queue operation and every release of a worker is retried
+//! with backoff while the error says the database is away
+//! ([`DbError::is_transient`]), for up to [`retry_for`] (10 minutes,
+//! `HEXFLOW_LEDGER_RETRY_S`), so that a run outlives an outage and
+//! finishes instead of exiting. Jobs never stay behind for ever: a
+//! running job whose lease ran out is claimable (its worker is dead or
+//! cut off), and a new run of a dataset expires the queued jobs of its
+//! older runs and their running jobs whose lease ran out (a killed
+//! `publish --workers` leaves them; the new run's plan makes the same
+//! releases again, by release id).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +90,84 @@ pub struct RunStatus {
     pub done: u64,
 }
 
+/// How long workers and `publish --workers` retry a ledger that is away
+/// before giving up: `HEXFLOW_LEDGER_RETRY_S` seconds, 600 by default.
+pub fn retry_for() -> Duration {
+    std::env::var("HEXFLOW_LEDGER_RETRY_S")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::from_secs(600), Duration::from_secs_f64)
+}
+
+/// Waits between retries: 250 ms doubling to 5 s, until [`retry_for`]
+/// has passed since the first failure.
+struct Backoff {
+    next: Duration,
+    until: std::time::Instant,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: Duration::from_millis(250),
+            until: std::time::Instant::now() + retry_for(),
+        }
+    }
+
+    /// Sleeps before the next try; false once the time is up.
+    fn wait(&mut self, what: &str, e: &dyn std::fmt::Display) -> bool {
+        if std::time::Instant::now() + self.next > self.until {
+            return false;
+        }
+        tracing::warn!("{what}: {e}; retrying in {} ms", self.next.as_millis());
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        true
+    }
+}
+
+/// Whether a job error is the ledger's database being away.
+fn transient(e: &JobError) -> bool {
+    match e {
+        JobError::Ledger(LedgerError::Db(d)) | JobError::Release(ReleaseError::Ledger(LedgerError::Db(d))) => {
+            d.is_transient()
+        }
+        _ => false,
+    }
+}
+
+/// Runs `op` on `ledger`, retrying with backoff while the ledger is away,
+/// on a new connection each time (the old one is broken).
+fn retrying<T>(
+    ledger: &mut Ledger,
+    what: &str,
+    mut op: impl FnMut(&mut Ledger) -> Result<T, JobError>,
+) -> Result<T, JobError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match op(ledger) {
+            Err(e) if transient(&e) && backoff.wait(what, &e) => {
+                if let Ok(fresh) = Ledger::open(&ledger.url().clone()) {
+                    *ledger = fresh;
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Opens the ledger, retrying with backoff while it is away.
+fn open_retrying(url: &LedgerUrl) -> Result<Ledger, JobError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match Ledger::open(url).map_err(JobError::from) {
+            Err(e) if transient(&e) && backoff.wait("opening the ledger", &e) => {}
+            r => return r,
+        }
+    }
+}
+
 /// A new run id: time and randomness, unique across machines.
 pub fn new_run_id() -> String {
     let bytes = crate::util::random_bytes::<4>().unwrap_or_default();
@@ -89,8 +179,21 @@ pub fn new_run_id() -> String {
 }
 
 /// Queues the releases of `plan` (in order: the first is claimed first)
-/// as run `run_id`, in one transaction.
+/// as run `run_id`, in one transaction, and expires what older runs of
+/// the dataset left behind (see the module header). Retried while the
+/// ledger is away (a retry of a committed enqueue adds nothing).
 pub fn enqueue(
+    ledger: &mut Ledger,
+    run_id: &str,
+    policy_path: &Path,
+    plan: &[(ReleaseSpec, String)],
+) -> Result<usize, JobError> {
+    retrying(ledger, "queueing the plan", |l| {
+        enqueue_once(l, run_id, policy_path, plan)
+    })
+}
+
+fn enqueue_once(
     ledger: &mut Ledger,
     run_id: &str,
     policy_path: &Path,
@@ -99,11 +202,26 @@ pub fn enqueue(
     let policy_path = std::path::absolute(policy_path).unwrap_or_else(|_| policy_path.to_path_buf());
     let policy = policy_path.to_string_lossy();
     let db = ledger.db();
+    let now = db.now_ms_sql();
     db.begin_queue()?;
+    for dataset in plan
+        .iter()
+        .map(|(s, _)| s.dataset.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        db.exec(
+            &format!(
+                "UPDATE jobs SET state = 'done', outcome = 'expired', detail = 'left by a stopped run; superseded by run ' || ?2, lease_until_ms = NULL
+                 WHERE dataset = ?1 AND run_id <> ?2 AND (state = 'queued' OR (state = 'running' AND lease_until_ms < {now}))"
+            ),
+            &[P::T(dataset), P::T(run_id)],
+        )?;
+    }
     for (rank, (spec, label)) in plan.iter().enumerate() {
         let spec_json = serde_json::to_string(&(spec, label)).unwrap_or_default();
         db.exec(
-            "INSERT INTO jobs (job_id, run_id, dataset, policy_path, rank, spec_json, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued')",
+            "INSERT INTO jobs (job_id, run_id, dataset, policy_path, rank, spec_json, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued')
+             ON CONFLICT (job_id) DO NOTHING",
             &[
                 P::T(&format!("{run_id}/{rank:06}")),
                 P::T(run_id),
@@ -119,8 +237,19 @@ pub fn enqueue(
 }
 
 /// Claims the next job (of `run`, or of any run) for `worker` under a
-/// lease of `lease`; `None` when nothing is claimable now.
+/// lease of `lease`; `None` when nothing is claimable now. Retried while
+/// the ledger is away (a claim whose commit was lost with the connection
+/// is taken over when its lease ends).
 pub fn claim(
+    ledger: &mut Ledger,
+    worker: &str,
+    lease: Duration,
+    run: Option<&str>,
+) -> Result<Option<Claimed>, JobError> {
+    retrying(ledger, "claiming a job", |l| claim_once(l, worker, lease, run))
+}
+
+fn claim_once(
     ledger: &mut Ledger,
     worker: &str,
     lease: Duration,
@@ -183,8 +312,12 @@ pub fn renew(ledger: &mut Ledger, job_id: &str, worker: &str, lease: Duration) -
     Ok(n == 1)
 }
 
-/// Records what a job's release did.
+/// Records what a job's release did (retried while the ledger is away).
 pub fn finish(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, ReleaseError>) -> Result<(), JobError> {
+    retrying(ledger, "finishing a job", |l| finish_once(l, job, outcome))
+}
+
+fn finish_once(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, ReleaseError>) -> Result<(), JobError> {
     // `rho_units`: what this job charged (0 unless it made a new release).
     let (kind, detail, rho_units) = match outcome {
         Ok(o) if o.status == Status::Stored => ("stored", String::new(), 0),
@@ -206,8 +339,13 @@ pub fn finish(ledger: &mut Ledger, job: &Claimed, outcome: &Result<Outcome, Rele
     Ok(())
 }
 
-/// How many jobs of `run` are queued, running and done.
+/// How many jobs of `run` are queued, running and done (retried while
+/// the ledger is away).
 pub fn status(ledger: &mut Ledger, run_id: &str) -> Result<RunStatus, JobError> {
+    retrying(ledger, "reading the run's progress", |l| status_once(l, run_id))
+}
+
+fn status_once(ledger: &mut Ledger, run_id: &str) -> Result<RunStatus, JobError> {
     let mut s = RunStatus::default();
     for r in ledger.db().rows(
         "SELECT state, CAST(COUNT(*) AS BIGINT) FROM jobs WHERE run_id = ?1 GROUP BY state",
@@ -223,8 +361,13 @@ pub fn status(ledger: &mut Ledger, run_id: &str) -> Result<RunStatus, JobError> 
     Ok(s)
 }
 
-/// The report of a finished run, as `publish` prints it.
+/// The report of a finished run, as `publish` prints it (retried while
+/// the ledger is away).
 pub fn report(ledger: &mut Ledger, run_id: &str) -> Result<PublishReport, JobError> {
+    retrying(ledger, "reading the run's report", |l| report_once(l, run_id))
+}
+
+fn report_once(ledger: &mut Ledger, run_id: &str) -> Result<PublishReport, JobError> {
     let mut report = PublishReport::default();
     for r in ledger.db().rows(
         "SELECT outcome, detail, rho_units, spec_json FROM jobs WHERE run_id = ?1 ORDER BY rank",
@@ -344,10 +487,10 @@ struct WorkLoop<'a> {
 
 impl WorkLoop<'_> {
     fn run(&self, worker: &str, stopped: &dyn Fn() -> bool) -> Result<(), JobError> {
-        let mut ledger = Ledger::open(self.url)?;
+        let mut ledger = open_retrying(self.url)?;
         // The lease renewals' own connection, kept for every job: the
         // queue's statements run on `ledger` while a release goes on.
-        let mut renewer = Ledger::open(self.url)?;
+        let mut renewer = open_retrying(self.url)?;
         while !stopped() {
             let Some(job) = claim(&mut ledger, worker, self.lease, self.run)? else {
                 let left = match self.run {
@@ -355,7 +498,7 @@ impl WorkLoop<'_> {
                         let s = status(&mut ledger, r)?;
                         s.queued + s.running
                     }
-                    None => pending(&mut ledger)?,
+                    None => retrying(&mut ledger, "counting pending jobs", pending)?,
                 };
                 if left == 0 && self.idle == WhenIdle::Exit {
                     break;
@@ -364,10 +507,29 @@ impl WorkLoop<'_> {
                 std::thread::sleep(Duration::from_millis(250).min(self.lease / 4));
                 continue;
             };
-            let releaser = self.releaser(&job)?;
-            let outcome = with_lease(&mut renewer, &job, worker, self.lease, || {
-                releaser.release(&job.spec, releaser.today())
-            });
+            let releaser = {
+                let mut backoff = Backoff::new();
+                loop {
+                    match self.releaser(&job) {
+                        Err(e) if transient(&e) && !stopped() && backoff.wait("loading the job's policy", &e) => {}
+                        r => break r?,
+                    }
+                }
+            };
+            // A release that met the ledger away is run again (its id makes
+            // a rerun harmless: charged once, drawn once), not recorded as
+            // refused.
+            let mut backoff = Backoff::new();
+            let outcome = loop {
+                let outcome = with_lease(&mut renewer, &job, worker, self.lease, || {
+                    releaser.release(&job.spec, releaser.today())
+                });
+                match &outcome {
+                    Err(ReleaseError::Ledger(LedgerError::Db(e)))
+                        if e.is_transient() && !stopped() && backoff.wait(&format!("job {}", job.job_id), e) => {}
+                    _ => break outcome,
+                }
+            };
             finish(&mut ledger, &job, &outcome)?;
             let mut report = self.report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             report.report.tally(&job.label, &outcome);
@@ -426,11 +588,22 @@ fn with_lease<T: Send>(
     std::thread::scope(|scope| {
         scope.spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(lease / 3) {
-                // Lost (or a broken connection): the release goes on; its
-                // lock and id keep a second run of the job harmless.
-                if !renew(renewer, &job.job_id, worker, lease).unwrap_or(false) {
-                    tracing::warn!("lost the lease on job {}", job.job_id);
-                    break;
+                match renew(renewer, &job.job_id, worker, lease) {
+                    Ok(true) => {}
+                    // Taken over: the release goes on; its lock and id keep
+                    // a second run of the job harmless.
+                    Ok(false) => {
+                        tracing::warn!("lost the lease on job {}", job.job_id);
+                        break;
+                    }
+                    // The ledger is away: renew on a new connection next
+                    // time (the lease may run out meanwhile, harmlessly).
+                    Err(e) => {
+                        tracing::warn!("cannot renew the lease on job {}: {e}", job.job_id);
+                        if let Ok(fresh) = Ledger::open(&renewer.url().clone()) {
+                            *renewer = fresh;
+                        }
+                    }
                 }
             }
         });

@@ -481,7 +481,15 @@ impl Releaser {
         let mut guard = self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ledger = match guard.take() {
             Some(l) => guard.insert(l),
-            None => guard.insert(Ledger::open(&self.ledger_url)?),
+            None => {
+                let mut l = Ledger::open(&self.ledger_url)?;
+                // A new connection (the first, or after an outage): first
+                // mark published what was stored while the ledger was away.
+                if let Err(e) = self.reconcile(&mut l) {
+                    tracing::warn!("releases stored during a ledger outage stay `charged` for now: {e}");
+                }
+                guard.insert(l)
+            }
         };
         let result = f(ledger);
         if matches!(result, Err(LedgerError::Db(_))) {
@@ -490,6 +498,21 @@ impl Releaser {
             guard.take();
         }
         Ok(result?)
+    }
+
+    /// Marks `published` the releases of this dataset that the ledger says
+    /// are `charged` but whose values are stored whole (renamed into
+    /// place): their `mark_published` was lost to a crash or a ledger
+    /// outage. The number marked.
+    pub fn reconcile(&self, ledger: &mut Ledger) -> Result<usize, LedgerError> {
+        let mut marked = 0;
+        for id in ledger.charged(self.policy.dataset())? {
+            if self.stored(&id).is_some() {
+                ledger.mark_published(&id)?;
+                marked += 1;
+            }
+        }
+        Ok(marked)
     }
 
     /// A new connection to this releaser's ledger.
@@ -589,7 +612,7 @@ impl Releaser {
         }
         let lock_name = format!("releases-{}-{:02}", self.policy.dataset(), release_lock_stripe(&id));
         let lock_path = self.data_dir.join("locks").join(format!("{lock_name}.lock"));
-        let _lock = ReleaseLock::acquire(&self.ledger_url, &lock_path, &lock_name).map_err(LedgerError::from)?;
+        let mut lock = ReleaseLock::acquire(&self.ledger_url, &lock_path, &lock_name).map_err(LedgerError::from)?;
         // Another thread or process may have made it while this one waited.
         if let Some(stored) = self.finish_stored(&id, &dir)? {
             return Ok(stored);
@@ -615,6 +638,11 @@ impl Releaser {
         let noise = self.noise_plan(spec, &weights, window.bins.len() * groups.len().max(1), values)?;
         // Commit the charge before any noisy value exists.
         let status = self.charge(spec, &id, &noise.calibrated)?;
+        util::pausepoint("release:before-draw");
+        // The lock must still be ours (a PostgreSQL session can end under
+        // it, and another process then holds it): otherwise stop before
+        // drawing, whatever the other process draws is the only draw.
+        lock.ensure_held().map_err(LedgerError::from)?;
         // A retry after a crash: values of the crashed run were never
         // published; drop any half-written copy so that only one draw of this
         // release can ever exist, then draw afresh.
@@ -634,6 +662,10 @@ impl Releaser {
                 Self::noisy_footfall(&weights, n, &counts, placement, calibrated, &bars)?
             }
         };
+        // Checked again before anything is stored: values drawn by a
+        // process that lost the lock are dropped unseen.
+        util::pausepoint("release:before-store");
+        lock.ensure_held().map_err(LedgerError::from)?;
         let manifest = self.write(
             spec,
             &id,
@@ -647,7 +679,14 @@ impl Releaser {
             &bars,
         )?;
         util::failpoint("release:after-store");
-        self.with_ledger(|ledger| ledger.mark_published(&id))?;
+        util::pausepoint("release:after-store");
+        // The values are stored and the charge committed: the release is
+        // made. A ledger away at this instant leaves it at `charged`, which
+        // the next connection of any releaser of the dataset corrects
+        // (`reconcile`), so the outage is not the release's failure.
+        if let Err(e) = self.with_ledger(|ledger| ledger.mark_published(&id)) {
+            tracing::warn!("release {id} is stored; marking it published waits for the ledger: {e}");
+        }
         Ok(Outcome { status, dir, manifest })
     }
 

@@ -510,6 +510,10 @@ pub async fn follow_publication(state: Arc<AppState>, progress: Arc<crate::relea
     }
 }
 
+/// How long `/healthz` waits for the ledger's answer before saying it is
+/// unavailable.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     use std::sync::atomic::Ordering;
     // Windows of the plan done so far while a publication runs beside the
@@ -526,9 +530,13 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
             })
         });
     let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
-    // The ledger must open: without it nothing can be charged or shown.
+    // The ledger must answer: without it nothing can be charged or shown
+    // (stored releases still are). Asked with a deadline, so that an
+    // unreachable ledger is reported at once, not after its timeouts.
     let url = state.config.ledger.clone();
-    let ledger = blocking(move || Ok(Ledger::open(&url).is_ok())).await.unwrap_or(false);
+    let ledger = blocking(move || Ok(crate::privacy::db::probe(&url, HEALTH_WAIT).is_ok()))
+        .await
+        .unwrap_or(false);
     let status = if ledger {
         StatusCode::OK
     } else {
