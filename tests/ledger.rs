@@ -810,6 +810,11 @@ fn healthz_says_the_ledger_is_away_at_once_and_stored_releases_stay_served() {
         (status, body["status"].as_str().unwrap_or_default().to_string())
     };
     assert_eq!(health(server.1), (200, "ok".to_string()));
+    let token = env.run(&["token", "create", "--role", "planner", "--name", "outage"]);
+    assert!(token.status.success(), "{}", text(&token));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let query = serde_json::json!({"dataset": "tiny", "metric": "footfall", "res": 8, "bin": "1d",
+        "from": "2025-03-01", "to": "2025-03-01", "rho": 0.01});
     let (status, list) = http(server.1, "GET", "/api/v1/releases", "", None);
     assert_eq!(status, 200);
     let list: Value = serde_json::from_slice(&list).expect("json");
@@ -837,6 +842,14 @@ fn healthz_says_the_ledger_is_away_at_once_and_stored_releases_stay_served() {
             assert_eq!(status, 200, "{mode:?} {path}");
             assert!(started.elapsed() < Duration::from_secs(10), "{mode:?} {path}");
         }
+        // What needs the ledger says it is away (503, retry), not a fault
+        // of the server (500).
+        let (status, body) = http(server.1, "POST", "/api/v1/queries", &token, Some(&query));
+        assert_eq!(status, 503, "{mode:?}: {}", String::from_utf8_lossy(&body));
+        assert!(
+            String::from_utf8_lossy(&body).contains("ledger unavailable"),
+            "{mode:?}"
+        );
         proxy.set(Link::Up);
         let mut back = health(server.1);
         for _ in 0..300 {

@@ -45,10 +45,10 @@ async fn bearer(state: &AppState, headers: &HeaderMap) -> Result<TokenRow, Probl
         .to_string();
     let url = state.config.ledger.clone();
     blocking(move || {
-        let mut ledger = crate::privacy::ledger::Ledger::open(&url).map_err(|e| Problem::internal("token check", e))?;
+        let mut ledger = crate::privacy::ledger::Ledger::open(&url).map_err(|e| Problem::ledger("token check", e))?;
         ledger
             .token(&token)
-            .map_err(|e| Problem::internal("token check", e))?
+            .map_err(|e| Problem::ledger("token check", e))?
             .ok_or_else(|| unauthorized("unknown token"))
     })
     .await
@@ -119,6 +119,10 @@ fn release_problem(e: ReleaseError) -> Problem {
         ReleaseError::Ledger(LedgerError::BudgetExceeded { .. }) => {
             Problem::new(StatusCode::CONFLICT, "budget exceeded", e.to_string())
         }
+        ReleaseError::Ledger(LedgerError::Db(db)) if db.is_transient() => match e {
+            ReleaseError::Ledger(l) => Problem::ledger("the release", l),
+            other => Problem::internal("the release", other),
+        },
         ReleaseError::NoData { .. } => unprocessable("no data", &e),
         ReleaseError::TooLarge { .. } => unprocessable("too large", &e),
         ReleaseError::Grid(crate::grid::GridError::ResolutionNotOffered { .. }) => {

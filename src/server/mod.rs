@@ -789,6 +789,25 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, "bad request", detail)
     }
 
+    /// A ledger failure: 503 when the ledger is away (a refused or lost
+    /// connection, a timeout), so that clients retry instead of reading a
+    /// fault of the server; any other ledger error is internal.
+    fn ledger(context: &str, e: crate::privacy::ledger::LedgerError) -> Self {
+        match &e {
+            crate::privacy::ledger::LedgerError::Db(db) if db.is_transient() => {
+                tracing::warn!("{context}: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ledger unavailable",
+                    format!(
+                        "{context}: the privacy ledger does not answer; published releases are still served, try again shortly"
+                    ),
+                )
+            }
+            _ => Self::internal(context, e),
+        }
+    }
+
     /// An internal failure: logged in full, answered without internals.
     fn internal(context: &str, e: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {e}");
@@ -811,6 +830,9 @@ impl IntoResponse for Problem {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         let body = serde_json::to_vec(&self).unwrap_or_default();
         (status, headers, body).into_response()

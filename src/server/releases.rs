@@ -1177,8 +1177,8 @@ pub async fn ledger(
     let ds = state.pick(q.dataset.as_ref())?.clone();
     ledger_cached(&state, "ledger", &uri, move || {
         let p = &ds.releaser.policy;
-        let mut ledger = ds.releaser.open_ledger().map_err(|e| Problem::internal("ledger", e))?;
-        let spend = ledger.spend(p.dataset()).map_err(|e| Problem::internal("ledger", e))?;
+        let mut ledger = ds.releaser.open_ledger().map_err(|e| Problem::ledger("ledger", e))?;
+        let spend = ledger.spend(p.dataset()).map_err(|e| Problem::ledger("ledger", e))?;
         let days: Vec<_> = spend
             .into_iter()
             .filter(|s| q.from.is_none_or(|f| s.day >= f) && q.to.is_none_or(|t| s.day <= t))
@@ -1250,10 +1250,10 @@ pub async fn ledger_releases(
     let ds = state.pick(q.dataset.as_ref())?.clone();
     let st = state.clone();
     ledger_cached(&state, "ledger/releases", &uri, move || {
-        let mut ledger = ds.releaser.open_ledger().map_err(|e| Problem::internal("ledger", e))?;
+        let mut ledger = ds.releaser.open_ledger().map_err(|e| Problem::ledger("ledger", e))?;
         let rows = ledger
             .releases(ds.releaser.policy.dataset())
-            .map_err(|e| Problem::internal("ledger", e))?;
+            .map_err(|e| Problem::ledger("ledger", e))?;
         let index = st.index.read().map_err(|e| Problem::internal("release index", e))?;
         let rows: Vec<Value> = rows
             .into_iter()
