@@ -227,6 +227,8 @@ pub enum Command {
         res: u8,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
     /// Serve the API and the viewer for the data dir's datasets.
     Serve {
@@ -329,9 +331,68 @@ pub struct ServeArgs {
     /// Largest delivery an admin may upload (MiB).
     #[arg(long, default_value_t = 512)]
     pub max_upload_mib: usize,
-    /// Absolute base URL of this server as clients see it (TileJSON links).
-    #[arg(long)]
+    /// Absolute base URL of this server as clients see it, e.g.
+    /// https://maps.example.org: the base of the URLs in TileJSON, which
+    /// are then cached publicly. Required behind a proxy; without it URLs
+    /// name the request's Host over http and TileJSON is sent private
+    /// (Forwarded/X-Forwarded-* headers are never used).
+    #[arg(long, value_parser = parse_public_url)]
     pub public_url: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Timeouts and the bound on connections of `serve` and `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Seconds a client has, from a request's first byte, to send all its
+    /// headers (trickled headers are cut).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_timeout_s)]
+    pub header_timeout_s: f64,
+    /// Seconds a connection stays open with no request coming (new or
+    /// keep-alive) or with an answer its client does not read.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_timeout_s)]
+    pub idle_timeout_s: f64,
+    /// Seconds allowed for each KiB of a request body, uploads included;
+    /// a slower body is answered 408 and its connection closed.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_timeout_s)]
+    pub body_timeout_s: f64,
+    /// Connections served at once; further ones wait to be accepted
+    /// (lowered to fit the open-file limit, which is raised to its maximum).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+impl ConnArgs {
+    pub fn limits(&self) -> crate::server::ConnLimits {
+        crate::server::ConnLimits {
+            header: std::time::Duration::from_secs_f64(self.header_timeout_s),
+            idle: std::time::Duration::from_secs_f64(self.idle_timeout_s),
+            body: std::time::Duration::from_secs_f64(self.body_timeout_s),
+            max_connections: self.max_connections as usize,
+        }
+    }
+}
+
+fn parse_timeout_s(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: expected seconds from 0.05 to 86400")),
+    }
+}
+
+fn parse_public_url(s: &str) -> std::result::Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?}: expected an absolute http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || s.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{s:?}: expected the URL clients use, like https://maps.example.org or https://example.org/hexflow (no query)"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -541,6 +602,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             to,
             res,
             json,
+            conn,
         } => {
             let policy = demo(&args.policies_dir, &data_dir, from, to, res, json)?;
             let releaser = crate::release::Releaser::new(policy.clone(), &data_dir)?.with_ledger_url(ledger.clone())?;
@@ -575,6 +637,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 cors_origins: Vec::new(),
                 max_upload_mib: 512,
                 public_url: None,
+                conn,
             };
             let served = serve_policies_with(vec![policy], &data_dir, &ledger, &serve, Some(progress.clone()));
             // Stopped (Ctrl-C) or failed to start: the releases being made
@@ -1163,6 +1226,7 @@ fn serve_policies_with(
     config.cors_origins = args.cors_origins.clone();
     config.max_upload_bytes = args.max_upload_mib << 20;
     config.public_url = args.public_url.clone();
+    config.limits = args.conn.limits();
     let state = std::sync::Arc::new(crate::server::AppState::new(policies, config)?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(progress) = publishing {

@@ -184,9 +184,12 @@ async fn the_openapi_document_describes_every_route_and_every_route_exists() {
     }
     let routes: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     assert_eq!(described, routes);
-    let served = get(state, "/api/openapi.json").await;
-    assert_eq!(served.status, StatusCode::OK);
-    assert_eq!(served.json(), doc);
+    // Under /api and beside the routes it describes (/api/v1 was a 404).
+    for at in ["/api/openapi.json", "/api/v1/openapi.json"] {
+        let served = get(state, at).await;
+        assert_eq!(served.status, StatusCode::OK, "{at}");
+        assert_eq!(served.json(), doc, "{at}");
+    }
     // Each listed route is matched by the router (the fallback answers
     // "no such endpoint" for anything else).
     let id = first_release(state).await["release_id"]
@@ -645,16 +648,22 @@ async fn maps_and_tiles_are_pngs_with_coloured_hexes() {
         })
         .count();
     assert!(coloured > 2000, "{coloured} coloured pixels");
-    // Widths are clamped and drawn in 160 px steps: a client cannot make
-    // the server draw a new image per width (regression: every width drew).
-    let huge = get(state, &format!("/api/v1/releases/{id}/map.png?width=99999")).await;
-    assert_eq!(decode_png(&huge.body).0, hexflow::render::MAX_MAP_PX);
+    // Widths are drawn in 160 px steps: a client cannot make the server
+    // draw a new image per width (regression: every width drew). Widths
+    // outside the documented 320..=2400 are refused (they were clamped).
+    for w in [0, 1, 319, 2401, 99_999] {
+        get(state, &format!("/api/v1/releases/{id}/map.png?width={w}"))
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+    }
+    let widest = get(state, &format!("/api/v1/releases/{id}/map.png?width=2400")).await;
+    assert_eq!(decode_png(&widest.body).0, hexflow::render::MAX_MAP_PX);
     let a = get(state, &format!("/api/v1/releases/{id}/map.png?bin=9&width=641")).await;
     let b = get(state, &format!("/api/v1/releases/{id}/map.png?bin=9&width=700")).await;
     assert_eq!(a.header(header::ETAG), b.header(header::ETAG));
     assert_eq!(a.header(header::ETAG), map.header(header::ETAG));
-    let tiny = get(state, &format!("/api/v1/releases/{id}/map.png?width=1")).await;
-    assert_eq!(decode_png(&tiny.body).0, 320);
+    let narrowest = get(state, &format!("/api/v1/releases/{id}/map.png?width=320")).await;
+    assert_eq!(decode_png(&narrowest.body).0, 320);
     // The cache that holds them is bounded and shown in /metrics.
     let m = get(state, "/metrics").await.text();
     let gauge = |name: &str| -> f64 {
@@ -700,32 +709,39 @@ async fn maps_and_tiles_are_pngs_with_coloured_hexes() {
         }
     }
     assert_eq!(touches, [true; 4], "the bounds are the hexes' extent, not larger");
-    // Behind a TLS-terminating proxy the tile URLs say https.
+    // Without --public-url the tile URLs name the request's own Host, and
+    // the document is private: a shared cache must not hand one client's
+    // Host to another. Forwarded headers change nothing.
     let tj_uri = format!("/api/v1/releases/{id}/tilejson.json?bin=9");
-    let tls = get_with(
+    let plain = send(
         state,
-        &tj_uri,
-        header::HeaderName::from_static("x-forwarded-proto"),
-        "https",
+        Request::get(&tj_uri)
+            .header(header::HOST, "maps.example.org:8080")
+            .body(Body::empty())
+            .expect("request"),
     )
-    .await
-    .json();
-    assert!(tls["tiles"][0].as_str().expect("url").starts_with("https://"), "{tls}");
-    let fwd = get_with(
-        state,
-        &tj_uri,
-        header::FORWARDED,
-        "for=192.0.2.1;proto=https;host=maps.example.org",
-    )
-    .await
-    .json();
+    .await;
     assert!(
-        fwd["tiles"][0]
+        plain.json()["tiles"][0]
             .as_str()
             .expect("url")
-            .starts_with("https://maps.example.org/api/v1/"),
-        "{fwd}"
+            .starts_with("http://maps.example.org:8080/api/v1/"),
+        "{}",
+        plain.text()
     );
+    assert!(plain.header(header::CACHE_CONTROL).starts_with("private"));
+    let poisoned = send(
+        state,
+        Request::get(&tj_uri)
+            .header(header::HOST, "maps.example.org:8080")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header(header::FORWARDED, "for=192.0.2.1;proto=https;host=evil.example")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(poisoned.body, plain.body, "forwarded headers are never read");
     let (x, y) = hexflow::render::mercator_px(5.385, 43.29, 14.0);
     let (tx, ty) = ((x / 256.0) as u32, (y / 256.0) as u32);
     let tile = get(state, &format!("/api/v1/releases/{id}/tiles/14/{tx}/{ty}.png?bin=9")).await;
@@ -953,6 +969,21 @@ async fn planner_queries_need_a_token_are_charged_once_and_respect_the_policy() 
     get(&state, &format!("{tile_path}?{flipped}"))
         .await
         .problem(StatusCode::FORBIDDEN);
+    // Another bin of the same release: the signature covers the bin too.
+    let bin: String = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("bin="))
+        .expect("bin")
+        .to_string();
+    let other_bin = if bin == "0" { "1" } else { "0" };
+    for changed in [
+        query.replace(&format!("bin={bin}"), &format!("bin={other_bin}")),
+        query.replace(&format!("bin={bin}&"), ""),
+    ] {
+        get(&state, &format!("{tile_path}?{changed}"))
+            .await
+            .problem(StatusCode::FORBIDDEN);
+    }
     post_json(
         &state,
         &format!("/api/v1/releases/{pid}/tile-url?ttl_s=999999"),
@@ -1202,6 +1233,11 @@ async fn health_metrics_cors_and_the_viewer() {
     let js = get(state, "/web/map.js").await;
     assert_eq!(js.header(header::CONTENT_TYPE), "text/javascript; charset=utf-8");
     get(state, "/web/secret.txt").await.problem(StatusCode::NOT_FOUND);
+    // A name that is not UTF-8 once decoded: a problem, like every error
+    // (it was axum's text/plain).
+    get(state, "/web/%C0%AE%C0%AE%2F")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
 }
 
 #[test]
@@ -1790,6 +1826,7 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
         ("get", "/healthz", "/healthz".into(), None, None),
         ("get", "/metrics", "/metrics".into(), None, None),
         ("get", "/api/openapi.json", "/api/openapi.json".into(), None, None),
+        ("get", "/api/v1/openapi.json", "/api/v1/openapi.json".into(), None, None),
         ("get", "/api/v1/datasets", "/api/v1/datasets".into(), None, None),
         (
             "get",
@@ -2014,6 +2051,14 @@ async fn every_answer_of_every_route_matches_the_openapi_document() {
             "get",
             "/api/v1/views/event",
             format!("/api/v1/views/event?hex={site_a}&date=2025-04-02&weeks=3"),
+            None,
+            None,
+        ),
+        // A resolution the grid does not offer: 422, documented (it was not).
+        (
+            "get",
+            "/api/v1/views/event",
+            "/api/v1/views/event?zone=E&date=2025-04-02&res=12".into(),
             None,
             None,
         ),
@@ -2281,4 +2326,193 @@ async fn a_publication_beside_the_server_is_listed_as_it_goes_and_said_in_health
     assert!(health["publishing"].is_null(), "{health}");
     assert_eq!(listed(state.clone()).await, before + 2, "{health}");
     assert_eq!(health["releases"].as_u64(), Some(before + 2), "{health}");
+}
+
+/// Every public GET answer, asked plainly and with forwarded headers (and
+/// another Host): an answer that changes with them is never `public`, and
+/// none names the forwarded host (issue 23: a TileJSON cached publicly for
+/// a year followed `X-Forwarded-Host`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_varies_with_request_headers_is_never_publicly_cached() {
+    let (f, shared_state) = shared();
+    let mut with_url = ServeConfig::new(&f.data);
+    with_url.public_url = Some("https://maps.example.org".into());
+    let policy = hexflow::policy::Policy::load(&fixture("tiny.toml")).expect("policy");
+    let configured = Arc::new(AppState::new(vec![policy], with_url).expect("state"));
+    let id = first_release(shared_state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (x, y) = hexflow::render::mercator_px(5.385, 43.29, 14.0);
+    let uris = [
+        "/api/openapi.json".to_string(),
+        "/api/v1/openapi.json".into(),
+        "/api/v1/datasets".into(),
+        "/api/v1/datasets/tiny/area".into(),
+        "/api/v1/releases".into(),
+        format!("/api/v1/releases/{id}"),
+        format!("/api/v1/releases/{id}/values?bin=3"),
+        format!("/api/v1/releases/{id}/values?bin=3&format=geojson"),
+        format!(
+            "/api/v1/releases/{id}/series?hex={}",
+            h3o::LatLng::new(43.29, 5.385)
+                .expect("latlng")
+                .to_cell(h3o::Resolution::Eight)
+        ),
+        format!("/api/v1/releases/{id}/tilejson.json?bin=3"),
+        format!("/api/v1/releases/{id}/map.png?bin=3&width=320"),
+        format!(
+            "/api/v1/releases/{id}/tiles/14/{}/{}.png?bin=3",
+            (x / 256.0) as u32,
+            (y / 256.0) as u32
+        ),
+        "/api/v1/ledger".into(),
+        "/api/v1/ledger/releases".into(),
+        "/".into(),
+        "/web/map.js".into(),
+    ];
+    let ask = |state: &Arc<AppState>, uri: &str, host: &str, forwarded: bool| {
+        let mut r = Request::get(uri).header(header::HOST, host);
+        if forwarded {
+            r = r
+                .header("x-forwarded-host", "evil.example")
+                .header("x-forwarded-proto", "https")
+                .header(header::FORWARDED, "for=192.0.2.1;proto=https;host=evil.example");
+        }
+        let state = state.clone();
+        let req = r.body(Body::empty()).expect("request");
+        async move { send(&state, req).await }
+    };
+    let mut checked = 0;
+    for state in [shared_state, &configured] {
+        for uri in &uris {
+            let plain = ask(state, uri, "hexflow.local", false).await;
+            assert!(plain.status.is_success(), "{uri}: {}", plain.text());
+            let cc = plain.header(header::CACHE_CONTROL);
+            for (host, forwarded) in [("hexflow.local", true), ("other.example:81", false)] {
+                let other = ask(state, uri, host, forwarded).await;
+                assert_eq!(other.status, plain.status, "{uri}");
+                assert!(!other.text().contains("evil.example"), "{uri} names a forwarded host");
+                if other.body != plain.body || other.header(header::CACHE_CONTROL) != cc {
+                    for a in [&plain, &other] {
+                        let cc = a.header(header::CACHE_CONTROL);
+                        assert!(
+                            !cc.contains("public") && (cc.contains("private") || cc.contains("no-store")),
+                            "{uri} varies with the request's headers but is sent {cc:?}"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 2 * uris.len());
+    // With --public-url the TileJSON is public, the same for everyone,
+    // and says the configured URL; without it, private and the Host's.
+    let uri = format!("/api/v1/releases/{id}/tilejson.json?bin=3");
+    let a = ask(&configured, &uri, "hexflow.local", true).await;
+    assert!(a.header(header::CACHE_CONTROL).starts_with("public"));
+    assert!(
+        a.json()["tiles"][0]
+            .as_str()
+            .expect("tiles")
+            .starts_with(&format!("https://maps.example.org/api/v1/releases/{id}/tiles/")),
+        "{}",
+        a.text()
+    );
+    let b = ask(shared_state, &uri, "hexflow.local", true).await;
+    assert!(b.header(header::CACHE_CONTROL).starts_with("private"));
+    assert!(
+        b.json()["tiles"][0]
+            .as_str()
+            .expect("tiles")
+            .starts_with("http://hexflow.local/api/v1/"),
+        "{}",
+        b.text()
+    );
+    // Private for its URLs only: any page may still load it.
+    let cors = get_with(shared_state, &uri, header::ORIGIN, "https://maps.example.org").await;
+    assert_eq!(cors.header(header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+}
+
+/// Each bounded integer or number query parameter of the document, just
+/// outside its bounds, is refused with a 400 problem (schemathesis found
+/// `offset=4294967296`, `top=501` and `width=0` accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameters_outside_their_documented_bounds_are_refused() {
+    let (_, state) = shared();
+    let doc: Value = serde_json::from_str(hexflow::server::OPENAPI).expect("openapi");
+    let id = first_release(state).await["release_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let params = doc["components"]["parameters"].as_object().expect("parameters").clone();
+    let mut tried = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("ops") {
+            let Some(list) = op["parameters"].as_array() else {
+                continue;
+            };
+            for p in list {
+                let p = match p["$ref"].as_str() {
+                    Some(r) => &params[r.rsplit('/').next().expect("name")],
+                    None => p,
+                };
+                if p["in"] != "query" {
+                    continue;
+                }
+                let (name, schema) = (p["name"].as_str().expect("name"), &p["schema"]);
+                let mut outside = Vec::new();
+                let integer = schema["type"] == "integer";
+                if let Some(min) = schema["minimum"].as_f64() {
+                    outside.push(if integer {
+                        format!("{}", min as i64 - 1)
+                    } else {
+                        format!("{}", min - 0.5)
+                    });
+                }
+                if let Some(min) = schema["exclusiveMinimum"].as_f64() {
+                    outside.push(format!("{min}"));
+                }
+                if let Some(max) = schema["maximum"].as_f64() {
+                    outside.push(if integer {
+                        format!("{}", max as u64 + 1)
+                    } else {
+                        format!("{}", max + 0.5)
+                    });
+                }
+                for v in outside {
+                    // The other parameters a route needs to get as far as
+                    // this one.
+                    let needs = match path.as_str() {
+                        "/api/v1/releases/{id}/values" if name == "radius_m" => "near=5.385,43.29&",
+                        "/api/v1/views/seasonality" | "/api/v1/views/forecast" => "zone=E&",
+                        "/api/v1/views/event" => "zone=E&date=2025-03-05&",
+                        _ => "",
+                    };
+                    let uri = format!("{}?{needs}{name}={v}", path.replace("{id}", &id));
+                    let m = if method == "post" { Method::POST } else { Method::GET };
+                    let a = send(
+                        state,
+                        Request::builder()
+                            .method(m)
+                            .uri(&uri)
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .body(Body::from("{}"))
+                            .expect("request"),
+                    )
+                    .await;
+                    // 401: a token route refuses before reading its query.
+                    if a.status != StatusCode::UNAUTHORIZED {
+                        let detail = a.problem(StatusCode::BAD_REQUEST);
+                        assert!(detail.contains(name), "{uri}: {detail}");
+                    }
+                    tried.push(uri);
+                }
+            }
+        }
+    }
+    for must in ["offset=4294967296", "top=501", "width=319", "res=16", "limit=5001"] {
+        assert!(tried.iter().any(|u| u.contains(must)), "{must} not tried: {tried:?}");
+    }
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<(String, String), Route>>,
     /// Requests waiting for a render permit.
     renders_waiting: std::sync::atomic::AtomicI64,
+    /// Open connections and what closed them.
+    pub connections: super::conn::ConnStats,
 }
 
 impl Metrics {
@@ -144,6 +146,52 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(out, "# HELP hexflow_renders_waiting Requests queued for a render.");
     let _ = writeln!(out, "# TYPE hexflow_renders_waiting gauge");
     let _ = writeln!(out, "hexflow_renders_waiting {waiting}");
+    let c = &state.metrics.connections;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(out, "# HELP hexflow_connections_open Connections open now.");
+    let _ = writeln!(out, "# TYPE hexflow_connections_open gauge");
+    let _ = writeln!(
+        out,
+        "hexflow_connections_open {}",
+        c.open.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(out, "# HELP hexflow_connections_peak Most connections open at once.");
+    let _ = writeln!(out, "# TYPE hexflow_connections_peak gauge");
+    let _ = writeln!(
+        out,
+        "hexflow_connections_peak {}",
+        c.peak.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_connections_limit Most connections served at once (--max-connections); more wait to be accepted."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_connections_limit gauge");
+    let _ = writeln!(
+        out,
+        "hexflow_connections_limit {}",
+        c.limit.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(out, "# HELP hexflow_connections_accepted_total Connections accepted.");
+    let _ = writeln!(out, "# TYPE hexflow_connections_accepted_total counter");
+    let _ = writeln!(out, "hexflow_connections_accepted_total {}", load(&c.accepted));
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_connections_timed_out_total Connections closed by a timeout: idle (no request), headers (too slow), body (too slow), write (answer not read)."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_connections_timed_out_total counter");
+    for (reason, n) in [
+        ("idle", &c.idle_timeouts),
+        ("headers", &c.header_timeouts),
+        ("body", &c.body_timeouts),
+        ("write", &c.write_timeouts),
+    ] {
+        let _ = writeln!(
+            out,
+            "hexflow_connections_timed_out_total{{reason=\"{reason}\"}} {}",
+            load(n)
+        );
+    }
     (
         [
             (

@@ -8,10 +8,15 @@
 //!
 //! Release content never changes once written, so its responses carry a
 //! strong `ETag` and `Cache-Control: public, max-age=31536000, immutable`;
-//! the ledger, lists and health are `no-cache`. Errors are RFC 9457
-//! problem+json documents whose `detail` says what to change.
+//! the ledger, lists and health are `no-cache`. No request header goes
+//! into a publicly cached answer: URLs written into one come from
+//! `--public-url`, else from the request's `Host` in an answer sent
+//! `private`; forwarded headers are never read. Errors are RFC 9457
+//! problem+json documents whose `detail` says what to change. Connections
+//! are served by [`conn`], with timeouts and a bound on their number.
 
 mod admin;
+mod conn;
 mod data;
 mod metrics;
 mod releases;
@@ -36,6 +41,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::policy::Policy;
 use crate::privacy::ledger::{Ledger, LedgerUrl};
 use crate::release::Releaser;
+pub use conn::{BODY_PROGRESS_BYTES, ConnLimits};
 pub use data::{ReleaseIndex, ReleaseSummary};
 
 /// The OpenAPI document (hand-written; a test checks it names every route).
@@ -47,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
+    ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/datasets"),
     ("get", "/api/v1/datasets/{dataset}/area"),
     ("get", "/api/v1/releases"),
@@ -78,11 +85,16 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     /// Largest uploaded delivery (bytes).
     pub max_upload_bytes: usize,
-    /// Absolute base URL used in TileJSON documents (else the Host header).
+    /// Absolute base URL of the server as clients see it (`--public-url`):
+    /// the only base written into publicly cacheable answers (TileJSON).
+    /// Without it URLs follow the request's `Host` and those answers are
+    /// `private`; forwarded headers are never read.
     pub public_url: Option<String>,
     /// The privacy ledger (`--ledger`): the data dir's SQLite file, or a
     /// PostgreSQL ledger shared with other instances.
     pub ledger: LedgerUrl,
+    /// Timeouts and the bound on open connections.
+    pub limits: ConnLimits,
 }
 
 impl ServeConfig {
@@ -93,6 +105,7 @@ impl ServeConfig {
             max_upload_bytes: 512 << 20,
             public_url: None,
             ledger: LedgerUrl::in_data_dir(data_dir),
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -394,10 +407,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .route("/api/openapi.json", get(openapi))
-        .nest("/api/v1", api)
+        .nest("/api/v1", api.route("/openapi.json", get(openapi)))
         .merge(web::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), conn::slow_bodies))
+        .layer(axum::middleware::from_fn(problems_only))
         .layer(axum::middleware::from_fn(uri_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
@@ -435,13 +450,23 @@ async fn public_release_cors(req: Request, next: axum::middleware::Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("private"));
     let ok = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
-    if open && ok && (!private || signed) && !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+    let open_content = resp.extensions().get::<OpenToAnyOrigin>().is_some();
+    if open
+        && ok
+        && (!private || signed || open_content)
+        && !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("ETag"));
     }
     resp
 }
+
+/// Marks an answer `private` for another reason than its audience (a URL
+/// made from the request's `Host`): still sent with CORS `*`.
+#[derive(Debug, Clone, Copy)]
+struct OpenToAnyOrigin;
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
@@ -476,11 +501,22 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     on_ready(listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    serve_until(state, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, with the
+/// timeouts and the connection bound of `state.config.limits` (see
+/// [`conn`]); the answers in flight finish first.
+pub async fn serve_until(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = router(state.clone());
+    conn::serve_connections(state, app, listener, shutdown).await?;
     Ok(())
 }
 
@@ -895,6 +931,43 @@ impl From<axum::extract::rejection::JsonRejection> for Problem {
         };
         Problem::new(e.status(), title, detail)
     }
+}
+
+/// Every error is a problem document: an error answer of another type
+/// (a rejection axum or tower-http answered in text) is rewritten as one,
+/// its text as the detail (a 5xx's only in the log).
+async fn problems_only(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/problem+json");
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let reason = status.canonical_reason().unwrap_or("error").to_ascii_lowercase();
+    let problem = if status.is_server_error() {
+        Problem::internal(&reason, if text.is_empty() { &reason } else { &text })
+    } else {
+        let detail = if text.is_empty() { reason.clone() } else { text };
+        Problem::new(status, &reason, detail)
+    };
+    let mut out = problem.into_response();
+    for h in [
+        header::ALLOW,
+        header::WWW_AUTHENTICATE,
+        header::RETRY_AFTER,
+        header::VARY,
+    ] {
+        if let Some(v) = parts.headers.get(&h) {
+            out.headers_mut().insert(h, v.clone());
+        }
+    }
+    out
 }
 
 /// Longest request target (path and query) answered; longer ones get a

@@ -158,6 +158,10 @@ pub async fn list(
     if limit == 0 || limit > MAX_LIST {
         return Err(Problem::bad_request(format!("limit must be in 1..={MAX_LIST}")));
     }
+    // The document's bound (a 32-bit count), whatever usize is here.
+    if q.offset.is_some_and(|o| o > u32::MAX as usize) {
+        return Err(Problem::bad_request(format!("offset must be in 0..={}", u32::MAX)));
+    }
     let index = state.index.read().map_err(|e| Problem::internal("release index", e))?;
     let version = index.version();
     // The caller's right to read `audience` was checked above; the body
@@ -236,22 +240,35 @@ async fn load(state: &Arc<AppState>, headers: &HeaderMap, id: &str) -> Result<Ar
     load_as(state, headers, id, None).await
 }
 
-/// [`load`], or with a signed URL's (expiry, signature) instead of a token.
+/// A signed tile URL's expiry, signature and `bin=` as written.
+#[derive(Debug, Clone, Copy)]
+struct Signed<'a> {
+    expires: i64,
+    sig: &'a str,
+    bin: &'a str,
+}
+
+/// [`load`], or with a signed URL instead of a token.
 async fn load_as(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     id: &str,
-    signed: Option<(i64, &str)>,
+    signed: Option<Signed<'_>>,
 ) -> Result<Arc<ReleaseData>, Problem> {
     let s = match signed {
         None => find(state, headers, id).await?,
-        Some((expires, sig)) => {
+        Some(signed) => {
             let key = state.tile_key()?;
-            if !super::signing::verify(key, id, expires, sig, chrono::Utc::now().timestamp()) {
+            let grant = super::signing::Grant {
+                release_id: id,
+                bin: signed.bin,
+                expires: signed.expires,
+            };
+            if !super::signing::verify(key, grant, signed.sig, chrono::Utc::now().timestamp()) {
                 return Err(Problem::new(
                     StatusCode::FORBIDDEN,
                     "bad or expired signature",
-                    "this signed tile URL is not valid for this release, or has expired: ask for a new one (POST /api/v1/releases/{id}/tile-url with your token)",
+                    "this signed tile URL is not valid for this release and bin, or has expired (URLs signed before hexflow signed the bin too are no longer valid): ask for a new one (POST /api/v1/releases/{id}/tile-url with your token)",
                 ));
             }
             summary(state, id)?
@@ -865,7 +882,7 @@ async fn hex_bin_as(
     headers: &HeaderMap,
     id: &str,
     bin: Option<&str>,
-    signed: Option<(i64, &str)>,
+    signed: Option<Signed<'_>>,
 ) -> Result<(Arc<ReleaseData>, usize), Problem> {
     let data = load_as(state, headers, id, signed).await?;
     footfall_only(&data)?;
@@ -905,8 +922,16 @@ pub async fn map_png(
     q: Result<Query<MapQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let (Path(id), Query(q)) = (path?, q?);
+    let width = q.width.unwrap_or(1000);
+    if !(render::MIN_MAP_PX..=render::MAX_MAP_PX).contains(&width) {
+        return Err(Problem::bad_request(format!(
+            "width must be in {}..={} pixels",
+            render::MIN_MAP_PX,
+            render::MAX_MAP_PX
+        )));
+    }
     let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
-    let width = render::map_width(q.width.unwrap_or(1000));
+    let width = render::map_width(width);
     let ds = state.dataset(&data.manifest.spec.dataset)?.clone();
     let parts = [
         "map".to_string(),
@@ -1008,11 +1033,21 @@ pub async fn tile_url(
     let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
     let key = state.tile_key()?;
     let expires = chrono::Utc::now().timestamp() + ttl;
-    let sig = super::signing::sign(key, &data.manifest.release_id, expires);
-    let base = public_base(&state, &headers);
+    // The URL says `bin={b}`: the signature covers that very text.
+    let bin = b.to_string();
+    let sig = super::signing::sign(
+        key,
+        super::signing::Grant {
+            release_id: &data.manifest.release_id,
+            bin: &bin,
+            expires,
+        },
+    );
+    let base = public_base(&state, &headers).url;
     let expires_at = chrono::DateTime::<chrono::Utc>::from_timestamp(expires, 0).unwrap_or_default();
     Ok((
-        no_cache(),
+        // A credential for whoever holds it: kept by no cache.
+        [(header::CACHE_CONTROL, "no-store")],
         Json(json!({
             "release_id": id,
             "tiles": format!("{base}/api/v1/releases/{id}/tiles/{{z}}/{{x}}/{{y}}.png?bin={b}&exp={expires}&sig={sig}"),
@@ -1022,51 +1057,62 @@ pub async fn tile_url(
         .into_response())
 }
 
-/// The base URL of this server as clients see it: `--public-url`, else
-/// what the request says ([`base_url`]).
-fn public_base(state: &AppState, headers: &HeaderMap) -> String {
-    match &state.config.public_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => base_url(headers),
-    }
+/// The base URL written into an answer, and whether that answer may be
+/// kept by a shared cache.
+///
+/// `--public-url` is configuration: an answer built on it is the same for
+/// every client and may be cached publicly. Without it the base is the
+/// request's own `Host` (plain HTTP), and the answer must be `private`: a
+/// shared cache would otherwise hand one client's `Host` to every other.
+/// `Forwarded` and `X-Forwarded-*` are never read — any client can send
+/// them, and a proxy passes them on unless told not to (issue 23: one
+/// request with `X-Forwarded-Host: evil.example` behind nginx's
+/// `proxy_cache` sent every later client's tiles to evil.example).
+pub(super) struct Base {
+    pub url: String,
+    pub shareable: bool,
 }
 
-/// The scheme and host a client used, behind a TLS-terminating proxy too:
-/// `Forwarded` (RFC 7239) first, then `X-Forwarded-Proto`/`-Host`, then
-/// `Host` over plain HTTP.
-pub fn base_url(headers: &HeaderMap) -> String {
-    let text = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    let mut proto = None;
-    let mut host = None;
-    if let Some(fwd) = text("forwarded") {
-        // The first hop's element: the client's view of the URL.
-        for pair in fwd.split(',').next().unwrap_or_default().split(';') {
-            let (k, v) = pair.split_once('=').unwrap_or_default();
-            let v = v.trim().trim_matches('"');
-            match k.trim().to_ascii_lowercase().as_str() {
-                "proto" => proto = Some(v.to_string()),
-                "host" => host = Some(v.to_string()),
-                _ => {}
+fn public_base(state: &AppState, headers: &HeaderMap) -> Base {
+    match &state.config.public_url {
+        Some(u) => Base {
+            url: u.trim_end_matches('/').to_string(),
+            shareable: true,
+        },
+        None => {
+            warn_forwarded_without_public_url(headers);
+            Base {
+                url: host_url(headers),
+                shareable: false,
             }
         }
     }
-    let first = |v: &str| v.split(',').next().unwrap_or_default().trim().to_string();
-    proto = proto.or_else(|| text("x-forwarded-proto").map(first));
-    host = host.or_else(|| text("x-forwarded-host").map(first));
-    let host = host
-        .or_else(|| text("host").map(str::to_string))
-        .unwrap_or_else(|| "localhost".into());
-    let proto = match proto.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        Some("https") => "https",
-        _ => "http",
-    };
-    // A host with anything but host and port characters is not used in a URL.
-    let host = if host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
-        host
-    } else {
-        "localhost".into()
-    };
-    format!("{proto}://{host}")
+}
+
+/// Behind a proxy without `--public-url` the URLs written name the proxy's
+/// upstream (`http://hexflow/…` for nginx's `proxy_pass http://hexflow`):
+/// said once in the log, the first time a request shows a proxy.
+fn warn_forwarded_without_public_url(headers: &HeaderMap) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let proxied = ["forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-for"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    if proxied && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "a request came through a proxy but --public-url is not set: TileJSON and tile URLs name this request's Host header over plain HTTP and are sent private; set --public-url to the URL clients use"
+        );
+    }
+}
+
+/// `http://` and the request's own `Host` (`localhost` when it has none,
+/// or one with characters that do not belong in a host).
+pub fn host_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
+        .unwrap_or("localhost");
+    format!("http://{host}")
 }
 
 /// [west, south, east, north] of the covered hexes of a release.
@@ -1089,7 +1135,7 @@ pub async fn tilejson(
     let (Path(id), Query(q)) = (path?, q?);
     let (data, b) = hex_bin(&state, &headers, &id, q.bin.as_deref()).await?;
     let ds = state.dataset(&data.manifest.spec.dataset)?;
-    let base = public_base(&state, &headers);
+    let Base { url: base, shareable } = public_base(&state, &headers);
     // The hexes' extent, not the study area's box: clients that respect
     // `bounds` would cut the hexes that reach past the area's edge.
     let bbox = hex_extent(&data).unwrap_or_else(|| crate::grid::bbox(&ds.releaser.grid.area));
@@ -1105,16 +1151,21 @@ pub async fn tilejson(
         "bounds": bbox,
         "center": [(bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0, 11],
     });
-    Ok(immutable(
+    let mut resp = immutable(
         &state,
         &headers,
         (
             &["tilejson", &id, &m.values_sha256, &b.to_string(), &base],
-            is_public(&data),
+            is_public(&data) && shareable,
         ),
         "application/json",
         || serde_json::to_vec(&doc).map_err(|e| Problem::internal("tilejson", e)),
-    ))
+    );
+    if is_public(&data) {
+        // Private only for its Host-made URLs: still any page's to load.
+        resp.extensions_mut().insert(super::OpenToAnyOrigin);
+    }
+    Ok(resp)
 }
 
 pub async fn tile(
@@ -1139,7 +1190,11 @@ pub async fn tile(
         ));
     }
     let signed = match (q.exp, q.sig.as_deref()) {
-        (Some(e), Some(sig)) => Some((e, sig)),
+        (Some(expires), Some(sig)) => Some(Signed {
+            expires,
+            sig,
+            bin: q.bin.as_deref().unwrap_or_default(),
+        }),
         (None, None) => None,
         _ => return Err(Problem::bad_request("a signed tile URL has both exp= and sig=")),
     };

@@ -2,7 +2,13 @@
 //! tiles in an image-tile client (QGIS, Leaflet, MapLibre), which cannot
 //! send an `Authorization` header. The token never goes into a URL: the
 //! holder asks for a URL signed with a key of this data dir, valid for one
-//! release until an expiry.
+//! bin of one release until an expiry.
+//!
+//! The signature covers the release, the `bin=` value as written in the URL
+//! and the expiry (`hexflow-tile-url|v2|…`). URLs signed before the bin was
+//! covered (v1, release and expiry only) are refused like any bad signature:
+//! they lived a day at most, and accepting them until then would keep the
+//! bin open to change; their holders ask for a new URL.
 //!
 //! The key is 32 random bytes in `<data-dir>/secrets/tile-url.key` (mode
 //! 0600), made on first use and shared by every server on the data dir;
@@ -56,44 +62,75 @@ pub fn key(data_dir: &Path) -> Result<Vec<u8>, Problem> {
     Ok(k)
 }
 
-fn mac(key: &[u8], release_id: &str, expires: i64) -> Hmac<Sha256> {
+/// What a signed URL grants: one bin of one release until an expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    pub release_id: &'a str,
+    /// The URL's `bin=` value exactly as written (empty when absent).
+    pub bin: &'a str,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+fn mac(key: &[u8], g: Grant<'_>) -> Hmac<Sha256> {
     // A 32-byte key is always accepted.
     let mut m =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    m.update(format!("hexflow-tile-url|{release_id}|{expires}").as_bytes());
+    // Release ids and bins hold no `|`, so the fields cannot run together.
+    m.update(format!("hexflow-tile-url|v2|{}|{}|{}", g.release_id, g.bin, g.expires).as_bytes());
     m
 }
 
-/// The signature of a URL for `release_id` valid until `expires` (Unix s).
-pub fn sign(key: &[u8], release_id: &str, expires: i64) -> String {
-    crate::util::hex(&mac(key, release_id, expires).finalize().into_bytes())
+/// The signature of a URL granting `g`.
+pub fn sign(key: &[u8], g: Grant<'_>) -> String {
+    crate::util::hex(&mac(key, g).finalize().into_bytes())
 }
 
-/// Whether `sig` signs `release_id` until `expires` and has not expired
-/// (compared in constant time).
-pub fn verify(key: &[u8], release_id: &str, expires: i64, sig: &str, now: i64) -> bool {
-    if expires < now || sig.len() != 64 {
+/// Whether `sig` signs `g` and `g` has not expired (compared in constant
+/// time).
+pub fn verify(key: &[u8], g: Grant<'_>, sig: &str, now: i64) -> bool {
+    if g.expires < now || sig.len() != 64 {
         return false;
     }
     let bytes: Option<Vec<u8>> = (0..32)
         .map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
-    bytes.is_some_and(|b| mac(key, release_id, expires).verify_slice(&b).is_ok())
+    bytes.is_some_and(|b| mac(key, g).verify_slice(&b).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn grant<'a>(release_id: &'a str, bin: &'a str, expires: i64) -> Grant<'a> {
+        Grant {
+            release_id,
+            bin,
+            expires,
+        }
+    }
+
     #[test]
-    fn a_signature_holds_for_its_release_until_it_expires_only() {
+    fn a_signature_holds_for_its_release_and_bin_until_it_expires_only() {
         let key = [7u8; 32];
-        let sig = sign(&key, "r-1", 1_000);
-        assert!(verify(&key, "r-1", 1_000, &sig, 999));
-        assert!(!verify(&key, "r-1", 1_000, &sig, 1_001), "expired");
-        assert!(!verify(&key, "r-2", 1_000, &sig, 999), "another release");
-        assert!(!verify(&key, "r-1", 2_000, &sig, 999), "a later expiry");
-        assert!(!verify(&[8u8; 32], "r-1", 1_000, &sig, 999), "another key");
-        assert!(!verify(&key, "r-1", 1_000, "zz", 999));
+        let sig = sign(&key, grant("r-1", "3", 1_000));
+        assert!(verify(&key, grant("r-1", "3", 1_000), &sig, 999));
+        assert!(!verify(&key, grant("r-1", "3", 1_000), &sig, 1_001), "expired");
+        assert!(!verify(&key, grant("r-2", "3", 1_000), &sig, 999), "another release");
+        assert!(!verify(&key, grant("r-1", "4", 1_000), &sig, 999), "another bin");
+        assert!(!verify(&key, grant("r-1", "", 1_000), &sig, 999), "no bin");
+        assert!(!verify(&key, grant("r-1", "3", 2_000), &sig, 999), "a later expiry");
+        assert!(!verify(&[8u8; 32], grant("r-1", "3", 1_000), &sig, 999), "another key");
+        assert!(!verify(&key, grant("r-1", "3", 1_000), "zz", 999));
+    }
+
+    #[test]
+    fn a_signature_made_before_bins_were_covered_is_refused() {
+        let key = [7u8; 32];
+        let mut v1 = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("key");
+        v1.update(b"hexflow-tile-url|r-1|1000");
+        let old = crate::util::hex(&v1.finalize().into_bytes());
+        assert!(!verify(&key, grant("r-1", "3", 1_000), &old, 999));
+        assert!(!verify(&key, grant("r-1", "", 1_000), &old, 999));
     }
 }

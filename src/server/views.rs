@@ -619,6 +619,11 @@ pub async fn event(
 ) -> Result<Response, Problem> {
     let Query(q) = q?;
     let ds = state.pick(q.dataset.as_ref())?.clone();
+    if q.res.is_some_and(|r| r > 15) {
+        return Err(Problem::bad_request(
+            "res must be an H3 resolution, a whole number from 0 to 15",
+        ));
+    }
     let weeks = weeks(q.weeks)?;
     let q_format = format(q.format.as_deref())?;
     let st = state.clone();
@@ -1016,7 +1021,10 @@ pub async fn flows(
                 .ok_or_else(|| Problem::bad_request(format!("hours={s:?}: expected a-b with 0 ≤ a < b ≤ 24")))?,
         ),
     };
-    let top = q.top.unwrap_or(20).clamp(1, 500);
+    let top = q.top.unwrap_or(20);
+    if !(1..=500).contains(&top) {
+        return Err(Problem::bad_request("top must be in 1..=500"));
+    }
     let png = format(q.format.as_deref())?;
     let st = state.clone();
     let ds2 = ds.clone();

@@ -80,7 +80,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/views", get(|h: HeaderMap| async move { file("views.html", &h) }))
         .route(
             "/web/{file}",
-            get(|Path(name): Path<String>, h: HeaderMap| async move { file(&name, &h) }),
+            get(
+                |name: Result<Path<String>, axum::extract::rejection::PathRejection>, h: HeaderMap| async move {
+                    // A name that is not UTF-8 once decoded (`%C0%AE`): a
+                    // problem like any other bad path, not axum's text.
+                    match name {
+                        Ok(Path(name)) => file(&name, &h),
+                        Err(e) => Problem::from(e).into_response(),
+                    }
+                },
+            ),
         )
 }
 
