@@ -191,6 +191,9 @@ pub struct ReleaseData {
     pub scale_max: f64,
     /// Boundary (lon, lat) of every hex or zone in the keys.
     pub boundaries: HashMap<CellIndex, Vec<(f64, f64)>>,
+    /// What all of this holds in memory ([`Self::heap_bytes`]), counted
+    /// once at load: the value cache is bounded by it.
+    bytes: usize,
 }
 
 impl ReleaseData {
@@ -368,7 +371,10 @@ impl ReleaseData {
                     .or_insert_with(|| c.boundary().iter().map(|ll| (ll.lng(), ll.lat())).collect());
             }
         }
-        Ok(Self {
+        // The manifest's JSON as a stand-in for its in-memory size (a few
+        // KiB: strings, a spec, expected errors).
+        let manifest_bytes = std::fs::metadata(dir.join("manifest.json")).map_or(0, |m| m.len() as usize);
+        let mut data = Self {
             tz: manifest.timezone.parse().unwrap_or(chrono_tz::UTC),
             manifest,
             bins,
@@ -387,7 +393,54 @@ impl ReleaseData {
             noise_sd,
             scale_max,
             boundaries,
-        })
+            bytes: 0,
+        };
+        data.bytes = data.heap_bytes() + manifest_bytes;
+        Ok(data)
+    }
+
+    /// Bytes this release holds in memory: every vector's capacity times
+    /// its element's size, the strings, and the boundary map with its
+    /// rings (a hash map's slot is its key, its value and one control
+    /// byte); the allocator's own overhead is not counted. For a hex
+    /// footfall release it is 42 bytes a value (7 vectors of 8 or 1
+    /// bytes) and ~150 bytes a hex (its key and outline): a daily release,
+    /// one value a hex, holds ~190 bytes a value.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn vec<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        let strings = |v: &Vec<String>| vec(v) + v.iter().map(String::capacity).sum::<usize>();
+        let opt = |v: &Option<Vec<Option<f64>>>| v.as_ref().map_or(0, vec);
+        let groups = vec(&self.groups)
+            + self
+                .groups
+                .iter()
+                .map(|(a, b)| a.capacity() + b.capacity())
+                .sum::<usize>();
+        let boundaries = self.boundaries.capacity() * (size_of::<(CellIndex, Vec<(f64, f64)>)>() + 1)
+            + self.boundaries.values().map(vec).sum::<usize>();
+        size_of::<Self>()
+            + vec(&self.bins)
+            + vec(&self.keys)
+            + strings(&self.zone_ids)
+            + groups
+            + opt(&self.people)
+            + opt(&self.people_ci95)
+            + vec(&self.value)
+            + vec(&self.ci95)
+            + vec(&self.low)
+            + vec(&self.covered)
+            + vec(&self.estimate)
+            + vec(&self.estimate_ci95)
+            + vec(&self.noise_sd)
+            + boundaries
+    }
+
+    /// [`Self::heap_bytes`] as counted at load (with the manifest's).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Index range of bin `b`'s values.
@@ -398,26 +451,35 @@ impl ReleaseData {
 }
 
 /// Recently used releases (values are immutable, so entries never go
-/// stale), bounded by the number of values held rather than of releases:
-/// a view reads hundreds of small daily releases, a map one large hourly
-/// one, and both should stay in memory between requests.
+/// stale), bounded by the bytes they hold ([`ReleaseData::bytes`]) rather
+/// than by the number of releases: a view reads hundreds of small daily
+/// releases, a map one large hourly one, and both should stay in memory
+/// between requests.
 #[derive(Default)]
 pub struct Cache {
-    entries: Mutex<VecDeque<(String, Arc<ReleaseData>)>>,
+    inner: Mutex<CacheInner>,
 }
 
-/// Most values kept (about 20 bytes each with keys and flags).
-const CACHE_VALUES: usize = 8_000_000;
+#[derive(Default)]
+struct CacheInner {
+    /// Most recently used first.
+    entries: VecDeque<(String, Arc<ReleaseData>)>,
+    bytes: usize,
+}
+
+/// Most bytes of release values kept. It was 8 M values, said to be 20
+/// bytes each, but they were ~60 (issue 23: serve at 1.2–1.36 GB).
+pub const CACHE_BYTES: usize = 256 << 20;
 
 impl Cache {
     /// The release's data if it is in memory (no I/O: safe on the async
     /// runtime, which a hit then never leaves).
     pub fn get(&self, id: &str) -> Option<Arc<ReleaseData>> {
-        let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pos = e.iter().position(|(k, _)| k == id)?;
-        let hit = e.remove(pos)?;
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pos = c.entries.iter().position(|(k, _)| k == id)?;
+        let hit = c.entries.remove(pos)?;
         let data = hit.1.clone();
-        e.push_front(hit);
+        c.entries.push_front(hit);
         Some(data)
     }
 
@@ -426,14 +488,75 @@ impl Cache {
             return Ok(data);
         }
         let data = Arc::new(ReleaseData::load(dir)?);
-        let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        e.push_front((id.to_string(), data.clone()));
-        let mut held: usize = e.iter().map(|(_, d)| d.value.len()).sum();
-        while held > CACHE_VALUES && e.len() > 1 {
-            if let Some((_, old)) = e.pop_back() {
-                held -= old.value.len();
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Loaded twice at once: keep the first, count it once.
+        if let Some((_, held)) = c.entries.iter().find(|(k, _)| k == id) {
+            return Ok(held.clone());
+        }
+        c.bytes += data.bytes() + id.len();
+        c.entries.push_front((id.to_string(), data.clone()));
+        // The one just loaded stays, even alone over the bound: it is in
+        // use (and counted) until its request ends.
+        while c.bytes > CACHE_BYTES && c.entries.len() > 1 {
+            if let Some((k, old)) = c.entries.pop_back() {
+                c.bytes -= old.bytes() + k.len();
             }
         }
         Ok(data)
+    }
+
+    /// (releases, bytes) held now.
+    pub fn size(&self) -> (usize, usize) {
+        let c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (c.entries.len(), c.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counted bytes are what the vectors hold: at least 42 bytes per
+    /// value of a hex footfall release (7 value vectors of 8 or 1 bytes),
+    /// a key per hex and its outline, never the 20 a value the old
+    /// comment said.
+    #[test]
+    fn a_release_counts_what_its_vectors_hold() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let policy = crate::policy::Policy::load(&dir.join("tiny.toml")).expect("policy");
+        let grid = policy.load_grid().expect("grid");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let day: NaiveDate = "2025-03-03".parse().expect("day");
+        let sim = tmp.path().join("sim");
+        crate::simulate::simulate(&grid, day, day, &sim, crate::simulate::Format::Csv, 7, None).expect("simulate");
+        let ingestor = crate::ingest::Ingestor::new(policy.clone(), &data).expect("ingestor");
+        for e in std::fs::read_dir(&sim).expect("sim").flatten() {
+            if e.path().extension().is_some_and(|x| x == "csv") {
+                ingestor.ingest(&e.path(), Default::default()).expect("ingest");
+            }
+        }
+        let releaser = crate::release::Releaser::new(policy, &data).expect("releaser");
+        crate::release::publish::publish(&releaser, &data).expect("publish");
+        let rel = std::fs::read_dir(data.join("releases/tiny"))
+            .expect("releases")
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("r-"))
+            .expect("a release")
+            .path();
+        let r = ReleaseData::load(&rel).expect("load");
+        let values = r.value.len();
+        assert!(values > 0);
+        let per_value = (8 * 5 + 2) * values + std::mem::size_of::<Key>() * r.keys.len();
+        let rings: usize = r.boundaries.values().map(|b| b.len() * 16).sum();
+        assert!(r.bytes() >= per_value + rings, "{} < {per_value} + {rings}", r.bytes());
+        // And not wildly more: the slack is capacity, the map and the manifest.
+        assert!(r.bytes() <= 2 * (per_value + rings) + (64 << 10), "{}", r.bytes());
+
+        // The cache holds what it says and never more than its bound
+        // beyond the entry in use.
+        let cache = Cache::default();
+        cache.get_or_load("r", &rel).expect("load");
+        assert_eq!(cache.size(), (1, r.bytes() + 1));
     }
 }

@@ -135,6 +135,33 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(out, "# HELP hexflow_body_cache_entries Answers kept in the body cache.");
     let _ = writeln!(out, "# TYPE hexflow_body_cache_entries gauge");
     let _ = writeln!(out, "hexflow_body_cache_entries {entries}");
+    let (releases_held, value_bytes) = state.cache.size();
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_value_cache_bytes Bytes of release values (with keys and hex outlines) kept in memory."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_value_cache_bytes gauge");
+    let _ = writeln!(out, "hexflow_value_cache_bytes {value_bytes}");
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_value_cache_limit_bytes Most bytes the value cache keeps (beyond the release in use)."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_value_cache_limit_bytes gauge");
+    let _ = writeln!(out, "hexflow_value_cache_limit_bytes {}", super::data::CACHE_BYTES);
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_value_cache_releases Releases kept in the value cache."
+    );
+    let _ = writeln!(out, "# TYPE hexflow_value_cache_releases gauge");
+    let _ = writeln!(out, "hexflow_value_cache_releases {releases_held}");
+    let list_bytes = state.lists.bytes() + state.ledger_bodies.bytes();
+    let _ = writeln!(
+        out,
+        "# HELP hexflow_list_cache_bytes Bytes of release lists and ledger answers kept (at most {} each).",
+        super::LIST_CACHE_BYTES
+    );
+    let _ = writeln!(out, "# TYPE hexflow_list_cache_bytes gauge");
+    let _ = writeln!(out, "hexflow_list_cache_bytes {list_bytes}");
     let busy = super::render_permits() - state.renders.available_permits();
     let _ = writeln!(
         out,

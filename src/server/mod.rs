@@ -633,7 +633,27 @@ fn no_cache() -> [(header::HeaderName, HeaderValue); 1] {
 /// clients polling it cost one serialisation per version and query.
 #[derive(Default)]
 struct ListCache {
-    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, axum::body::Bytes>)>,
+    inner: std::sync::Mutex<ListCacheInner>,
+}
+
+#[derive(Default)]
+struct ListCacheInner {
+    version: u64,
+    bodies: std::collections::HashMap<String, axum::body::Bytes>,
+    bytes: usize,
+}
+
+/// Bytes a cache counts for an entry beside its body: the key, and the
+/// map's and queue's slots with the allocations' headers (measured
+/// ~100–150 bytes; counted high).
+const ENTRY_OVERHEAD_BYTES: usize = 192;
+
+/// A body without spare capacity, so that what caches count (its length)
+/// is what it holds: a `Vec` grown by doubling can hold twice its length,
+/// and `Bytes` keeps all of it.
+fn tight(mut v: Vec<u8>) -> axum::body::Bytes {
+    v.shrink_to_fit();
+    axum::body::Bytes::from(v)
 }
 
 /// See [`AppState::ledger_version`].
@@ -648,27 +668,43 @@ struct LedgerWatch {
     listening: bool,
 }
 
-/// Most distinct list queries kept per index version.
-const LIST_CACHE_ENTRIES: usize = 1024;
+/// Most bytes of lists (or ledger answers) kept per index version: past
+/// it, further queries are answered without being kept.
+pub const LIST_CACHE_BYTES: usize = 32 << 20;
 
 impl ListCache {
     fn get(&self, version: u64, key: &str) -> Option<axum::body::Bytes> {
         let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (inner.0 == version).then(|| inner.1.get(key).cloned()).flatten()
+        (inner.version == version)
+            .then(|| inner.bodies.get(key).cloned())
+            .flatten()
     }
 
     fn put(&self, version: u64, key: String, body: axum::body::Bytes) {
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if inner.0 != version {
+        if inner.version != version {
             // A newer index: every list of the old one is stale.
-            if inner.0 > version {
+            if inner.version > version {
                 return;
             }
-            *inner = (version, std::collections::HashMap::new());
+            *inner = ListCacheInner {
+                version,
+                ..ListCacheInner::default()
+            };
         }
-        if inner.1.len() < LIST_CACHE_ENTRIES {
-            inner.1.insert(key, body);
+        let cost = body.len() + key.len() + ENTRY_OVERHEAD_BYTES;
+        if inner.bytes + cost <= LIST_CACHE_BYTES && !inner.bodies.contains_key(&key) {
+            inner.bytes += cost;
+            inner.bodies.insert(key, body);
         }
+    }
+
+    /// Bytes held now.
+    fn bytes(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .bytes
     }
 }
 
@@ -683,11 +719,17 @@ struct BodyCache {
 struct BodyCacheInner {
     bodies: std::collections::HashMap<String, (axum::body::Bytes, &'static str)>,
     order: std::collections::VecDeque<String>,
+    /// Bodies, keys (held twice) and [`ENTRY_OVERHEAD_BYTES`] each.
     bytes: usize,
 }
 
 /// Most bytes kept by the body cache (oldest entries leave first).
 const BODY_CACHE_BYTES: usize = 256 << 20;
+
+/// What the body cache counts for an entry.
+fn body_cost(etag: &str, body: &axum::body::Bytes) -> usize {
+    body.len() + 2 * etag.len() + ENTRY_OVERHEAD_BYTES
+}
 
 impl BodyCache {
     /// (entries, bytes) held now.
@@ -709,13 +751,13 @@ impl BodyCache {
         if inner.bodies.contains_key(&etag) {
             return;
         }
-        inner.bytes += body.len();
+        inner.bytes += body_cost(&etag, &body);
         inner.order.push_back(etag.clone());
         inner.bodies.insert(etag, (body, content_type));
         while inner.bytes > BODY_CACHE_BYTES {
             let Some(old) = inner.order.pop_front() else { break };
             if let Some((b, _)) = inner.bodies.remove(&old) {
-                inner.bytes -= b.len();
+                inner.bytes -= body_cost(&old, &b);
             }
         }
     }
@@ -788,7 +830,7 @@ fn immutable(
     match body() {
         Ok(bytes) => {
             let etag = etag_of(parts);
-            let bytes = axum::body::Bytes::from(bytes);
+            let bytes = tight(bytes);
             state.bodies.put(etag.clone(), bytes.clone(), content_type);
             (
                 immutable_headers(&etag, public),

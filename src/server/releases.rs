@@ -190,7 +190,7 @@ pub async fn list(
             let page: Vec<&ReleaseSummary> = matching.into_iter().skip(offset).take(limit).collect();
             // Say that the list pages, and where the next page starts.
             let next_offset = (offset.saturating_add(page.len()) < total).then(|| offset + page.len());
-            let body = axum::body::Bytes::from(
+            let body = super::tight(
                 serde_json::to_vec(
                     &json!({ "total": total, "offset": offset, "limit": limit, "next_offset": next_offset, "releases": page }),
                 )
@@ -1286,7 +1286,7 @@ async fn ledger_cached(
         Some(body) => body,
         None => {
             let value = blocking(build).await?;
-            let body = axum::body::Bytes::from(serde_json::to_vec(&value).map_err(|e| Problem::internal("ledger", e))?);
+            let body = super::tight(serde_json::to_vec(&value).map_err(|e| Problem::internal("ledger", e))?);
             if let Some(v) = version {
                 state.ledger_bodies.put(v, key, body.clone());
             }
