@@ -981,11 +981,13 @@ impl From<axum::extract::rejection::JsonRejection> for Problem {
 async fn problems_only(req: Request, next: axum::middleware::Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
-    let is_problem = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == b"application/problem+json");
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // Problems, and JSON documents a handler chose to send with an error
+    // status (`/healthz`'s 503 says which part is away), stay as they are.
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v == b"application/problem+json" || v.starts_with(b"application/json")
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -993,7 +995,9 @@ async fn problems_only(req: Request, next: axum::middleware::Next) -> Response {
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let reason = status.canonical_reason().unwrap_or("error").to_ascii_lowercase();
     let problem = if status.is_server_error() {
-        Problem::internal(&reason, if text.is_empty() { &reason } else { &text })
+        // Its status kept (a 503 is not a 500), its text only in the log.
+        tracing::error!("{reason}: {}", if text.is_empty() { &reason } else { &text });
+        Problem::new(status, &reason, format!("{reason}; the server log has the cause"))
     } else {
         let detail = if text.is_empty() { reason.clone() } else { text };
         Problem::new(status, &reason, detail)
