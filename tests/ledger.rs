@@ -505,6 +505,64 @@ fn serve(env: &Env, policies: &Path) -> Server {
     Server(child, port)
 }
 
+/// Issue 24: a running `serve` never listed what another process
+/// published (a nightly `publish`, `hexflow release`) until it restarted.
+/// It now follows the ledger: the releases appear, and `/healthz` counts
+/// them, within seconds, on both ledgers.
+#[test]
+fn a_running_server_lists_what_another_process_publishes() {
+    for env in Env::both() {
+        env.ingest_days(2);
+        let policies = env.dir.path().join("policies");
+        fs::create_dir_all(&policies).expect("mkdir");
+        fs::write(
+            policies.join("tiny.toml"),
+            fs::read_to_string(fixture("tiny.toml")).expect("policy").replace(
+                "grid = \"tiny\"",
+                &format!("grid = {:?}", fixture("tiny").display().to_string()),
+            ),
+        )
+        .expect("write");
+        let server = serve(&env, &policies);
+        let listed = || {
+            let (status, body) = http(server.1, "GET", "/api/v1/releases", "", None);
+            assert_eq!(status, 200);
+            let v: Value = serde_json::from_slice(&body).expect("json");
+            v["releases"].as_array().map_or(0, Vec::len)
+        };
+        let health = || {
+            let (_, body) = http(server.1, "GET", "/healthz", "", None);
+            serde_json::from_slice::<Value>(&body).expect("json")["releases"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        assert_eq!(listed(), 0, "{}", env.name());
+        let out = env.run(&["publish", "--policy", &policy(), "--json"]);
+        assert!(out.status.success(), "{}: {}", env.name(), text(&out));
+        let made = serde_json::from_slice::<Value>(&out.stdout).expect("json")["new"]
+            .as_u64()
+            .expect("new");
+        assert!(made >= 1, "{}", env.name());
+        let started = std::time::Instant::now();
+        while listed() < made as usize && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            listed(),
+            made as usize,
+            "{}: not listed after {:?}",
+            env.name(),
+            started.elapsed()
+        );
+        assert_eq!(health(), made, "{}", env.name());
+        eprintln!(
+            "{}: {made} releases listed {:?} after publish ended",
+            env.name(),
+            started.elapsed()
+        );
+    }
+}
+
 #[test]
 fn two_servers_on_one_ledger_never_overspend_and_answer_alike() {
     for env in Env::both() {

@@ -333,10 +333,15 @@ impl AppState {
         w.listening.then_some(w.counter)
     }
 
-    /// Re-reads the release store after a publish or query.
-    pub fn refresh_index(&self) {
+    /// Re-reads the release store.
+    fn reload_index(&self) {
         let index = ReleaseIndex::scan(&self.config.data_dir, self.datasets.keys());
         *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+    }
+
+    /// Re-reads the release store after a publish or query of this process.
+    pub fn refresh_index(&self) {
+        self.reload_index();
         // What this process just charged is in the next ledger answer,
         // before the listener hears of it (a planner's question, then the
         // transparency page).
@@ -516,8 +521,35 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let app = router(state.clone());
-    conn::serve_connections(state, app, listener, shutdown).await?;
+    let follower = tokio::spawn(follow_ledger(state.clone()));
+    let served = conn::serve_connections(state, app, listener, shutdown).await;
+    follower.abort();
+    served?;
     Ok(())
+}
+
+/// Lists what any process or machine publishes on the same data dir and
+/// ledger (a nightly `publish`, `hexflow release`, workers, a second
+/// server): every second the ledger's version is read (SQLite's
+/// `data_version`, PostgreSQL's change counter or what its listener was
+/// told), and a change re-reads the release store. A release is stored
+/// before the ledger marks it published, so the commit that marks it finds
+/// it on disk; the version is read before the store, so a change during
+/// the read is seen at the next tick. `/healthz` and every list follow.
+async fn follow_ledger(state: Arc<AppState>) {
+    let mut seen = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let s = state.clone();
+        let Ok(Some(version)) = tokio::task::spawn_blocking(move || s.ledger_version()).await else {
+            continue;
+        };
+        if seen != Some(version) {
+            seen = Some(version);
+            let s = state.clone();
+            let _ = tokio::task::spawn_blocking(move || s.reload_index()).await;
+        }
+    }
 }
 
 /// While `progress` runs, re-reads the release store every second, so that
