@@ -484,18 +484,20 @@ fn check_simulated(deliveries: &Path, catalog: &crate::store::Catalog) -> Result
 /// How close a published figure came to the truth, as a band: a relative
 /// error printed to its digits beside the published figure would give the
 /// truth back (the true cruise-day ratio came back to its last digit).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Within {
-    #[serde(rename = "≤ 0.1 %")]
     PerMille,
-    #[serde(rename = "≤ 1 %")]
     OnePercent,
-    #[serde(rename = "≤ 5 %")]
     FivePercent,
-    #[serde(rename = "≤ 10 %")]
     TenPercent,
-    #[serde(rename = "> 10 %")]
     More,
+}
+
+/// As printed: `"≤ 1 %"`.
+impl Serialize for Within {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl Within {

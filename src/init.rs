@@ -237,6 +237,9 @@ struct Plan {
     /// The zones as written when init repaired them (else the file is
     /// copied as given).
     repaired_zones: Option<Vec<zones::Zone>>,
+    /// The study area as written when its parts were merged (else the
+    /// file is copied as given).
+    merged_area: Option<geo::MultiPolygon<f64>>,
     public_finest: u8,
     planners_finest: u8,
 }
@@ -249,7 +252,7 @@ fn invalid(path: &Path, reason: String) -> InitError {
 }
 
 fn plan(args: &InitArgs) -> Result<Plan, InitError> {
-    let area = catalogue::read_area(&args.area)?;
+    let (area, area_merged) = catalogue::read_new_area(&args.area)?;
     let cells = catalogue::read_cells(&args.cells)?;
     if cells.is_empty() {
         return Err(invalid(
@@ -394,7 +397,7 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
     let (p10, median) = (pick(0.1).unwrap_or(1000.0), pick(0.5).unwrap_or(1000.0));
     let edge_km = |r: usize| (2.0 * H3_AREA_KM2[r] / (3.0 * 3f64.sqrt())).sqrt();
     let hexes = |r: u8| area_km2 / H3_AREA_KM2[usize::from(r)];
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = area_merged.iter().cloned().collect();
     let resolutions: Vec<u8> = match &args.resolutions {
         Some(given) => {
             let mut r = given.clone();
@@ -528,6 +531,7 @@ fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             publication,
         },
         repaired_zones: (!zone_repairs.is_empty()).then_some(zone_list),
+        merged_area: area_merged.is_some().then_some(area),
         public_finest,
         planners_finest,
     })
@@ -679,7 +683,14 @@ fn write(args: &InitArgs, plan: &Plan, grid_dir: &Path, policy_path: &Path) -> R
         std::fs::copy(from, &target).map(|_| ()).map_err(io(&target))
     };
     copy(&args.cells, "cells.csv")?;
-    copy(&args.area, "area.geojson")?;
+    match &plan.merged_area {
+        Some(area) => {
+            let target = grid_dir.join("area.geojson");
+            let text = geojson::GeoJson::Geometry(geojson::Geometry::from(area)).to_string();
+            crate::util::write_atomic(&target, text.as_bytes()).map_err(io(&target))?;
+        }
+        None => copy(&args.area, "area.geojson")?,
+    }
     match (&plan.repaired_zones, &args.zones) {
         (Some(zones), _) => {
             let target = grid_dir.join("zones.geojson");

@@ -1279,17 +1279,22 @@ pub fn change(
             .or_default()
             .push((p.value, p.noise_sd));
     }
+    let medians: BTreeMap<u32, f64> = by_weekday
+        .iter()
+        .map(|(w, b)| (*w, median(&mut b.iter().map(|v| v.0).collect::<Vec<_>>())))
+        .collect();
     let days = points
         .iter()
         .filter(|p| p.day >= range.0 && p.day <= range.1)
         .map(|p| {
-            let b = by_weekday.get(&p.day.weekday().num_days_from_monday());
+            let weekday = p.day.weekday().num_days_from_monday();
+            let b = by_weekday.get(&weekday);
             let (pct, pct_ci) = b.map_or((None, None), |b| change_against(p.value, p.noise_sd, b));
             ChangeDay {
                 day: p.day,
                 value: p.value,
                 ci95: Z95 * p.noise_sd,
-                baseline: b.map(|b| median(&mut b.iter().map(|v| v.0).collect::<Vec<_>>())),
+                baseline: medians.get(&weekday).copied(),
                 baseline_days: b.map_or(0, Vec::len),
                 change_pct: pct,
                 change_pct_ci95: pct_ci,

@@ -318,123 +318,45 @@ fn geometry_name(g: &geo::Geometry<f64>) -> &'static str {
 }
 
 /// Reads the study area: a Polygon or MultiPolygon, bare, in a Feature or in
-/// a FeatureCollection (all features are merged), and refuses an area that
-/// would pass here and fail later (see [`check_area`]).
+/// a FeatureCollection (all features are merged). Refuses what any stage
+/// would trip on and costs little to see (coordinates that are not
+/// degrees, parts without area, an area beyond a country's or below a
+/// hectare); the ring validity and overlap checks of [`read_new_area`] are
+/// quadratic in the outline's points, so they run where a file enters
+/// (`init`), not at every load of a grid.
 pub fn read_area(path: &Path) -> Result<MultiPolygon<f64>, GridError> {
-    let mut parts: Vec<(String, geo::Polygon<f64>)> = Vec::new();
-    let mut add = |what: String, g: &geojson::Geometry| -> Result<(), GridError> {
-        let mp = to_multi_polygon(path, &what, g)?;
-        let many = mp.0.len() > 1;
-        for (j, p) in mp.0.into_iter().enumerate() {
-            let label = if many {
-                format!("{what}, polygon {j}")
-            } else {
-                what.clone()
-            };
-            parts.push((label, p));
-        }
-        Ok(())
-    };
-    match read_geojson(path)? {
-        geojson::GeoJson::Geometry(g) => add("the study area".into(), &g)?,
-        geojson::GeoJson::Feature(f) => {
-            let g = f.geometry.ok_or_else(|| GridError::InvalidFile {
-                path: path.to_path_buf(),
-                reason: "the study-area feature has no geometry".into(),
-            })?;
-            add("the study area".into(), &g)?;
-        }
-        geojson::GeoJson::FeatureCollection(fc) => {
-            for (i, f) in fc.features.iter().enumerate() {
-                if let Some(g) = &f.geometry {
-                    add(format!("feature {i}"), g)?;
-                }
-            }
-        }
-    }
-    if parts.is_empty() {
-        return Err(GridError::InvalidFile {
-            path: path.to_path_buf(),
-            reason: "the study area has no polygon".into(),
-        });
-    }
-    check_area(path, parts)
+    use geo::GeodesicArea;
+    let parts = area_parts(path)?;
+    check_parts_have_area(path, &parts)?;
+    let area = MultiPolygon(parts.into_iter().map(|(_, p)| p).collect());
+    check_size(path, area.geodesic_area_unsigned() / 1e6)?;
+    Ok(area)
 }
 
-/// Largest study area: a country. Beyond it the grid's equal-area
-/// projection (centred on the area) distorts, and a file this large is
-/// almost always the wrong one (a world outline, degrees in the wrong unit).
-pub const MAX_AREA_KM2: f64 = 1_000_000.0;
-
-/// Smallest study area: below a hectare there is not one hex of the finest
-/// resolution a city would publish, and every release would be empty.
-pub const MIN_AREA_KM2: f64 = 0.01;
-
-/// Parts may overlap by digitising noise: up to this share of the smaller
-/// part, the parts are merged; beyond it the file is refused.
-const OVERLAP_TOLERANCE: f64 = 0.005;
-
-/// Refuses what later stages cannot use, naming the part and what to
-/// change: coordinates outside degrees of WGS84, invalid rings (too few
-/// points, self-intersections, holes outside their polygon), parts without
-/// area, an area beyond a country's, and parts that overlap beyond noise
-/// (each place must be counted once; an overlap also made `init` report
-/// 44.8 km² for 5.4 km²). Returns the parts, merged where they overlapped
-/// by noise.
-fn check_area(path: &Path, parts: Vec<(String, geo::Polygon<f64>)>) -> Result<MultiPolygon<f64>, GridError> {
+/// [`read_area`] for a file that enters a grid: also refuses invalid rings
+/// (too few points, self-intersections, holes outside their polygon) and
+/// parts that overlap beyond noise (each place must be counted once; an
+/// overlap made `init` report 44.8 km² for 5.4 km²), naming the part and
+/// what to change. Parts overlapping by noise are merged: the second value
+/// says which were, and the area is then to be written as returned.
+pub fn read_new_area(path: &Path) -> Result<(MultiPolygon<f64>, Option<String>), GridError> {
     use geo::{BooleanOps, BoundingRect, GeodesicArea, Intersects, Validation};
-
+    let parts = area_parts(path)?;
     let bad = |reason: String| GridError::InvalidFile {
         path: path.to_path_buf(),
         reason,
     };
-    // Exteriors anticlockwise, holes clockwise, as the geodesic area
-    // expects (a hole wound the other way measured as the whole Earth).
-    let parts: Vec<(String, geo::Polygon<f64>)> = parts
-        .into_iter()
-        .map(|(label, p)| (label, geo::Orient::orient(&p, geo::orient::Direction::Default)))
-        .collect();
-    let mut total_km2 = 0.0;
-    let mut areas_km2 = Vec::with_capacity(parts.len());
     for (label, p) in &parts {
-        for c in p
-            .exterior()
-            .coords()
-            .chain(p.interiors().iter().flat_map(|r| r.coords()))
-        {
-            if !(c.x.is_finite() && c.y.is_finite() && (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y))
-            {
-                return Err(bad(format!(
-                    "{label}: the point ({}, {}) is not a longitude, latitude in degrees (longitude −180..180, latitude −90..90); GeoJSON lists longitude first, in WGS84 degrees: reproject the file (ogr2ogr -t_srs EPSG:4326)",
-                    c.x, c.y
-                )));
-            }
-        }
         if let Err(e) = p.check_validation() {
             return Err(bad(format!(
                 "{label}: invalid polygon: {e}; repair it (QGIS's \"Fix geometries\", or ogr2ogr -makevalid) and run again"
             )));
         }
-        if let Some(r) = p.bounding_rect()
-            && r.width() > 180.0
-        {
-            return Err(bad(format!(
-                "{label}: spans {:.0}° of longitude; an area crossing the antimeridian or the whole globe is not a city's, region's or country's",
-                r.width()
-            )));
-        }
-        let km2 = p.geodesic_area_unsigned() / 1e6;
-        if km2 < MIN_AREA_KM2 / 100.0 {
-            return Err(bad(format!(
-                "{label}: has no area ({:.0} m²); a study area is a polygon around the places to map",
-                km2 * 1e6
-            )));
-        }
-        total_km2 += km2;
-        areas_km2.push(km2);
     }
+    check_parts_have_area(path, &parts)?;
+    let areas_km2: Vec<f64> = parts.iter().map(|(_, p)| p.geodesic_area_unsigned() / 1e6).collect();
     // Overlapping parts, pair by pair (bounding boxes first).
-    let mut overlapping = false;
+    let mut merged = Vec::new();
     for i in 0..parts.len() {
         for j in i + 1..parts.len() {
             let (a, b) = (&parts[i].1, &parts[j].1);
@@ -458,33 +380,145 @@ fn check_area(path: &Path, parts: Vec<(String, geo::Polygon<f64>)>) -> Result<Mu
                     100.0 * shared_km2 / smaller
                 )));
             }
-            overlapping = true;
+            merged.push(format!("{} and {} ({shared_km2:.4} km²)", parts[i].0, parts[j].0));
         }
     }
     let polygons: Vec<geo::Polygon<f64>> = parts.into_iter().map(|(_, p)| p).collect();
-    // Below the tolerance: merged, so that no place is counted twice.
-    let area = if overlapping {
-        geo::unary_union(&polygons)
-    } else {
-        MultiPolygon(polygons)
-    };
-    let km2 = if overlapping {
-        area.geodesic_area_unsigned() / 1e6
-    } else {
-        total_km2
-    };
-    if km2 > MAX_AREA_KM2 {
-        return Err(bad(format!(
-            "the study area covers {km2:.0} km², more than a country ({MAX_AREA_KM2:.0} km² at most): check that the file is the area to map, not a world or continent outline"
-        )));
+    if merged.is_empty() {
+        let area = MultiPolygon(polygons);
+        check_size(path, area.geodesic_area_unsigned() / 1e6)?;
+        return Ok((area, None));
     }
-    if km2 < MIN_AREA_KM2 {
-        return Err(bad(format!(
+    // Below the tolerance: merged, so that no place is counted twice.
+    let area = geo::unary_union(&polygons);
+    check_size(path, area.geodesic_area_unsigned() / 1e6)?;
+    Ok((
+        area,
+        Some(format!(
+            "study area parts that overlapped by digitising noise were merged: {}",
+            merged.join(", ")
+        )),
+    ))
+}
+
+/// Largest study area: a country. Beyond it the grid's equal-area
+/// projection (centred on the area) distorts, and a file this large is
+/// almost always the wrong one (a world outline, degrees in the wrong unit).
+pub const MAX_AREA_KM2: f64 = 1_000_000.0;
+
+/// Smallest study area: below a hectare there is not one hex of the finest
+/// resolution a city would publish, and every release would be empty.
+pub const MIN_AREA_KM2: f64 = 0.01;
+
+/// Parts may overlap by digitising noise: up to this share of the smaller
+/// part, the parts are merged; beyond it the file is refused.
+const OVERLAP_TOLERANCE: f64 = 0.005;
+
+/// The study area's polygons with a label each ("feature 2", "the study
+/// area, polygon 1"), oriented (exteriors anticlockwise, holes clockwise,
+/// as the geodesic area expects: a hole wound the other way measured as
+/// the whole Earth), each with coordinates in degrees and less than half
+/// the globe's longitude. Linear in the points.
+fn area_parts(path: &Path) -> Result<Vec<(String, geo::Polygon<f64>)>, GridError> {
+    use geo::BoundingRect;
+    let bad = |reason: String| GridError::InvalidFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut parts: Vec<(String, geo::Polygon<f64>)> = Vec::new();
+    let mut add = |what: String, g: &geojson::Geometry| -> Result<(), GridError> {
+        let mp = to_multi_polygon(path, &what, g)?;
+        let many = mp.0.len() > 1;
+        for (j, p) in mp.0.into_iter().enumerate() {
+            let label = if many {
+                format!("{what}, polygon {j}")
+            } else {
+                what.clone()
+            };
+            parts.push((label, geo::Orient::orient(&p, geo::orient::Direction::Default)));
+        }
+        Ok(())
+    };
+    match read_geojson(path)? {
+        geojson::GeoJson::Geometry(g) => add("the study area".into(), &g)?,
+        geojson::GeoJson::Feature(f) => {
+            let g = f
+                .geometry
+                .ok_or_else(|| bad("the study-area feature has no geometry".into()))?;
+            add("the study area".into(), &g)?;
+        }
+        geojson::GeoJson::FeatureCollection(fc) => {
+            for (i, f) in fc.features.iter().enumerate() {
+                if let Some(g) = &f.geometry {
+                    add(format!("feature {i}"), g)?;
+                }
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("the study area has no polygon".into()));
+    }
+    for (label, p) in &parts {
+        let mut points = p
+            .exterior()
+            .coords()
+            .chain(p.interiors().iter().flat_map(|r| r.coords()));
+        if let Some(c) = points.find(|c| {
+            !(c.x.is_finite() && c.y.is_finite() && (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y))
+        }) {
+            return Err(bad(format!(
+                "{label}: the point ({}, {}) is not a longitude, latitude in degrees (longitude −180..180, latitude −90..90); GeoJSON lists longitude first, in WGS84 degrees: reproject the file (ogr2ogr -t_srs EPSG:4326)",
+                c.x, c.y
+            )));
+        }
+        if let Some(r) = p.bounding_rect()
+            && r.width() > 180.0
+        {
+            return Err(bad(format!(
+                "{label}: spans {:.0}° of longitude; an area crossing the antimeridian or the whole globe is not a city's, region's or country's",
+                r.width()
+            )));
+        }
+    }
+    Ok(parts)
+}
+
+/// Refuses a part without area (a flat ring).
+fn check_parts_have_area(path: &Path, parts: &[(String, geo::Polygon<f64>)]) -> Result<(), GridError> {
+    use geo::GeodesicArea;
+    for (label, p) in parts {
+        let km2 = p.geodesic_area_unsigned() / 1e6;
+        if km2 < MIN_AREA_KM2 / 100.0 {
+            return Err(GridError::InvalidFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{label}: has no area ({:.0} m²); a study area is a polygon around the places to map",
+                    km2 * 1e6
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an area beyond a country's or below a hectare.
+fn check_size(path: &Path, km2: f64) -> Result<(), GridError> {
+    let reason = if km2 > MAX_AREA_KM2 {
+        format!(
+            "the study area covers {km2:.0} km², more than a country ({MAX_AREA_KM2:.0} km² at most): check that the file is the area to map, not a world or continent outline"
+        )
+    } else if km2 < MIN_AREA_KM2 {
+        format!(
             "the study area covers {:.0} m², less than a hectare: no hex of a published resolution would fit; check the file's units (degrees, WGS84)",
             km2 * 1e6
-        )));
-    }
-    Ok(area)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(GridError::InvalidFile {
+        path: path.to_path_buf(),
+        reason,
+    })
 }
 
 /// Reads explicit coverage polygons (`FeatureCollection`, property
