@@ -513,16 +513,7 @@ fn serve(env: &Env, policies: &Path) -> Server {
 fn a_running_server_lists_what_another_process_publishes() {
     for env in Env::both() {
         env.ingest_days(2);
-        let policies = env.dir.path().join("policies");
-        fs::create_dir_all(&policies).expect("mkdir");
-        fs::write(
-            policies.join("tiny.toml"),
-            fs::read_to_string(fixture("tiny.toml")).expect("policy").replace(
-                "grid = \"tiny\"",
-                &format!("grid = {:?}", fixture("tiny").display().to_string()),
-            ),
-        )
-        .expect("write");
+        let policies = policies_dir(&env);
         let server = serve(&env, &policies);
         let listed = || {
             let (status, body) = http(server.1, "GET", "/api/v1/releases", "", None);
@@ -567,18 +558,8 @@ fn a_running_server_lists_what_another_process_publishes() {
 fn two_servers_on_one_ledger_never_overspend_and_answer_alike() {
     for env in Env::both() {
         env.ingest_days(1);
-        let policies = env.dir.path().join("policies");
-        fs::create_dir_all(&policies).expect("mkdir");
-        let tiny = fs::read_to_string(fixture("tiny.toml")).expect("policy");
-        let grid = fixture("tiny").display().to_string();
-        fs::write(
-            policies.join("tiny.toml"),
-            tiny.replace("grid = \"tiny\"", &format!("grid = {grid:?}")),
-        )
-        .expect("write");
-        let token = env.run(&["token", "create", "--role", "planner", "--name", "transit"]);
-        assert!(token.status.success(), "{}", text(&token));
-        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+        let policies = policies_dir(&env);
+        let token = planner_token(&env, "transit");
         let servers = [serve(&env, &policies), serve(&env, &policies)];
         // Six different questions of ~0.12 ρ on one day (4 fit the
         // planners' 0.5 ρ), each asked of both servers at once.
@@ -794,6 +775,13 @@ fn policies_dir(env: &Env) -> PathBuf {
     policies
 }
 
+/// A planner's token on `env`'s ledger.
+fn planner_token(env: &Env, name: &str) -> String {
+    let token = env.run(&["token", "create", "--role", "planner", "--name", name]);
+    assert!(token.status.success(), "{}", text(&token));
+    String::from_utf8_lossy(&token.stdout).trim().to_string()
+}
+
 /// Runs `cmd` paused at `step` (`HEXFLOW_PAUSE`): returns the child once
 /// it waits there, and the file whose creation lets it go on.
 fn paused_at(env: &Env, mut cmd: Command, step: &str) -> (Child, PathBuf) {
@@ -868,9 +856,7 @@ fn healthz_says_the_ledger_is_away_at_once_and_stored_releases_stay_served() {
         (status, body["status"].as_str().unwrap_or_default().to_string())
     };
     assert_eq!(health(server.1), (200, "ok".to_string()));
-    let token = env.run(&["token", "create", "--role", "planner", "--name", "outage"]);
-    assert!(token.status.success(), "{}", text(&token));
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let token = planner_token(&env, "outage");
     let query = serde_json::json!({"dataset": "tiny", "metric": "footfall", "res": 8, "bin": "1d",
         "from": "2025-03-01", "to": "2025-03-01", "rho": 0.01});
     let (status, list) = http(server.1, "GET", "/api/v1/releases", "", None);
