@@ -116,92 +116,112 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     }
     drop(routes);
     let releases = state.index.read().map(|i| i.len()).unwrap_or(0);
-    let _ = writeln!(out, "# HELP hexflow_releases Releases stored and served.");
-    let _ = writeln!(out, "# TYPE hexflow_releases gauge");
-    let _ = writeln!(out, "hexflow_releases {releases}");
+    metric(
+        &mut out,
+        "hexflow_releases",
+        "gauge",
+        "Releases stored and served.",
+        releases,
+    );
     let (entries, bytes) = state.bodies.size();
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_body_cache_bytes Bytes of immutable answers (maps, tiles, values) kept in memory."
+    metric(
+        &mut out,
+        "hexflow_body_cache_bytes",
+        "gauge",
+        "Bytes of immutable answers (maps, tiles, values) kept in memory.",
+        bytes,
     );
-    let _ = writeln!(out, "# TYPE hexflow_body_cache_bytes gauge");
-    let _ = writeln!(out, "hexflow_body_cache_bytes {bytes}");
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_body_cache_limit_bytes Most bytes the body cache keeps."
+    metric(
+        &mut out,
+        "hexflow_body_cache_limit_bytes",
+        "gauge",
+        "Most bytes the body cache keeps.",
+        super::BODY_CACHE_BYTES,
     );
-    let _ = writeln!(out, "# TYPE hexflow_body_cache_limit_bytes gauge");
-    let _ = writeln!(out, "hexflow_body_cache_limit_bytes {}", super::BODY_CACHE_BYTES);
-    let _ = writeln!(out, "# HELP hexflow_body_cache_entries Answers kept in the body cache.");
-    let _ = writeln!(out, "# TYPE hexflow_body_cache_entries gauge");
-    let _ = writeln!(out, "hexflow_body_cache_entries {entries}");
+    metric(
+        &mut out,
+        "hexflow_body_cache_entries",
+        "gauge",
+        "Answers kept in the body cache.",
+        entries,
+    );
     let (releases_held, value_bytes) = state.cache.size();
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_value_cache_bytes Bytes of release values (with keys and hex outlines) kept in memory."
+    metric(
+        &mut out,
+        "hexflow_value_cache_bytes",
+        "gauge",
+        "Bytes of release values (with keys and hex outlines) kept in memory.",
+        value_bytes,
     );
-    let _ = writeln!(out, "# TYPE hexflow_value_cache_bytes gauge");
-    let _ = writeln!(out, "hexflow_value_cache_bytes {value_bytes}");
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_value_cache_limit_bytes Most bytes the value cache keeps (beyond the release in use)."
+    metric(
+        &mut out,
+        "hexflow_value_cache_limit_bytes",
+        "gauge",
+        "Most bytes the value cache keeps (beyond the release in use).",
+        super::data::CACHE_BYTES,
     );
-    let _ = writeln!(out, "# TYPE hexflow_value_cache_limit_bytes gauge");
-    let _ = writeln!(out, "hexflow_value_cache_limit_bytes {}", super::data::CACHE_BYTES);
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_value_cache_releases Releases kept in the value cache."
+    metric(
+        &mut out,
+        "hexflow_value_cache_releases",
+        "gauge",
+        "Releases kept in the value cache.",
+        releases_held,
     );
-    let _ = writeln!(out, "# TYPE hexflow_value_cache_releases gauge");
-    let _ = writeln!(out, "hexflow_value_cache_releases {releases_held}");
-    let list_bytes = state.lists.bytes() + state.ledger_bodies.bytes();
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_list_cache_bytes Bytes of release lists and ledger answers kept (at most {} each).",
-        super::LIST_CACHE_BYTES
+    metric(
+        &mut out,
+        "hexflow_list_cache_bytes",
+        "gauge",
+        &format!(
+            "Bytes of release lists and ledger answers kept (at most {} each).",
+            super::LIST_CACHE_BYTES
+        ),
+        state.lists.bytes() + state.ledger_bodies.bytes(),
     );
-    let _ = writeln!(out, "# TYPE hexflow_list_cache_bytes gauge");
-    let _ = writeln!(out, "hexflow_list_cache_bytes {list_bytes}");
-    let busy = super::render_permits() - state.renders.available_permits();
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_renders_in_flight Images being drawn now (at most one per core)."
+    metric(
+        &mut out,
+        "hexflow_renders_in_flight",
+        "gauge",
+        "Images being drawn now (at most one per core).",
+        super::render_permits() - state.renders.available_permits(),
     );
-    let _ = writeln!(out, "# TYPE hexflow_renders_in_flight gauge");
-    let _ = writeln!(out, "hexflow_renders_in_flight {busy}");
-    let waiting = state.metrics.renders_waiting.load(std::sync::atomic::Ordering::Relaxed);
-    let _ = writeln!(out, "# HELP hexflow_renders_waiting Requests queued for a render.");
-    let _ = writeln!(out, "# TYPE hexflow_renders_waiting gauge");
-    let _ = writeln!(out, "hexflow_renders_waiting {waiting}");
+    metric(
+        &mut out,
+        "hexflow_renders_waiting",
+        "gauge",
+        "Requests queued for a render.",
+        state.metrics.renders_waiting.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let c = &state.metrics.connections;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let _ = writeln!(out, "# HELP hexflow_connections_open Connections open now.");
-    let _ = writeln!(out, "# TYPE hexflow_connections_open gauge");
-    let _ = writeln!(
-        out,
-        "hexflow_connections_open {}",
-        c.open.load(std::sync::atomic::Ordering::Relaxed)
+    let now = |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        &mut out,
+        "hexflow_connections_open",
+        "gauge",
+        "Connections open now.",
+        now(&c.open),
     );
-    let _ = writeln!(out, "# HELP hexflow_connections_peak Most connections open at once.");
-    let _ = writeln!(out, "# TYPE hexflow_connections_peak gauge");
-    let _ = writeln!(
-        out,
-        "hexflow_connections_peak {}",
-        c.peak.load(std::sync::atomic::Ordering::Relaxed)
+    metric(
+        &mut out,
+        "hexflow_connections_peak",
+        "gauge",
+        "Most connections open at once.",
+        now(&c.peak),
     );
-    let _ = writeln!(
-        out,
-        "# HELP hexflow_connections_limit Most connections served at once (--max-connections); more wait to be accepted."
+    metric(
+        &mut out,
+        "hexflow_connections_limit",
+        "gauge",
+        "Most connections served at once (--max-connections); more wait to be accepted.",
+        now(&c.limit),
     );
-    let _ = writeln!(out, "# TYPE hexflow_connections_limit gauge");
-    let _ = writeln!(
-        out,
-        "hexflow_connections_limit {}",
-        c.limit.load(std::sync::atomic::Ordering::Relaxed)
+    metric(
+        &mut out,
+        "hexflow_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        load(&c.accepted),
     );
-    let _ = writeln!(out, "# HELP hexflow_connections_accepted_total Connections accepted.");
-    let _ = writeln!(out, "# TYPE hexflow_connections_accepted_total counter");
-    let _ = writeln!(out, "hexflow_connections_accepted_total {}", load(&c.accepted));
     let _ = writeln!(
         out,
         "# HELP hexflow_connections_timed_out_total Connections closed by a timeout: idle (no request), headers (too slow), body (too slow), write (answer not read)."
@@ -230,4 +250,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// One unlabelled metric in Prometheus' text format: its help, its type
+/// and its value.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
 }
